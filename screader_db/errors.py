@@ -1,0 +1,47 @@
+"""Exceptions and warnings raised by screader-db.
+
+Every error a user can cause derives from :class:`ScreaderError`; the CLI turns it into
+``Error: <message>`` and exit code 1.
+"""
+
+from __future__ import annotations
+
+
+class ScreaderError(Exception):
+    """Base class of every error screader-db raises on purpose."""
+
+
+class InputDataError(ScreaderError):
+    """The input data (h5ad, matrix, labels) is unreadable or not what was expected."""
+
+
+class GeneOverlapError(InputDataError):
+    """Too few of the query's genes match the genes the atlas was built on."""
+
+
+class AtlasError(ScreaderError):
+    """The atlas is missing, damaged, of an incompatible format or locked."""
+
+
+class ModelMismatchError(AtlasError):
+    """The atlas was built with another gene-embedding model than the one asked for."""
+
+
+class ChecksumError(ScreaderError):
+    """A downloaded or cached file does not have the sha256 the manifest records."""
+
+
+class FetchError(ScreaderError):
+    """A file listed in the manifest could not be downloaded or extracted."""
+
+
+class ModelError(ScreaderError):
+    """A language model could not be found or loaded."""
+
+
+class OutputExistsError(ScreaderError):
+    """An output path exists and overwriting was not allowed."""
+
+
+class ScreaderWarning(UserWarning):
+    """A doubt about the data that does not stop the run."""

@@ -1,0 +1,157 @@
+"""Gene identifiers: the shipped human gene table, symbol/alias/Ensembl lookup and orthologs."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from functools import lru_cache
+
+import numpy as np
+import pandas as pd
+
+from screader_db.errors import InputDataError
+
+GENE_TABLE_ENTRY = "gene_table_human"
+ORTHOLOG_ENTRY = "orthologs_human_mouse"
+ENSEMBL_RE = re.compile(r"^ENS[A-Z]*G\d{6,}(\.\d+)?$")
+SPECIES = ("human", "mouse")
+
+
+@lru_cache(maxsize=1)
+def load_gene_table() -> pd.DataFrame:
+    """The human gene description table shipped with the package (checksum verified)."""
+    import pyarrow.parquet as pq
+
+    from screader_db.fetch import ensure
+
+    return pq.read_table(ensure(GENE_TABLE_ENTRY)).to_pandas()
+
+
+@lru_cache(maxsize=1)
+def load_orthologs() -> dict[str, str]:
+    """Mouse symbol -> human symbol, from the 1:1 ortholog table in the manifest."""
+    from screader_db.fetch import ensure
+
+    table = pd.read_csv(ensure(ORTHOLOG_ENTRY), usecols=["human.gene.name", "gene.name"]).dropna()
+    return dict(zip(table["gene.name"].astype(str), table["human.gene.name"].astype(str), strict=True))
+
+
+def looks_like_ensembl(names: Sequence[str]) -> float:
+    """Share of names that look like Ensembl gene ids (ENSG..., ENSMUSG...)."""
+    if len(names) == 0:
+        return 0.0
+    sample = list(names[:2000])
+    return sum(bool(ENSEMBL_RE.match(str(n))) for n in sample) / len(sample)
+
+
+def detect_species(names: Sequence[str]) -> str:
+    """``mouse`` when most symbols are capitalised (Gcg), ``human`` when upper case (GCG)."""
+    letters = [str(n) for n in names[:5000] if re.search("[A-Za-z]{2}", str(n))]
+    if looks_like_ensembl(names) > 0.5:
+        return "mouse" if sum(str(n).startswith("ENSMUSG") for n in names[:2000]) > len(names[:2000]) / 2 else "human"
+    if not letters:
+        return "human"
+    capitalised = sum(n[0].isupper() and any(c.islower() for c in n[1:]) for n in letters)
+    return "mouse" if capitalised > 0.5 * len(letters) else "human"
+
+
+@dataclass
+class GeneMapping:
+    """How a data set's gene names were turned into human symbols."""
+
+    symbols: list[str]
+    species: str
+    n_input: int
+    n_mapped: int
+    how: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def share(self) -> float:
+        return self.n_mapped / self.n_input if self.n_input else 0.0
+
+
+class GeneResolver:
+    """Map gene names (symbols, aliases, Ensembl ids, mouse symbols) to human symbols."""
+
+    def __init__(self, table: pd.DataFrame | None = None, orthologs: dict[str, str] | None = None) -> None:
+        self.table = table if table is not None else load_gene_table()
+        self._orthologs = orthologs
+        self.symbols = set(self.table["symbol"])
+        self.upper = {s.upper(): s for s in self.symbols}
+        alias_pairs = [(a, s) for s, aliases in zip(self.table["symbol"], self.table["aliases"], strict=True)
+                       for a in aliases]
+        counts: dict[str, int] = {}
+        for alias, _ in alias_pairs:
+            counts[alias.upper()] = counts.get(alias.upper(), 0) + 1
+        self.alias = {a.upper(): s for a, s in alias_pairs if counts[a.upper()] == 1 and a.upper() not in self.upper}
+        self.ensembl = {e: s for s, ids in zip(self.table["symbol"], self.table["ensembl_ids"], strict=True) for e in ids}
+
+    @property
+    def orthologs(self) -> dict[str, str]:
+        if self._orthologs is None:
+            self._orthologs = load_orthologs()
+        return self._orthologs
+
+    def _human(self, name: str) -> tuple[str, str]:
+        if name in self.symbols:
+            return name, "symbol"
+        key = name.upper()
+        if key in self.upper:
+            return self.upper[key], "symbol"
+        if ENSEMBL_RE.match(name):
+            hit = self.ensembl.get(name.split(".")[0], "")
+            return hit, "ensembl" if hit else "unmapped"
+        if key in self.alias:
+            return self.alias[key], "alias"
+        return "", "unmapped"
+
+    def map(self, names: Sequence[str], *, species: str = "auto") -> GeneMapping:
+        """Human symbols for ``names`` ('' where none is known)."""
+        names = [str(n) for n in names]
+        chosen = detect_species(names) if species == "auto" else species
+        if chosen not in SPECIES:
+            message = f"species must be one of {', '.join(SPECIES)} or auto, got {species!r}"
+            raise InputDataError(message)
+        how: dict[str, int] = {}
+        out: list[str] = []
+        for name in names:
+            if chosen == "mouse" and not ENSEMBL_RE.match(name):
+                human = self.orthologs.get(name, "")
+                kind = "ortholog" if human else "unmapped"
+                if not human and name.upper() in self.upper and not name.isupper():
+                    human, kind = self.upper[name.upper()], "same-name"
+            else:
+                human, kind = self._human(name)
+            how[kind] = how.get(kind, 0) + 1
+            out.append(human)
+        mapped = sum(1 for s in out if s)
+        return GeneMapping(symbols=out, species=chosen, n_input=len(names), n_mapped=mapped, how=how)
+
+    def descriptions(self, symbols: Sequence[str]) -> tuple[list[str], list[str]]:
+        """Descriptions and their sha256 for human symbols (a bare symbol where none is known)."""
+        indexed = self.table.set_index("symbol")
+        texts, shas = [], []
+        from screader_db.checksums import sha256_text
+
+        for symbol in symbols:
+            if symbol in indexed.index:
+                row = indexed.loc[symbol]
+                texts.append(str(row["description"]))
+                shas.append(str(row["text_sha256"]))
+            else:
+                text = f"{symbol}: gene."
+                texts.append(text)
+                shas.append(sha256_text(text))
+        return texts, shas
+
+
+def unique_positions(values: Sequence[str]) -> np.ndarray:
+    """Indices of the first occurrence of each non-empty value."""
+    seen: set[str] = set()
+    keep = []
+    for i, v in enumerate(values):
+        if v and v not in seen:
+            seen.add(v)
+            keep.append(i)
+    return np.asarray(keep, dtype=np.int64)

@@ -1,0 +1,65 @@
+"""Agreement between predicted and true labels: accuracy, macro-F1, per-class F1."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+UNASSIGNED = "Unassigned"
+
+
+@dataclass
+class Agreement:
+    """Scores over the cells whose true label the reference knows (``shared`` labels)."""
+
+    accuracy: float
+    macro_f1: float
+    n_cells: int
+    n_scored: int
+    unassigned_rate: float
+    assigned_precision: float
+    per_class_f1: dict[str, float] = field(default_factory=dict)
+    labels: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, object]:
+        return {"accuracy": self.accuracy, "macro_f1": self.macro_f1, "n_cells": self.n_cells,
+                "n_scored": self.n_scored, "unassigned_rate": self.unassigned_rate,
+                "assigned_precision": self.assigned_precision, "per_class_f1": self.per_class_f1}
+
+
+def agreement(predicted: Sequence[str], truth: Sequence[str], known: Sequence[str] | None = None) -> Agreement:
+    """Score ``predicted`` against ``truth`` on cells whose true label is in ``known``.
+
+    Cells whose true label the reference does not have are left out (they cannot be right).
+    Macro-F1 averages over the true labels present among the scored cells; an ``Unassigned``
+    prediction counts as wrong for accuracy and recall, and is left out of precision.
+    """
+    pred = np.asarray([str(p) for p in predicted], dtype=object)
+    true = np.asarray([str(t) for t in truth], dtype=object)
+    keep = np.ones(len(true), dtype=bool) if known is None else np.isin(true, np.asarray(list(known), dtype=object))
+    pred, true = pred[keep], true[keep]
+    n = len(true)
+    if n == 0:
+        return Agreement(0.0, 0.0, len(keep), 0, 0.0, 0.0)
+    assigned = pred != UNASSIGNED
+    labels = sorted(set(true))
+    per_class = {}
+    for label in labels:
+        tp = np.sum((pred == label) & (true == label))
+        fp = np.sum((pred == label) & (true != label))
+        fn = np.sum((pred != label) & (true == label))
+        denom = 2 * tp + fp + fn
+        per_class[label] = float(2 * tp / denom) if denom else 0.0
+    correct = pred == true
+    return Agreement(
+        accuracy=float(correct.mean()),
+        macro_f1=float(np.mean(list(per_class.values()))),
+        n_cells=len(keep),
+        n_scored=n,
+        unassigned_rate=float(1 - assigned.mean()),
+        assigned_precision=float(correct[assigned].mean()) if assigned.any() else 0.0,
+        per_class_f1=per_class,
+        labels=labels,
+    )

@@ -1,0 +1,43 @@
+"""Provenance records: package versions and build identifiers written into every atlas file."""
+
+from __future__ import annotations
+
+import datetime as dt
+import getpass
+import importlib.metadata
+import uuid
+from typing import Any
+
+PACKAGES = ("screader-db", "numpy", "scipy", "anndata", "pyarrow", "duckdb", "faiss-cpu", "faiss-gpu-cu12",
+            "torch", "transformers", "sentence-transformers")
+
+
+def package_versions() -> dict[str, str]:
+    """Versions of the packages that shape an atlas (those installed)."""
+    out = {}
+    for name in PACKAGES:
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return out
+
+
+def now() -> str:
+    return dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat()
+
+
+def new_build_id() -> str:
+    return uuid.uuid4().hex[:16]
+
+
+def user() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "unknown"
+
+
+def describe(values: dict[str, Any]) -> dict[str, Any]:
+    """A provenance dict with the package versions and time added."""
+    return {**values, "package_versions": package_versions(), "created_at": now()}

@@ -1,0 +1,254 @@
+"""The atlas on disk: immutable versions of Parquet files, a DuckDB catalogue and a FAISS index.
+
+Layout::
+
+    ATLAS/
+      current -> versions/000003        the one pointer, switched atomically by rename
+      atlas.duckdb -> current/atlas.duckdb
+      versions/000003/
+        VERSION.json                    version, parent, format, provenance, file checksums
+        cells/<dataset>.parquet         cell_id, dataset, barcode, label, metadata, embedding
+        genes.parquet                   atlas genes with their reference means and text sha256
+        gene_embeddings.parquet         the gene vectors the embedder was fitted with
+        embedder.safetensors            the fitted cell embedding method
+        index.faiss (+ .json)           FAISS index whose ids are the cell ids
+        atlas.duckdb                    catalogue: builds, datasets, cells, genes, files, provenance
+
+A writer builds the next version in a temporary folder, then renames it into ``versions/`` and
+only then moves the ``current`` pointer, so a crash at any point leaves the last complete
+version in place and readers, who never lock, never see a partial one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from screader_db.errors import AtlasError, ModelMismatchError
+
+FORMAT = "screader-atlas-1"
+CURRENT = "current"
+VERSIONS = "versions"
+CATALOGUE = "atlas.duckdb"
+LOCK = ".lock"
+ID_SHIFT = 32
+
+
+def cell_ids(dataset_id: int, n: int) -> np.ndarray:
+    """Stable int64 ids: the dataset id in the high bits, the row in the low bits."""
+    return (np.int64(dataset_id) << ID_SHIFT) + np.arange(n, dtype=np.int64)
+
+
+def dataset_of(ids: np.ndarray) -> np.ndarray:
+    return np.asarray(ids, dtype=np.int64) >> ID_SHIFT
+
+
+def version_name(number: int) -> str:
+    return f"{number:06d}"
+
+
+def is_atlas(path: str | Path) -> bool:
+    return (Path(path) / CURRENT).exists() or (Path(path) / VERSIONS).is_dir()
+
+
+def list_versions(path: str | Path) -> list[int]:
+    folder = Path(path) / VERSIONS
+    if not folder.is_dir():
+        return []
+    return sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit() and (p / "VERSION.json").is_file())
+
+
+def current_version(path: str | Path) -> int:
+    root = Path(path)
+    pointer = root / CURRENT
+    if not pointer.is_symlink() and not pointer.exists():
+        if not root.exists():
+            message = f"no atlas at {root}: the folder does not exist. Build one with `screader-db build --reference ...`"
+        else:
+            message = f"{root} is not a screader-db atlas (no '{CURRENT}' pointer); build one with `screader-db build`"
+        raise AtlasError(message)
+    return int(Path(os.readlink(pointer)).name)
+
+
+@dataclass
+class Atlas:
+    """One version of an atlas, opened for reading. Heavy parts load on first use."""
+
+    root: Path
+    version: int
+    info: dict[str, Any]
+    _cells: pd.DataFrame | None = field(default=None, repr=False)
+    _embedder: Any = field(default=None, repr=False)
+    _index: Any = field(default=None, repr=False)
+
+    @property
+    def path(self) -> Path:
+        return self.root / VERSIONS / version_name(self.version)
+
+    @property
+    def model_id(self) -> str:
+        return str(self.info["provenance"]["model_id"])
+
+    @property
+    def provenance(self) -> dict[str, Any]:
+        return dict(self.info["provenance"])
+
+    @property
+    def datasets(self) -> list[dict[str, Any]]:
+        return list(self.info.get("datasets", []))
+
+    def cells(self, columns: list[str] | None = None) -> pd.DataFrame:
+        """Cell metadata (no embeddings) of every dataset, indexed by cell id."""
+        if self._cells is None:
+            import pyarrow.parquet as pq
+
+            cols = ["cell_id", "dataset", "barcode", "label"]
+            frames = [pq.read_table(p, columns=cols).to_pandas() for p in sorted((self.path / "cells").glob("*.parquet"))]
+            if not frames:
+                raise AtlasError(f"atlas version {self.path} has no cells")
+            self._cells = pd.concat(frames, ignore_index=True).set_index("cell_id")
+        return self._cells if columns is None else self._cells[columns]
+
+    def embeddings(self) -> tuple[np.ndarray, np.ndarray]:
+        """(cell ids, unit-length cell vectors) of every dataset."""
+        import pyarrow.parquet as pq
+
+        ids, blocks = [], []
+        for part in sorted((self.path / "cells").glob("*.parquet")):
+            table = pq.read_table(part, columns=["cell_id", "embedding"])
+            column = table.column("embedding").combine_chunks()
+            ids.append(table.column("cell_id").to_numpy())
+            blocks.append(column.flatten().to_numpy(zero_copy_only=False).reshape(-1, column.type.list_size))
+        return np.concatenate(ids), np.concatenate(blocks).astype(np.float32)
+
+    @property
+    def embedder(self) -> Any:
+        if self._embedder is None:
+            from screader_db.cell_embedding import CellEmbedder
+
+            self._embedder = CellEmbedder.load(self.path / "embedder.safetensors")
+        return self._embedder
+
+    @property
+    def index(self) -> Any:
+        if self._index is None:
+            from screader_db.index import load_index
+
+            self._index, _ = load_index(self.path / "index.faiss")
+        return self._index
+
+    def check_model(self, model_id: str | None) -> None:
+        """Refuse when the caller expects another gene-embedding model than the atlas's."""
+        if model_id and model_id not in (self.model_id, self.provenance.get("model_spec")):
+            message = (
+                f"the atlas at {self.root} was built with gene-embedding model {self.model_id!r}, "
+                f"not {model_id!r}; query with the atlas's own model or rebuild the atlas with --model {model_id}"
+            )
+            raise ModelMismatchError(message)
+
+
+def open_atlas(path: str | Path, *, version: int | None = None) -> Atlas:
+    """Open an atlas (its current version unless ``version`` is given) for reading."""
+    root = Path(path)
+    number = current_version(root) if version is None else version
+    folder = root / VERSIONS / version_name(number)
+    meta_path = folder / "VERSION.json"
+    if not meta_path.is_file():
+        known = ", ".join(map(str, list_versions(root))) or "none"
+        message = f"atlas {root} has no version {number}; versions present: {known}"
+        raise AtlasError(message)
+    try:
+        info = json.loads(meta_path.read_text())
+    except (OSError, ValueError) as err:
+        message = f"cannot read {meta_path}: {err}"
+        raise AtlasError(message) from err
+    if info.get("format") != FORMAT:
+        message = (
+            f"the atlas at {root} has format {info.get('format')!r}; this screader-db reads {FORMAT!r}. "
+            "Rebuild the atlas with this version of screader-db"
+        )
+        raise AtlasError(message)
+    return Atlas(root=root, version=number, info=info)
+
+
+def lock(path: str | Path, *, timeout: float = -1) -> Any:
+    """The writer lock of an atlas (readers never take it)."""
+    from filelock import FileLock
+
+    root = Path(path)
+    root.mkdir(parents=True, exist_ok=True)
+    return FileLock(str(root / LOCK), timeout=timeout)
+
+
+def staging_dir(path: str | Path) -> Path:
+    """A fresh temporary folder inside ``versions/`` for the next version."""
+    folder = Path(path) / VERSIONS
+    folder.mkdir(parents=True, exist_ok=True)
+    staging = folder / f".staging-{os.getpid()}-{time.time_ns()}"
+    staging.mkdir()
+    return staging
+
+
+def publish(path: str | Path, staging: Path) -> int:
+    """Move a finished staging folder into place as the next version and point ``current`` at it."""
+    root = Path(path)
+    number = max(list_versions(root), default=0) + 1
+    final = root / VERSIONS / version_name(number)
+    meta = json.loads((staging / "VERSION.json").read_text())
+    meta["version"] = number
+    (staging / "VERSION.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
+    _fsync_tree(staging)
+    staging.rename(final)
+    _point(root / CURRENT, Path(VERSIONS) / version_name(number))
+    catalogue = root / CATALOGUE
+    if not catalogue.is_symlink():
+        _point(catalogue, Path(CURRENT) / CATALOGUE)
+    return number
+
+
+def _point(link: Path, target: Path) -> None:
+    tmp = link.with_name(f".{link.name}.{os.getpid()}.tmp")
+    if tmp.is_symlink() or tmp.exists():
+        tmp.unlink()
+    tmp.symlink_to(target)
+    os.replace(tmp, link)
+    _fsync_dir(link.parent)
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_tree(path: Path) -> None:
+    for file in path.rglob("*"):
+        if file.is_file():
+            with open(file, "rb") as handle:
+                os.fsync(handle.fileno())
+    _fsync_dir(path)
+
+
+def discard(staging: Path) -> None:
+    shutil.rmtree(staging, ignore_errors=True)
+
+
+def clean_staging(path: str | Path) -> None:
+    """Remove staging folders that a crashed writer left behind (call with the lock held)."""
+    folder = Path(path) / VERSIONS
+    if folder.is_dir():
+        for leftover in folder.glob(".staging-*"):
+            shutil.rmtree(leftover, ignore_errors=True)

@@ -1,0 +1,89 @@
+"""Shared fixtures: real data from the manifest (fetched once into the cache) and small generated data."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+HUMAN_GENES = [
+    "INS", "GCG", "SST", "PPY", "KRT19", "PRSS1", "CPA1", "PECAM1", "VWF", "CD68", "CD3E", "CD19", "MS4A1", "PTPRC",
+    "COL1A1", "PDGFRB", "SOX10", "GHRL", "TPSAB1", "LYZ", "NKG7", "GNLY", "CD14", "FCGR3A", "HBB", "ALB", "APOA1",
+    "TTR", "MKI67", "TOP2A", "ACTB", "GAPDH", "EEF1A1", "RPL13", "RPS19", "MALAT1", "NEAT1", "FOS", "JUN", "EGR1",
+    "KRT8", "KRT18", "EPCAM", "CDH1", "VIM", "ACTA2", "DES", "MYH11", "TAGLN", "SPARC",
+]
+
+
+def make_counts(n_cells: int = 300, genes: list[str] | None = None, n_types: int = 3, seed: int = 0,
+                depth: float = 2000.0) -> object:
+    """A seeded AnnData of negative-binomial counts with ``n_types`` cell types, each with its own markers."""
+    import anndata as ad
+
+    genes = genes or HUMAN_GENES
+    rng = np.random.default_rng(seed)
+    n_genes = len(genes)
+    base = rng.gamma(0.6, 1.0, size=n_genes)
+    profiles = np.tile(base, (n_types, 1))
+    block = max(n_genes // (n_types + 1), 1)
+    for t in range(n_types):
+        profiles[t, t * block : (t + 1) * block] *= 25.0
+    profiles /= profiles.sum(axis=1, keepdims=True)
+    types = rng.integers(0, n_types, size=n_cells)
+    lib = rng.lognormal(np.log(depth), 0.3, size=n_cells)
+    mu = profiles[types] * lib[:, None]
+    counts = rng.negative_binomial(2, 2 / (2 + mu)).astype(np.float32)
+    obs = pd.DataFrame({"cell_type": pd.Categorical([f"type{t}" for t in types]),
+                        "donor": pd.Categorical(rng.choice(["d1", "d2"], size=n_cells))},
+                       index=[f"cell{i}" for i in range(n_cells)])
+    return ad.AnnData(X=sp.csr_matrix(counts), obs=obs, var=pd.DataFrame(index=list(genes)))
+
+
+@pytest.fixture(scope="session")
+def data_path():
+    """Path of a manifest entry, fetched and verified on first use."""
+    from screader_db.fetch import ensure
+
+    cache: dict[str, Path] = {}
+
+    def get(name: str) -> Path:
+        if name not in cache:
+            cache[name] = ensure(name)
+        return cache[name]
+
+    return get
+
+
+@pytest.fixture
+def counts_adata():
+    return make_counts()
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tmp_path_factory) -> Path:
+    """A tiny randomly initialised LLaMA model with a real tokenizer, saved as a local folder."""
+    import torch
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    folder = tmp_path_factory.mktemp("tiny-llama")
+    words = sorted({w for g in HUMAN_GENES for w in [g, g.lower()]} | {"gene", "protein", "binding", "cell", ":", ".",
+                                                                        "activity", "receptor", "process"})
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, "<pad>": 3, **{w: i + 4 for i, w in enumerate(words)}}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>",
+                                   pad_token="<pad>")
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                         pad_token_id=3, bos_token_id=1, eos_token_id=2)
+    LlamaForCausalLM(config).save_pretrained(folder)
+    fast.save_pretrained(folder)
+    return folder

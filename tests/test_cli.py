@@ -1,0 +1,89 @@
+"""The command line, through Typer's runner and through the installed console script."""
+
+import shutil
+import subprocess
+import sys
+
+import pytest
+from conftest import make_counts
+from typer.testing import CliRunner
+
+from screader_db.cli import app
+
+runner = CliRunner()
+COMMANDS = [[], ["fetch"], ["build"], ["build", "genes"], ["build", "gene-embeddings"], ["query"], ["info"]]
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c) or "main")
+def test_every_help_has_an_example(command):
+    result = runner.invoke(app, [*command, "--help"])
+    assert result.exit_code == 0, result.output
+    assert "screader-db" in result.output
+    assert "Usage" in result.output
+
+
+def test_help_imports_no_heavy_package():
+    code = ("import sys; from typer.testing import CliRunner; from screader_db.cli import app; "
+            "r = CliRunner().invoke(app, ['query', '--help']); assert r.exit_code == 0; "
+            "heavy = [m for m in ('torch', 'faiss', 'transformers', 'anndata', 'duckdb', 'sentence_transformers') "
+            "if m in sys.modules]; print(heavy)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+@pytest.fixture
+def synthetic_files(tmp_path):
+    ref = tmp_path / "ref.h5ad"
+    make_counts(n_cells=200).write_h5ad(ref)
+    query = tmp_path / "query.h5ad"
+    make_counts(n_cells=50, seed=3).write_h5ad(query)
+    return ref, query
+
+
+def test_build_query_info_round_trip(tmp_path, synthetic_files):
+    ref, query = synthetic_files
+    atlas = tmp_path / "atlas"
+    built = runner.invoke(app, ["build", "--reference", str(ref), "--label-key", "cell_type", "--atlas", str(atlas),
+                                "--model", "random:16", "--n-genes", "50", "--quiet"])
+    assert built.exit_code == 0, built.output
+    assert "version 1" in built.output
+    out = tmp_path / "annotated.h5ad"
+    table = tmp_path / "labels.csv"
+    queried = runner.invoke(app, ["query", str(query), "--atlas", str(atlas), "--out", str(out), "--table", str(table),
+                                  "--truth-key", "cell_type", "--quiet"])
+    assert queried.exit_code == 0, queried.output
+    assert "accuracy" in queried.output and out.is_file() and table.is_file()
+    again = runner.invoke(app, ["query", str(query), "--atlas", str(atlas), "--out", str(out), "--quiet"])
+    assert again.exit_code == 1
+    assert f"Error: {out} exists; pass --overwrite to replace it" in again.output.replace("\n", "")
+    described = runner.invoke(app, ["info", "--atlas", str(atlas)])
+    assert described.exit_code == 0 and "random:16:0" in described.output
+
+
+def test_errors_are_one_line_and_exit_one(tmp_path, synthetic_files):
+    ref, _ = synthetic_files
+    result = runner.invoke(app, ["build", "--reference", str(ref), "--label-key", "celltype", "--atlas",
+                                 str(tmp_path / "a"), "--model", "random:16"])
+    assert result.exit_code == 1
+    assert "Error: --label-key 'celltype' is not an obs column of the reference; columns present: cell_type, donor" \
+        in " ".join(result.output.split())
+    missing = runner.invoke(app, ["query", str(tmp_path / "none.h5ad"), "--atlas", str(tmp_path / "a")])
+    assert missing.exit_code == 1
+    assert "Error:" in missing.output
+    bad_flag = runner.invoke(app, ["query", "--no-such-flag"])
+    assert bad_flag.exit_code == 2
+
+
+def test_installed_console_script(tmp_path, synthetic_files):
+    exe = shutil.which("screader-db") or str(__import__("pathlib").Path(sys.executable).with_name("screader-db"))
+    ref, query = synthetic_files
+    atlas = tmp_path / "atlas"
+    subprocess.run([exe, "build", "--reference", str(ref), "--label-key", "cell_type", "--atlas", str(atlas),
+                    "--model", "random:16", "--n-genes", "50", "-q"], check=True, capture_output=True)
+    done = subprocess.run([exe, "query", str(query), "--atlas", str(atlas), "-q"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "cells annotated" in done.stdout
+    failed = subprocess.run([exe, "query", str(query), "--atlas", str(tmp_path / "missing")], capture_output=True,
+                            text=True)
+    assert failed.returncode == 1
+    assert failed.stderr.startswith("Error: no atlas at")
