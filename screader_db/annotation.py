@@ -1,11 +1,14 @@
 """Annotate query cells against an atlas: embed them the atlas's way, search, vote.
 
 ``annotate(adata, atlas)`` is the one call; the CLI's ``query`` command is a thin layer on it.
+The query is read in row chunks (an .h5ad path is opened in backed mode), so its size is
+bounded by the results, not by the expression matrix.
 """
 
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -14,8 +17,8 @@ import pandas as pd
 
 from screader_db import store
 from screader_db.errors import GeneOverlapError, ScreaderWarning
-from screader_db.genes import looks_like_ensembl
-from screader_db.inputs import align, load_expression, read_h5ad
+from screader_db.genes import GeneMapping, looks_like_ensembl
+from screader_db.inputs import CHUNK, ExpressionSource, GenePlan, check_values, map_genes, normalise, open_expression, plan_genes, read_h5ad
 from screader_db.metrics import UNASSIGNED
 from screader_db.progress import SILENT, Reporter
 from screader_db.results import AnnotationResult
@@ -26,53 +29,91 @@ WARN_OVERLAP = 0.6
 DEFAULT_K = 15
 
 
-def _overlap_error(matched: int, n_atlas: int, names: list[str], mapping_how: dict[str, int]) -> GeneOverlapError:
+def _overlap_error(matched: int, n_atlas: int, names: list[str], mapping: GeneMapping) -> GeneOverlapError:
     hint = ""
     if looks_like_ensembl(names) > 0.5:
-        hint = " The query's genes look like Ensembl ids (ENSG...); if they did not map, pass --gene-key with a symbol column."
-    elif names and sum(n[:1].isupper() and n[1:2].islower() for n in names[:500]) > 250:
-        hint = " The names look like mouse symbols; pass --species mouse if they were not detected."
+        hint = " The query's genes look like Ensembl ids (ENSG...); pass --gene-key with a var column of symbols."
+    elif mapping.species == "human" and sum(n[:1].isupper() and n[1:2].islower() for n in names[:500]) > 100:
+        hint = " Many names look like mouse symbols; pass --species mouse."
     message = (
         f"only {matched} of the atlas's {n_atlas:,} genes are in the query ({matched / n_atlas:.0%}; "
-        f"at least {MIN_OVERLAP:.0%} is needed). Query genes mapped: {mapping_how}; first names: "
-        f"{', '.join(names[:5])}.{hint}"
+        f"at least {MIN_OVERLAP:.0%} is needed). How the query's {mapping.n_input:,} genes mapped: {mapping.how}; "
+        f"first names: {', '.join(names[:5])}.{hint}"
     )
     return GeneOverlapError(message)
 
 
+@dataclass
+class PreparedQuery:
+    """A query source with its gene mapping onto the atlas genes, checked and ready to stream."""
+
+    source: ExpressionSource
+    mapping: GeneMapping
+    plan: GenePlan
+    kind: str
+
+    def chunks(self, size: int = CHUNK) -> Any:
+        for start, block in self.source.chunks(size):
+            check_values(block)
+            yield start, normalise(block, self.kind, self.plan)
+
+
+def prepare_query(adata: Any, genes: list[str], *, layer: str | None = None, use_raw: bool = False,
+                  gene_key: str | None = None, species: str = "auto") -> PreparedQuery:
+    """Open, map and check a query against the atlas genes (refusing too small an overlap)."""
+    source = open_expression(adata, layer=layer, use_raw=use_raw, gene_key=gene_key)
+    mapping = map_genes(source, species=species)
+    plan = plan_genes(mapping.symbols, genes)
+    share = plan.matched / len(genes)
+    if share < MIN_OVERLAP:
+        raise _overlap_error(plan.matched, len(genes), source.names, mapping)
+    if share < WARN_OVERLAP:
+        warnings.warn(f"only {plan.matched} of the atlas's {len(genes):,} genes ({share:.0%}) are in the query; "
+                      "labels may be less reliable", ScreaderWarning, stacklevel=3)
+    kind = check_values(source.rows(0, min(source.n_cells, 2000)))
+    return PreparedQuery(source=source, mapping=mapping, plan=plan, kind=kind)
+
+
+def embed_query(query: PreparedQuery, embedder: Any, *, center: str | None = None, chunk: int = CHUNK,
+                reporter: Reporter = SILENT) -> np.ndarray:
+    """Cell vectors of the whole query, centred the atlas's way (two passes when self-centred)."""
+    mean = None
+    if embedder.centre_mode(query.source.n_cells, center) == "query":
+        total = np.zeros(len(embedder.genes), dtype=np.float64)
+        for _, block in query.chunks(chunk):
+            total += np.asarray(block.sum(axis=0)).ravel()
+        mean = (total / query.source.n_cells).astype(np.float32)
+    vectors = np.empty((query.source.n_cells, embedder.dim), dtype=np.float32)
+    with reporter.task("Embedding query cells", query.source.n_cells, "cells") as advance:
+        for start, block in query.chunks(chunk):
+            vectors[start : start + block.shape[0]] = embedder.transform(block, mean=mean if mean is not None else embedder.mean)
+            advance(block.shape[0])
+    return vectors
+
+
 def annotate(adata: Any, atlas: str | Path | store.Atlas, *, k: int = DEFAULT_K, layer: str | None = None,
              use_raw: bool = False, gene_key: str | None = None, species: str = "auto", model: str | None = None,
-             center: str | None = None, min_score: float = 0.0, version: int | None = None,
+             center: str | None = None, min_score: float = 0.0, version: int | None = None, chunk: int = CHUNK,
              reporter: Reporter = SILENT) -> AnnotationResult:
-    """Label every cell of ``adata`` (an AnnData or an .h5ad path) from its nearest atlas cells.
+    """Label every cell of ``adata`` (an AnnData, or an .h5ad path read in backed mode).
 
     ``model``, when given, is the gene-embedding model the caller expects; an atlas built with
     another one is refused. Cells whose vote share is below ``min_score`` become ``Unassigned``.
     The input AnnData is not changed.
     """
     if isinstance(adata, str | Path):
-        adata = read_h5ad(adata)
+        adata = read_h5ad(adata, backed=True)
     opened = atlas if isinstance(atlas, store.Atlas) else store.open_atlas(atlas, version=version)
     opened.check_model(model)
     embedder = opened.embedder
     reporter.message("Reading the query")
-    expr = load_expression(adata, layer=layer, use_raw=use_raw, gene_key=gene_key, species=species)
-    X, matched = align(expr, embedder.genes)
-    share = matched / len(embedder.genes)
-    names = [str(v) for v in adata.var_names[:2000]]
-    if share < MIN_OVERLAP:
-        raise _overlap_error(matched, len(embedder.genes), names, expr.mapping.how)
-    if share < WARN_OVERLAP:
-        warnings.warn(f"only {matched} of the atlas's {len(embedder.genes):,} genes ({share:.0%}) are in the query; "
-                      "labels may be less reliable", ScreaderWarning, stacklevel=2)
-    with reporter.task("Embedding query cells", expr.n_cells, "cells") as advance:
-        vectors = embedder.transform(X, center=center)
-        advance(expr.n_cells)
+    query = prepare_query(adata, embedder.genes, layer=layer, use_raw=use_raw, gene_key=gene_key, species=species)
+    vectors = embed_query(query, embedder, center=center, chunk=chunk, reporter=reporter)
     from screader_db.index import search
 
-    with reporter.task("Searching the atlas", expr.n_cells, "cells") as advance:
+    with reporter.task("Searching the atlas", len(vectors), "cells") as advance:
         sims, ids = search(opened.index, vectors, k)
-        advance(expr.n_cells)
+        advance(len(vectors))
     cells = opened.cells(["label"])
     vocabulary = sorted(cells["label"].unique())
     code_of = {label: i for i, label in enumerate(vocabulary)}
@@ -87,11 +128,11 @@ def annotate(adata: Any, atlas: str | Path | store.Atlas, *, k: int = DEFAULT_K,
     table = pd.DataFrame({
         "label": label.astype(object), "score": vote.score, "margin": vote.margin, "second_label": second.astype(object),
         "mean_similarity": vote.mean_similarity, "raw_label": raw.astype(object),
-    }, index=pd.Index([str(i) for i in adata.obs_names], name=None))
+    }, index=pd.Index([str(i) for i in query.source.obs.index]))
     info = {
         "atlas": str(opened.root), "atlas_version": opened.version, "model_id": opened.model_id,
-        "method": embedder.method, "k": int(min(k, sims.shape[1])), "genes_matched": int(matched),
-        "genes_in_atlas": len(embedder.genes), "species": expr.mapping.species, "input_kind": expr.kind,
+        "method": embedder.method, "k": int(min(k, sims.shape[1])), "genes_matched": int(query.plan.matched),
+        "genes_in_atlas": len(embedder.genes), "species": query.mapping.species, "input_kind": query.kind,
         "min_score": float(min_score),
     }
     return AnnotationResult(table=table, embeddings=vectors, neighbour_ids=ids, neighbour_similarities=sims,

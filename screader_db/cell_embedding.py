@@ -59,26 +59,32 @@ class CellEmbedder:
     def dim(self) -> int:
         return len(self.genes) if self.projection is None else int(self.projection.shape[1])
 
-    def centre_vector(self, X: sp.csr_matrix, center: str | None = None) -> np.ndarray:
+    def centre_mode(self, n_cells: int, center: str | None = None) -> str:
+        """``query`` (centre on the cells' own gene means) or ``reference``."""
         mode = center or self.params.get("center", "auto")
         if mode == "auto":
-            mode = "query" if X.shape[0] >= MIN_CELLS_SELF_CENTRE else "reference"
-        if mode == "query":
-            return np.asarray(X.mean(axis=0)).ravel().astype(np.float32)
-        if mode == "reference":
-            return self.mean
+            return "query" if n_cells >= MIN_CELLS_SELF_CENTRE else "reference"
+        if mode in ("query", "reference"):
+            return str(mode)
         message = f"center must be auto, query or reference, got {mode!r}"
         raise ScreaderError(message)
 
-    def transform(self, X: sp.csr_matrix, *, center: str | None = None, batch: int = 4096) -> np.ndarray:
-        """Embed cells whose columns follow ``self.genes``; returns unit-length float32 rows."""
+    def transform(self, X: sp.csr_matrix, *, center: str | None = None, mean: np.ndarray | None = None,
+                  batch: int = 4096) -> np.ndarray:
+        """Embed cells whose columns follow ``self.genes``; returns unit-length float32 rows.
+
+        ``mean`` is the centring vector to use (for chunked queries centred on their own
+        means); otherwise it follows ``center``.
+        """
         if X.shape[1] != len(self.genes):
             message = f"expression has {X.shape[1]} columns, the embedder expects {len(self.genes)} genes"
             raise ScreaderError(message)
-        mu = self.centre_vector(X, center)
+        if mean is None:
+            mode = self.centre_mode(X.shape[0], center)
+            mean = np.asarray(X.mean(axis=0)).ravel().astype(np.float32) if mode == "query" else self.mean
         out = np.empty((X.shape[0], self.dim), dtype=np.float32)
         for start in range(0, X.shape[0], batch):
-            block = np.asarray(X[start : start + batch].todense(), dtype=np.float32) - mu
+            block = np.asarray(X[start : start + batch].todense(), dtype=np.float32) - mean
             out[start : start + batch] = block if self.projection is None else block @ self.projection
         return l2_normalise(out)
 
