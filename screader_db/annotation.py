@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from screader_db import store
-from screader_db.errors import GeneOverlapError, ScreaderWarning
+from screader_db.errors import GeneOverlapError, ScreaderError, ScreaderWarning
 from screader_db.genes import GeneMapping, looks_like_ensembl
 from screader_db.inputs import CHUNK, ExpressionSource, GenePlan, check_values, map_genes, normalise, open_expression, plan_genes, read_h5ad
 from screader_db.metrics import UNASSIGNED
@@ -91,16 +91,45 @@ def embed_query(query: PreparedQuery, embedder: Any, *, center: str | None = Non
     return vectors
 
 
+LEVELS = {"label": "label", "harmonised": "label_harmonised"}
+MAP_SAMPLE = 50_000
+
+
+def _reference_map(opened: store.Atlas, column: str, seed: int = 0) -> pd.DataFrame | None:
+    layout = opened.layout()
+    if layout is None:
+        return None
+    frame = layout.join(opened.cells([column]).rename(columns={column: "label"}))
+    if len(frame) > MAP_SAMPLE:
+        frame = frame.sample(MAP_SAMPLE, random_state=seed)
+    return frame
+
+
+def _placement(opened: store.Atlas, sims: np.ndarray, ids: np.ndarray) -> np.ndarray | None:
+    from screader_db.layout import place
+
+    layout = opened.layout()
+    if layout is None:
+        return None
+    positions = layout.reindex(ids.ravel()).to_numpy(dtype=np.float32).reshape(ids.shape[0], ids.shape[1], 2)
+    return place(sims, positions)
+
+
 def annotate(adata: Any, atlas: str | Path | store.Atlas, *, k: int = DEFAULT_K, layer: str | None = None,
              use_raw: bool = False, gene_key: str | None = None, species: str = "auto", model: str | None = None,
-             center: str | None = None, min_score: float = 0.0, version: int | None = None, chunk: int = CHUNK,
-             reporter: Reporter = SILENT) -> AnnotationResult:
+             center: str | None = None, min_score: float = 0.0, level: str = "label", majority_voting: bool = False,
+             version: int | None = None, chunk: int = CHUNK, reporter: Reporter = SILENT) -> AnnotationResult:
     """Label every cell of ``adata`` (an AnnData, or an .h5ad path read in backed mode).
 
     ``model``, when given, is the gene-embedding model the caller expects; an atlas built with
     another one is refused. Cells whose vote share is below ``min_score`` become ``Unassigned``.
-    The input AnnData is not changed.
+    ``level`` is ``label`` (each data set's own labels) or ``harmonised`` (through the atlas's
+    label map). ``majority_voting`` adds the majority label of each query cluster beside the
+    per-cell label. The input AnnData is not changed.
     """
+    if level not in LEVELS:
+        message = f"level must be one of {', '.join(LEVELS)}, got {level!r}"
+        raise ScreaderError(message)
     if isinstance(adata, str | Path):
         adata = read_h5ad(adata, backed=True)
     opened = atlas if isinstance(atlas, store.Atlas) else store.open_atlas(atlas, version=version)
@@ -114,10 +143,11 @@ def annotate(adata: Any, atlas: str | Path | store.Atlas, *, k: int = DEFAULT_K,
     with reporter.task("Searching the atlas", len(vectors), "cells") as advance:
         sims, ids = search(opened.index, vectors, k)
         advance(len(vectors))
-    cells = opened.cells(["label"])
-    vocabulary = sorted(cells["label"].unique())
+    column = LEVELS[level]
+    cells = opened.cells([column])
+    vocabulary = sorted(cells[column].unique())
     code_of = {label: i for i, label in enumerate(vocabulary)}
-    codes_by_id = pd.Series(cells["label"].map(code_of).to_numpy(), index=cells.index)
+    codes_by_id = pd.Series(cells[column].map(code_of).to_numpy(), index=cells.index)
     flat = ids.ravel()
     codes = np.where(flat >= 0, codes_by_id.reindex(flat).fillna(-1).to_numpy(), -1).astype(np.int64).reshape(ids.shape)
     vote = knn_vote(sims, codes, len(vocabulary))
@@ -129,11 +159,23 @@ def annotate(adata: Any, atlas: str | Path | store.Atlas, *, k: int = DEFAULT_K,
         "label": label.astype(object), "score": vote.score, "margin": vote.margin, "second_label": second.astype(object),
         "mean_similarity": vote.mean_similarity, "raw_label": raw.astype(object),
     }, index=pd.Index([str(i) for i in query.source.obs.index]))
+    if majority_voting:
+        from screader_db.clusters import cluster_cells, majority_labels
+
+        reporter.message("Clustering the query for majority voting")
+        clusters, algorithm = cluster_cells(vectors)
+        majority, share = majority_labels(table["label"].to_numpy(), clusters)
+        table["cluster"] = pd.Categorical(clusters.astype(str))
+        table["majority_label"] = majority
+        table["majority_share"] = share
     info = {
         "atlas": str(opened.root), "atlas_version": opened.version, "model_id": opened.model_id,
         "method": embedder.method, "k": int(min(k, sims.shape[1])), "genes_matched": int(query.plan.matched),
         "genes_in_atlas": len(embedder.genes), "species": query.mapping.species, "input_kind": query.kind,
-        "min_score": float(min_score),
+        "min_score": float(min_score), "level": level,
     }
+    if majority_voting:
+        info["clustering"] = algorithm
     return AnnotationResult(table=table, embeddings=vectors, neighbour_ids=ids, neighbour_similarities=sims,
-                            atlas_labels=vocabulary, info=info)
+                            atlas_labels=vocabulary, info=info, umap=_placement(opened, sims, ids),
+                            reference_map=_reference_map(opened, column))

@@ -22,7 +22,8 @@ SCHEMA = {
     "datasets": "dataset_id INTEGER, name VARCHAR, label_key VARCHAR, n_cells BIGINT, n_labels INTEGER, species VARCHAR, "
                 "source_file VARCHAR, source_sha256 VARCHAR, added_at TIMESTAMP, added_by VARCHAR, build_id VARCHAR, "
                 "parameters JSON",
-    "cells": "cell_id BIGINT, dataset VARCHAR, barcode VARCHAR, label VARCHAR, metadata JSON, build_id VARCHAR",
+    "cells": "cell_id BIGINT, dataset VARCHAR, barcode VARCHAR, label VARCHAR, label_harmonised VARCHAR, ontology_id VARCHAR, "
+             "metadata JSON, build_id VARCHAR",
     "genes": "gene VARCHAR, position INTEGER, reference_mean FLOAT, text_sha256 VARCHAR, build_id VARCHAR",
     "gene_embeddings": "gene VARCHAR, model_id VARCHAR, model_sha VARCHAR, text_sha256 VARCHAR, vector FLOAT[], "
                        "build_id VARCHAR",

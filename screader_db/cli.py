@@ -142,6 +142,8 @@ def build(
     pooling: Annotated[str, typer.Option(help="Causal language models: mean or last token.")] = "mean",
     hidden_layer: Annotated[int, typer.Option(help="Causal language models: hidden layer to pool (-1 = last).")] = -1,
     index: Annotated[str, typer.Option(help="FAISS index: auto, flat, ivf, ivf-sq8 or ivf-pq.")] = "auto",
+    label_map: Annotated[Path | None, typer.Option(help="CSV (dataset,label,harmonised_label[,ontology_id]) of harmonised labels.")] = None,
+    layout: Annotated[str, typer.Option(help="Reference map for plots and query placement: umap or none.")] = "umap",
     device: Annotated[str | None, typer.Option(help="cpu or cuda (default: cuda when present).")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing atlas with a new version (old versions stay).")] = False,
     quiet: Quiet = False,
@@ -159,10 +161,10 @@ def build(
         from screader_db.console import out
 
         settings = BuildSettings(model=model, method=method, n_genes=n_genes, pooling=pooling, layer=hidden_layer,
-                                 index=index)
+                                 index=index, layout=layout)
         built = build_atlas(_data_path(reference), atlas, label_key=label_key, dataset_name=dataset_name, layer=layer,
-                            use_raw=use_raw, gene_key=gene_key, species=species, settings=settings, overwrite=overwrite,
-                            device=device, reporter=_reporter(quiet))
+                            use_raw=use_raw, gene_key=gene_key, species=species, settings=settings, label_map=label_map,
+                            overwrite=overwrite, device=device, reporter=_reporter(quiet))
         out.print(f"Atlas {atlas} version {built.version}: {built.info['n_cells']:,} cells, model {built.model_id}, "
                   f"method {built.embedder.method}", highlight=False)
 
@@ -258,6 +260,9 @@ def query(
     k: Annotated[int, typer.Option(help="Number of nearest reference cells that vote.")] = 15,
     truth_key: Annotated[str | None, typer.Option(help="obs column with known labels: also print accuracy and macro-F1.")] = None,
     min_score: Annotated[float, typer.Option(help="Cells whose vote share is below this become Unassigned.")] = 0.0,
+    level: Annotated[str, typer.Option(help="label (each data set's own) or harmonised (through the atlas's label map).")] = "label",
+    majority_voting: Annotated[bool, typer.Option(help="Also report each query cluster's majority label (Leiden, or k-means).")] = False,
+    plots: Annotated[Path | None, typer.Option(help="Folder for PNGs: query on the reference map, scores, confusion matrix.")] = None,
     species: Annotated[str, typer.Option(help="human, mouse or auto (from the symbols' case).")] = "auto",
     gene_key: Annotated[str | None, typer.Option(help="var column with gene symbols or Ensembl ids.")] = None,
     layer: Annotated[str | None, typer.Option(help="Layer to read instead of .X.")] = None,
@@ -285,11 +290,13 @@ def query(
             raise ScreaderError(f"--truth-key {truth_key!r} is not an obs column; columns present: "
                                 f"{', '.join(map(str, adata.obs.columns))}")
         result = annotate(adata, atlas, k=k, layer=layer, use_raw=use_raw, gene_key=gene_key, species=species,
-                          model=model, min_score=min_score, version=version, reporter=_reporter(quiet))
+                          model=model, min_score=min_score, level=level, majority_voting=majority_voting,
+                          version=version, reporter=_reporter(quiet))
         summary = result.summary()
-        rows = [[str(label), int(r.cells), float(r.share), float(r.mean_score)] for label, r in summary.iterrows()]
+        rows = [[str(label), int(r.cells), float(r.share), float(r.mean_score), int(r.unassigned)]
+                for label, r in summary.iterrows()]
         out.print(table(f"{len(result.table):,} cells annotated against {atlas} (version {result.info['atlas_version']})",
-                        ["label", "cells", "share", "mean score"], rows))
+                        ["label", "cells", "share", "mean score", "left unassigned"], rows))
         out.print(f"Unassigned: {result.n_unassigned:,}   mean score: {result.table['score'].mean():.3f}   "
                   f"genes matched: {result.info['genes_matched']:,}/{result.info['genes_in_atlas']:,}", highlight=False)
         if truth_key:
@@ -299,6 +306,9 @@ def query(
         if table_path is not None:
             result.write_table(table_path, overwrite=overwrite)
             out.print(f"Per-cell table: {table_path}", highlight=False)
+        if plots is not None:
+            written = result.plot(plots, truth=adata.obs[truth_key] if truth_key else None)
+            out.print(f"Plots: {', '.join(str(p) for p in written)}", highlight=False)
         if out_path is not None:
             _write_h5ad(result.to_adata(adata), out_path)
             out.print(f"Annotated AnnData: {out_path}", highlight=False)

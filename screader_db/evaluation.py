@@ -49,7 +49,7 @@ def compare(reference: Any, query: Any, *, label_key: str, truth_key: str, specs
             reporter.message(f"{spec.name}: building")
             start = time.perf_counter()
             settings = BuildSettings(model=spec.model if spec.model != "none" else "minilm", method=spec.method,
-                                     n_genes=n_genes)
+                                     n_genes=n_genes, layout="none")
             atlas = build_atlas(ref, Path(tmp) / f"atlas{i}", label_key=label_key, dataset_name="reference",
                                 settings=settings, reporter=reporter)
             built = time.perf_counter() - start

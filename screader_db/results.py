@@ -30,6 +30,8 @@ class AnnotationResult:
     neighbour_similarities: np.ndarray
     atlas_labels: list[str]
     info: dict[str, Any] = field(default_factory=dict)
+    umap: np.ndarray | None = None
+    reference_map: pd.DataFrame | None = None
 
     @property
     def labels(self) -> pd.Series:
@@ -44,10 +46,16 @@ class AnnotationResult:
         return self.table.copy()
 
     def summary(self) -> pd.DataFrame:
-        """Cells per predicted label with their share and mean score, largest first."""
+        """Cells per predicted label: count, share, mean score, and how many cells whose best
+        label it was were left Unassigned. Largest first; the Unassigned row comes last."""
         grouped = self.table.groupby("label", observed=True)["score"].agg(cells="size", mean_score="mean")
         grouped["share"] = grouped["cells"] / max(len(self.table), 1)
-        return grouped.sort_values("cells", ascending=False)[["cells", "share", "mean_score"]]
+        dropped = self.table.loc[self.table["label"] == UNASSIGNED, "raw_label"].value_counts()
+        grouped["unassigned"] = dropped.reindex(grouped.index).fillna(0).astype(int)
+        grouped.loc[grouped.index == UNASSIGNED, "unassigned"] = 0
+        order = grouped.sort_values("cells", ascending=False)
+        order = pd.concat([order[order.index != UNASSIGNED], order[order.index == UNASSIGNED]])
+        return order[["cells", "share", "mean_score", "unassigned"]]
 
     @property
     def n_unassigned(self) -> int:
@@ -71,8 +79,17 @@ class AnnotationResult:
             values = self.table[column].to_numpy()
             out.obs[PREFIX + column] = pd.Categorical(values) if values.dtype == object else values
         out.obsm["X_screader"] = self.embeddings
+        if self.umap is not None:
+            out.obsm["X_umap"] = self.umap
         out.uns["screader"] = {k: (str(v) if not isinstance(v, int | float | str) else v) for k, v in self.info.items()}
         return out
+
+    def plot(self, folder: str | Path, *, truth: Any = None) -> list[Path]:
+        """Write PNGs into ``folder``: the query on the reference map, the score histogram and,
+        given true labels, a confusion matrix. Returns the paths written."""
+        from screader_db.plots import write_plots
+
+        return write_plots(self, Path(folder), truth=truth)
 
     def write_table(self, path: str | Path, *, overwrite: bool = False) -> Path:
         """Write the per-cell table as CSV, TSV or Parquet, chosen by the file extension."""

@@ -88,6 +88,7 @@ class Atlas:
     _cells: pd.DataFrame | None = field(default=None, repr=False)
     _embedder: Any = field(default=None, repr=False)
     _index: Any = field(default=None, repr=False)
+    _layout: pd.DataFrame | None = field(default=None, repr=False)
 
     @property
     def path(self) -> Path:
@@ -110,24 +111,46 @@ class Atlas:
         if self._cells is None:
             import pyarrow.parquet as pq
 
-            cols = ["cell_id", "dataset", "barcode", "label"]
-            frames = [pq.read_table(p, columns=cols).to_pandas() for p in sorted((self.path / "cells").glob("*.parquet"))]
+            cols = ["cell_id", "dataset", "barcode", "label", "label_harmonised", "ontology_id"]
+            frames = [pq.read_table(p, columns=cols).to_pandas() for p in self._cell_parts()]
             if not frames:
                 raise AtlasError(f"atlas version {self.path} has no cells")
             self._cells = pd.concat(frames, ignore_index=True).set_index("cell_id")
         return self._cells if columns is None else self._cells[columns]
 
-    def embeddings(self) -> tuple[np.ndarray, np.ndarray]:
-        """(cell ids, unit-length cell vectors) of every dataset."""
+    def _cell_parts(self) -> list[Path]:
+        return sorted((self.path / "cells").glob("*.parquet"))
+
+    def _vector_column(self, name: str) -> tuple[np.ndarray, np.ndarray] | None:
         import pyarrow.parquet as pq
 
         ids, blocks = [], []
-        for part in sorted((self.path / "cells").glob("*.parquet")):
-            table = pq.read_table(part, columns=["cell_id", "embedding"])
-            column = table.column("embedding").combine_chunks()
+        for part in self._cell_parts():
+            if name not in pq.read_schema(part).names:
+                return None
+            table = pq.read_table(part, columns=["cell_id", name])
+            column = table.column(name).combine_chunks()
             ids.append(table.column("cell_id").to_numpy())
             blocks.append(column.flatten().to_numpy(zero_copy_only=False).reshape(-1, column.type.list_size))
+        if not ids:
+            return None
         return np.concatenate(ids), np.concatenate(blocks).astype(np.float32)
+
+    def embeddings(self) -> tuple[np.ndarray, np.ndarray]:
+        """(cell ids, unit-length cell vectors) of every dataset."""
+        found = self._vector_column("embedding")
+        if found is None:
+            raise AtlasError(f"atlas version {self.path} has no cell embeddings")
+        return found
+
+    def layout(self) -> pd.DataFrame | None:
+        """The reference cells' 2-D map (columns x, y; index cell id), if the atlas has one."""
+        if self._layout is None:
+            found = self._vector_column("umap")
+            if found is None:
+                return None
+            self._layout = pd.DataFrame(found[1], index=found[0], columns=["x", "y"])
+        return self._layout
 
     @property
     def embedder(self) -> Any:

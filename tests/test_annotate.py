@@ -12,7 +12,7 @@ from screader_db.errors import GeneOverlapError, ModelMismatchError
 @pytest.fixture
 def atlas(tmp_path, counts_adata):
     build_atlas(counts_adata, tmp_path / "atlas", label_key="cell_type", dataset_name="synthetic",
-                settings=BuildSettings(model="random:32", n_genes=50))
+                settings=BuildSettings(model="random:32", n_genes=50, layout="none"))
     return tmp_path / "atlas"
 
 
@@ -61,3 +61,54 @@ def test_results_are_deterministic(atlas):
     a, b = annotate(query, atlas), annotate(query, atlas)
     np.testing.assert_array_equal(a.neighbour_ids, b.neighbour_ids)
     assert a.labels.equals(b.labels)
+
+
+@pytest.fixture(scope="module")
+def mapped_atlas(tmp_path_factory):
+    """An atlas with a reference map and a label map (harmonised names and ontology ids)."""
+    import pandas as pd
+
+    root = tmp_path_factory.mktemp("mapped") / "atlas"
+    label_map = pd.DataFrame({"dataset": ["synthetic", "*"], "label": ["type0", "type1"],
+                              "harmonised_label": ["alpha", "alpha"], "ontology_id": ["CL:1", "CL:1"]})
+    build_atlas(make_counts(n_cells=300), root, label_key="cell_type", dataset_name="synthetic", label_map=label_map,
+                settings=BuildSettings(model="random:32", n_genes=50, layout="umap"))
+    return root
+
+
+def test_harmonised_level_votes_on_mapped_labels(mapped_atlas):
+    query = make_counts(n_cells=90, seed=9)
+    result = annotate(query, mapped_atlas, level="harmonised")
+    assert set(result.labels) <= {"alpha", "type2"}
+    assert result.atlas_labels == ["alpha", "type2"]
+    from screader_db.store import open_atlas
+
+    cells = open_atlas(mapped_atlas).cells()
+    assert set(cells.loc[cells["label"] == "type0", "ontology_id"]) == {"CL:1"}
+    assert set(cells.loc[cells["label"] == "type2", "label_harmonised"]) == {"type2"}
+
+
+def test_query_is_placed_on_the_reference_map_and_plotted(mapped_atlas, tmp_path):
+    query = make_counts(n_cells=90, seed=10)
+    result = annotate(query, mapped_atlas, majority_voting=True)
+    assert result.umap.shape == (90, 2) and np.isfinite(result.umap).all()
+    assert {"cluster", "majority_label", "majority_share"} <= set(result.table.columns)
+    out = result.to_adata(query)
+    assert out.obsm["X_umap"].shape == (90, 2)
+    written = result.plot(tmp_path / "plots", truth=query.obs["cell_type"])
+    from PIL import Image
+
+    assert {p.name for p in written} == {"umap.png", "scores.png", "confusion.png"}
+    for path in written:
+        with Image.open(path) as image:
+            assert image.size[0] >= 400 and image.size[1] >= 300
+
+
+def test_summary_counts_unassigned_per_label(atlas):
+    query = make_counts(n_cells=60, seed=11)
+    result = annotate(query, atlas, min_score=0.99)
+    summary = result.summary()
+    assert summary["cells"].sum() == 60
+    if result.n_unassigned:
+        assert summary.index[-1] == "Unassigned"
+        assert summary["unassigned"].sum() == result.n_unassigned

@@ -46,6 +46,7 @@ class BuildSettings:
     layer: int = -1
     center: str = "auto"
     index: str = "auto"
+    layout: str = "umap"
     seed: int = 0
 
 
@@ -59,6 +60,14 @@ class Reference:
     label_key: str
     source_file: str
     source_sha256: str
+    harmonised: np.ndarray | None = None
+    ontology: np.ndarray | None = None
+
+    def harmonise(self, label_map: pd.DataFrame | None) -> None:
+        """Fill the harmonised labels and ontology ids from a label map (identity without one)."""
+        from screader_db.labelmap import harmonise
+
+        self.harmonised, self.ontology = harmonise(self.labels, self.name, label_map)
 
 
 def read_reference(reference: Any, *, label_key: str, name: str | None = None, layer: str | None = None,
@@ -91,19 +100,28 @@ def read_reference(reference: Any, *, label_key: str, name: str | None = None, l
                      source_file=source, source_sha256=digest)
 
 
-def _cells_table(ref: Reference, ids: np.ndarray, vectors: np.ndarray, provenance: dict[str, Any]) -> pa.Table:
+def _cells_table(ref: Reference, ids: np.ndarray, vectors: np.ndarray, layout: np.ndarray | None,
+                 provenance: dict[str, Any]) -> pa.Table:
     obs = ref.expr.obs.drop(columns=[ref.label_key], errors="ignore")
     metadata = [json.dumps(row, default=str) for row in obs.astype(str).to_dict("records")] if len(obs.columns) else \
         ["{}"] * len(ids)
+    if ref.harmonised is None or ref.ontology is None:
+        ref.harmonise(None)
+    assert ref.harmonised is not None and ref.ontology is not None
     flat = pa.array(vectors.astype(np.float32).ravel(), pa.float32())
-    table = pa.table({
+    columns = {
         "cell_id": pa.array(ids, pa.int64()),
         "dataset": pa.array([ref.name] * len(ids), pa.string()),
         "barcode": pa.array([str(b) for b in ref.expr.obs.index], pa.string()),
         "label": pa.array(list(ref.labels), pa.string()),
+        "label_harmonised": pa.array(list(ref.harmonised), pa.string()),
+        "ontology_id": pa.array(list(ref.ontology), pa.string()),
         "metadata": pa.array(metadata, pa.string()),
         "embedding": pa.FixedSizeListArray.from_arrays(flat, vectors.shape[1]),
-    })
+    }
+    if layout is not None:
+        columns["umap"] = pa.FixedSizeListArray.from_arrays(pa.array(layout.astype(np.float32).ravel(), pa.float32()), 2)
+    table = pa.table(columns)
     return table.replace_schema_metadata({PROVENANCE_KEY: json.dumps(provenance, sort_keys=True)})
 
 
@@ -126,10 +144,17 @@ def _gene_vectors(genes: list[str], settings: BuildSettings, resolver: GeneResol
 
 def build_atlas(reference: Any, atlas: str | Path, *, label_key: str, dataset_name: str | None = None,
                 layer: str | None = None, use_raw: bool = False, gene_key: str | None = None, species: str = "auto",
-                settings: BuildSettings | None = None, overwrite: bool = False, device: str | None = None,
-                reporter: Reporter = SILENT) -> store.Atlas:
-    """Build (or, with ``overwrite``, replace with a new version) an atlas from one reference."""
+                settings: BuildSettings | None = None, label_map: str | Path | pd.DataFrame | None = None,
+                overwrite: bool = False, device: str | None = None, reporter: Reporter = SILENT) -> store.Atlas:
+    """Build (or, with ``overwrite``, replace with a new version) an atlas from one reference.
+
+    ``label_map`` (a CSV path or DataFrame, see :mod:`screader_db.labelmap`) adds harmonised
+    labels and ontology ids beside the data set's own labels.
+    """
+    from screader_db.labelmap import read_label_map
+
     settings = settings or BuildSettings()
+    mapping_table = read_label_map(label_map) if isinstance(label_map, str | Path) else label_map
     root = Path(atlas)
     if store.is_atlas(root) and not overwrite:
         message = (
@@ -144,6 +169,7 @@ def build_atlas(reference: Any, atlas: str | Path, *, label_key: str, dataset_na
     reporter.message("Reading the reference")
     ref = read_reference(reference, label_key=label_key, name=dataset_name, layer=layer, use_raw=use_raw,
                          gene_key=gene_key, species=species, resolver=resolver)
+    ref.harmonise(mapping_table)
     reporter.message(f"{ref.expr.n_cells:,} cells, {len(ref.expr.genes):,} genes ({ref.expr.kind}), "
                      f"{len(set(ref.labels))} labels")
     chosen = highly_variable(ref.expr.X, settings.n_genes)
@@ -187,13 +213,18 @@ def write_version(root: Path, refs: list[tuple[Reference, np.ndarray]], embedder
         try:
             reporter.message("Writing the atlas")
             all_ids, all_vecs, cell_frames, dataset_rows = [], [], [], []
+            layout = _layout(np.concatenate([v for _, v in refs]), settings, reporter)
+            offset = 0
             for dataset_id, (ref, vectors) in enumerate(refs, start=1):
                 ids = store.cell_ids(dataset_id, ref.expr.n_cells)
-                cells = _cells_table(ref, ids, vectors, provenance)
+                part = None if layout is None else layout[offset : offset + len(ids)]
+                offset += len(ids)
+                cells = _cells_table(ref, ids, vectors, part, provenance)
                 _write_parquet(cells, staging / "cells" / f"{ref.name}.parquet")
                 all_ids.append(ids)
                 all_vecs.append(vectors)
-                cell_frames.append(cells.drop_columns(["embedding"]).to_pandas().assign(build_id=build_id))
+                cell_frames.append(cells.drop_columns([c for c in ("embedding", "umap") if c in cells.column_names])
+                                   .to_pandas().assign(build_id=build_id))
                 dataset_rows.append({
                     "dataset_id": dataset_id, "name": ref.name, "label_key": ref.label_key, "n_cells": ref.expr.n_cells,
                     "n_labels": len(set(ref.labels)), "species": ref.expr.mapping.species,
@@ -250,6 +281,17 @@ def write_version(root: Path, refs: list[tuple[Reference, np.ndarray]], embedder
             raise
     reporter.message(f"Atlas version {number} written to {root}")
     return store.open_atlas(root, version=number)
+
+
+def _layout(vectors: np.ndarray, settings: BuildSettings, reporter: Reporter) -> np.ndarray | None:
+    if settings.layout == "none":
+        return None
+    from screader_db.layout import reference_layout
+
+    with reporter.task("Laying out the reference (UMAP)", len(vectors), "cells") as advance:
+        coords = reference_layout(vectors, seed=settings.seed)
+        advance(len(vectors))
+    return coords
 
 
 def _file_rows(folder: Path, build_id: str) -> list[dict[str, Any]]:

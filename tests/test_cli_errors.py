@@ -1,0 +1,177 @@
+"""Every bad input to `screader-db query` gets one clear message, exit code 1 and no output file."""
+
+import json
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+from conftest import HUMAN_GENES, make_counts
+from typer.testing import CliRunner
+
+from screader_db.builders.atlas import BuildSettings, build_atlas
+from screader_db.cli import app
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def atlas(tmp_path_factory):
+    root = tmp_path_factory.mktemp("errors") / "atlas"
+    build_atlas(make_counts(n_cells=200), root, label_key="cell_type", dataset_name="synthetic",
+                settings=BuildSettings(model="random:16", n_genes=50, layout="none"))
+    return root
+
+
+def _write(adata, path):
+    adata.write_h5ad(path)
+    return path
+
+
+def _with_values(tmp_path, values):
+    adata = make_counts(n_cells=30, seed=2)
+    X = adata.X.toarray()
+    X[0, :3] = values
+    adata.X = sp.csr_matrix(X)
+    return _write(adata, tmp_path / "q.h5ad")
+
+
+def case_missing(tmp_path):
+    return tmp_path / "absent.h5ad", r"Error: .*absent.h5ad does not exist; check the path"
+
+
+def case_empty(tmp_path):
+    (tmp_path / "q.h5ad").write_bytes(b"")
+    return tmp_path / "q.h5ad", r"is empty \(0 bytes\); it was probably not written completely"
+
+
+def case_not_h5ad(tmp_path):
+    (tmp_path / "q.h5ad").write_text("gene,cell\nINS,3\n")
+    return tmp_path / "q.h5ad", r"is not an .h5ad file \(no HDF5 signature\); save it with AnnData's write_h5ad"
+
+
+def case_corrupt(tmp_path):
+    good = _write(make_counts(n_cells=30), tmp_path / "good.h5ad")
+    (tmp_path / "q.h5ad").write_bytes(good.read_bytes()[:3000])
+    return tmp_path / "q.h5ad", r"could not be read as AnnData .*the file is damaged or not an h5ad"
+
+
+def case_zero_cells(tmp_path):
+    adata = ad.AnnData(X=sp.csr_matrix((0, len(HUMAN_GENES)), dtype=np.float32), var=pd.DataFrame(index=HUMAN_GENES))
+    return _write(adata, tmp_path / "q.h5ad"), r"Error: the data has zero cells"
+
+
+def case_zero_genes(tmp_path):
+    adata = ad.AnnData(X=sp.csr_matrix((5, 0), dtype=np.float32), obs=pd.DataFrame(index=[f"c{i}" for i in range(5)]))
+    return _write(adata, tmp_path / "q.h5ad"), r"Error: the data has zero genes"
+
+
+def case_low_overlap(tmp_path):
+    genes = ["INS", "GCG"] + [f"LOC1000{i:04d}" for i in range(60)]
+    adata = make_counts(n_cells=30, genes=genes, n_types=1)
+    return _write(adata, tmp_path / "q.h5ad"), r"Error: only 2 of the atlas's \d+ genes are in the query \(\d+%; at least 20% is needed\)"
+
+
+def case_ensembl_without_mapping(tmp_path):
+    adata = make_counts(n_cells=30, genes=[f"ENSG9{i:010d}" for i in range(50)])
+    return _write(adata, tmp_path / "q.h5ad"), r"none of the 50 gene names could be mapped .* The names look like Ensembl ids"
+
+
+def case_nan(tmp_path):
+    return _with_values(tmp_path, [np.nan, 1, 1]), r"the matrix has 1 NaN or infinite values"
+
+
+def case_inf(tmp_path):
+    return _with_values(tmp_path, [np.inf, 1, 1]), r"the matrix has 1 NaN or infinite values"
+
+
+def case_negative(tmp_path):
+    return _with_values(tmp_path, [-2.0, 1, 1]), r"the matrix has negative values \(minimum -2\): it looks scaled or z-scored"
+
+
+def case_scaled(tmp_path):
+    adata = make_counts(n_cells=30)
+    adata.X = sp.csr_matrix(adata.X.toarray() * 7.31)
+    return _write(adata, tmp_path / "q.h5ad"), r"non-integer values up to [\d.e+]+: neither raw counts nor log-normalised data"
+
+
+def case_duplicate_genes(tmp_path):
+    adata = make_counts(n_cells=30)
+    names = list(adata.var_names)
+    names[2] = names[1]
+    adata.var_names = names
+    return _write(adata, tmp_path / "q.h5ad"), r"1 gene names occur more than once \(GCG...\); make them unique"
+
+
+CASES = [case_missing, case_empty, case_not_h5ad, case_corrupt, case_zero_cells, case_zero_genes, case_low_overlap,
+         case_ensembl_without_mapping, case_nan, case_inf, case_negative, case_scaled, case_duplicate_genes]
+
+
+def _run(args, tmp_path):
+    out, table = tmp_path / "result.h5ad", tmp_path / "result.csv"
+    result = runner.invoke(app, ["query", *args, "--out", str(out), "--table", str(table), "--quiet"])
+    return result, out, table
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.__name__[5:])
+def test_bad_query_files(case, atlas, tmp_path):
+    path, pattern = case(tmp_path)
+    result, out, table = _run([str(path), "--atlas", str(atlas)], tmp_path)
+    text = " ".join(result.output.split())
+    assert result.exit_code == 1, text
+    assert text.startswith("Error: ") or "\nError: " in result.output
+    import re
+
+    assert re.search(pattern, text), text
+    assert not out.exists() and not table.exists()
+
+
+def test_missing_atlas(tmp_path):
+    query = _write(make_counts(n_cells=20), tmp_path / "q.h5ad")
+    result, out, table = _run([str(query), "--atlas", str(tmp_path / "nowhere")], tmp_path)
+    assert result.exit_code == 1
+    assert "Error: no atlas at" in result.output and "the folder does not exist" in result.output
+    assert not out.exists() and not table.exists()
+
+
+def test_atlas_from_another_model(atlas, tmp_path):
+    query = _write(make_counts(n_cells=20), tmp_path / "q.h5ad")
+    result, out, _ = _run([str(query), "--atlas", str(atlas), "--model", "minilm"], tmp_path)
+    assert result.exit_code == 1
+    assert "built with gene-embedding model 'random:16:0', not 'minilm'" in " ".join(result.output.split())
+    assert not out.exists()
+
+
+def test_atlas_of_an_older_format(tmp_path):
+    root = tmp_path / "old"
+    built = build_atlas(make_counts(n_cells=100), root, label_key="cell_type",
+                        settings=BuildSettings(model="random:16", n_genes=50, layout="none"))
+    meta = json.loads((built.path / "VERSION.json").read_text())
+    meta["format"] = "screader-atlas-0"
+    (built.path / "VERSION.json").write_text(json.dumps(meta))
+    query = _write(make_counts(n_cells=20), tmp_path / "q.h5ad")
+    result, out, _ = _run([str(query), "--atlas", str(root)], tmp_path)
+    assert result.exit_code == 1
+    assert "has format 'screader-atlas-0'; this screader-db reads 'screader-atlas-1'. Rebuild the atlas" in \
+        " ".join(result.output.split())
+    assert not out.exists()
+
+
+def test_existing_output_needs_overwrite(atlas, tmp_path):
+    query = _write(make_counts(n_cells=20), tmp_path / "q.h5ad")
+    out = tmp_path / "result.h5ad"
+    out.write_text("keep me")
+    result = runner.invoke(app, ["query", str(query), "--atlas", str(atlas), "--out", str(out), "--quiet"])
+    assert result.exit_code == 1
+    assert f"Error: {out} exists; pass --overwrite to replace it" in " ".join(result.output.split())
+    assert out.read_text() == "keep me"
+
+
+def test_low_but_usable_overlap_is_a_warning(atlas, tmp_path):
+    genes = HUMAN_GENES[:20] + [f"LOC1000{i:04d}" for i in range(30)]
+    query = _write(make_counts(n_cells=40, genes=genes), tmp_path / "q.h5ad")
+    result, out, _ = _run([str(query), "--atlas", str(atlas)], tmp_path)
+    assert result.exit_code == 0, result.output
+    assert "Warning: only" in result.output and "labels may be less reliable" in result.output
+    assert out.exists()
