@@ -111,8 +111,16 @@ class Atlas:
         if self._cells is None:
             import pyarrow.parquet as pq
 
-            cols = ["cell_id", "dataset", "barcode", "label", "label_harmonised", "ontology_id"]
-            frames = [pq.read_table(p, columns=cols).to_pandas() for p in self._cell_parts()]
+            wanted = ["cell_id", "dataset", "barcode", "label", "label_harmonised", "ontology_id"]
+            frames = []
+            for part in self._cell_parts():
+                present = set(pq.read_schema(part).names)
+                frame = pq.read_table(part, columns=[c for c in wanted if c in present]).to_pandas()
+                if "label_harmonised" not in frame:
+                    frame["label_harmonised"] = frame["label"]
+                if "ontology_id" not in frame:
+                    frame["ontology_id"] = ""
+                frames.append(frame)
             if not frames:
                 raise AtlasError(f"atlas version {self.path} has no cells")
             self._cells = pd.concat(frames, ignore_index=True).set_index("cell_id")

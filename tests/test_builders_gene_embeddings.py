@@ -36,3 +36,17 @@ def test_parquet_round_trip_keeps_provenance(tmp_path, monkeypatch):
     table = pq.read_table(path)
     assert set(table.column_names) >= {"gene", "model_id", "model_sha", "pooling", "text_sha256", "vector"}
     assert b"screader_db.provenance" in table.schema.metadata
+
+
+def test_rebuilding_an_atlas_reembeds_nothing(tiny_llama, tmp_path, monkeypatch):
+    from conftest import make_counts
+    from screader_db.builders.atlas import BuildSettings, build_atlas
+
+    monkeypatch.setenv("SCREADER_DB_HOME", str(tmp_path / "home"))
+    settings = BuildSettings(model=str(tiny_llama), n_genes=30, layout="none")
+    reference = make_counts(n_cells=120)
+    first = build_atlas(reference, tmp_path / "atlas", label_key="cell_type", settings=settings)
+    assert first.provenance["genes_embedded"] == 30
+    second = build_atlas(reference, tmp_path / "atlas", label_key="cell_type", settings=settings, overwrite=True)
+    assert second.provenance["genes_embedded"] == 0
+    assert second.provenance["text_sha256"] == first.provenance["text_sha256"]

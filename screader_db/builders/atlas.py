@@ -139,6 +139,7 @@ def _gene_vectors(genes: list[str], settings: BuildSettings, resolver: GeneResol
     with reporter.task(f"Embedding gene descriptions ({encoder.model_id})", len(genes), "genes") as advance:
         emb = embed_genes(genes, encoder, resolver=resolver, progress=advance)
     emb.extra["model_spec"] = settings.model
+    reporter.message(f"{emb.n_embedded:,} of {len(genes):,} gene descriptions embedded, the rest from the cache")
     return emb
 
 
@@ -202,6 +203,7 @@ def write_version(root: Path, refs: list[tuple[Reference, np.ndarray]], embedder
         "encoder_key": emb.key if emb is not None else "",
         "encoder_settings": emb.settings if emb is not None else {},
         "text_sha256": text_sha,
+        "genes_embedded": emb.n_embedded if emb is not None else 0,
         "method": embedder.method,
         "parameters": asdict(settings),
     }
