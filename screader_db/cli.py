@@ -63,16 +63,9 @@ def _guard() -> Iterator[None]:
 
 def _data_path(value: str) -> str:
     """A path, or the name of a data set in the manifest (fetched on first use)."""
-    if Path(value).exists():
-        return value
-    from screader_db.manifest import load_manifest
+    from screader_db.fetch import resolve_dataset
 
-    entries = load_manifest()
-    if value in entries and entries[value].role == "dataset":
-        from screader_db.fetch import ensure
-
-        return str(ensure(value))
-    return value
+    return str(resolve_dataset(value))
 
 
 def _reporter(quiet: bool) -> Any:
@@ -464,3 +457,37 @@ def gc(atlas: AtlasOption,
 
         removed = collect_garbage(atlas, keep=keep, wait=wait)
         out.print(f"Removed {len(removed)} version(s): {', '.join(map(str, removed)) or 'none'}", highlight=False)
+
+
+@app.command()
+def evaluate(
+    reference: Annotated[str, typer.Option(help="Labelled reference .h5ad or manifest name.")],
+    label_key: Annotated[str, typer.Option(help="obs column of reference labels.")],
+    query: Annotated[str | None, typer.Option(help="Query with true labels; leave out to evaluate on reference splits.")] = None,
+    truth_key: Annotated[str | None, typer.Option(help="obs column of the query's true labels (default: --label-key).")] = None,
+    split: Annotated[float, typer.Option(help="Without --query: share of the reference held out per split.")] = 0.2,
+    seeds: Annotated[int, typer.Option(help="Splits (without --query) or random-twin seeds (with it).")] = 3,
+    model: Annotated[str, typer.Option(help="Gene text model of the project's methods.")] = "minilm",
+    methods: Annotated[str | None, typer.Option(help="Comma-separated project methods (default: the build default).")] = None,
+    celltypist: Annotated[bool, typer.Option(help="Include CellTypist trained on the same reference.")] = True,
+    k: Annotated[int, typer.Option(help="Neighbours that vote.")] = 15,
+    n_genes: Annotated[int, typer.Option(help="Variable genes of the reference.")] = 3000,
+    out: Annotated[Path | None, typer.Option(help="Folder for evaluation.md, evaluation.json and confusion.png.")] = None,
+    quiet: Quiet = False,
+) -> None:
+    """Compare the project's methods with random gene vectors, expression kNN, PCA-kNN and CellTypist in one run.
+
+    Every method gets the same genes, cells and k; cross-species tasks score the shared labels only.
+
+    Example: `screader-db evaluate --reference baron_human --query baron_mouse --label-key cell_ontology_class --out results/eval`
+    """
+    with _guard():
+        from screader_db.console import out as console
+        from screader_db.evaluation import run_evaluation
+
+        _, text = run_evaluation(reference=reference, query=query, label_key=label_key, truth_key=truth_key,
+                                 split=0.0 if query else split, seeds=seeds, model=model, methods=methods,
+                                 celltypist=celltypist, k=k, n_genes=n_genes, out=out, reporter=_reporter(quiet))
+        console.print(text, highlight=False)
+        if out is not None:
+            console.print(f"Written: {out}/evaluation.md, evaluation.json, confusion.png", highlight=False)

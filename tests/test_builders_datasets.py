@@ -2,8 +2,8 @@
 
 import numpy as np
 import pytest
-
 from conftest import make_counts
+
 from screader_db import annotate, store
 from screader_db.builders.atlas import BuildSettings, build_atlas
 from screader_db.builders.datasets import add_dataset, remove_dataset
@@ -24,7 +24,7 @@ def two_sets(tmp_path):
 
 
 def test_add_makes_a_new_version_with_new_ids(two_sets):
-    root, first, second = two_sets
+    root, _first, _second = two_sets
     atlas = store.open_atlas(root)
     assert atlas.version == 2
     assert [d["name"] for d in atlas.datasets] == ["first", "second"]
@@ -93,6 +93,6 @@ def test_gc_keeps_the_newest_and_the_current(two_sets):
 
 
 def test_second_writer_is_refused_while_the_lock_is_held(two_sets):
-    root, _, second = two_sets
+    root, _, _second = two_sets
     with store.writer_lock(root), pytest.raises(AtlasError, match="another process is writing to the atlas"):
         remove_dataset(root, "second", wait=0.1)

@@ -8,8 +8,8 @@ import sys
 import textwrap
 
 import pytest
-
 from conftest import make_counts
+
 from screader_db import annotate, store
 from screader_db.builders.atlas import BuildSettings, build_atlas
 
@@ -119,7 +119,7 @@ def test_readers_see_only_complete_versions_while_writers_write(atlas, tmp_path)
     remove_dataset(atlas, "base")
     add_dataset(atlas, extras[1], label_key="cell_type", name="extra1")
     outputs = [r.communicate(timeout=600) for r in readers]
-    for reader, (out, err) in zip(readers, outputs, strict=True):
+    for reader, (_, err) in zip(readers, outputs, strict=True):
         assert reader.returncode == 0, err
     expected = {v: _answers(atlas, query, version=v) for v in store.list_versions(atlas)}
     assert sorted(expected) == [1, 2, 3, 4]
