@@ -18,6 +18,8 @@ import numpy as np
 from screader_db.errors import AtlasError, ScreaderError
 
 FLAT_LIMIT = 200_000
+HNSW_QUANTIZER_LIMIT = 1_000_000
+RAM_SHARE = 0.25
 INDEX_KINDS = ("auto", "flat", "ivf", "ivf-sq8", "ivf-pq")
 
 
@@ -51,13 +53,38 @@ class IndexInfo:
                 "recall_at_10": self.recall_at_10, **self.extra}
 
 
-def choose_kind(n: int, requested: str = "auto") -> str:
+def memory_bytes() -> int:
+    """Physical memory of this machine (0 when unknown)."""
+    import os
+
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (ValueError, OSError, AttributeError):
+        return 0
+
+
+def choose_kind(n: int, requested: str = "auto", *, dim: int = 384) -> str:
+    """Exact Flat below ``FLAT_LIMIT`` cells; IVF above, with 8-bit codes once raw vectors would
+    take more than a quarter of the machine's memory, and PQ codes beyond twice that."""
     if requested not in INDEX_KINDS:
         message = f"unknown index kind {requested!r}; choose one of {', '.join(INDEX_KINDS)}"
         raise ScreaderError(message)
     if requested != "auto":
         return requested
-    return "flat" if n < FLAT_LIMIT else "ivf-sq8"
+    if n < FLAT_LIMIT:
+        return "flat"
+    raw = n * dim * 4
+    ram = memory_bytes() or 16 << 30
+    if raw > 2 * RAM_SHARE * ram:
+        return "ivf-pq"
+    if raw > RAM_SHARE * ram:
+        return "ivf-sq8"
+    return "ivf"
+
+
+def n_lists(n: int) -> int:
+    """IVF lists: about 8·√N, at least 16, and at least 39 training points per list."""
+    return int(max(16, min(8 * math.sqrt(n), n // 39)))
 
 
 def build_index(vectors: np.ndarray, ids: np.ndarray, *, kind: str = "auto", recall_target: float = 0.95,
@@ -67,13 +94,14 @@ def build_index(vectors: np.ndarray, ids: np.ndarray, *, kind: str = "auto", rec
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
     ids = np.ascontiguousarray(ids, dtype=np.int64)
     n, dim = vectors.shape
-    chosen = choose_kind(n, kind)
+    chosen = choose_kind(n, kind, dim=dim)
     if chosen == "flat" or n < 1000:
         index = faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
         index.add_with_ids(vectors, ids)
         return index, IndexInfo("flat", n, dim)
-    nlist = int(min(max(4 * math.sqrt(n), 16), n // 39))
-    quantizer = faiss.IndexFlatIP(dim)
+    nlist = n_lists(n)
+    quantizer = (faiss.IndexHNSWFlat(dim, 32, faiss.METRIC_INNER_PRODUCT) if n > HNSW_QUANTIZER_LIMIT
+                 else faiss.IndexFlatIP(dim))
     if chosen == "ivf":
         index = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
     elif chosen == "ivf-sq8":
@@ -83,12 +111,13 @@ def build_index(vectors: np.ndarray, ids: np.ndarray, *, kind: str = "auto", rec
         m = max(d for d in range(1, min(dim, 64) + 1) if dim % d == 0)
         index = faiss.IndexIVFPQ(quantizer, dim, nlist, m, 8, faiss.METRIC_INNER_PRODUCT)
     rng = np.random.default_rng(seed)
-    train = vectors[rng.choice(n, size=min(n, max(nlist * 64, 50_000)), replace=False)]
+    train = vectors[np.sort(rng.choice(n, size=min(n, max(nlist * 40, 50_000)), replace=False))]
     index.train(train)
     index.add_with_ids(vectors, ids)
     nprobe, recall = tune_nprobe(index, vectors, ids, recall_target=recall_target, seed=seed)
     index.nprobe = nprobe
-    return index, IndexInfo(chosen, n, dim, nlist=nlist, nprobe=nprobe, recall_at_10=recall)
+    extra = {"quantizer": "hnsw" if n > HNSW_QUANTIZER_LIMIT else "flat", "recall_target": recall_target}
+    return index, IndexInfo(chosen, n, dim, nlist=nlist, nprobe=nprobe, recall_at_10=recall, extra=extra)
 
 
 def tune_nprobe(index: Any, vectors: np.ndarray, ids: np.ndarray, *, recall_target: float, seed: int = 0,
@@ -120,6 +149,7 @@ def save_index(index: Any, info: IndexInfo, path: str | Path, provenance: dict[s
     faiss = _faiss()
     target = Path(path)
     faiss.write_index(index, str(target))
+    info.extra["bytes_per_cell"] = round(target.stat().st_size / max(info.n, 1), 1)
     sidecar = {"index": info.to_dict(), "provenance": provenance, "sha256": sha256_file(target),
                "faiss_version": faiss.__version__}
     Path(str(target) + ".json").write_text(json.dumps(sidecar, indent=2, sort_keys=True))
