@@ -177,12 +177,77 @@ def load_index(path: str | Path, *, verify: bool = False) -> tuple[Any, dict[str
     return index, sidecar
 
 
+_GPU_SEARCHERS: dict[int, tuple[Any, Any]] = {}
+
+
+def torch_cuda() -> bool:
+    """True when torch sees a CUDA GPU; torch is imported only on machines with an NVIDIA driver."""
+    import os
+
+    if not os.path.exists("/proc/driver/nvidia/version") and not os.environ.get("CUDA_VISIBLE_DEVICES"):
+        return False
+    try:
+        import torch
+    except ImportError:
+        return False
+    return bool(torch.cuda.is_available())
+
+
+class TorchFlatSearcher:
+    """Exact inner-product search on a CUDA GPU with torch, for Flat indexes when faiss has no GPU support.
+
+    The atlas vectors are copied to the GPU once (fp16 by default) and queries are searched in
+    batches; results match the CPU Flat index up to fp16 rounding of near ties.
+    """
+
+    def __init__(self, index: Any, *, dtype: str = "float16", device: str = "cuda") -> None:
+        import torch
+
+        faiss = _faiss()
+        flat = faiss.downcast_index(index.index) if hasattr(index, "id_map") else index
+        vectors = flat.reconstruct_n(0, flat.ntotal)
+        self.ids = faiss.vector_to_array(index.id_map) if hasattr(index, "id_map") else np.arange(flat.ntotal)
+        self.device = device
+        self.vectors = torch.from_numpy(vectors).to(device=device, dtype=getattr(torch, dtype))
+
+    def search(self, queries: np.ndarray, k: int, *, batch: int = 8192) -> tuple[np.ndarray, np.ndarray]:
+        import torch
+
+        k = min(k, self.vectors.shape[0])
+        sims = np.empty((len(queries), k), dtype=np.float32)
+        rows = np.empty((len(queries), k), dtype=np.int64)
+        with torch.inference_mode():
+            for start in range(0, len(queries), batch):
+                block = torch.from_numpy(queries[start : start + batch]).to(self.device, dtype=self.vectors.dtype)
+                top = torch.topk(block @ self.vectors.T, k, dim=1)
+                sims[start : start + batch] = top.values.float().cpu().numpy()
+                rows[start : start + batch] = top.indices.cpu().numpy()
+        return sims, self.ids[rows]
+
+
+def gpu_searcher(index: Any) -> Any | None:
+    """A GPU copy of ``index`` (faiss-gpu, or torch for Flat indexes), cached per index; None without a GPU."""
+    key = id(index)
+    if key in _GPU_SEARCHERS:
+        return _GPU_SEARCHERS[key][1]
+    faiss = _faiss()
+    searcher: Any = None
+    if gpu_count() > 0:
+        searcher = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), 0, index)
+    elif torch_cuda() and not hasattr(faiss.downcast_index(getattr(index, "index", index)), "nlist"):
+        searcher = TorchFlatSearcher(index)
+    if searcher is not None:
+        _GPU_SEARCHERS[key] = (index, searcher)
+    return searcher
+
+
 def search(index: Any, queries: np.ndarray, k: int, *, use_gpu: bool | None = None,
            allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Top-``k`` (similarities, ids) for each query row.
 
     ``allowed`` restricts the search to those cell ids (exactly, through a FAISS id selector;
-    such searches run on the CPU). Otherwise a GPU is used when present unless told not to.
+    such searches run on the CPU). Otherwise a GPU is used when present (faiss-gpu, or torch
+    for exact Flat indexes) unless ``use_gpu`` is False.
     """
     faiss = _faiss()
     queries = np.ascontiguousarray(queries, dtype=np.float32)
@@ -193,8 +258,9 @@ def search(index: Any, queries: np.ndarray, k: int, *, use_gpu: bool | None = No
                   else faiss.SearchParameters(sel=selector))
         return index.search(queries, k, params=params)
     k = min(k, index.ntotal)
-    if (use_gpu is None or use_gpu) and gpu_count() > 0:
-        resources = faiss.StandardGpuResources()
-        index = faiss.index_cpu_to_gpu(resources, 0, index)
+    if use_gpu is None or use_gpu:
+        searcher = gpu_searcher(index)
+        if searcher is not None:
+            return searcher.search(queries, k)
     sims, ids = index.search(queries, k)
     return sims, ids
