@@ -123,13 +123,15 @@ class CellEmbedder:
 
 
 def fit_embedder(method: str, X: sp.csr_matrix, genes: list[str], *, gene_vectors: np.ndarray | None = None,
-                 params: dict[str, Any] | None = None, n_components: int = 50, seed: int = 0) -> CellEmbedder:
-    """Fit ``method`` on reference expression ``X`` (columns follow ``genes``)."""
+                 mean: np.ndarray | None = None, params: dict[str, Any] | None = None, n_components: int = 50,
+                 seed: int = 0) -> CellEmbedder:
+    """Fit ``method`` on reference expression ``X`` (columns follow ``genes``; a sample of cells is
+    enough). ``mean`` is the reference's gene means when ``X`` is only a sample."""
     if method not in METHODS:
         message = f"unknown method {method!r}; choose one of {', '.join(METHODS)}"
         raise ScreaderError(message)
     settings = {"center": "auto", **(params or {})}
-    mean = np.asarray(X.mean(axis=0)).ravel().astype(np.float32)
+    mean = (np.asarray(X.mean(axis=0)).ravel() if mean is None else np.asarray(mean)).astype(np.float32)
     if method == "expression":
         return CellEmbedder(method, list(genes), mean, None, settings)
     if method == "pca":

@@ -64,22 +64,40 @@ def _duplicates(names: list[str]) -> list[str]:
 
 @dataclass
 class ExpressionSource:
-    """The chosen matrix of an AnnData (in memory or backed), read in row chunks."""
+    """The chosen matrix of an AnnData (in memory or backed), read in row chunks.
+
+    ``keep`` (sorted row positions) restricts the source to some of the matrix's rows.
+    """
 
     matrix: Any
     names: list[str]
     obs: pd.DataFrame
+    keep: np.ndarray | None = None
 
     @property
     def n_cells(self) -> int:
-        return int(self.matrix.shape[0])
+        return int(self.matrix.shape[0] if self.keep is None else len(self.keep))
 
     @property
     def n_genes(self) -> int:
         return int(self.matrix.shape[1])
 
+    def subset(self, keep: np.ndarray) -> ExpressionSource:
+        """The same source restricted to the rows ``keep`` (positions in this source)."""
+        rows = keep if self.keep is None else self.keep[keep]
+        return ExpressionSource(matrix=self.matrix, names=self.names, obs=self.obs.iloc[keep], keep=np.asarray(rows))
+
     def rows(self, start: int, stop: int) -> sp.csr_matrix:
-        block = self.matrix[start:stop]
+        if self.keep is None:
+            block = self.matrix[start:stop]
+        else:
+            wanted = self.keep[start:stop]
+            low = int(wanted[0]) if len(wanted) else 0
+            high = int(wanted[-1]) + 1 if len(wanted) else 0
+            block = self.matrix[low:high]
+            if hasattr(block, "to_memory"):
+                block = block.to_memory()
+            block = sp.csr_matrix(block)[wanted - low]
         if hasattr(block, "to_memory"):
             block = block.to_memory()
         return sp.csr_matrix(block, dtype=np.float32)

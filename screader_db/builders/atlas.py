@@ -1,9 +1,11 @@
 """Build a reference atlas from a labelled AnnData: genes, gene vectors, cell vectors, index.
 
-Steps: read and check the reference, map genes to human symbols, log-normalise, pick the
-highly variable genes, embed their descriptions (through the gene-embedding cache), fit the
-cell embedding method, embed every reference cell, then write a new atlas version (Parquet,
-DuckDB catalogue, FAISS index) and switch the atlas to it atomically.
+Steps: open the reference (backed), map genes to human symbols, read it once in chunks for
+statistics (gene moments, per-label sums, a cell sample), pick the highly variable genes, embed
+their descriptions (through the gene-embedding cache), fit the cell embedding method, read it
+again in chunks to embed every cell, then write a new atlas version (Parquet, DuckDB
+catalogue, FAISS index) and switch the atlas to it atomically. The expression matrix is never
+loaded whole; memory grows with the cell vectors, not the counts.
 """
 
 from __future__ import annotations
@@ -17,16 +19,18 @@ import pandas as pd
 import pyarrow as pa
 
 from screader_db import store
+from screader_db.builders.reference import ReferenceSource, open_reference
 from screader_db.builders.writer import drafting, finish, write_dataset
 from screader_db.cell_embedding import TEXT_METHODS, CellEmbedder, fit_embedder
-from screader_db.checksums import sha256_file, sha256_text
-from screader_db.errors import InputDataError, OutputExistsError
-from screader_db.features import highly_variable
+from screader_db.checksums import sha256_text
+from screader_db.errors import OutputExistsError
+from screader_db.features import variable_from_moments
 from screader_db.gene_vectors import GeneEmbeddings, write_gene_embeddings
 from screader_db.genes import GeneResolver
-from screader_db.inputs import Expression, load_expression, read_h5ad
+from screader_db.inputs import CHUNK
 from screader_db.progress import SILENT, Reporter
 from screader_db.provenance import describe
+from screader_db.reference_stats import collect
 
 BUILDER_VERSION = "atlas-1"
 DEFAULT_METHOD = "genept"
@@ -47,57 +51,6 @@ class BuildSettings:
     seed: int = 0
 
 
-@dataclass
-class Reference:
-    """A labelled reference data set, read and log-normalised."""
-
-    name: str
-    expr: Expression
-    labels: np.ndarray
-    label_key: str
-    source_file: str
-    source_sha256: str
-    harmonised: np.ndarray | None = None
-    ontology: np.ndarray | None = None
-
-    def harmonise(self, label_map: pd.DataFrame | None) -> None:
-        """Fill the harmonised labels and ontology ids from a label map (identity without one)."""
-        from screader_db.labelmap import harmonise
-
-        self.harmonised, self.ontology = harmonise(self.labels, self.name, label_map)
-
-
-def read_reference(reference: Any, *, label_key: str, name: str | None = None, layer: str | None = None,
-                   use_raw: bool = False, gene_key: str | None = None, species: str = "auto",
-                   resolver: GeneResolver | None = None, target: list[str] | None = None) -> Reference:
-    """Read a reference (path or AnnData), check its labels and log-normalise it."""
-    source, digest = "<AnnData>", ""
-    if isinstance(reference, str | Path):
-        source, digest = str(Path(reference).resolve()), sha256_file(reference) if Path(reference).is_file() else ""
-        adata = read_h5ad(reference)
-        default_name = Path(reference).stem
-    else:
-        adata = reference
-        default_name = "reference"
-    if label_key not in adata.obs.columns:
-        known = ", ".join(map(str, adata.obs.columns)) or "none"
-        message = f"--label-key {label_key!r} is not an obs column of the reference; columns present: {known}"
-        raise InputDataError(message)
-    expr = load_expression(adata, layer=layer, use_raw=use_raw, gene_key=gene_key, species=species, resolver=resolver,
-                           target=target)
-    labels = adata.obs[label_key].astype("string").fillna("").to_numpy(dtype=object)
-    keep = np.array([bool(str(v).strip()) for v in labels])
-    if not keep.any():
-        message = f"every cell's {label_key!r} is empty; choose another --label-key"
-        raise InputDataError(message)
-    if not keep.all():
-        expr = Expression(X=expr.X[keep], genes=expr.genes, obs=expr.obs.iloc[np.flatnonzero(keep)], kind=expr.kind,
-                          mapping=expr.mapping)
-        labels = labels[keep]
-    return Reference(name=name or default_name, expr=expr, labels=labels.astype(str), label_key=label_key,
-                     source_file=source, source_sha256=digest)
-
-
 def _gene_vectors(genes: list[str], settings: BuildSettings, resolver: GeneResolver, reporter: Reporter,
                   device: str | None) -> GeneEmbeddings:
     from screader_db.builders.gene_embeddings import embed_genes
@@ -114,7 +67,7 @@ def _gene_vectors(genes: list[str], settings: BuildSettings, resolver: GeneResol
 def build_atlas(reference: Any, atlas: str | Path, *, label_key: str, dataset_name: str | None = None,
                 layer: str | None = None, use_raw: bool = False, gene_key: str | None = None, species: str = "auto",
                 settings: BuildSettings | None = None, label_map: str | Path | pd.DataFrame | None = None,
-                overwrite: bool = False, device: str | None = None, wait: float = 0.0,
+                overwrite: bool = False, device: str | None = None, wait: float = 0.0, chunk: int = CHUNK,
                 reporter: Reporter = SILENT) -> store.Atlas:
     """Build (or, with ``overwrite``, replace with a new version) an atlas from one reference.
 
@@ -136,23 +89,24 @@ def build_atlas(reference: Any, atlas: str | Path, *, label_key: str, dataset_na
         message = f"{root} exists and is not an atlas; choose an empty or new folder for --atlas"
         raise OutputExistsError(message)
     resolver = GeneResolver()
-    reporter.message("Reading the reference")
-    ref = read_reference(reference, label_key=label_key, name=dataset_name, layer=layer, use_raw=use_raw,
+    ref = open_reference(reference, label_key=label_key, name=dataset_name, layer=layer, use_raw=use_raw,
                          gene_key=gene_key, species=species, resolver=resolver)
     ref.harmonise(mapping_table)
-    reporter.message(f"{ref.expr.n_cells:,} cells, {len(ref.expr.genes):,} genes ({ref.expr.kind}), "
-                     f"{len(set(ref.labels))} labels")
-    chosen = highly_variable(ref.expr.X, settings.n_genes)
-    genes = [ref.expr.genes[i] for i in chosen]
-    X = ref.expr.X[:, chosen]
+    reporter.message(f"{ref.n_cells:,} cells, {len(set(ref.labels))} labels, {ref.mapping.n_mapped:,} of "
+                     f"{ref.mapping.n_input:,} genes mapped ({ref.kind})")
+    plan = ref.plan()
+    stats = collect(ref.source, plan, ref.labels, chunk=chunk, seed=settings.seed, reporter=reporter)
+    moments = stats.linear_moments()
+    chosen = variable_from_moments(moments[0], moments[1], stats.detected, settings.n_genes)
+    genes = [plan.genes[i] for i in chosen]
     emb: GeneEmbeddings | None = None
     if settings.method in TEXT_METHODS:
         emb = _gene_vectors(genes, settings, resolver, reporter, device)
-    embedder = fit_embedder(settings.method, X, genes, gene_vectors=None if emb is None else emb.vectors,
-                            params={"center": settings.center}, seed=settings.seed)
-    with reporter.task("Embedding reference cells", ref.expr.n_cells, "cells") as advance:
-        vectors = embedder.transform(X, center="query")
-        advance(ref.expr.n_cells)
+    mean = stats.mean[chosen]
+    embedder = fit_embedder(settings.method, stats.sample[:, chosen], genes, mean=mean,
+                            gene_vectors=None if emb is None else emb.vectors, params={"center": settings.center},
+                            seed=settings.seed)
+    vectors = ref.embed(embedder, mean=mean, chunk=chunk, reporter=reporter)
     return write_version(root, [(ref, vectors)], embedder, emb, settings, reporter=reporter, action="build", wait=wait)
 
 
@@ -172,7 +126,7 @@ def atlas_provenance(settings: BuildSettings, embedder: CellEmbedder, emb: GeneE
     })
 
 
-def write_version(root: Path, refs: list[tuple[Reference, np.ndarray]], embedder: CellEmbedder,
+def write_version(root: Path, refs: list[tuple[ReferenceSource, np.ndarray]], embedder: CellEmbedder,
                   emb: GeneEmbeddings | None, settings: BuildSettings, *, reporter: Reporter, action: str,
                   wait: float = 0.0) -> store.Atlas:
     """Write a complete new version from the given data sets and publish it."""

@@ -63,7 +63,7 @@ def add_dataset(atlas: str | Path, reference: Any, *, label_key: str, name: str 
                 label_map: str | Path | pd.DataFrame | None = None, wait: float = 0.0,
                 reporter: Reporter = SILENT) -> store.Atlas:
     """Add a labelled data set (an .h5ad path or AnnData) to the atlas as a new version."""
-    from screader_db.builders.atlas import read_reference
+    from screader_db.builders.reference import open_reference
     from screader_db.index import load_index, save_index
     from screader_db.labelmap import read_label_map
 
@@ -73,13 +73,11 @@ def add_dataset(atlas: str | Path, reference: Any, *, label_key: str, name: str 
     with store.writer_lock(root, wait=wait):
         previous = store.open_atlas(root)
     embedder = previous.embedder
-    ref = read_reference(reference, label_key=label_key, name=name, layer=layer, use_raw=use_raw, gene_key=gene_key,
-                         species=species, target=embedder.genes)
+    ref = open_reference(reference, label_key=label_key, name=name, layer=layer, use_raw=use_raw, gene_key=gene_key,
+                         species=species)
     _check_name(ref.name, [d["name"] for d in previous.datasets])
     ref.harmonise(mapping_table)
-    with reporter.task(f"Embedding {ref.name}", ref.expr.n_cells, "cells") as advance:
-        vectors = embedder.transform(ref.expr.X, center="query")
-        advance(ref.expr.n_cells)
+    vectors = ref.embed(embedder, reporter=reporter)
     with drafting(root, action=f"add {ref.name}", provenance=previous.provenance, wait=wait) as draft:
         if store.current_version(root) != previous.version:
             message = "the atlas changed while the data set was being embedded; run the command again"
@@ -99,7 +97,7 @@ def add_dataset(atlas: str | Path, reference: Any, *, label_key: str, name: str 
         tables["cells"] = pd.concat([tables["cells"], frame], ignore_index=True)
         finish(draft, tables, atlas_provenance=previous.provenance, index_info=info,
                datasets=[*previous.datasets, row], history=previous.info.get("history", []), reporter=reporter)
-    reporter.message(f"Atlas version {draft.number}: added {ref.name} ({ref.expr.n_cells:,} cells)")
+    reporter.message(f"Atlas version {draft.number}: added {ref.name} ({ref.n_cells:,} cells)")
     return store.open_atlas(root, version=draft.number)
 
 

@@ -83,7 +83,7 @@ def drafting(root: Path, *, action: str, provenance: dict[str, Any], wait: float
 
 def cells_table(ref: Any, ids: np.ndarray, vectors: np.ndarray, layout: np.ndarray | None) -> pa.Table:
     """The cells Parquet table of one data set (metadata as JSON, vectors, optional 2-D map)."""
-    obs = ref.expr.obs.drop(columns=[ref.label_key], errors="ignore")
+    obs = ref.obs.drop(columns=[ref.label_key], errors="ignore")
     metadata = [json.dumps(row, default=str) for row in obs.astype(str).to_dict("records")] if len(obs.columns) else \
         ["{}"] * len(ids)
     if ref.harmonised is None or ref.ontology is None:
@@ -92,7 +92,7 @@ def cells_table(ref: Any, ids: np.ndarray, vectors: np.ndarray, layout: np.ndarr
     columns = {
         "cell_id": pa.array(ids, pa.int64()),
         "dataset": pa.array([ref.name] * len(ids), pa.string()),
-        "barcode": pa.array([str(b) for b in ref.expr.obs.index], pa.string()),
+        "barcode": pa.array([str(b) for b in ref.obs.index], pa.string()),
         "label": pa.array(list(ref.labels), pa.string()),
         "label_harmonised": pa.array(list(ref.harmonised), pa.string()),
         "ontology_id": pa.array(list(ref.ontology), pa.string()),
@@ -107,16 +107,16 @@ def cells_table(ref: Any, ids: np.ndarray, vectors: np.ndarray, layout: np.ndarr
 def write_dataset(draft: Draft, ref: Any, dataset_id: int, vectors: np.ndarray,
                   layout: np.ndarray | None) -> tuple[np.ndarray, pd.DataFrame, dict[str, Any]]:
     """Write one data set's cells; returns its ids, catalogue cell rows and data set row."""
-    ids = store.cell_ids(dataset_id, ref.expr.n_cells)
+    ids = store.cell_ids(dataset_id, ref.n_cells)
     table = cells_table(ref, ids, vectors, layout)
     draft.write_parquet(table, f"cells/{ref.name}.parquet")
     keep = [c for c in table.column_names if c not in ("embedding", "umap")]
     frame = table.select(keep).to_pandas().assign(build_id=draft.build_id)
     row = {
-        "dataset_id": dataset_id, "name": ref.name, "label_key": ref.label_key, "n_cells": int(ref.expr.n_cells),
-        "n_labels": len(set(ref.labels)), "species": ref.expr.mapping.species, "source_file": ref.source_file,
+        "dataset_id": dataset_id, "name": ref.name, "label_key": ref.label_key, "n_cells": int(ref.n_cells),
+        "n_labels": len(set(ref.labels)), "species": ref.mapping.species, "source_file": ref.source_file,
         "source_sha256": ref.source_sha256, "added_at": now(), "added_by": user(), "build_id": draft.build_id,
-        "parameters": json.dumps({"gene_mapping": ref.expr.mapping.how, "input_kind": ref.expr.kind}),
+        "parameters": json.dumps({"gene_mapping": ref.mapping.how, "input_kind": ref.kind}),
     }
     return ids, frame, row
 
