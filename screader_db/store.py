@@ -129,7 +129,7 @@ class Atlas:
         return self._cells if columns is None else self._cells[columns]
 
     def _cell_parts(self) -> list[Path]:
-        return sorted((self.path / "cells").glob("*.parquet"))
+        return sorted((self.path / "cells").rglob("*.parquet"))
 
     def _vector_column(self, name: str) -> tuple[np.ndarray, np.ndarray] | None:
         import pyarrow.parquet as pq
@@ -156,10 +156,12 @@ class Atlas:
     def layout(self) -> pd.DataFrame | None:
         """The reference cells' 2-D map (columns x, y; index cell id), if the atlas has one."""
         if self._layout is None:
-            found = self._vector_column("umap")
-            if found is None:
+            path = self.path / "layout.parquet"
+            if not path.is_file():
                 return None
-            self._layout = pd.DataFrame(found[1], index=found[0], columns=["x", "y"])
+            import pyarrow.parquet as pq
+
+            self._layout = pq.read_table(path).to_pandas().set_index("cell_id")
         return self._layout
 
     @property

@@ -21,7 +21,7 @@ def test_build_writes_every_part_with_provenance(counts_adata, tmp_path):
     atlas = _build(counts_adata, tmp_path / "a")
     folder = atlas.path
     for name in ("VERSION.json", "genes.parquet", "gene_embeddings.parquet", "embedder.safetensors", "index.faiss",
-                 "index.faiss.json", "atlas.duckdb", "cells/synthetic.parquet"):
+                 "index.faiss.json", "atlas.duckdb", "cells/synthetic/part-00000.parquet"):
         assert (folder / name).is_file(), name
     assert os.readlink(tmp_path / "a" / "current") == "versions/000001"
     con = duckdb.connect(str(tmp_path / "a" / "atlas.duckdb"), read_only=True)
@@ -31,11 +31,11 @@ def test_build_writes_every_part_with_provenance(counts_adata, tmp_path):
     model = con.execute("SELECT model_id, method FROM builds").fetchone()
     assert model == ("random:16:0", "genept")
     files = dict(con.execute("SELECT path, sha256 FROM files").fetchall())
-    assert "index.faiss" in files and "cells/synthetic.parquet" in files
+    assert "index.faiss" in files and "cells/synthetic/part-00000.parquet" in files
     con.close()
     import pyarrow.parquet as pq
 
-    for part in ("genes.parquet", "gene_embeddings.parquet", "cells/synthetic.parquet"):
+    for part in ("genes.parquet", "gene_embeddings.parquet", "cells/synthetic/part-00000.parquet"):
         meta = pq.read_schema(folder / part).metadata[b"screader_db.provenance"]
         assert json.loads(meta)["model_id"] == "random:16:0"
     sidecar = json.loads((folder / "index.faiss.json").read_text())

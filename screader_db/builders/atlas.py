@@ -20,7 +20,7 @@ import pyarrow as pa
 
 from screader_db import store
 from screader_db.builders.reference import ReferenceSource, open_reference
-from screader_db.builders.writer import drafting, finish, write_dataset
+from screader_db.builders.writer import dataset_records, drafting, finish, write_dataset, write_layout
 from screader_db.cell_embedding import TEXT_METHODS, CellEmbedder, fit_embedder
 from screader_db.checksums import sha256_text
 from screader_db.errors import OutputExistsError
@@ -128,20 +128,25 @@ def atlas_provenance(settings: BuildSettings, embedder: CellEmbedder, emb: GeneE
 
 def write_version(root: Path, refs: list[tuple[ReferenceSource, np.ndarray]], embedder: CellEmbedder,
                   emb: GeneEmbeddings | None, settings: BuildSettings, *, reporter: Reporter, action: str,
-                  wait: float = 0.0) -> store.Atlas:
-    """Write a complete new version from the given data sets and publish it."""
+                  wait: float = 0.0, written_parts: Path | None = None) -> store.Atlas:
+    """Write a complete new version from the given data sets and publish it.
+
+    ``written_parts`` is a folder whose ``cells/`` parts were already written (by Dask workers);
+    they are moved into the version instead of being written again.
+    """
     from screader_db.index import build_index, save_index
 
     with drafting(root, action=action, provenance=atlas_provenance(settings, embedder, emb), wait=wait) as draft:
         provenance = draft.provenance
         reporter.message("Writing the atlas")
-        layout = _layout(np.concatenate([v for _, v in refs]), settings, reporter)
+        if written_parts is not None:
+            (written_parts / "cells").rename(draft.staging / "cells")
         all_ids, cell_frames, dataset_rows = [], [], []
-        offset = 0
         for dataset_id, (ref, vectors) in enumerate(refs, start=1):
-            part = None if layout is None else layout[offset : offset + len(vectors)]
-            offset += len(vectors)
-            ids, frame, row = write_dataset(draft, ref, dataset_id, vectors, part)
+            if written_parts:
+                ids, frame, row = dataset_records(draft, ref, dataset_id)
+            else:
+                ids, frame, row = write_dataset(draft, ref, dataset_id, vectors)
             all_ids.append(ids)
             cell_frames.append(frame)
             dataset_rows.append(row)
@@ -156,6 +161,9 @@ def write_version(root: Path, refs: list[tuple[ReferenceSource, np.ndarray]], em
         embedder.save(draft.staging / "embedder.safetensors", provenance)
         ids = np.concatenate(all_ids)
         vecs = np.concatenate([v for _, v in refs])
+        layout = _layout(vecs, settings, reporter)
+        if layout is not None:
+            write_layout(draft, ids, layout)
         with reporter.task("Building the FAISS index", len(ids), "cells") as advance:
             index, info = build_index(vecs, ids, kind=settings.index, seed=settings.seed)
             save_index(index, info, draft.staging / "index.faiss", provenance)

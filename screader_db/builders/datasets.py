@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from screader_db import store
-from screader_db.builders.writer import Draft, drafting, finish, write_dataset
+from screader_db.builders.writer import Draft, drafting, finish, write_dataset, write_layout
 from screader_db.catalogue import read_tables
 from screader_db.errors import AtlasError, OutputExistsError
 from screader_db.progress import SILENT, Reporter
@@ -30,9 +30,10 @@ def _carry(draft: Draft, previous: store.Atlas, skip_dataset: str | None = None)
         source = previous.path / name
         if source.is_file():
             draft.link(source, name)
-    for part in sorted((previous.path / "cells").glob("*.parquet")):
-        if part.stem != skip_dataset:
-            draft.link(part, f"cells/{part.name}")
+    for part in sorted((previous.path / "cells").rglob("*.parquet")):
+        relative = part.relative_to(previous.path)
+        if relative.parts[1] != skip_dataset:
+            draft.link(part, relative.as_posix())
 
 
 def _check_name(name: str, existing: list[str]) -> None:
@@ -85,7 +86,12 @@ def add_dataset(atlas: str | Path, reference: Any, *, label_key: str, name: str 
         draft.extra["dataset"] = ref.name
         _carry(draft, previous)
         dataset_id = max((int(d["dataset_id"]) for d in previous.datasets), default=0) + 1
-        ids, frame, row = write_dataset(draft, ref, dataset_id, vectors, _placement(previous, vectors))
+        ids, frame, row = write_dataset(draft, ref, dataset_id, vectors)
+        placed = _placement(previous, vectors)
+        layout = previous.layout()
+        if placed is not None and layout is not None:
+            write_layout(draft, np.concatenate([layout.index.to_numpy(), ids]),
+                         np.concatenate([layout[["x", "y"]].to_numpy(dtype=np.float32), placed]))
         with reporter.task("Adding to the FAISS index", len(ids), "cells") as advance:
             index, sidecar = load_index(previous.path / "index.faiss")
             index.add_with_ids(np.ascontiguousarray(vectors), ids)
@@ -131,6 +137,10 @@ def remove_dataset(atlas: str | Path, name: str, *, wait: float = 0.0, reporter:
             info = {**sidecar["index"], "n": int(index.ntotal)}
             save_index(index, _info(info), draft.staging / "index.faiss", draft.provenance)
             advance(int(gone["n_cells"]))
+        layout = previous.layout()
+        if layout is not None:
+            kept = layout[store.dataset_of(layout.index.to_numpy()) != dataset_id]
+            write_layout(draft, kept.index.to_numpy(), kept[["x", "y"]].to_numpy(dtype=np.float32))
         tables = read_tables(previous.path / store.CATALOGUE)
         tables["datasets"] = tables["datasets"][tables["datasets"]["name"] != name]
         tables["cells"] = tables["cells"][tables["cells"]["dataset"] != name]

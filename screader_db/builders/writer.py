@@ -81,37 +81,57 @@ def drafting(root: Path, *, action: str, provenance: dict[str, Any], wait: float
             raise
 
 
-def cells_table(ref: Any, ids: np.ndarray, vectors: np.ndarray, layout: np.ndarray | None) -> pa.Table:
-    """The cells Parquet table of one data set (metadata as JSON, vectors, optional 2-D map)."""
-    obs = ref.obs.drop(columns=[ref.label_key], errors="ignore")
-    metadata = [json.dumps(row, default=str) for row in obs.astype(str).to_dict("records")] if len(obs.columns) else \
-        ["{}"] * len(ids)
+def _metadata(obs: pd.DataFrame, label_key: str) -> list[str]:
+    rest = obs.drop(columns=[label_key], errors="ignore")
+    if not len(rest.columns):
+        return ["{}"] * len(obs)
+    return [json.dumps(row, default=str) for row in rest.astype(str).to_dict("records")]
+
+
+def cells_table(ref: Any, start: int, ids: np.ndarray, vectors: np.ndarray) -> pa.Table:
+    """Cells ``start .. start + len(ids)`` of a data set as a Parquet table (metadata as JSON, vectors)."""
     if ref.harmonised is None or ref.ontology is None:
         ref.harmonise(None)
+    stop = start + len(ids)
+    obs = ref.obs.iloc[start:stop]
     flat = pa.array(vectors.astype(np.float32).ravel(), pa.float32())
-    columns = {
+    return pa.table({
         "cell_id": pa.array(ids, pa.int64()),
         "dataset": pa.array([ref.name] * len(ids), pa.string()),
-        "barcode": pa.array([str(b) for b in ref.obs.index], pa.string()),
-        "label": pa.array(list(ref.labels), pa.string()),
-        "label_harmonised": pa.array(list(ref.harmonised), pa.string()),
-        "ontology_id": pa.array(list(ref.ontology), pa.string()),
-        "metadata": pa.array(metadata, pa.string()),
+        "barcode": pa.array([str(b) for b in obs.index], pa.string()),
+        "label": pa.array(list(ref.labels[start:stop]), pa.string()),
+        "label_harmonised": pa.array(list(ref.harmonised[start:stop]), pa.string()),
+        "ontology_id": pa.array(list(ref.ontology[start:stop]), pa.string()),
+        "metadata": pa.array(_metadata(obs, ref.label_key), pa.string()),
         "embedding": pa.FixedSizeListArray.from_arrays(flat, vectors.shape[1]),
-    }
-    if layout is not None:
-        columns["umap"] = pa.FixedSizeListArray.from_arrays(pa.array(layout.astype(np.float32).ravel(), pa.float32()), 2)
-    return pa.table(columns)
+    })
 
 
-def write_dataset(draft: Draft, ref: Any, dataset_id: int, vectors: np.ndarray,
-                  layout: np.ndarray | None) -> tuple[np.ndarray, pd.DataFrame, dict[str, Any]]:
-    """Write one data set's cells; returns its ids, catalogue cell rows and data set row."""
+def part_path(dataset: str, number: int) -> str:
+    return f"cells/{dataset}/part-{number:05d}.parquet"
+
+
+def write_part(folder: Path, ref: Any, dataset_id: int, start: int, vectors: np.ndarray, provenance: str,
+               part_rows: int) -> Path:
+    """Write the cells starting at row ``start`` as one Parquet part (used by local and Dask builds)."""
+    ids = store.cell_ids(dataset_id, ref.n_cells)[start : start + len(vectors)]
+    path = folder / part_path(ref.name, start // part_rows)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    table = cells_table(ref, start, ids, vectors)
+    pq.write_table(table.replace_schema_metadata({PROVENANCE_KEY: provenance}), path, compression="zstd")
+    return path
+
+
+def dataset_records(draft: Draft, ref: Any, dataset_id: int) -> tuple[np.ndarray, pd.DataFrame, dict[str, Any]]:
+    """A data set's cell ids, catalogue cell rows and catalogue data set row."""
+    if ref.harmonised is None or ref.ontology is None:
+        ref.harmonise(None)
     ids = store.cell_ids(dataset_id, ref.n_cells)
-    table = cells_table(ref, ids, vectors, layout)
-    draft.write_parquet(table, f"cells/{ref.name}.parquet")
-    keep = [c for c in table.column_names if c not in ("embedding", "umap")]
-    frame = table.select(keep).to_pandas().assign(build_id=draft.build_id)
+    frame = pd.DataFrame({
+        "cell_id": ids, "dataset": ref.name, "barcode": [str(b) for b in ref.obs.index], "label": ref.labels,
+        "label_harmonised": ref.harmonised, "ontology_id": ref.ontology, "metadata": _metadata(ref.obs, ref.label_key),
+        "build_id": draft.build_id,
+    })
     row = {
         "dataset_id": dataset_id, "name": ref.name, "label_key": ref.label_key, "n_cells": int(ref.n_cells),
         "n_labels": len(set(ref.labels)), "species": ref.mapping.species, "source_file": ref.source_file,
@@ -119,6 +139,21 @@ def write_dataset(draft: Draft, ref: Any, dataset_id: int, vectors: np.ndarray,
         "parameters": json.dumps({"gene_mapping": ref.mapping.how, "input_kind": ref.kind}),
     }
     return ids, frame, row
+
+
+def write_dataset(draft: Draft, ref: Any, dataset_id: int, vectors: np.ndarray, *,
+                  part_rows: int = 10_000) -> tuple[np.ndarray, pd.DataFrame, dict[str, Any]]:
+    """Write one data set's cells as Parquet parts; returns its ids, catalogue cell rows and data set row."""
+    for start in range(0, ref.n_cells, part_rows):
+        write_part(draft.staging, ref, dataset_id, start, vectors[start : start + part_rows], draft.provenance_json(),
+                   part_rows)
+    return dataset_records(draft, ref, dataset_id)
+
+
+def write_layout(draft: Draft, ids: np.ndarray, coords: np.ndarray) -> None:
+    """The reference map: one (x, y) per cell id."""
+    draft.write_parquet(pa.table({"cell_id": pa.array(ids, pa.int64()), "x": pa.array(coords[:, 0], pa.float32()),
+                                  "y": pa.array(coords[:, 1], pa.float32())}), "layout.parquet")
 
 
 def build_row(draft: Draft, files: list[dict[str, Any]]) -> dict[str, Any]:
