@@ -40,6 +40,7 @@ def test_parquet_round_trip_keeps_provenance(tmp_path, monkeypatch):
 
 def test_rebuilding_an_atlas_reembeds_nothing(tiny_llama, tmp_path, monkeypatch):
     from conftest import make_counts
+
     from screader_db.builders.atlas import BuildSettings, build_atlas
 
     monkeypatch.setenv("SCREADER_DB_HOME", str(tmp_path / "home"))
