@@ -351,3 +351,56 @@ def info(atlas: Annotated[Path, typer.Option(help="Atlas folder.")],
                      for d in opened.datasets]
         out.print(table("Data sets", ["name", "cells", "labels", "species", "added"], data_rows))
 
+
+
+@app.command("sql")
+def sql_command(
+    statement: Annotated[str, typer.Argument(metavar="SQL", help="One read-only statement, e.g. \"SELECT * FROM datasets\".")],
+    atlas: Annotated[Path, typer.Option(help="Atlas folder.")],
+    version: Annotated[int | None, typer.Option(help="Atlas version to query (default: current).")] = None,
+    out_path: Annotated[Path | None, typer.Option("--out", help="Write every row to .csv, .tsv or .parquet instead of printing.")] = None,
+    max_rows: Annotated[int, typer.Option(help="Rows to print; the rest are counted.")] = 40,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing --out file.")] = False,
+) -> None:
+    """Run one read-only SQL statement (DuckDB) over an atlas version.
+
+    Views: cells, datasets, genes, gene_embeddings, builds, files, provenance and cell_vectors
+    (cell_id, dataset, embedding). Statements that write, attach, copy, load or change settings
+    are refused, and no file outside the atlas can be read.
+
+    Example: `screader-db sql "SELECT label, count(*) FROM cells GROUP BY 1" --atlas atlases/pancreas`
+    """
+    with _guard():
+        from screader_db.console import out, table
+        from screader_db.sql import AtlasSQL, check_output, head, write_result
+
+        if out_path is not None:
+            check_output(out_path, overwrite=overwrite)
+        with AtlasSQL(atlas, version=version) as db:
+            rows = db.reader(statement)
+            if out_path is not None:
+                written = write_result(rows, out_path, overwrite=overwrite)
+                out.print(f"{written:,} rows written to {out_path}", highlight=False)
+                return
+            shown, total = head(rows, max(max_rows, 0))
+            number = db.atlas.version
+        columns = [shown.column(i).to_pylist() for i in range(shown.num_columns)]
+        cells = [[_sql_value(v) for v in row] for row in zip(*columns, strict=True)]
+        out.print(table(f"{total:,} rows from {atlas} (version {number})", shown.column_names, cells))
+        if total > shown.num_rows:
+            out.print(f"{total - shown.num_rows:,} more rows not shown; raise --max-rows, add LIMIT, "
+                      "or write them all with --out rows.csv", highlight=False)
+
+
+def _sql_value(value: Any, width: int = 60) -> str:
+    if value is None:
+        return "NULL"
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    if isinstance(value, list | tuple):
+        more = f", … {len(value)} values" if len(value) > 4 else ""
+        text = "[" + ", ".join(_sql_value(v, 12) for v in value[:4]) + more + "]"
+    else:
+        text = str(value)
+    return text if len(text) <= width else text[: width - 1] + "…"
+

@@ -43,5 +43,9 @@ class OutputExistsError(ScreaderError):
     """An output path exists and overwriting was not allowed."""
 
 
+class SqlError(ScreaderError):
+    """A SQL statement was refused (not read-only) or failed against the atlas."""
+
+
 class ScreaderWarning(UserWarning):
     """A doubt about the data that does not stop the run."""
