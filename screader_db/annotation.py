@@ -95,6 +95,27 @@ LEVELS = {"label": "label", "harmonised": "label_harmonised"}
 MAP_SAMPLE = 50_000
 
 
+def restrict(cells: pd.DataFrame, column: str, *, datasets: list[str] | None, labels: list[str] | None,
+             exclude_labels: list[str] | None) -> pd.Index | None:
+    """Cell ids allowed as neighbours, or None when every cell is."""
+    if not datasets and not labels and not exclude_labels:
+        return None
+    keep = pd.Series(True, index=cells.index)
+    for wanted, values, what in ((datasets, cells["dataset"], "data set"), (labels, cells[column], "label")):
+        if wanted:
+            unknown = sorted(set(wanted) - set(values))
+            if unknown:
+                known = ", ".join(sorted(set(values))[:20])
+                message = f"the atlas has no {what} {', '.join(map(repr, unknown))}; known: {known}"
+                raise ScreaderError(message)
+            keep &= values.isin(wanted)
+    if exclude_labels:
+        keep &= ~cells[column].isin(exclude_labels)
+    if not keep.any():
+        raise ScreaderError("no atlas cells are left after --datasets/--labels/--exclude-labels; loosen the filters")
+    return cells.index[keep.to_numpy()]
+
+
 def _reference_map(opened: store.Atlas, column: str, seed: int = 0) -> pd.DataFrame | None:
     layout = opened.layout()
     if layout is None:
@@ -118,14 +139,17 @@ def _placement(opened: store.Atlas, sims: np.ndarray, ids: np.ndarray) -> np.nda
 def annotate(adata: Any, atlas: str | Path | store.Atlas, *, k: int = DEFAULT_K, layer: str | None = None,
              use_raw: bool = False, gene_key: str | None = None, species: str = "auto", model: str | None = None,
              center: str | None = None, min_score: float = 0.0, level: str = "label", majority_voting: bool = False,
-             version: int | None = None, chunk: int = CHUNK, reporter: Reporter = SILENT) -> AnnotationResult:
+             datasets: list[str] | None = None, labels: list[str] | None = None,
+             exclude_labels: list[str] | None = None, version: int | None = None, chunk: int = CHUNK,
+             reporter: Reporter = SILENT) -> AnnotationResult:
     """Label every cell of ``adata`` (an AnnData, or an .h5ad path read in backed mode).
 
     ``model``, when given, is the gene-embedding model the caller expects; an atlas built with
     another one is refused. Cells whose vote share is below ``min_score`` become ``Unassigned``.
     ``level`` is ``label`` (each data set's own labels) or ``harmonised`` (through the atlas's
     label map). ``majority_voting`` adds the majority label of each query cluster beside the
-    per-cell label. The input AnnData is not changed.
+    per-cell label. ``datasets``, ``labels`` and ``exclude_labels`` restrict which atlas cells
+    may be neighbours (labels at the chosen level). The input AnnData is not changed.
     """
     if level not in LEVELS:
         message = f"level must be one of {', '.join(LEVELS)}, got {level!r}"
@@ -140,11 +164,14 @@ def annotate(adata: Any, atlas: str | Path | store.Atlas, *, k: int = DEFAULT_K,
     vectors = embed_query(query, embedder, center=center, chunk=chunk, reporter=reporter)
     from screader_db.index import search
 
-    with reporter.task("Searching the atlas", len(vectors), "cells") as advance:
-        sims, ids = search(opened.index, vectors, k)
-        advance(len(vectors))
     column = LEVELS[level]
-    cells = opened.cells([column])
+    cells = opened.cells(["dataset", column])
+    allowed = restrict(cells, column, datasets=datasets, labels=labels, exclude_labels=exclude_labels)
+    if allowed is not None:
+        cells = cells.loc[allowed]
+    with reporter.task("Searching the atlas", len(vectors), "cells") as advance:
+        sims, ids = search(opened.index, vectors, k, allowed=None if allowed is None else allowed.to_numpy())
+        advance(len(vectors))
     vocabulary = sorted(cells[column].unique())
     code_of = {label: i for i, label in enumerate(vocabulary)}
     codes_by_id = pd.Series(cells[column].map(code_of).to_numpy(), index=cells.index)

@@ -76,3 +76,14 @@ def read_table(path: str | Path, name: str) -> pd.DataFrame:
         return con.execute(f"SELECT * FROM {name}").df()
     finally:
         con.close()
+
+
+def read_tables(path: str | Path) -> dict[str, pd.DataFrame]:
+    """Every catalogue table (except files and provenance, which each version writes anew)."""
+    import duckdb
+
+    con = duckdb.connect(str(path), read_only=True)
+    try:
+        return {name: con.execute(f"SELECT * FROM {name}").df() for name in SCHEMA if name not in ("files", "provenance")}
+    finally:
+        con.close()

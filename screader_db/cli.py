@@ -63,16 +63,9 @@ def _guard() -> Iterator[None]:
 
 def _data_path(value: str) -> str:
     """A path, or the name of a data set in the manifest (fetched on first use)."""
-    if Path(value).exists():
-        return value
-    from screader_db.manifest import load_manifest
+    from screader_db.fetch import resolve_dataset
 
-    entries = load_manifest()
-    if value in entries and entries[value].role == "dataset":
-        from screader_db.fetch import ensure
-
-        return str(ensure(value))
-    return value
+    return str(resolve_dataset(value))
 
 
 def _reporter(quiet: bool) -> Any:
@@ -82,6 +75,8 @@ def _reporter(quiet: bool) -> Any:
 
 
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or stage messages.")]
+Wait = Annotated[float, typer.Option(help="Seconds to wait for another writer's lock before giving up.")]
+AtlasOption = Annotated[Path, typer.Option(help="Atlas folder.")]
 
 
 @app.command()
@@ -146,6 +141,7 @@ def build(
     layout: Annotated[str, typer.Option(help="Reference map for plots and query placement: umap or none.")] = "umap",
     device: Annotated[str | None, typer.Option(help="cpu or cuda (default: cuda when present).")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing atlas with a new version (old versions stay).")] = False,
+    wait: Wait = 0.0,
     quiet: Quiet = False,
 ) -> None:
     """Build a reference atlas: gene vectors, cell vectors, Parquet + DuckDB catalogue + FAISS index.
@@ -164,7 +160,7 @@ def build(
                                  index=index, layout=layout)
         built = build_atlas(_data_path(reference), atlas, label_key=label_key, dataset_name=dataset_name, layer=layer,
                             use_raw=use_raw, gene_key=gene_key, species=species, settings=settings, label_map=label_map,
-                            overwrite=overwrite, device=device, reporter=_reporter(quiet))
+                            overwrite=overwrite, device=device, wait=wait, reporter=_reporter(quiet))
         out.print(f"Atlas {atlas} version {built.version}: {built.info['n_cells']:,} cells, model {built.model_id}, "
                   f"method {built.embedder.method}", highlight=False)
 
@@ -263,6 +259,9 @@ def query(
     level: Annotated[str, typer.Option(help="label (each data set's own) or harmonised (through the atlas's label map).")] = "label",
     majority_voting: Annotated[bool, typer.Option(help="Also report each query cluster's majority label (Leiden, or k-means).")] = False,
     plots: Annotated[Path | None, typer.Option(help="Folder for PNGs: query on the reference map, scores, confusion matrix.")] = None,
+    datasets: Annotated[list[str] | None, typer.Option(help="Only these atlas data sets may vote (repeat or comma-separate).")] = None,
+    labels: Annotated[list[str] | None, typer.Option(help="Only atlas cells with these labels may vote.")] = None,
+    exclude_labels: Annotated[list[str] | None, typer.Option(help="Atlas labels that never vote (e.g. 'cell', 'unknown').")] = None,
     species: Annotated[str, typer.Option(help="human, mouse or auto (from the symbols' case).")] = "auto",
     gene_key: Annotated[str | None, typer.Option(help="var column with gene symbols or Ensembl ids.")] = None,
     layer: Annotated[str | None, typer.Option(help="Layer to read instead of .X.")] = None,
@@ -291,6 +290,7 @@ def query(
                                 f"{', '.join(map(str, adata.obs.columns))}")
         result = annotate(adata, atlas, k=k, layer=layer, use_raw=use_raw, gene_key=gene_key, species=species,
                           model=model, min_score=min_score, level=level, majority_voting=majority_voting,
+                          datasets=_split(datasets), labels=_split(labels), exclude_labels=_split(exclude_labels),
                           version=version, reporter=_reporter(quiet))
         summary = result.summary()
         rows = [[str(label), int(r.cells), float(r.share), float(r.mean_score), int(r.unassigned)]
@@ -312,6 +312,13 @@ def query(
         if out_path is not None:
             _write_h5ad(result.to_adata(adata), out_path)
             out.print(f"Annotated AnnData: {out_path}", highlight=False)
+
+
+def _split(values: list[str] | None) -> list[str] | None:
+    """Repeated options and comma-separated lists, flattened."""
+    if not values:
+        return None
+    return [part.strip() for value in values for part in value.split(",") if part.strip()]
 
 
 def _write_h5ad(adata: Any, path: Path) -> None:
@@ -351,6 +358,139 @@ def info(atlas: Annotated[Path, typer.Option(help="Atlas folder.")],
                      for d in opened.datasets]
         out.print(table("Data sets", ["name", "cells", "labels", "species", "added"], data_rows))
 
+
+
+@app.command()
+def add(
+    reference: Annotated[str, typer.Argument(help="Labelled .h5ad (or a manifest data set name) to add.")],
+    atlas: AtlasOption,
+    name: Annotated[str, typer.Option(help="Name of the data set in the atlas.")],
+    label_key: Annotated[str, typer.Option(help="obs column holding the labels.")],
+    gene_key: Annotated[str | None, typer.Option(help="var column with gene symbols or Ensembl ids.")] = None,
+    layer: Annotated[str | None, typer.Option(help="Layer to read instead of .X.")] = None,
+    use_raw: Annotated[bool, typer.Option(help="Read .raw instead of .X.")] = False,
+    species: Annotated[str, typer.Option(help="human, mouse or auto.")] = "auto",
+    label_map: Annotated[Path | None, typer.Option(help="CSV of harmonised labels (dataset,label,harmonised_label[,ontology_id]).")] = None,
+    wait: Wait = 0.0,
+    quiet: Quiet = False,
+) -> None:
+    """Add a labelled data set to an atlas (embedded with the atlas's own model and genes) as a new version.
+
+    Example: `screader-db add pbmc3k --atlas atlases/lab --name pbmc3k --label-key celltype`
+    """
+    with _guard():
+        from screader_db.builders.datasets import add_dataset
+        from screader_db.console import out
+
+        changed = add_dataset(atlas, _data_path(reference), label_key=label_key, name=name, layer=layer, use_raw=use_raw,
+                              gene_key=gene_key, species=species, label_map=label_map, wait=wait,
+                              reporter=_reporter(quiet))
+        out.print(f"Atlas {atlas} version {changed.version}: {len(changed.datasets)} data sets, "
+                  f"{changed.info['n_cells']:,} cells", highlight=False)
+
+
+@app.command()
+def remove(
+    name: Annotated[str, typer.Argument(help="Data set to remove.")],
+    atlas: AtlasOption,
+    wait: Wait = 0.0,
+    quiet: Quiet = False,
+) -> None:
+    """Remove a data set from an atlas as a new version (older versions keep it).
+
+    Example: `screader-db remove pbmc3k --atlas atlases/lab`
+    """
+    with _guard():
+        from screader_db.builders.datasets import remove_dataset
+        from screader_db.console import out
+
+        changed = remove_dataset(atlas, name, wait=wait, reporter=_reporter(quiet))
+        out.print(f"Atlas {atlas} version {changed.version}: {len(changed.datasets)} data sets, "
+                  f"{changed.info['n_cells']:,} cells", highlight=False)
+
+
+@app.command("datasets")
+def list_datasets(atlas: AtlasOption,
+                  version: Annotated[int | None, typer.Option(help="Version to list (default: current).")] = None) -> None:
+    """List the data sets of an atlas: cells, labels, date, source file sha256 and who added them.
+
+    Example: `screader-db datasets --atlas atlases/lab`
+    """
+    with _guard():
+        from screader_db.console import out, table
+        from screader_db.store import open_atlas
+
+        opened = open_atlas(atlas, version=version)
+        rows = [[d["name"], int(d["n_cells"]), int(d["n_labels"]), d.get("species", ""), str(d["added_at"])[:19],
+                 str(d.get("source_sha256", ""))[:12], d.get("added_by", "")] for d in opened.datasets]
+        out.print(table(f"Data sets of {atlas} (version {opened.version})",
+                        ["name", "cells", "labels", "species", "added", "source sha256", "added by"], rows))
+
+
+@app.command()
+def versions(atlas: AtlasOption) -> None:
+    """List the versions of an atlas, newest last; the current one is marked.
+
+    Example: `screader-db versions --atlas atlases/lab`
+    """
+    with _guard():
+        from screader_db.console import out, table
+        from screader_db.store import current_version, version_history
+
+        current = current_version(atlas)
+        rows = [["*" if v["version"] == current else "", int(v["version"]), str(v["created_at"])[:19], v["action"],
+                 int(v["datasets"]), int(v["n_cells"])] for v in version_history(atlas)]
+        out.print(table(f"Versions of {atlas}", ["", "version", "created", "change", "data sets", "cells"], rows))
+
+
+@app.command()
+def gc(atlas: AtlasOption,
+       keep: Annotated[int, typer.Option(help="How many of the newest versions to keep (the current one always stays).")] = 3,
+       wait: Wait = 0.0) -> None:
+    """Delete old atlas versions, keeping the newest N and the current one.
+
+    Example: `screader-db gc --atlas atlases/lab --keep 2`
+    """
+    with _guard():
+        from screader_db.console import out
+        from screader_db.store import collect_garbage
+
+        removed = collect_garbage(atlas, keep=keep, wait=wait)
+        out.print(f"Removed {len(removed)} version(s): {', '.join(map(str, removed)) or 'none'}", highlight=False)
+
+
+@app.command()
+def evaluate(
+    reference: Annotated[str, typer.Option(help="Labelled reference .h5ad or manifest name.")],
+    label_key: Annotated[str, typer.Option(help="obs column of reference labels.")],
+    query: Annotated[str | None, typer.Option(help="Query with true labels; leave out to evaluate on reference splits.")] = None,
+    truth_key: Annotated[str | None, typer.Option(help="obs column of the query's true labels (default: --label-key).")] = None,
+    split: Annotated[float, typer.Option(help="Without --query: share of the reference held out per split.")] = 0.2,
+    seeds: Annotated[int, typer.Option(help="Splits (without --query) or random-twin seeds (with it).")] = 3,
+    model: Annotated[str, typer.Option(help="Gene text model of the project's methods.")] = "minilm",
+    methods: Annotated[str | None, typer.Option(help="Comma-separated project methods (default: the build default).")] = None,
+    celltypist: Annotated[bool, typer.Option(help="Include CellTypist trained on the same reference.")] = True,
+    k: Annotated[int, typer.Option(help="Neighbours that vote.")] = 15,
+    n_genes: Annotated[int, typer.Option(help="Variable genes of the reference.")] = 3000,
+    out: Annotated[Path | None, typer.Option(help="Folder for evaluation.md, evaluation.json and confusion.png.")] = None,
+    quiet: Quiet = False,
+) -> None:
+    """Compare the project's methods with random gene vectors, expression kNN, PCA-kNN and CellTypist in one run.
+
+    Every method gets the same genes, cells and k; cross-species tasks score the shared labels only.
+
+    Example: `screader-db evaluate --reference baron_human --query baron_mouse --label-key cell_ontology_class --out results/eval`
+    """
+    with _guard():
+        from screader_db.console import out as console
+        from screader_db.evaluation import run_evaluation
+
+        _, text = run_evaluation(reference=reference, query=query, label_key=label_key, truth_key=truth_key,
+                                 split=0.0 if query else split, seeds=seeds, model=model, methods=methods,
+                                 celltypist=celltypist, k=k, n_genes=n_genes, out=out, reporter=_reporter(quiet))
+        console.print(text, highlight=False)
+        if out is not None:
+            console.print(f"Written: {out}/evaluation.md, evaluation.json, confusion.png", highlight=False)
 
 
 @app.command("sql")

@@ -1,74 +1,256 @@
-"""Accuracy comparisons run in one go on the same genes: text models beside their baselines.
+"""Accuracy evaluations: the project's methods beside baselines and a peer, in one run.
 
-Each method builds a real atlas (same reference, same genes, same k) and annotates the same
-query, so every figure in a table was measured in the same run under the same conditions.
+Every method sees the same reference, the same query cells and (for atlas methods) the same
+genes and k, so each figure in a table was measured under the same conditions. Tasks are
+either a reference → query transfer (cross-study or cross-species: only labels the reference
+has are scored) or stratified reference splits over several seeds.
 """
 
 from __future__ import annotations
 
+import json
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
+from screader_db.errors import ScreaderError
 from screader_db.progress import SILENT, Reporter
+
+UNASSIGNED = "Unassigned"
 
 
 @dataclass(frozen=True)
 class MethodSpec:
-    """One row of a comparison: a display name, the gene model and the cell embedding method."""
+    """One method of a comparison.
+
+    ``kind`` is ``atlas`` (build an atlas with ``model`` / ``method`` and query it) or
+    ``celltypist``. ``group`` names the row the results are averaged into (seeds of a random
+    twin share one group).
+    """
 
     name: str
-    model: str
-    method: str
+    kind: str = "atlas"
+    model: str = "minilm"
+    method: str = "genept"
+    group: str = ""
+    options: tuple[tuple[str, Any], ...] = ()
+
+    @property
+    def row(self) -> str:
+        return self.group or self.name
 
 
-def default_specs(model: str = "minilm", dim: int = 384, seeds: int = 1) -> list[MethodSpec]:
-    """The text method, its random-vector twin(s) and the expression baselines."""
-    specs = [MethodSpec(f"genept ({model})", model, "genept")]
-    specs += [MethodSpec(f"genept (random:{dim}:{s})", f"random:{dim}:{s}", "genept") for s in range(seeds)]
-    specs += [MethodSpec("expression kNN", "none", "expression"), MethodSpec("PCA-50 kNN", "none", "pca")]
+@dataclass
+class Task:
+    """A reference and a query with true labels."""
+
+    name: str
+    reference: Any
+    query: Any
+    label_key: str
+    truth_key: str
+    seed: int = 0
+
+
+def standard_specs(model: str = "minilm", *, methods: tuple[str, ...] = ("genept",), random_seeds: int = 3,
+                   baselines: bool = True, celltypist: bool = True) -> list[MethodSpec]:
+    """The project's methods with ``model``, their random-vector twins, expression baselines and CellTypist."""
+    from screader_db.cell_embedding import TEXT_METHODS
+
+    specs = []
+    for method in methods:
+        specs.append(MethodSpec(f"{method} ({model})", model=model, method=method))
+        if method in TEXT_METHODS:
+            specs += [MethodSpec(f"{method} (random:{seed})", model=f"random:{_dim(model)}:{seed}", method=method,
+                                 group=f"{method} (random vectors)") for seed in range(random_seeds)]
+    if baselines:
+        specs += [MethodSpec("expression kNN", model="none", method="expression"),
+                  MethodSpec("PCA-50 kNN", model="none", method="pca")]
+    if celltypist:
+        specs.append(MethodSpec("CellTypist", kind="celltypist"))
     return specs
 
 
-def compare(reference: Any, query: Any, *, label_key: str, truth_key: str, specs: list[MethodSpec], k: int = 15,
-            n_genes: int = 3000, workdir: str | Path | None = None, reporter: Reporter = SILENT) -> list[dict[str, Any]]:
-    """Build one atlas per spec from ``reference`` and score each on ``query``'s ``truth_key``."""
+def _dim(model: str) -> int:
+    return {"minilm": 384, "smollm2": 576}.get(model, 384)
+
+
+def split_tasks(adata: Any, *, label_key: str, seeds: int = 3, test_size: float = 0.2, name: str = "split",
+                min_cells: int = 2) -> list[Task]:
+    """Stratified reference/query splits (labels with fewer than ``min_cells`` cells stay in the reference)."""
+    from sklearn.model_selection import train_test_split
+
+    labels = adata.obs[label_key].astype(str).to_numpy()
+    counts = pd.Series(labels).value_counts()
+    splittable = np.isin(labels, counts[counts >= min_cells].index)
+    positions = np.flatnonzero(splittable)
+    tasks = []
+    for seed in range(seeds):
+        train, test = train_test_split(positions, test_size=test_size, random_state=seed, stratify=labels[positions])
+        keep = np.sort(np.concatenate([train, np.flatnonzero(~splittable)]))
+        tasks.append(Task(f"{name} seed {seed}", adata[keep].copy(), adata[np.sort(test)].copy(), label_key, label_key,
+                          seed))
+    return tasks
+
+
+def _celltypist_labels(task: Task, spec: MethodSpec) -> np.ndarray:
+    import anndata as ad
+
+    from screader_db.inputs import load_expression
+    from screader_db.peers import celltypist_predict
+
+    ref = load_expression(task.reference)
+    qry = load_expression(task.query)
+    reference = ad.AnnData(X=ref.X, obs=pd.DataFrame({task.label_key: task.reference.obs[task.label_key].astype(str)
+                                                     .to_numpy()}, index=ref.obs.index), var=pd.DataFrame(index=ref.genes))
+    query = ad.AnnData(X=qry.X, obs=pd.DataFrame(index=qry.obs.index), var=pd.DataFrame(index=qry.genes))
+    return celltypist_predict(reference, query, label_key=task.label_key, seed=task.seed, **dict(spec.options))
+
+
+def _atlas_labels(task: Task, spec: MethodSpec, *, k: int, n_genes: int, workdir: Path, reporter: Reporter) -> np.ndarray:
     from screader_db.annotation import annotate
     from screader_db.builders.atlas import BuildSettings, build_atlas
-    from screader_db.inputs import read_h5ad
 
-    ref = read_h5ad(reference) if isinstance(reference, str | Path) else reference
-    qry = read_h5ad(query) if isinstance(query, str | Path) else query
-    rows = []
-    with tempfile.TemporaryDirectory(dir=workdir) as tmp:
-        for i, spec in enumerate(specs):
-            reporter.message(f"{spec.name}: building")
-            start = time.perf_counter()
-            settings = BuildSettings(model=spec.model if spec.model != "none" else "minilm", method=spec.method,
-                                     n_genes=n_genes, layout="none")
-            atlas = build_atlas(ref, Path(tmp) / f"atlas{i}", label_key=label_key, dataset_name="reference",
-                                settings=settings, reporter=reporter)
-            built = time.perf_counter() - start
-            result = annotate(qry, atlas, k=k)
-            agree = result.agreement(qry.obs[truth_key])
-            rows.append({"method": spec.name, "model": atlas.model_id, "cell_method": spec.method,
-                         "accuracy": agree.accuracy, "macro_f1": agree.macro_f1, "n_scored": agree.n_scored,
-                         "per_class_f1": agree.per_class_f1, "build_seconds": built})
-    return rows
+    options = dict(spec.options)
+    settings = BuildSettings(model=spec.model if spec.model != "none" else "minilm", method=spec.method, n_genes=n_genes,
+                             layout="none", seed=task.seed, **{k_: v for k_, v in options.items() if k_ != "min_score"})
+    atlas = build_atlas(task.reference, workdir / f"atlas-{time.time_ns()}", label_key=task.label_key,
+                        dataset_name="reference", settings=settings, reporter=reporter)
+    result = annotate(task.query, atlas, k=k, min_score=float(options.get("min_score", 0.0)))
+    return result.labels.astype(str).to_numpy()
 
 
-def markdown_table(rows: list[dict[str, Any]]) -> str:
-    """Rows of :func:`compare` as a Markdown table."""
-    lines = ["| method | accuracy | macro-F1 | cells scored |", "|---|---|---|---|"]
-    for row in rows:
-        lines.append(f"| {row['method']} | {row['accuracy']:.3f} | {row['macro_f1']:.3f} | {row['n_scored']:,} |")
+@dataclass
+class Evaluation:
+    """Per-(task, method) scores and the predictions of every method on every task."""
+
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    predictions: dict[tuple[str, str], np.ndarray] = field(default_factory=dict)
+    truths: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def frame(self) -> pd.DataFrame:
+        return pd.DataFrame(self.rows)
+
+    def summary(self) -> pd.DataFrame:
+        """Mean and spread (sd over tasks and seeds) of each method row."""
+        frame = self.frame()
+        metrics = ["accuracy", "macro_f1", "unassigned_rate", "assigned_precision", "seconds"]
+        grouped = frame.groupby("row", sort=False)[metrics]
+        out = grouped.mean().add_suffix("_mean").join(grouped.std(ddof=0).fillna(0.0).add_suffix("_sd"))
+        out["runs"] = frame.groupby("row", sort=False).size()
+        return out
+
+    def markdown(self, title: str = "") -> str:
+        summary = self.summary()
+        lines = [f"### {title}", ""] if title else []
+        lines += ["| method | accuracy | macro-F1 | Unassigned | precision of assigned | runs | seconds |",
+                  "|---|---|---|---|---|---|---|"]
+        for row, r in summary.iterrows():
+            def cell(metric: str, r: pd.Series = r) -> str:
+                sd = r[f"{metric}_sd"]
+                return f"{r[f'{metric}_mean']:.3f}" + (f" ± {sd:.3f}" if r["runs"] > 1 else "")
+
+            lines.append(f"| {row} | {cell('accuracy')} | {cell('macro_f1')} | {r['unassigned_rate_mean']:.3f} | "
+                         f"{r['assigned_precision_mean']:.3f} | {int(r['runs'])} | {r['seconds_mean']:.1f} |")
+        return "\n".join(lines)
+
+    def per_class(self) -> pd.DataFrame:
+        """Per-class F1 of each method row (mean over runs)."""
+        records = [{"row": r["row"], "label": label, "f1": f1} for r in self.rows for label, f1 in r["per_class_f1"].items()]
+        return pd.DataFrame(records).pivot_table(index="label", columns="row", values="f1", aggfunc="mean", sort=False)
+
+    def write(self, folder: str | Path, *, title: str = "", confusion_for: str | None = None) -> list[Path]:
+        """evaluation.md, evaluation.json and confusion.png (of ``confusion_for``, default the first method)."""
+        target = Path(folder)
+        target.mkdir(parents=True, exist_ok=True)
+        text = self.markdown(title) + "\n\nPer-class F1 (mean over runs):\n\n" + frame_markdown(self.per_class())
+        (target / "evaluation.md").write_text(text + "\n")
+        payload = {"title": title, "summary": self.summary().reset_index().to_dict("records"), "runs": self.rows}
+        (target / "evaluation.json").write_text(json.dumps(payload, indent=2, default=float))
+        written = [target / "evaluation.md", target / "evaluation.json"]
+        if self.rows:
+            from screader_db.plots import plot_confusion
+
+            method = confusion_for or self.rows[0]["method"]
+            task = next(r["task"] for r in self.rows if r["method"] == method)
+            known = set(self.rows[0]["labels"])
+            truth = self.truths[task]
+            keep = np.isin(truth, list(known))
+            written.append(plot_confusion(self.predictions[(task, method)][keep], truth[keep], target / "confusion.png",
+                                          title=f"{method} on {task}"))
+        return written
+
+
+def frame_markdown(frame: pd.DataFrame) -> str:
+    """A numeric DataFrame as a Markdown table (3 decimals)."""
+    header = "| " + " | ".join([str(frame.index.name or ""), *map(str, frame.columns)]) + " |"
+    lines = [header, "|" + "---|" * (len(frame.columns) + 1)]
+    for index, row in frame.iterrows():
+        values = ["" if pd.isna(v) else f"{v:.3f}" for v in row]
+        lines.append("| " + " | ".join([str(index), *values]) + " |")
     return "\n".join(lines)
 
 
-def mean_of(rows: list[dict[str, Any]], prefix: str, key: str) -> float:
-    values = [r[key] for r in rows if r["method"].startswith(prefix)]
-    return float(np.mean(values)) if values else float("nan")
+def evaluate(tasks: list[Task], specs: list[MethodSpec], *, k: int = 15, n_genes: int = 3000,
+             workdir: str | Path | None = None, reporter: Reporter = SILENT) -> Evaluation:
+    """Run every method on every task and score it (labels the reference lacks are not scored)."""
+    from screader_db.metrics import agreement
+
+    if not tasks or not specs:
+        raise ScreaderError("an evaluation needs at least one task and one method")
+    result = Evaluation()
+    with tempfile.TemporaryDirectory(dir=workdir) as tmp:
+        for task in tasks:
+            truth = task.query.obs[task.truth_key].astype(str).to_numpy()
+            known = sorted(set(task.reference.obs[task.label_key].astype(str)))
+            result.truths[task.name] = truth
+            for spec in specs:
+                reporter.message(f"{task.name}: {spec.name}")
+                start = time.perf_counter()
+                if spec.kind == "celltypist":
+                    predicted = _celltypist_labels(task, spec)
+                else:
+                    predicted = _atlas_labels(task, spec, k=k, n_genes=n_genes, workdir=Path(tmp), reporter=SILENT)
+                seconds = time.perf_counter() - start
+                agree = agreement(predicted, truth, known=known)
+                result.predictions[(task.name, spec.name)] = predicted
+                result.rows.append({"task": task.name, "method": spec.name, "row": spec.row, "seconds": seconds,
+                                    "labels": known, **agree.to_dict()})
+    return result
+
+
+def run_evaluation(*, reference: str | Path, label_key: str, query: str | Path | None = None,
+                   truth_key: str | None = None, split: float = 0.0, seeds: int = 3, model: str = "minilm",
+                   methods: str | None = None, celltypist: bool = True, k: int = 15, n_genes: int = 3000,
+                   out: str | Path | None = None, reporter: Reporter = SILENT) -> tuple[Evaluation, str]:
+    """Evaluate from file paths or manifest names; returns the result and its Markdown table.
+
+    With ``query``: one transfer task (the random twin runs ``seeds`` times). Without it:
+    ``seeds`` stratified splits of the reference holding out ``split`` (default 0.2) of it.
+    """
+    from screader_db.builders.atlas import DEFAULT_METHOD
+    from screader_db.fetch import resolve_dataset
+    from screader_db.inputs import read_h5ad
+
+    ref = read_h5ad(resolve_dataset(reference))
+    ref_name = Path(str(reference)).stem
+    if query is not None:
+        qry = read_h5ad(resolve_dataset(query))
+        tasks = [Task(f"{ref_name} -> {Path(str(query)).stem}", ref, qry, label_key, truth_key or label_key)]
+        title = f"{tasks[0].name} ({model}, k={k}, {n_genes} genes)"
+        random_seeds = seeds
+    else:
+        tasks = split_tasks(ref, label_key=label_key, seeds=seeds, test_size=split or 0.2, name=ref_name)
+        title = f"{ref_name}: {seeds} stratified {split or 0.2:.0%} splits ({model}, k={k}, {n_genes} genes)"
+        random_seeds = 1
+    chosen = tuple(m.strip() for m in (methods or DEFAULT_METHOD).split(",") if m.strip())
+    specs = standard_specs(model, methods=chosen, random_seeds=random_seeds, celltypist=celltypist)
+    result = evaluate(tasks, specs, k=k, n_genes=n_genes, reporter=reporter)
+    if out is not None:
+        result.write(out, title=title)
+    return result, result.markdown(title)

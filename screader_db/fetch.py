@@ -312,3 +312,15 @@ def record(name: str, *, progress: Progress = _noop) -> dict[str, object]:
             "sha256": sha256_path(staged),
             "size": size_of(staged),
         }
+
+
+def resolve_dataset(value: str | Path) -> Path:
+    """A path as given, or the cached file of a manifest data set named ``value`` (fetched on first use)."""
+    path = Path(value)
+    if path.exists():
+        return path
+    entries = load_manifest()
+    name = str(value)
+    if name in entries and entries[name].role == "dataset":
+        return ensure(name)
+    return path

@@ -147,10 +147,21 @@ def load_index(path: str | Path, *, verify: bool = False) -> tuple[Any, dict[str
     return index, sidecar
 
 
-def search(index: Any, queries: np.ndarray, k: int, *, use_gpu: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Top-``k`` (similarities, ids) for each query row; GPU when available unless told otherwise."""
+def search(index: Any, queries: np.ndarray, k: int, *, use_gpu: bool | None = None,
+           allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Top-``k`` (similarities, ids) for each query row.
+
+    ``allowed`` restricts the search to those cell ids (exactly, through a FAISS id selector;
+    such searches run on the CPU). Otherwise a GPU is used when present unless told not to.
+    """
     faiss = _faiss()
     queries = np.ascontiguousarray(queries, dtype=np.float32)
+    if allowed is not None:
+        selector = faiss.IDSelectorBatch(np.ascontiguousarray(allowed, dtype=np.int64))
+        k = min(k, len(allowed))
+        params = (faiss.SearchParametersIVF(sel=selector, nprobe=int(index.nprobe)) if hasattr(index, "nprobe")
+                  else faiss.SearchParameters(sel=selector))
+        return index.search(queries, k, params=params)
     k = min(k, index.ntotal)
     if (use_gpu is None or use_gpu) and gpu_count() > 0:
         resources = faiss.StandardGpuResources()

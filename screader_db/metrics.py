@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -29,7 +30,7 @@ class Agreement:
                 "assigned_precision": self.assigned_precision, "per_class_f1": self.per_class_f1}
 
 
-def agreement(predicted: Sequence[str], truth: Sequence[str], known: Sequence[str] | None = None) -> Agreement:
+def agreement(predicted: Sequence[str] | Any, truth: Sequence[str] | Any, known: Sequence[str] | None = None) -> Agreement:
     """Score ``predicted`` against ``truth`` on cells whose true label is in ``known``.
 
     Cells whose true label the reference does not have are left out (they cannot be right).

@@ -25,6 +25,8 @@ import json
 import os
 import shutil
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -210,13 +212,42 @@ def open_atlas(path: str | Path, *, version: int | None = None) -> Atlas:
     return Atlas(root=root, version=number, info=info)
 
 
-def lock(path: str | Path, *, timeout: float = -1) -> Any:
-    """The writer lock of an atlas (readers never take it)."""
-    from filelock import FileLock
+def version_history(path: str | Path) -> list[dict[str, Any]]:
+    """One row per version on disk: number, time, the change that made it, data sets, cells."""
+    rows = []
+    for number in list_versions(path):
+        meta = json.loads((Path(path) / VERSIONS / version_name(number) / "VERSION.json").read_text())
+        step = meta.get("last_step", {})
+        rows.append({"version": number, "created_at": meta.get("created_at", ""), "action": step.get("action", "build"),
+                     "datasets": len(meta.get("datasets", [])), "n_cells": int(meta.get("n_cells", 0))})
+    return rows
+
+
+@contextmanager
+def writer_lock(path: str | Path, *, wait: float = 0.0) -> Iterator[None]:
+    """Hold the atlas's writer lock; wait up to ``wait`` seconds for another writer (readers never lock)."""
+    from filelock import FileLock, Timeout
 
     root = Path(path)
     root.mkdir(parents=True, exist_ok=True)
-    return FileLock(str(root / LOCK), timeout=timeout)
+    lock = FileLock(str(root / LOCK), timeout=wait)
+    try:
+        lock.acquire()
+    except Timeout as err:
+        message = (
+            f"another process is writing to the atlas at {root} (lock {root / LOCK}); wait for it to finish, "
+            "or pass --wait SECONDS to wait for it"
+        )
+        raise AtlasError(message) from err
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def next_version(path: str | Path) -> int:
+    """The number the next version will get (call with the writer lock held)."""
+    return max(list_versions(path), default=0) + 1
 
 
 def staging_dir(path: str | Path) -> Path:
@@ -228,14 +259,10 @@ def staging_dir(path: str | Path) -> Path:
     return staging
 
 
-def publish(path: str | Path, staging: Path) -> int:
-    """Move a finished staging folder into place as the next version and point ``current`` at it."""
+def publish(path: str | Path, staging: Path, number: int) -> int:
+    """Move a finished staging folder into place as version ``number`` and point ``current`` at it."""
     root = Path(path)
-    number = max(list_versions(root), default=0) + 1
     final = root / VERSIONS / version_name(number)
-    meta = json.loads((staging / "VERSION.json").read_text())
-    meta["version"] = number
-    (staging / "VERSION.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
     _fsync_tree(staging)
     staging.rename(final)
     _point(root / CURRENT, Path(VERSIONS) / version_name(number))
@@ -243,6 +270,25 @@ def publish(path: str | Path, staging: Path) -> int:
     if not catalogue.is_symlink():
         _point(catalogue, Path(CURRENT) / CATALOGUE)
     return number
+
+
+def collect_garbage(path: str | Path, *, keep: int, wait: float = 0.0) -> list[int]:
+    """Delete all but the newest ``keep`` versions (never the current one); returns those deleted."""
+    if keep < 1:
+        raise AtlasError("--keep must be at least 1")
+    root = Path(path)
+    with writer_lock(root, wait=wait):
+        current = current_version(root)
+        versions = list_versions(root)
+        kept = set(versions[-keep:]) | {current}
+        doomed = [v for v in versions if v not in kept]
+        for number in doomed:
+            folder = root / VERSIONS / version_name(number)
+            trash = folder.with_name(f".trash-{folder.name}")
+            folder.rename(trash)
+            shutil.rmtree(trash, ignore_errors=True)
+        clean_staging(root)
+    return doomed
 
 
 def _point(link: Path, target: Path) -> None:
@@ -278,8 +324,8 @@ def discard(staging: Path) -> None:
 
 
 def clean_staging(path: str | Path) -> None:
-    """Remove staging folders that a crashed writer left behind (call with the lock held)."""
+    """Remove staging and trash folders that a crashed writer left behind (call with the lock held)."""
     folder = Path(path) / VERSIONS
     if folder.is_dir():
-        for leftover in folder.glob(".staging-*"):
+        for leftover in [*folder.glob(".staging-*"), *folder.glob(".trash-*")]:
             shutil.rmtree(leftover, ignore_errors=True)

@@ -5,7 +5,7 @@ import pytest
 
 from screader_db import annotate
 from screader_db.builders.atlas import BuildSettings, build_atlas
-from screader_db.evaluation import compare, default_specs, markdown_table
+from screader_db.evaluation import MethodSpec, Task, evaluate
 from screader_db.inputs import read_h5ad
 
 
@@ -46,10 +46,12 @@ def test_catalogue_opens_in_plain_duckdb(minilm_atlas):
 
 def test_baselines_measured_in_the_same_run(baron, tmp_path):
     human, mouse = baron
-    rows = compare(human, mouse, label_key="cell_ontology_class", truth_key="cell_ontology_class",
-                   specs=default_specs("minilm")[:3], workdir=tmp_path)
-    print("\n" + markdown_table(rows))
-    by_name = {r["method"]: r for r in rows}
+    task = Task("Baron human -> mouse", human, mouse, "cell_ontology_class", "cell_ontology_class")
+    specs = [MethodSpec("genept (minilm)", model="minilm"), MethodSpec("genept (random)", model="random:384:0"),
+             MethodSpec("expression kNN", model="none", method="expression")]
+    result = evaluate([task], specs, workdir=tmp_path)
+    print("\n" + result.markdown(task.name))
+    by_name = {r["method"]: r for r in result.rows}
     assert by_name["genept (minilm)"]["accuracy"] >= 0.85
     assert by_name["expression kNN"]["accuracy"] >= 0.85
-    assert all(r["n_scored"] == 1868 for r in rows)
+    assert all(r["n_scored"] == 1868 for r in result.rows)

@@ -1,0 +1,151 @@
+"""Adding and removing data sets of an existing atlas, each change a new version.
+
+A data set is embedded with the atlas's own fitted embedder (same genes, model and
+parameters), gets new cell ids, and is added to a copy of the FAISS index; removing one drops
+its ids from a copy of the index. Unchanged files are hard-linked from the previous version,
+so a change costs about the size of what changed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from screader_db import store
+from screader_db.builders.writer import Draft, drafting, finish, write_dataset
+from screader_db.catalogue import read_tables
+from screader_db.errors import AtlasError, OutputExistsError
+from screader_db.progress import SILENT, Reporter
+
+SHARED_FILES = ("genes.parquet", "gene_embeddings.parquet", "embedder.safetensors")
+RESERVED_NAMES = ("", ".", "..")
+
+
+def _carry(draft: Draft, previous: store.Atlas, skip_dataset: str | None = None) -> None:
+    """Link the previous version's shared files and cell files (except one data set's)."""
+    for name in SHARED_FILES:
+        source = previous.path / name
+        if source.is_file():
+            draft.link(source, name)
+    for part in sorted((previous.path / "cells").glob("*.parquet")):
+        if part.stem != skip_dataset:
+            draft.link(part, f"cells/{part.name}")
+
+
+def _check_name(name: str, existing: list[str]) -> None:
+    if name in RESERVED_NAMES or "/" in name or "\\" in name:
+        message = f"{name!r} cannot name a data set; use letters, digits, '-', '_' or '.'"
+        raise AtlasError(message)
+    if name in existing:
+        message = (f"the atlas already has a data set named {name!r}; remove it first "
+                   f"(`screader-db remove {name}`) or choose another --name")
+        raise OutputExistsError(message)
+
+
+def _placement(previous: store.Atlas, vectors: np.ndarray, k: int = 15) -> np.ndarray | None:
+    """New cells placed on the existing reference map from their nearest existing cells."""
+    layout = previous.layout()
+    if layout is None:
+        return None
+    from screader_db.index import search
+    from screader_db.layout import place
+
+    sims, ids = search(previous.index, vectors, k)
+    positions = layout.reindex(ids.ravel()).to_numpy(dtype=np.float32).reshape(ids.shape[0], ids.shape[1], 2)
+    return place(sims, positions)
+
+
+def add_dataset(atlas: str | Path, reference: Any, *, label_key: str, name: str | None = None, layer: str | None = None,
+                use_raw: bool = False, gene_key: str | None = None, species: str = "auto",
+                label_map: str | Path | pd.DataFrame | None = None, wait: float = 0.0,
+                reporter: Reporter = SILENT) -> store.Atlas:
+    """Add a labelled data set (an .h5ad path or AnnData) to the atlas as a new version."""
+    from screader_db.builders.atlas import read_reference
+    from screader_db.index import load_index, save_index
+    from screader_db.labelmap import read_label_map
+
+    root = Path(atlas)
+    mapping_table = read_label_map(label_map) if isinstance(label_map, str | Path) else label_map
+    reporter.message("Reading the data set")
+    with store.writer_lock(root, wait=wait):
+        previous = store.open_atlas(root)
+    embedder = previous.embedder
+    ref = read_reference(reference, label_key=label_key, name=name, layer=layer, use_raw=use_raw, gene_key=gene_key,
+                         species=species, target=embedder.genes)
+    _check_name(ref.name, [d["name"] for d in previous.datasets])
+    ref.harmonise(mapping_table)
+    with reporter.task(f"Embedding {ref.name}", ref.expr.n_cells, "cells") as advance:
+        vectors = embedder.transform(ref.expr.X, center="query")
+        advance(ref.expr.n_cells)
+    with drafting(root, action=f"add {ref.name}", provenance=previous.provenance, wait=wait) as draft:
+        if store.current_version(root) != previous.version:
+            message = "the atlas changed while the data set was being embedded; run the command again"
+            raise AtlasError(message)
+        draft.extra["dataset"] = ref.name
+        _carry(draft, previous)
+        dataset_id = max((int(d["dataset_id"]) for d in previous.datasets), default=0) + 1
+        ids, frame, row = write_dataset(draft, ref, dataset_id, vectors, _placement(previous, vectors))
+        with reporter.task("Adding to the FAISS index", len(ids), "cells") as advance:
+            index, sidecar = load_index(previous.path / "index.faiss")
+            index.add_with_ids(np.ascontiguousarray(vectors), ids)
+            info = {**sidecar["index"], "n": int(index.ntotal)}
+            save_index(index, _info(info), draft.staging / "index.faiss", draft.provenance)
+            advance(len(ids))
+        tables = read_tables(previous.path / store.CATALOGUE)
+        tables["datasets"] = pd.concat([tables["datasets"], pd.DataFrame([row])], ignore_index=True)
+        tables["cells"] = pd.concat([tables["cells"], frame], ignore_index=True)
+        finish(draft, tables, atlas_provenance=previous.provenance, index_info=info,
+               datasets=[*previous.datasets, row], history=previous.info.get("history", []), reporter=reporter)
+    reporter.message(f"Atlas version {draft.number}: added {ref.name} ({ref.expr.n_cells:,} cells)")
+    return store.open_atlas(root, version=draft.number)
+
+
+def remove_dataset(atlas: str | Path, name: str, *, wait: float = 0.0, reporter: Reporter = SILENT) -> store.Atlas:
+    """Drop one data set from the atlas as a new version."""
+    import faiss
+
+    from screader_db.index import load_index, save_index
+
+    root = Path(atlas)
+    with store.writer_lock(root, wait=wait):
+        previous = store.open_atlas(root)
+    names = [d["name"] for d in previous.datasets]
+    if name not in names:
+        message = f"the atlas has no data set named {name!r}; data sets: {', '.join(names)}"
+        raise AtlasError(message)
+    if len(names) == 1:
+        message = f"{name!r} is the atlas's only data set; build a new atlas instead of removing it"
+        raise AtlasError(message)
+    gone = next(d for d in previous.datasets if d["name"] == name)
+    dataset_id = int(gone["dataset_id"])
+    with drafting(root, action=f"remove {name}", provenance=previous.provenance, wait=wait) as draft:
+        if store.current_version(root) != previous.version:
+            raise AtlasError("the atlas changed while preparing the removal; run the command again")
+        draft.extra["dataset"] = name
+        _carry(draft, previous, skip_dataset=name)
+        with reporter.task("Removing from the FAISS index", int(gone["n_cells"]), "cells") as advance:
+            index, sidecar = load_index(previous.path / "index.faiss")
+            low = int(store.cell_ids(dataset_id, 1)[0])
+            index.remove_ids(faiss.IDSelectorRange(low, low + (1 << store.ID_SHIFT)))
+            info = {**sidecar["index"], "n": int(index.ntotal)}
+            save_index(index, _info(info), draft.staging / "index.faiss", draft.provenance)
+            advance(int(gone["n_cells"]))
+        tables = read_tables(previous.path / store.CATALOGUE)
+        tables["datasets"] = tables["datasets"][tables["datasets"]["name"] != name]
+        tables["cells"] = tables["cells"][tables["cells"]["dataset"] != name]
+        remaining = [d for d in previous.datasets if d["name"] != name]
+        finish(draft, tables, atlas_provenance=previous.provenance, index_info=info, datasets=remaining,
+               history=previous.info.get("history", []), reporter=reporter)
+    reporter.message(f"Atlas version {draft.number}: removed {name}")
+    return store.open_atlas(root, version=draft.number)
+
+
+def _info(values: dict[str, Any]) -> Any:
+    from screader_db.index import IndexInfo
+
+    known = {k: values[k] for k in ("kind", "n", "dim", "nlist", "nprobe", "recall_at_10") if k in values}
+    extra = {k: v for k, v in values.items() if k not in known}
+    return IndexInfo(**known, extra=extra)

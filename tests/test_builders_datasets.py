@@ -1,0 +1,98 @@
+"""Data sets added to and removed from an atlas, versions, garbage collection and query filters."""
+
+import numpy as np
+import pytest
+from conftest import make_counts
+
+from screader_db import annotate, store
+from screader_db.builders.atlas import BuildSettings, build_atlas
+from screader_db.builders.datasets import add_dataset, remove_dataset
+from screader_db.errors import AtlasError, OutputExistsError, ScreaderError
+
+SETTINGS = BuildSettings(model="random:16", n_genes=50, layout="none")
+
+
+@pytest.fixture
+def two_sets(tmp_path):
+    first = make_counts(n_cells=150, seed=1)
+    second = make_counts(n_cells=120, seed=2)
+    second.obs["cell_type"] = second.obs["cell_type"].astype(str).str.replace("type", "kind")
+    root = tmp_path / "atlas"
+    build_atlas(first, root, label_key="cell_type", dataset_name="first", settings=SETTINGS)
+    add_dataset(root, second, label_key="cell_type", name="second")
+    return root, first, second
+
+
+def test_add_makes_a_new_version_with_new_ids(two_sets):
+    root, _first, _second = two_sets
+    atlas = store.open_atlas(root)
+    assert atlas.version == 2
+    assert [d["name"] for d in atlas.datasets] == ["first", "second"]
+    cells = atlas.cells()
+    assert len(cells) == 270
+    assert set(store.dataset_of(cells.index.to_numpy())) == {1, 2}
+    assert atlas.index.ntotal == 270
+    old = store.open_atlas(root, version=1)
+    assert len(old.cells()) == 150 and old.index.ntotal == 150
+    assert (atlas.path / "embedder.safetensors").stat().st_ino == (old.path / "embedder.safetensors").stat().st_ino
+    history = store.version_history(root)
+    assert [h["action"] for h in history] == ["build", "add second"]
+    import duckdb
+
+    con = duckdb.connect(str(root / "atlas.duckdb"), read_only=True)
+    assert con.execute("SELECT count(*) FROM cells").fetchone()[0] == 270
+    assert [r[0] for r in con.execute("SELECT action FROM builds ORDER BY version").fetchall()] == ["build", "add second"]
+    con.close()
+
+
+def test_queries_can_be_restricted(two_sets):
+    root, _, _ = two_sets
+    query = make_counts(n_cells=60, seed=3)
+    only_second = annotate(query, root, datasets=["second"])
+    assert set(only_second.labels) <= {"kind0", "kind1", "kind2"}
+    assert (store.dataset_of(only_second.neighbour_ids) == 2).all()
+    no_kind = annotate(query, root, exclude_labels=["kind0", "kind1", "kind2"])
+    assert set(no_kind.labels) <= {"type0", "type1", "type2"}
+    picked = annotate(query, root, labels=["type1"])
+    assert set(picked.labels) == {"type1"}
+    with pytest.raises(ScreaderError, match="the atlas has no data set 'third'; known: first, second"):
+        annotate(query, root, datasets=["third"])
+
+
+def test_remove_gives_back_the_single_data_set_atlas(two_sets, tmp_path):
+    root, first, _ = two_sets
+    remove_dataset(root, "second")
+    alone = tmp_path / "alone"
+    build_atlas(first, alone, label_key="cell_type", dataset_name="first", settings=SETTINGS)
+    query = make_counts(n_cells=60, seed=4)
+    a, b = annotate(query, root), annotate(query, alone)
+    np.testing.assert_array_equal(a.neighbour_ids, b.neighbour_ids)
+    np.testing.assert_allclose(a.neighbour_similarities, b.neighbour_similarities, rtol=1e-6)
+    assert a.labels.equals(b.labels)
+    assert store.open_atlas(root).version == 3
+
+
+def test_add_and_remove_errors(two_sets):
+    root, first, _ = two_sets
+    with pytest.raises(OutputExistsError, match="already has a data set named 'first'; remove it first"):
+        add_dataset(root, first, label_key="cell_type", name="first")
+    with pytest.raises(AtlasError, match="the atlas has no data set named 'nope'; data sets: first, second"):
+        remove_dataset(root, "nope")
+    remove_dataset(root, "second")
+    with pytest.raises(AtlasError, match="'first' is the atlas's only data set"):
+        remove_dataset(root, "first")
+
+
+def test_gc_keeps_the_newest_and_the_current(two_sets):
+    root, _, _ = two_sets
+    remove_dataset(root, "second")
+    assert store.list_versions(root) == [1, 2, 3]
+    assert store.collect_garbage(root, keep=1) == [1, 2]
+    assert store.list_versions(root) == [3]
+    assert len(store.open_atlas(root).cells()) == 150
+
+
+def test_second_writer_is_refused_while_the_lock_is_held(two_sets):
+    root, _, _second = two_sets
+    with store.writer_lock(root), pytest.raises(AtlasError, match="another process is writing to the atlas"):
+        remove_dataset(root, "second", wait=0.1)

@@ -1,0 +1,59 @@
+"""The evaluation harness on generated data: splits, every method family, outputs."""
+
+import json
+
+import numpy as np
+import pytest
+
+from conftest import make_counts
+from screader_db.evaluation import MethodSpec, Task, evaluate, split_tasks, standard_specs
+
+
+def test_splits_are_stratified_and_disjoint():
+    adata = make_counts(n_cells=200)
+    tasks = split_tasks(adata, label_key="cell_type", seeds=2, test_size=0.25)
+    assert len(tasks) == 2
+    for task in tasks:
+        assert not set(task.reference.obs_names) & set(task.query.obs_names)
+        assert len(task.query) == 50
+        shares = task.query.obs["cell_type"].value_counts(normalize=True)
+        assert (shares > 0.2).all()
+    assert set(tasks[0].query.obs_names) != set(tasks[1].query.obs_names)
+
+
+def test_standard_specs_pair_text_with_random_twins():
+    names = [s.name for s in standard_specs("minilm", random_seeds=2)]
+    assert names == ["genept (minilm)", "genept (random:0)", "genept (random:1)", "expression kNN", "PCA-50 kNN",
+                     "CellTypist"]
+    assert {s.row for s in standard_specs("minilm", random_seeds=2)} >= {"genept (random vectors)"}
+
+
+def test_evaluation_scores_every_method_and_writes_outputs(tmp_path):
+    pytest.importorskip("celltypist")
+    adata = make_counts(n_cells=240, seed=3)
+    tasks = split_tasks(adata, label_key="cell_type", seeds=2)
+    specs = [MethodSpec("genept (random:0)", model="random:16:0", group="random"),
+             MethodSpec("genept (random:1)", model="random:16:1", group="random"),
+             MethodSpec("expression kNN", model="none", method="expression"),
+             MethodSpec("CellTypist", kind="celltypist")]
+    result = evaluate(tasks, specs, n_genes=50)
+    summary = result.summary()
+    assert list(summary.index) == ["random", "expression kNN", "CellTypist"]
+    assert summary.loc["random", "runs"] == 4
+    assert (summary["accuracy_mean"] > 0.8).all()
+    written = result.write(tmp_path / "eval", title="synthetic")
+    assert {p.name for p in written} == {"evaluation.md", "evaluation.json", "confusion.png"}
+    text = (tmp_path / "eval" / "evaluation.md").read_text()
+    assert "| expression kNN |" in text and "±" in text and "Per-class F1" in text
+    payload = json.loads((tmp_path / "eval" / "evaluation.json").read_text())
+    assert len(payload["runs"]) == 8
+
+
+def test_labels_the_reference_lacks_are_not_scored():
+    reference = make_counts(n_cells=150, seed=4)
+    query = make_counts(n_cells=90, seed=5)
+    query.obs["cell_type"] = query.obs["cell_type"].astype(str).replace({"type2": "novel"})
+    task = Task("transfer", reference, query, "cell_type", "cell_type")
+    result = evaluate([task], [MethodSpec("expression kNN", model="none", method="expression")], n_genes=50)
+    row = result.rows[0]
+    assert row["n_scored"] == int(np.sum(query.obs["cell_type"] != "novel"))
