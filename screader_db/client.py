@@ -72,7 +72,7 @@ class Client:
 
         ``options`` are those of :func:`screader_db.annotate` the server accepts: ``k``,
         ``min_score``, ``species``, ``level``, ``gene_key``, ``layer``, ``use_raw``,
-        ``majority_voting``, ``model``. The result has the per-cell table, the atlas's labels
+        ``majority_voting``, ``model``, ``datasets``, ``labels``, ``exclude_labels``. The result has the per-cell table, the atlas's labels
         and info; its embeddings and neighbour arrays are empty (they stay on the server).
         """
         from screader_db.payloads import result_from_payload
@@ -108,9 +108,18 @@ class Client:
         return dict(self._request("DELETE", f"/datasets/{quote(name, safe='')}"))
 
 
-def _params(options: dict[str, Any]) -> dict[str, str]:
-    return {key: (str(value).lower() if isinstance(value, bool) else str(value))
-            for key, value in options.items() if value is not None}
+def _params(options: dict[str, Any]) -> dict[str, Any]:
+    params: dict[str, Any] = {}
+    for key, value in options.items():
+        if value is None:
+            continue
+        if isinstance(value, bool):
+            params[key] = str(value).lower()
+        elif isinstance(value, list | tuple):
+            params[key] = [str(v) for v in value]
+        else:
+            params[key] = str(value)
+    return params
 
 
 @contextmanager

@@ -35,6 +35,7 @@ from screader_db.payloads import CountsRequest, counts_adata, parse_counts, resu
 MAX_UPLOAD_BYTES = 512_000_000
 TOKEN_ENV = "SCREADER_DB_TOKEN"
 UPLOAD_FIELD = "file"
+WRITE_WAIT = 60.0
 
 
 def status_of(error: ScreaderError) -> int:
@@ -111,12 +112,7 @@ def create_app(atlas_dir: str | Path, *, token: str | None = None, max_upload_by
     @app.get("/versions", summary="Every version of the atlas, oldest first")
     def versions() -> dict[str, Any]:
         current = store.current_version(root)
-        rows = []
-        for number in store.list_versions(root):
-            info = store.open_atlas(root, version=number).info
-            rows.append({"version": number, "current": number == current, "created_at": info.get("created_at"),
-                         "cells": info.get("n_cells"), "model_id": info.get("provenance", {}).get("model_id"),
-                         "datasets": [d.get("name") for d in info.get("datasets", [])]})
+        rows = [{**row, "current": row["version"] == current} for row in store.version_history(root)]
         return {"current": current, "versions": rows}
 
     @app.post("/annotate", summary="Label query cells: an .h5ad upload (field 'file') or JSON counts",
@@ -132,10 +128,14 @@ def create_app(atlas_dir: str | Path, *, token: str | None = None, max_upload_by
         use_raw: Annotated[bool, Query(description="read .raw (h5ad)")] = False,
         majority_voting: Annotated[bool, Query(description="add each query cluster's majority label")] = False,
         model: Annotated[str | None, Query(description="refuse unless the atlas uses this gene model")] = None,
+        datasets: Annotated[list[str] | None, Query(description="only these data sets' cells may vote")] = None,
+        labels: Annotated[list[str] | None, Query(description="only cells with these labels may vote")] = None,
+        exclude_labels: Annotated[list[str] | None, Query(description="cells with these labels may not vote")] = None,
     ) -> dict[str, Any]:
         atlas = cache.current()
         options = {"k": k, "min_score": min_score, "species": species, "level": level, "gene_key": gene_key,
-                   "layer": layer, "use_raw": use_raw, "majority_voting": majority_voting, "model": model}
+                   "layer": layer, "use_raw": use_raw, "majority_voting": majority_voting, "model": model,
+                   "datasets": datasets, "labels": labels, "exclude_labels": exclude_labels}
         kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if kind == "application/json":
             parsed = parse_counts(await request.body())
@@ -150,7 +150,8 @@ def create_app(atlas_dir: str | Path, *, token: str | None = None, max_upload_by
     @app.post("/datasets", summary="Add a labelled data set (a new atlas version); needs the token",
               dependencies=[Depends(writer)], openapi_extra=DATASET_BODY, status_code=201)
     async def add(request: Request) -> dict[str, Any]:
-        add_dataset = _builder("add_dataset")
+        from screader_db.builders.datasets import add_dataset
+
         async with request.form() as form:
             upload = _upload(form)
             name, label_key = form.get("name"), form.get("label_key")
@@ -158,20 +159,27 @@ def create_app(atlas_dir: str | Path, *, token: str | None = None, max_upload_by
                 raise InputDataError("send the form fields 'name' (the data set's name) and 'label_key' (its label column)")
 
             def run() -> Any:
-                with _saved(upload) as path:
-                    return add_dataset(root, path, name=name, label_key=label_key)
+                with _saved(upload) as path, _conflict():
+                    return add_dataset(root, path, name=name, label_key=label_key, wait=WRITE_WAIT)
 
             built = await run_in_threadpool(run)
-        version = getattr(built, "version", None) or store.current_version(root)
-        return {"dataset": name, "version": version}
+        return {"dataset": name, "version": built.version, "cells": int(built.info.get("n_cells", 0))}
 
     @app.delete("/datasets/{name}", summary="Remove a data set (a new atlas version); needs the token",
                 dependencies=[Depends(writer)])
     async def remove(name: str) -> dict[str, Any]:
-        remove_dataset = _builder("remove_dataset")
-        built = await run_in_threadpool(remove_dataset, root, name)
-        version = getattr(built, "version", None) or store.current_version(root)
-        return {"removed": name, "version": version}
+        from screader_db.builders.datasets import remove_dataset
+
+        present = [d["name"] for d in cache.current().datasets]
+        if name not in present:
+            raise HTTPException(404, f"the atlas has no data set named {name!r}; data sets: {', '.join(present)}")
+
+        def run() -> Any:
+            with _conflict():
+                return remove_dataset(root, name, wait=WRITE_WAIT)
+
+        built = await run_in_threadpool(run)
+        return {"removed": name, "version": built.version, "cells": int(built.info.get("n_cells", 0))}
 
     return app
 
@@ -255,13 +263,11 @@ def _annotate_counts(cache: AtlasCache, atlas: store.Atlas, request: CountsReque
     return result_payload(annotate(counts_adata(request), atlas, **options))
 
 
-def _builder(name: str) -> Any:
-    import importlib
-
+@contextmanager
+def _conflict() -> Iterator[None]:
+    """A write the atlas's state refuses (locked by another writer, changed meanwhile, a bad name) is 409."""
     try:
-        datasets = importlib.import_module("screader_db.builders.datasets")
-    except ImportError as err:
-        raise HTTPException(501, "this screader-db cannot add or remove data sets yet (no "
-                                 "screader_db.builders.datasets); upgrade screader-db") from err
-    return getattr(datasets, name)
+        yield
+    except AtlasError as err:
+        raise HTTPException(409, str(err)) from err
 

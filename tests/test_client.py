@@ -48,6 +48,7 @@ def test_annotate_anndata_path_and_counts(client, atlas, tmp_path):
     _assert_same(client.annotate(path, k=9), local)
     counted = client.annotate_counts(query.X, genes=list(query.var_names), cells=list(query.obs_names), k=9)
     _assert_same(counted, local)
+    _assert_same(client.annotate(query, k=9, labels=["type1", "type2"]), annotate(query, atlas, k=9, labels=["type1", "type2"]))
     strict = client.annotate(query, min_score=1.0)
     assert strict.n_unassigned == annotate(query, atlas, min_score=1.0).n_unassigned
 
@@ -74,7 +75,6 @@ def test_errors_become_remote_errors(client, atlas, tmp_path):
 
 
 def test_add_and_remove_datasets_with_the_token(tmp_path):
-    pytest.importorskip("screader_db.builders.datasets")
     root = small_atlas(tmp_path / "atlas")
     with running(create_app(root, token=TOKEN)) as url, screader_db.Client(url, token=TOKEN, timeout=120) as client:
         added = client.add_dataset(make_counts(n_cells=80, seed=11), name="extra", label_key="cell_type")

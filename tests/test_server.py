@@ -61,8 +61,8 @@ def test_health_datasets_versions(url, atlas):
     assert [(d["name"], d["n_cells"], d["label_key"]) for d in datasets["datasets"]] == [("synthetic", 200, "cell_type")]
     versions = http.get(f"{url}/versions").json()
     assert versions["current"] == 1
-    assert [(v["version"], v["current"], v["cells"], v["datasets"]) for v in versions["versions"]] == \
-        [(1, True, 200, ["synthetic"])]
+    assert [(v["version"], v["current"], v["n_cells"], v["datasets"], v["action"]) for v in versions["versions"]] == \
+        [(1, True, 200, 1, "build")]
     assert http.get(f"{url}/docs").status_code == 200
     assert "/annotate" in http.get(f"{url}/openapi.json").json()["paths"]
 
@@ -93,6 +93,19 @@ def test_annotate_json_counts_equals_local_annotate(url, atlas, query):
     response = http.post(f"{url}/annotate", json=payload)
     assert response.status_code == 200, response.text
     assert response.json()["info"]["input_kind"] != "counts"
+
+
+def test_annotate_restricted_to_some_atlas_cells(url, atlas, query):
+    adata, path = query
+    params = {"datasets": ["synthetic"], "exclude_labels": ["type0"]}
+    with open(path, "rb") as handle:
+        response = http.post(f"{url}/annotate", params=params, files={"file": ("query.h5ad", handle)})
+    assert response.status_code == 200, response.text
+    assert {r["label"] for r in response.json()["cells"]} <= {"type1", "type2"}
+    _same_as_local(response.json()["cells"], annotate(adata, atlas, datasets=["synthetic"], exclude_labels=["type0"]))
+    unknown = http.post(f"{url}/annotate", params={"datasets": "nope"}, files={"file": ("query.h5ad", path.read_bytes())})
+    assert unknown.status_code == 400
+    assert unknown.json()["error"] == "the atlas has no data set 'nope'; known: synthetic"
 
 
 @pytest.mark.parametrize(("request_kw", "status", "message"), [
@@ -199,26 +212,34 @@ def test_missing_atlas_is_503(tmp_path):
 
 
 def test_add_and_remove_datasets(tmp_path):
-    datasets = pytest.importorskip("screader_db.builders.datasets")
-    assert hasattr(datasets, "add_dataset") and hasattr(datasets, "remove_dataset")
     root = small_atlas(tmp_path / "atlas")
     extra = tmp_path / "extra.h5ad"
     make_counts(n_cells=80, seed=11).write_h5ad(extra)
     auth = {"Authorization": f"Bearer {TOKEN}"}
+    form = {"name": "extra", "label_key": "cell_type"}
     with running(create_app(root, token=TOKEN)) as base:
-        with open(extra, "rb") as handle:
-            added = http.post(f"{base}/datasets", headers=auth, files={"file": ("extra.h5ad", handle)},
-                               data={"name": "extra", "label_key": "cell_type"})
+        added = http.post(f"{base}/datasets", headers=auth, files={"file": ("extra.h5ad", extra.read_bytes())}, data=form)
         assert added.status_code == 201, added.text
-        assert added.json()["dataset"] == "extra" and added.json()["version"] == 2
+        assert added.json() == {"dataset": "extra", "version": 2, "cells": 280}
+        assert http.get(f"{base}/health").json()["cells"] == 280
         names = [d["name"] for d in http.get(f"{base}/datasets").json()["datasets"]]
         assert sorted(names) == ["extra", "synthetic"]
+        again = http.post(f"{base}/datasets", headers=auth, files={"file": ("extra.h5ad", extra.read_bytes())}, data=form)
+        assert again.status_code == 409
+        assert again.json()["error"].startswith("the atlas already has a data set named 'extra'")
         removed = http.delete(f"{base}/datasets/extra", headers=auth)
         assert removed.status_code == 200, removed.text
-        assert removed.json()["version"] == 3
+        assert removed.json() == {"removed": "extra", "version": 3, "cells": 200}
         assert [d["name"] for d in http.get(f"{base}/datasets").json()["datasets"]] == ["synthetic"]
+        unknown = http.delete(f"{base}/datasets/extra", headers=auth)
+        assert unknown.status_code == 404
+        assert unknown.json()["error"] == "the atlas has no data set named 'extra'; data sets: synthetic"
+        last = http.delete(f"{base}/datasets/synthetic", headers=auth)
+        assert last.status_code == 409 and "is the atlas's only data set" in last.json()["error"]
         incomplete = http.post(f"{base}/datasets", headers=auth, files={"file": ("extra.h5ad", b"x")})
         assert incomplete.status_code == 422 and "send the form fields 'name'" in incomplete.json()["error"]
+        actions = [v["action"] for v in http.get(f"{base}/versions").json()["versions"]]
+        assert actions == ["build", "add extra", "remove extra"]
 
 
 def test_serve_command(atlas, tmp_path):
