@@ -4,8 +4,8 @@ import json
 
 import numpy as np
 import pytest
-
 from conftest import make_counts
+
 from screader_db.evaluation import MethodSpec, Task, evaluate, split_tasks, standard_specs
 
 
