@@ -314,6 +314,16 @@ def query(
             out.print(f"Annotated AnnData: {out_path}", highlight=False)
 
 
+def _index_text(index: dict[str, Any]) -> str:
+    text = str(index.get("kind", "?"))
+    if index.get("nlist"):
+        text += f", {index['nlist']:,} lists, nprobe {index.get('nprobe')}"
+    text += f", recall@10 {float(index.get('recall_at_10', 1.0)):.3f} vs exact"
+    if index.get("bytes_per_cell"):
+        text += f", {index['bytes_per_cell']:,} bytes/cell"
+    return text
+
+
 def _split(values: list[str] | None) -> list[str] | None:
     """Repeated options and comma-separated lists, flattened."""
     if not values:
@@ -350,7 +360,7 @@ def info(atlas: Annotated[Path, typer.Option(help="Atlas folder.")],
             ["genes", f"{len(opened.embedder.genes):,}"],
             ["cells", f"{opened.info.get('n_cells', 0):,}"],
             ["dimensions", str(opened.info.get("dim", ""))],
-            ["index", f"{index.get('kind')} (nprobe {index.get('nprobe')}, recall@10 {index.get('recall_at_10')})"],
+            ["index", _index_text(index)],
             ["size on disk", f"{size_of(opened.path) / 1e6:,.1f} MB"],
         ]
         out.print(table(f"Atlas {atlas}", ["field", "value"], rows))

@@ -98,18 +98,24 @@ def split_tasks(adata: Any, *, label_key: str, seeds: int = 3, test_size: float 
     return tasks
 
 
-def _celltypist_labels(task: Task, spec: MethodSpec) -> np.ndarray:
+def _celltypist_labels(task: Task, n_genes: int) -> np.ndarray:
+    """CellTypist on the same variable genes the atlases use, its setting chosen on a reference split."""
     import anndata as ad
 
+    from screader_db.features import highly_variable
     from screader_db.inputs import load_expression
-    from screader_db.peers import celltypist_predict
+    from screader_db.peers import celltypist_best
 
     ref = load_expression(task.reference)
-    qry = load_expression(task.query)
-    reference = ad.AnnData(X=ref.X, obs=pd.DataFrame({task.label_key: task.reference.obs[task.label_key].astype(str)
-                                                     .to_numpy()}, index=ref.obs.index), var=pd.DataFrame(index=ref.genes))
-    query = ad.AnnData(X=qry.X, obs=pd.DataFrame(index=qry.obs.index), var=pd.DataFrame(index=qry.genes))
-    return celltypist_predict(reference, query, label_key=task.label_key, seed=task.seed, **dict(spec.options))
+    chosen = highly_variable(ref.X, n_genes)
+    genes = [ref.genes[i] for i in chosen]
+    qry = load_expression(task.query, target=genes)
+    labels = task.reference.obs[task.label_key].astype(str).to_numpy()
+    reference = ad.AnnData(X=ref.X[:, chosen], obs=pd.DataFrame({task.label_key: labels}, index=ref.obs.index),
+                           var=pd.DataFrame(index=genes))
+    query = ad.AnnData(X=qry.X, obs=pd.DataFrame(index=qry.obs.index), var=pd.DataFrame(index=genes))
+    predicted, _ = celltypist_best(reference, query, label_key=task.label_key, seed=task.seed)
+    return predicted
 
 
 def _atlas_labels(task: Task, spec: MethodSpec, *, k: int, n_genes: int, workdir: Path, reporter: Reporter) -> np.ndarray:
@@ -213,7 +219,7 @@ def evaluate(tasks: list[Task], specs: list[MethodSpec], *, k: int = 15, n_genes
                 reporter.message(f"{task.name}: {spec.name}")
                 start = time.perf_counter()
                 if spec.kind == "celltypist":
-                    predicted = _celltypist_labels(task, spec)
+                    predicted = _celltypist_labels(task, n_genes)
                 else:
                     predicted = _atlas_labels(task, spec, k=k, n_genes=n_genes, workdir=Path(tmp), reporter=SILENT)
                 seconds = time.perf_counter() - start

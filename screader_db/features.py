@@ -27,6 +27,12 @@ def highly_variable(X_log: sp.csr_matrix, n_top: int = 3000, *, n_bins: int = 20
     linear.data = np.expm1(linear.data)
     mean, var = gene_moments(linear)
     detected = np.asarray((X_log > 0).sum(axis=0)).ravel()
+    return variable_from_moments(mean, var, detected, n_top, n_bins=n_bins, min_cells=min_cells)
+
+
+def variable_from_moments(mean: np.ndarray, var: np.ndarray, detected: np.ndarray, n_top: int, *, n_bins: int = 20,
+                          min_cells: int = 3) -> np.ndarray:
+    """The Seurat-flavour selection from per-gene linear mean, variance and detection counts."""
     with np.errstate(divide="ignore", invalid="ignore"):
         dispersion = np.where(mean > 0, var / mean, 0.0)
         dispersion[dispersion == 0] = np.nan
@@ -35,7 +41,7 @@ def highly_variable(X_log: sp.csr_matrix, n_top: int = 3000, *, n_bins: int = 20
     usable = (detected >= min_cells) & np.isfinite(log_disp)
     edges = np.linspace(log_mean[usable].min(), log_mean[usable].max(), n_bins + 1) if usable.any() else np.array([0, 1])
     bins = np.clip(np.digitize(log_mean, edges[1:-1]), 0, n_bins - 1)
-    score = np.full(X_log.shape[1], -np.inf)
+    score = np.full(len(mean), -np.inf)
     for b in range(n_bins):
         members = usable & (bins == b)
         if not members.any():

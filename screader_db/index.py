@@ -18,6 +18,8 @@ import numpy as np
 from screader_db.errors import AtlasError, ScreaderError
 
 FLAT_LIMIT = 200_000
+HNSW_QUANTIZER_LIMIT = 1_000_000
+RAM_SHARE = 0.25
 INDEX_KINDS = ("auto", "flat", "ivf", "ivf-sq8", "ivf-pq")
 
 
@@ -51,13 +53,38 @@ class IndexInfo:
                 "recall_at_10": self.recall_at_10, **self.extra}
 
 
-def choose_kind(n: int, requested: str = "auto") -> str:
+def memory_bytes() -> int:
+    """Physical memory of this machine (0 when unknown)."""
+    import os
+
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (ValueError, OSError, AttributeError):
+        return 0
+
+
+def choose_kind(n: int, requested: str = "auto", *, dim: int = 384) -> str:
+    """Exact Flat below ``FLAT_LIMIT`` cells; IVF above, with 8-bit codes once raw vectors would
+    take more than a quarter of the machine's memory, and PQ codes beyond twice that."""
     if requested not in INDEX_KINDS:
         message = f"unknown index kind {requested!r}; choose one of {', '.join(INDEX_KINDS)}"
         raise ScreaderError(message)
     if requested != "auto":
         return requested
-    return "flat" if n < FLAT_LIMIT else "ivf-sq8"
+    if n < FLAT_LIMIT:
+        return "flat"
+    raw = n * dim * 4
+    ram = memory_bytes() or 16 << 30
+    if raw > 2 * RAM_SHARE * ram:
+        return "ivf-pq"
+    if raw > RAM_SHARE * ram:
+        return "ivf-sq8"
+    return "ivf"
+
+
+def n_lists(n: int) -> int:
+    """IVF lists: about 8·√N, at least 16, and at least 39 training points per list."""
+    return int(max(16, min(8 * math.sqrt(n), n // 39)))
 
 
 def build_index(vectors: np.ndarray, ids: np.ndarray, *, kind: str = "auto", recall_target: float = 0.95,
@@ -67,13 +94,14 @@ def build_index(vectors: np.ndarray, ids: np.ndarray, *, kind: str = "auto", rec
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
     ids = np.ascontiguousarray(ids, dtype=np.int64)
     n, dim = vectors.shape
-    chosen = choose_kind(n, kind)
+    chosen = choose_kind(n, kind, dim=dim)
     if chosen == "flat" or n < 1000:
         index = faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
         index.add_with_ids(vectors, ids)
         return index, IndexInfo("flat", n, dim)
-    nlist = int(min(max(4 * math.sqrt(n), 16), n // 39))
-    quantizer = faiss.IndexFlatIP(dim)
+    nlist = n_lists(n)
+    quantizer = (faiss.IndexHNSWFlat(dim, 32, faiss.METRIC_INNER_PRODUCT) if n > HNSW_QUANTIZER_LIMIT
+                 else faiss.IndexFlatIP(dim))
     if chosen == "ivf":
         index = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
     elif chosen == "ivf-sq8":
@@ -83,12 +111,13 @@ def build_index(vectors: np.ndarray, ids: np.ndarray, *, kind: str = "auto", rec
         m = max(d for d in range(1, min(dim, 64) + 1) if dim % d == 0)
         index = faiss.IndexIVFPQ(quantizer, dim, nlist, m, 8, faiss.METRIC_INNER_PRODUCT)
     rng = np.random.default_rng(seed)
-    train = vectors[rng.choice(n, size=min(n, max(nlist * 64, 50_000)), replace=False)]
+    train = vectors[np.sort(rng.choice(n, size=min(n, max(nlist * 40, 50_000)), replace=False))]
     index.train(train)
     index.add_with_ids(vectors, ids)
     nprobe, recall = tune_nprobe(index, vectors, ids, recall_target=recall_target, seed=seed)
     index.nprobe = nprobe
-    return index, IndexInfo(chosen, n, dim, nlist=nlist, nprobe=nprobe, recall_at_10=recall)
+    extra = {"quantizer": "hnsw" if n > HNSW_QUANTIZER_LIMIT else "flat", "recall_target": recall_target}
+    return index, IndexInfo(chosen, n, dim, nlist=nlist, nprobe=nprobe, recall_at_10=recall, extra=extra)
 
 
 def tune_nprobe(index: Any, vectors: np.ndarray, ids: np.ndarray, *, recall_target: float, seed: int = 0,
@@ -120,6 +149,7 @@ def save_index(index: Any, info: IndexInfo, path: str | Path, provenance: dict[s
     faiss = _faiss()
     target = Path(path)
     faiss.write_index(index, str(target))
+    info.extra["bytes_per_cell"] = round(target.stat().st_size / max(info.n, 1), 1)
     sidecar = {"index": info.to_dict(), "provenance": provenance, "sha256": sha256_file(target),
                "faiss_version": faiss.__version__}
     Path(str(target) + ".json").write_text(json.dumps(sidecar, indent=2, sort_keys=True))
@@ -147,12 +177,77 @@ def load_index(path: str | Path, *, verify: bool = False) -> tuple[Any, dict[str
     return index, sidecar
 
 
+_GPU_SEARCHERS: dict[int, tuple[Any, Any]] = {}
+
+
+def torch_cuda() -> bool:
+    """True when torch sees a CUDA GPU; torch is imported only on machines with an NVIDIA driver."""
+    import os
+
+    if not os.path.exists("/proc/driver/nvidia/version") and not os.environ.get("CUDA_VISIBLE_DEVICES"):
+        return False
+    try:
+        import torch
+    except ImportError:
+        return False
+    return bool(torch.cuda.is_available())
+
+
+class TorchFlatSearcher:
+    """Exact inner-product search on a CUDA GPU with torch, for Flat indexes when faiss has no GPU support.
+
+    The atlas vectors are copied to the GPU once (fp16 by default) and queries are searched in
+    batches; results match the CPU Flat index up to fp16 rounding of near ties.
+    """
+
+    def __init__(self, index: Any, *, dtype: str = "float16", device: str = "cuda") -> None:
+        import torch
+
+        faiss = _faiss()
+        flat = faiss.downcast_index(index.index) if hasattr(index, "id_map") else index
+        vectors = flat.reconstruct_n(0, flat.ntotal)
+        self.ids = faiss.vector_to_array(index.id_map) if hasattr(index, "id_map") else np.arange(flat.ntotal)
+        self.device = device
+        self.vectors = torch.from_numpy(vectors).to(device=device, dtype=getattr(torch, dtype))
+
+    def search(self, queries: np.ndarray, k: int, *, batch: int = 8192) -> tuple[np.ndarray, np.ndarray]:
+        import torch
+
+        k = min(k, self.vectors.shape[0])
+        sims = np.empty((len(queries), k), dtype=np.float32)
+        rows = np.empty((len(queries), k), dtype=np.int64)
+        with torch.inference_mode():
+            for start in range(0, len(queries), batch):
+                block = torch.from_numpy(queries[start : start + batch]).to(self.device, dtype=self.vectors.dtype)
+                top = torch.topk(block @ self.vectors.T, k, dim=1)
+                sims[start : start + batch] = top.values.float().cpu().numpy()
+                rows[start : start + batch] = top.indices.cpu().numpy()
+        return sims, self.ids[rows]
+
+
+def gpu_searcher(index: Any) -> Any | None:
+    """A GPU copy of ``index`` (faiss-gpu, or torch for Flat indexes), cached per index; None without a GPU."""
+    key = id(index)
+    if key in _GPU_SEARCHERS:
+        return _GPU_SEARCHERS[key][1]
+    faiss = _faiss()
+    searcher: Any = None
+    if gpu_count() > 0:
+        searcher = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), 0, index)
+    elif torch_cuda() and not hasattr(faiss.downcast_index(getattr(index, "index", index)), "nlist"):
+        searcher = TorchFlatSearcher(index)
+    if searcher is not None:
+        _GPU_SEARCHERS[key] = (index, searcher)
+    return searcher
+
+
 def search(index: Any, queries: np.ndarray, k: int, *, use_gpu: bool | None = None,
            allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Top-``k`` (similarities, ids) for each query row.
 
     ``allowed`` restricts the search to those cell ids (exactly, through a FAISS id selector;
-    such searches run on the CPU). Otherwise a GPU is used when present unless told not to.
+    such searches run on the CPU). Otherwise a GPU is used when present (faiss-gpu, or torch
+    for exact Flat indexes) unless ``use_gpu`` is False.
     """
     faiss = _faiss()
     queries = np.ascontiguousarray(queries, dtype=np.float32)
@@ -163,8 +258,9 @@ def search(index: Any, queries: np.ndarray, k: int, *, use_gpu: bool | None = No
                   else faiss.SearchParameters(sel=selector))
         return index.search(queries, k, params=params)
     k = min(k, index.ntotal)
-    if (use_gpu is None or use_gpu) and gpu_count() > 0:
-        resources = faiss.StandardGpuResources()
-        index = faiss.index_cpu_to_gpu(resources, 0, index)
+    if use_gpu is None or use_gpu:
+        searcher = gpu_searcher(index)
+        if searcher is not None:
+            return searcher.search(queries, k)
     sims, ids = index.search(queries, k)
     return sims, ids

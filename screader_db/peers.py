@@ -22,10 +22,13 @@ def celltypist_predict(reference: Any, query: Any, *, label_key: str, seed: int 
     except ImportError as err:
         message = "CellTypist is not installed; `pip install 'screader-db[eval]'` adds it"
         raise ScreaderError(message) from err
+    import contextlib
+    import io
+
     import anndata as ad
 
     np.random.seed(seed)
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")
         model = celltypist.train(reference.X, labels=reference.obs[label_key].astype(str).to_numpy(),
                                  genes=np.asarray(reference.var_names), check_expression=False, n_jobs=1,
@@ -34,3 +37,30 @@ def celltypist_predict(reference: Any, query: Any, *, label_key: str, seed: int 
         result = celltypist.annotate(holder, model=model, majority_voting=majority_voting)
     column = "majority_voting" if majority_voting else "predicted_labels"
     return result.predicted_labels[column].astype(str).to_numpy()
+
+
+def celltypist_best(reference: Any, query: Any, *, label_key: str, seed: int = 0) -> tuple[np.ndarray, dict[str, Any]]:
+    """CellTypist with the setting (feature selection on or off) that scores best on a reference split.
+
+    The choice is made on a stratified 80/20 split of the reference alone, then the model is
+    trained on the whole reference; the query's labels are never looked at.
+    """
+    from sklearn.model_selection import train_test_split
+
+    from screader_db.metrics import agreement
+
+    labels = reference.obs[label_key].astype(str).to_numpy()
+    counts = {label: int((labels == label).sum()) for label in set(labels)}
+    splittable = np.array([counts[label] >= 2 for label in labels])
+    rows = np.flatnonzero(splittable)
+    train, test = train_test_split(rows, test_size=0.2, random_state=seed, stratify=labels[rows])
+    train = np.sort(np.concatenate([train, np.flatnonzero(~splittable)]))
+    scores = {}
+    options = (False, True) if reference.n_vars > 2 * 300 else (False,)
+    for feature_selection in options:
+        predicted = celltypist_predict(reference[train], reference[np.sort(test)], label_key=label_key, seed=seed,
+                                       feature_selection=feature_selection)
+        scores[feature_selection] = agreement(predicted, labels[np.sort(test)]).macro_f1
+    best = max(scores, key=lambda key: scores[key])
+    chosen = {"feature_selection": best, "split_macro_f1": scores}
+    return celltypist_predict(reference, query, label_key=label_key, seed=seed, feature_selection=best), chosen
