@@ -1,6 +1,6 @@
 """Load test of `screader-db serve`: concurrent annotate requests against a server on 127.0.0.1.
 
-    python benchmarks/server_load.py                                  # synthetic atlas and query
+    python benchmarks/server_load.py                                  # synthetic atlas (5,000 cells) and query
     python benchmarks/server_load.py --atlas atlases/baron_human --query baron_mouse --cells 200
 
 Starts the server as a subprocess listening on 127.0.0.1 only (a free port), sends one warm-up
@@ -29,18 +29,24 @@ import numpy as np
 HOST = "127.0.0.1"
 
 
-def synthetic(folder: Path, n_cells: int) -> tuple[Path, Path]:
-    """A small atlas (random gene model) and a query, from the tests' generator."""
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-    from conftest import make_counts
+def synthetic(folder: Path, n_cells: int, *, reference_cells: int = 5000) -> tuple[Path, Path]:
+    """A synthetic atlas (20 cell types over 5,000 real gene symbols, random 384-d gene vectors: the
+    size of MiniLM's) and a query of ``n_cells`` other cells drawn from the same profiles."""
+    import anndata as ad
+    import pandas as pd
 
+    from screader_db import synthetic as synth
     from screader_db.builders.atlas import BuildSettings, build_atlas
 
+    reference = synth.write_h5ad(folder / "reference.h5ad", reference_cells, seed=0)
     atlas = folder / "atlas"
-    build_atlas(make_counts(n_cells=2000, seed=0), atlas, label_key="cell_type", dataset_name="synthetic",
-                settings=BuildSettings(model="random:64", n_genes=50, layout="none"))
+    build_atlas(reference, atlas, label_key="cell_type", dataset_name="synthetic",
+                settings=BuildSettings(model="random:384", n_genes=3000, layout="none"))
+    spec = synth.design(seed=0)
+    counts, _ = next(synth.chunks(spec, n_cells, seed=99))
     query = folder / "query.h5ad"
-    make_counts(n_cells=n_cells, seed=1).write_h5ad(query)
+    ad.AnnData(X=counts, obs=pd.DataFrame(index=[f"query{i}" for i in range(n_cells)]),
+               var=pd.DataFrame(index=spec.genes)).write_h5ad(query)
     return atlas, query
 
 
