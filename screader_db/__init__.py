@@ -14,6 +14,7 @@ _LAZY = {
     "build_atlas": "screader_db.builders.atlas",
     "ScreaderError": "screader_db.errors",
     "ScreaderWarning": "screader_db.errors",
+    "Client": "screader_db.client",
 }
 
 __all__ = ["__version__", *_LAZY]

@@ -501,3 +501,101 @@ def evaluate(
         console.print(text, highlight=False)
         if out is not None:
             console.print(f"Written: {out}/evaluation.md, evaluation.json, confusion.png", highlight=False)
+
+
+@app.command("sql")
+def sql_command(
+    statement: Annotated[str, typer.Argument(metavar="SQL", help="One read-only statement, e.g. \"SELECT * FROM datasets\".")],
+    atlas: Annotated[Path, typer.Option(help="Atlas folder.")],
+    version: Annotated[int | None, typer.Option(help="Atlas version to query (default: current).")] = None,
+    out_path: Annotated[Path | None, typer.Option("--out", help="Write every row to .csv, .tsv or .parquet instead of printing.")] = None,
+    max_rows: Annotated[int, typer.Option(help="Rows to print; the rest are counted.")] = 40,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing --out file.")] = False,
+) -> None:
+    """Run one read-only SQL statement (DuckDB) over an atlas version.
+
+    Views: cells, datasets, genes, gene_embeddings, builds, files, provenance and cell_vectors
+    (cell_id, dataset, embedding). Statements that write, attach, copy, load or change settings
+    are refused, and no file outside the atlas can be read.
+
+    Example: `screader-db sql "SELECT label, count(*) FROM cells GROUP BY 1" --atlas atlases/pancreas`
+    """
+    with _guard():
+        from screader_db.console import out, table
+        from screader_db.sql import AtlasSQL, check_output, head, write_result
+
+        if out_path is not None:
+            check_output(out_path, overwrite=overwrite)
+        with AtlasSQL(atlas, version=version) as db:
+            rows = db.reader(statement)
+            if out_path is not None:
+                written = write_result(rows, out_path, overwrite=overwrite)
+                out.print(f"{written:,} rows written to {out_path}", highlight=False)
+                return
+            shown, total = head(rows, max(max_rows, 0))
+            number = db.atlas.version
+        columns = [shown.column(i).to_pylist() for i in range(shown.num_columns)]
+        cells = [[_sql_value(v) for v in row] for row in zip(*columns, strict=True)]
+        noun = "row" if total == 1 else "rows"
+        out.print(table(f"{total:,} {noun} from {atlas} (version {number})", shown.column_names, cells))
+        if total > shown.num_rows:
+            out.print(f"{total - shown.num_rows:,} more rows not shown; raise --max-rows, add LIMIT, "
+                      "or write them all with --out rows.csv", highlight=False)
+
+
+def _sql_value(value: Any, width: int = 60) -> str:
+    if value is None:
+        return "NULL"
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    if isinstance(value, list | tuple):
+        more = f", … {len(value)} values" if len(value) > 4 else ""
+        text = "[" + ", ".join(_sql_value(v, 12) for v in value[:4]) + more + "]"
+    else:
+        text = str(value)
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+@app.command()
+def serve(
+    atlas: Annotated[Path, typer.Option(help="Atlas folder to serve (its current version, followed as it changes).")],
+    host: Annotated[str, typer.Option(help="Address to listen on; 127.0.0.1 serves this machine only.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on (0 = any free port).")] = 8000,
+    token_file: Annotated[Path | None, typer.Option(help="File holding the token that allows adding and removing data "
+                                                         "sets (default: $SCREADER_DB_TOKEN; none = read-only).")] = None,
+    max_upload_mb: Annotated[float, typer.Option(help="Largest request body accepted, in MB.")] = 512.0,
+    log_level: Annotated[str, typer.Option(help="uvicorn log level: critical, error, warning, info or debug.")] = "info",
+) -> None:
+    """Serve an atlas over HTTP: annotate cells, list data sets and versions, add or remove data sets.
+
+    Reading is open to anyone who can reach the address; adding and removing data sets needs the
+    header `Authorization: Bearer <token>`. A new atlas version is served without a restart.
+    OpenAPI docs at /docs.
+
+    Example: `SCREADER_DB_TOKEN=secret screader-db serve --atlas atlases/pancreas --port 8000`
+    """
+    with _guard():
+        from screader_db import store
+        from screader_db.console import err
+        from screader_db.server import TOKEN_ENV, create_app
+
+        number = store.current_version(atlas)
+        token = _read_token(token_file) if token_file is not None else os.environ.get(TOKEN_ENV) or None
+        if max_upload_mb <= 0:
+            raise ScreaderError(f"--max-upload-mb must be above 0, got {max_upload_mb}")
+        application = create_app(atlas, token=token, max_upload_bytes=int(max_upload_mb * 1_000_000))
+        writing = "enabled (token set)" if token else f"disabled (set {TOKEN_ENV} or --token-file to enable)"
+        err.print(f"Serving {atlas} (version {number}); adding and removing data sets {writing}; docs at /docs",
+                  highlight=False, soft_wrap=True)
+        import uvicorn
+
+        uvicorn.run(application, host=host, port=port, log_level=log_level)
+
+
+def _read_token(path: Path) -> str:
+    if not path.is_file():
+        raise ScreaderError(f"--token-file {path} does not exist; write the token into it (one line)")
+    token = path.read_text().strip()
+    if not token:
+        raise ScreaderError(f"--token-file {path} is empty; write the token into it (one line)")
+    return token

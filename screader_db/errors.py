@@ -43,5 +43,17 @@ class OutputExistsError(ScreaderError):
     """An output path exists and overwriting was not allowed."""
 
 
+class SqlError(ScreaderError):
+    """A SQL statement was refused (not read-only) or failed against the atlas."""
+
+
+class RemoteError(ScreaderError):
+    """A screader-db server could not be reached or refused a request."""
+
+    def __init__(self, message: str, *, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
 class ScreaderWarning(UserWarning):
     """A doubt about the data that does not stop the run."""

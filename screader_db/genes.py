@@ -146,6 +146,12 @@ class GeneResolver:
         return texts, shas
 
 
+@lru_cache(maxsize=1)
+def default_resolver() -> GeneResolver:
+    """One resolver over the shipped tables, shared: its lookups are built once per process."""
+    return GeneResolver()
+
+
 def unique_positions(values: Sequence[str]) -> np.ndarray:
     """Indices of the first occurrence of each non-empty value."""
     seen: set[str] = set()

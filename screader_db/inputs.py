@@ -18,7 +18,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from screader_db.errors import InputDataError
-from screader_db.genes import GeneMapping, GeneResolver, looks_like_ensembl
+from screader_db.genes import GeneMapping, GeneResolver, default_resolver, looks_like_ensembl
 
 TARGET_SUM = 1e4
 LOG_MAX = 30.0
@@ -216,7 +216,7 @@ def normalise(X: sp.csr_matrix, kind: str, plan: GenePlan) -> sp.csr_matrix:
 
 def map_genes(source: ExpressionSource, *, species: str = "auto", resolver: GeneResolver | None = None) -> GeneMapping:
     """Human symbols for the source's genes; refuses when none maps."""
-    mapping = (resolver or GeneResolver()).map(source.names, species=species)
+    mapping = (resolver or default_resolver()).map(source.names, species=species)
     if mapping.n_mapped == 0:
         hint = ""
         if looks_like_ensembl(source.names) > 0.5:

@@ -98,6 +98,8 @@ READER = textwrap.dedent("""
         result = annotate(query, atlas)
         digest = hashlib.sha256(json.dumps([list(result.labels), result.neighbour_ids.tolist()]).encode()).hexdigest()
         seen.append([atlas.version, digest])
+        if len(seen) == 1:
+            print("answered", file=sys.stderr, flush=True)
     print(json.dumps(seen))
 """)
 
@@ -115,6 +117,10 @@ def test_readers_see_only_complete_versions_while_writers_write(atlas, tmp_path)
         extras.append(path)
     readers = [subprocess.Popen([sys.executable, "-c", READER, str(atlas), str(query_path), "25"],
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(8)]
+    for reader in readers:  # every reader has answered from version 1 before the writers start
+        assert reader.stderr is not None
+        while (line := reader.stderr.readline()) and line.strip() != "answered":
+            pass
     add_dataset(atlas, extras[0], label_key="cell_type", name="extra0")
     remove_dataset(atlas, "base")
     add_dataset(atlas, extras[1], label_key="cell_type", name="extra1")

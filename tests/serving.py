@@ -1,0 +1,43 @@
+"""Helpers for the server and client tests: small atlases, and uvicorn on 127.0.0.1 in a thread."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from conftest import make_counts
+
+from screader_db.builders.atlas import BuildSettings, build_atlas
+
+SETTINGS = BuildSettings(model="random:16", n_genes=50, layout="none")
+TOKEN = "test-token-0123456789"
+
+
+def small_atlas(root: Path, *, n_cells: int = 200, seed: int = 0, overwrite: bool = False) -> Path:
+    build_atlas(make_counts(n_cells=n_cells, seed=seed), root, label_key="cell_type", dataset_name="synthetic",
+                settings=SETTINGS, overwrite=overwrite)
+    return root
+
+
+@contextmanager
+def running(app: object, *, start_timeout: float = 30.0) -> Iterator[str]:
+    """Serve ``app`` on 127.0.0.1 (a free port) in a background thread; yields the base URL."""
+    import uvicorn
+
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="off"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + start_timeout
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("uvicorn did not start")
+        time.sleep(0.02)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)

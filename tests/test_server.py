@@ -1,0 +1,295 @@
+"""The HTTP server, over real HTTP on 127.0.0.1: annotation equals annotate(), auth, limits, version switches."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import numpy as np
+import pytest
+from conftest import make_counts
+from serving import TOKEN, running, small_atlas
+from typer.testing import CliRunner
+
+from screader_db import annotate
+from screader_db.cli import app as cli_app
+from screader_db.server import create_app
+
+LIMIT = 400_000
+http = httpx.Client(timeout=120)
+ROW_COLUMNS = ["cell", "label", "score", "margin", "second_label", "mean_similarity", "raw_label"]
+
+
+@pytest.fixture(scope="module")
+def atlas(tmp_path_factory):
+    return small_atlas(tmp_path_factory.mktemp("served") / "atlas")
+
+
+@pytest.fixture(scope="module")
+def url(atlas):
+    with running(create_app(atlas, token=TOKEN, max_upload_bytes=LIMIT)) as base:
+        yield base
+
+
+@pytest.fixture(scope="module")
+def query(tmp_path_factory):
+    adata = make_counts(n_cells=60, seed=3)
+    path = tmp_path_factory.mktemp("query") / "query.h5ad"
+    adata.write_h5ad(path)
+    return adata, path
+
+
+def _same_as_local(rows, local):
+    assert [r["cell"] for r in rows] == list(local.table.index)
+    for column in ("label", "second_label", "raw_label"):
+        assert [r[column] for r in rows] == list(local.table[column]), column
+    for column in ("score", "margin", "mean_similarity"):
+        assert np.array_equal(np.array([r[column] for r in rows]), local.table[column].to_numpy(dtype=float)), column
+
+
+def test_health_datasets_versions(url, atlas):
+    health = http.get(f"{url}/health").json()
+    assert health["status"] == "ok" and health["version"] == 1 and health["model_id"] == "random:16:0"
+    assert health["cells"] == 200 and health["datasets"] == 1
+    datasets = http.get(f"{url}/datasets").json()
+    assert datasets["version"] == 1
+    assert [(d["name"], d["n_cells"], d["label_key"]) for d in datasets["datasets"]] == [("synthetic", 200, "cell_type")]
+    versions = http.get(f"{url}/versions").json()
+    assert versions["current"] == 1
+    assert [(v["version"], v["current"], v["n_cells"], v["datasets"], v["action"]) for v in versions["versions"]] == \
+        [(1, True, 200, 1, "build")]
+    assert http.get(f"{url}/docs").status_code == 200
+    assert "/annotate" in http.get(f"{url}/openapi.json").json()["paths"]
+
+
+def test_annotate_h5ad_upload_equals_local_annotate(url, atlas, query):
+    adata, path = query
+    with open(path, "rb") as handle:
+        response = http.post(f"{url}/annotate", params={"k": 10, "min_score": 0.5},
+                              files={"file": ("query.h5ad", handle)})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert list(body["cells"][0]) == ROW_COLUMNS
+    _same_as_local(body["cells"], annotate(adata, atlas, k=10, min_score=0.5))
+    assert body["info"]["atlas_version"] == 1 and body["info"]["k"] == 10
+    assert body["labels"] == ["type0", "type1", "type2"]
+
+
+def test_annotate_json_counts_equals_local_annotate(url, atlas, query):
+    adata, _ = query
+    payload = {"genes": list(adata.var_names), "cells": list(adata.obs_names), "counts": adata.X.toarray().tolist()}
+    response = http.post(f"{url}/annotate", json=payload, params={"k": 7, "level": "harmonised"})
+    assert response.status_code == 200, response.text
+    _same_as_local(response.json()["cells"], annotate(adata, atlas, k=7, level="harmonised"))
+    assert response.json()["info"]["level"] == "harmonised"
+    logged = adata.copy()
+    logged.X = np.log1p(logged.X.toarray() / logged.X.sum(axis=1).A * 1e4)
+    payload["counts"] = logged.X.tolist()
+    response = http.post(f"{url}/annotate", json=payload)
+    assert response.status_code == 200, response.text
+    assert response.json()["info"]["input_kind"] != "counts"
+
+
+def test_annotate_restricted_to_some_atlas_cells(url, atlas, query):
+    adata, path = query
+    params = {"datasets": ["synthetic"], "exclude_labels": ["type0"]}
+    with open(path, "rb") as handle:
+        response = http.post(f"{url}/annotate", params=params, files={"file": ("query.h5ad", handle)})
+    assert response.status_code == 200, response.text
+    assert {r["label"] for r in response.json()["cells"]} <= {"type1", "type2"}
+    _same_as_local(response.json()["cells"], annotate(adata, atlas, datasets=["synthetic"], exclude_labels=["type0"]))
+    unknown = http.post(f"{url}/annotate", params={"datasets": "nope"}, files={"file": ("query.h5ad", path.read_bytes())})
+    assert unknown.status_code == 400
+    assert unknown.json()["error"] == "the atlas has no data set 'nope'; known: synthetic"
+
+
+@pytest.mark.parametrize(("request_kw", "status", "message"), [
+    ({"json": {"genes": ["INS"], "counts": [[1, 2]]}}, 422,
+     "row 0 of counts has 2 values for 1 genes; each row needs one value per gene"),
+    ({"json": {"genes": ["INS", "GCG"], "cells": ["a"], "counts": [[1, 2], [3, 4]]}}, 422,
+     "1 cell names for 2 rows of counts; send one name per row"),
+    ({"json": {"counts": [[1]]}}, 422, 'the JSON body is not {"genes": [...], "cells": [...], "counts": [[...], ...]}: '
+     "genes: Field required"),
+    ({"content": b"{not json", "headers": {"content-type": "application/json"}}, 422, "the JSON body is not"),
+    ({"json": {"genes": ["INS", "GCG"], "counts": [[1, 2]]}}, 422,
+     "only 2 of the atlas's 50 genes are in the query (4%; at least 20% is needed)"),
+    ({"json": {"genes": ["NOTAGENE1"], "counts": [[1]]}}, 422,
+     "none of the 1 gene names could be mapped to human gene symbols"),
+    ({"files": {"file": ("bad.h5ad", b"not an h5ad")}}, 422,
+     "the uploaded file 'bad.h5ad' is not an .h5ad file (no HDF5 signature); save it with AnnData's write_h5ad"),
+    ({"files": {"other": ("x.h5ad", b"x")}}, 422, "no file in the form: send the .h5ad as multipart/form-data field 'file'"),
+    ({"content": b"hello", "headers": {"content-type": "text/plain"}}, 415, "unsupported content type 'text/plain'"),
+    ({"params": {"k": 0}, "json": {"genes": ["INS"], "counts": [[1]]}}, 422,
+     "invalid request: query.k: Input should be greater than or equal to 1"),
+    ({"params": {"level": "cluster"}, "json": {"genes": ["INS"], "counts": [[1]]}}, 400,
+     "level must be one of label, harmonised, got 'cluster'"),
+    ({"params": {"model": "minilm"}, "json": {"genes": ["INS"], "counts": [[1]]}}, 409,
+     "was built with gene-embedding model 'random:16:0', not 'minilm'"),
+], ids=["row-length", "cell-names", "no-genes", "bad-json", "small-overlap", "no-symbols", "bad-h5ad", "no-file",
+        "content-type", "k", "level", "model"])
+def test_annotate_input_errors_are_json(url, request_kw, status, message):
+    response = http.post(f"{url}/annotate", **request_kw)
+    assert response.status_code == status, response.text
+    assert message in response.json()["error"]
+    assert "screader-upload" not in response.json()["error"]
+
+
+def test_write_endpoints_need_the_token(url, atlas):
+    files = {"file": ("ref.h5ad", b"x")}
+    missing = http.post(f"{url}/datasets", files=files, data={"name": "x", "label_key": "cell_type"})
+    assert missing.status_code == 401
+    assert missing.json() == {"error": "no token was sent; send the header 'Authorization: Bearer <token>'"}
+    assert missing.headers["www-authenticate"] == "Bearer"
+    wrong = http.delete(f"{url}/datasets/synthetic", headers={"Authorization": "Bearer nope"})
+    assert wrong.status_code == 401 and wrong.json()["error"].startswith("a wrong token was sent")
+    assert http.get(f"{url}/health").json()["version"] == 1
+    with running(create_app(atlas)) as read_only:
+        refused = http.delete(f"{read_only}/datasets/synthetic", headers={"Authorization": f"Bearer {TOKEN}"})
+    assert refused.status_code == 403
+    assert refused.json()["error"].startswith("writing is disabled on this server: start it with SCREADER_DB_TOKEN")
+
+
+def test_oversized_bodies_are_refused_with_413(url, query):
+    big = b"x" * (LIMIT + 1)
+    declared = http.post(f"{url}/annotate", content=big, headers={"content-type": "application/json"})
+    assert declared.status_code == 413
+    assert declared.json()["error"].startswith("the request body is larger than this server's limit of 0.4 MB "
+                                               "(it has 0.4 MB); send fewer cells per request")
+
+    def chunks():
+        for _ in range(LIMIT // 50_000 + 2):
+            yield b"x" * 50_000
+
+    streamed = http.post(f"{url}/annotate", content=chunks(), headers={"content-type": "application/json"})
+    assert streamed.request.headers.get("content-length") is None
+    assert streamed.status_code == 413
+    assert streamed.json()["error"].startswith("the request body is larger than this server's limit of 0.4 MB;")
+    upload = http.post(f"{url}/annotate", files={"file": ("big.h5ad", big)})
+    assert upload.status_code == 413
+    _, path = query
+    with open(path, "rb") as handle:
+        assert http.post(f"{url}/annotate", files={"file": ("query.h5ad", handle)}).status_code == 200
+
+
+def test_concurrent_requests_are_served(url, query):
+    _, path = query
+    content = path.read_bytes()
+
+    def one(_):
+        return http.post(f"{url}/annotate", files={"file": ("q.h5ad", content)}).json()["cells"]
+
+    with ThreadPoolExecutor(6) as pool:
+        results = list(pool.map(one, range(12)))
+    assert all(r == results[0] for r in results)
+
+
+def test_a_new_version_is_served_without_restart(tmp_path, query):
+    root = small_atlas(tmp_path / "atlas")
+    adata, _ = query
+    payload = {"genes": list(adata.var_names), "counts": adata.X.toarray().tolist()}
+    with running(create_app(root)) as base:
+        assert http.get(f"{base}/health").json()["version"] == 1
+        first = http.post(f"{base}/annotate", json=payload).json()
+        small_atlas(root, n_cells=150, seed=7, overwrite=True)
+        health = http.get(f"{base}/health").json()
+        assert (health["version"], health["cells"]) == (2, 150)
+        second = http.post(f"{base}/annotate", json=payload).json()
+        assert first["info"]["atlas_version"] == 1 and second["info"]["atlas_version"] == 2
+        versions = http.get(f"{base}/versions").json()
+        assert [(v["version"], v["current"]) for v in versions["versions"]] == [(1, False), (2, True)]
+
+
+def test_missing_atlas_is_503(tmp_path):
+    with running(create_app(tmp_path / "none")) as base:
+        response = http.get(f"{base}/health")
+    assert response.status_code == 503
+    assert response.json()["error"].startswith("no atlas at")
+
+
+def test_add_and_remove_datasets(tmp_path):
+    root = small_atlas(tmp_path / "atlas")
+    extra = tmp_path / "extra.h5ad"
+    make_counts(n_cells=80, seed=11).write_h5ad(extra)
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    form = {"name": "extra", "label_key": "cell_type"}
+    with running(create_app(root, token=TOKEN)) as base:
+        added = http.post(f"{base}/datasets", headers=auth, files={"file": ("extra.h5ad", extra.read_bytes())}, data=form)
+        assert added.status_code == 201, added.text
+        assert added.json() == {"dataset": "extra", "version": 2, "cells": 280}
+        assert http.get(f"{base}/health").json()["cells"] == 280
+        names = [d["name"] for d in http.get(f"{base}/datasets").json()["datasets"]]
+        assert sorted(names) == ["extra", "synthetic"]
+        again = http.post(f"{base}/datasets", headers=auth, files={"file": ("extra.h5ad", extra.read_bytes())}, data=form)
+        assert again.status_code == 409
+        assert again.json()["error"].startswith("the atlas already has a data set named 'extra'")
+        removed = http.delete(f"{base}/datasets/extra", headers=auth)
+        assert removed.status_code == 200, removed.text
+        assert removed.json() == {"removed": "extra", "version": 3, "cells": 200}
+        assert [d["name"] for d in http.get(f"{base}/datasets").json()["datasets"]] == ["synthetic"]
+        unknown = http.delete(f"{base}/datasets/extra", headers=auth)
+        assert unknown.status_code == 404
+        assert unknown.json()["error"] == "the atlas has no data set named 'extra'; data sets: synthetic"
+        last = http.delete(f"{base}/datasets/synthetic", headers=auth)
+        assert last.status_code == 409 and "is the atlas's only data set" in last.json()["error"]
+        incomplete = http.post(f"{base}/datasets", headers=auth, files={"file": ("extra.h5ad", b"x")})
+        assert incomplete.status_code == 422 and "send the form fields 'name'" in incomplete.json()["error"]
+        actions = [v["action"] for v in http.get(f"{base}/versions").json()["versions"]]
+        assert actions == ["build", "add extra", "remove extra"]
+
+
+def test_serve_command(atlas, tmp_path):
+    runner = CliRunner()
+    missing = runner.invoke(cli_app, ["serve", "--atlas", str(tmp_path / "none")])
+    assert missing.exit_code == 1 and "Error: no atlas at" in missing.output
+    empty = tmp_path / "token"
+    empty.write_text("\n")
+    no_token = runner.invoke(cli_app, ["serve", "--atlas", str(atlas), "--token-file", str(empty)])
+    assert no_token.exit_code == 1 and "is empty; write the token into it" in " ".join(no_token.output.split())
+    assert "Example:" in runner.invoke(cli_app, ["serve", "--help"]).output
+    empty.write_text(TOKEN + "\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    env.pop(("SCREADER_DB_TOKEN"), None)
+    command = [sys.executable, "-c", "from screader_db.cli import app; app()", "serve", "--atlas", str(atlas),
+               "--port", "0", "--token-file", str(empty), "--max-upload-mb", "0.2"]
+    server = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        base = _wait_for_address(server)
+        assert http.get(f"{base}/health").json()["status"] == "ok"
+        assert http.post(f"{base}/annotate", content=b"x" * 200_001).status_code == 413
+        unauthorised = http.delete(f"{base}/datasets/x", headers={"Authorization": "Bearer nope"})
+        assert unauthorised.status_code == 401
+    finally:
+        server.terminate()
+        server.wait(timeout=20)
+
+
+def _wait_for_address(process, timeout=60.0):
+    """The address uvicorn reports on stderr ("Uvicorn running on http://127.0.0.1:PORT")."""
+    found: list[str] = []
+
+    def read():
+        for line in process.stderr:
+            match = re.search(r"running on (http://127\.0\.0\.1:\d+)", line)
+            if match:
+                found.append(match.group(1))
+
+    threading.Thread(target=read, daemon=True).start()
+    deadline = time.monotonic() + timeout
+    while not found:
+        assert process.poll() is None, "the server exited"
+        assert time.monotonic() < deadline, "the server did not start"
+        time.sleep(0.05)
+    return found[0]
+
+
+def test_sql_and_serve_help_import_nothing_heavy():
+    code = ("import sys; from typer.testing import CliRunner; from screader_db.cli import app; "
+            "[CliRunner().invoke(app, [c, '--help']) for c in ('sql', 'serve')]; "
+            "print(json.dumps([m for m in ('duckdb', 'fastapi', 'uvicorn', 'httpx', 'anndata') if m in sys.modules]))")
+    out = subprocess.run([sys.executable, "-c", "import json; " + code], capture_output=True, text=True, check=True)
+    assert json.loads(out.stdout) == []
