@@ -149,7 +149,7 @@ class AtlasSQL:
         import pyarrow.dataset as ds
         import pyarrow.parquet as pq
 
-        parts = sorted((self.atlas.path / "cells").glob("*.parquet"))
+        parts = self.atlas.cell_parts()
         if not parts:
             empty = pa.schema([("cell_id", pa.int64()), ("dataset", pa.string()), ("embedding", pa.list_(pa.float32()))])
             return empty.empty_table()

@@ -115,7 +115,7 @@ class Atlas:
 
             wanted = ["cell_id", "dataset", "barcode", "label", "label_harmonised", "ontology_id"]
             frames = []
-            for part in self._cell_parts():
+            for part in self.cell_parts():
                 present = set(pq.read_schema(part).names)
                 frame = pq.read_table(part, columns=[c for c in wanted if c in present]).to_pandas()
                 if "label_harmonised" not in frame:
@@ -128,14 +128,14 @@ class Atlas:
             self._cells = pd.concat(frames, ignore_index=True).set_index("cell_id")
         return self._cells if columns is None else self._cells[columns]
 
-    def _cell_parts(self) -> list[Path]:
+    def cell_parts(self) -> list[Path]:
         return sorted((self.path / "cells").rglob("*.parquet"))
 
     def _vector_column(self, name: str) -> tuple[np.ndarray, np.ndarray] | None:
         import pyarrow.parquet as pq
 
         ids, blocks = [], []
-        for part in self._cell_parts():
+        for part in self.cell_parts():
             if name not in pq.read_schema(part).names:
                 return None
             table = pq.read_table(part, columns=["cell_id", name])
