@@ -141,6 +141,8 @@ def build(
     layout: Annotated[str, typer.Option(help="Reference map for plots and query placement: umap or none.")] = "umap",
     device: Annotated[str | None, typer.Option(help="cpu or cuda (default: cuda when present).")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing atlas with a new version (old versions stay).")] = False,
+    dask: Annotated[str | None, typer.Option(help="Embed cells on a Dask cluster: 'local' or a scheduler address.")] = None,
+    chunk: Annotated[int, typer.Option(help="Cells read and embedded per chunk (bounds memory).")] = 10_000,
     wait: Wait = 0.0,
     quiet: Quiet = False,
 ) -> None:
@@ -160,7 +162,8 @@ def build(
                                  index=index, layout=layout)
         built = build_atlas(_data_path(reference), atlas, label_key=label_key, dataset_name=dataset_name, layer=layer,
                             use_raw=use_raw, gene_key=gene_key, species=species, settings=settings, label_map=label_map,
-                            overwrite=overwrite, device=device, wait=wait, reporter=_reporter(quiet))
+                            overwrite=overwrite, device=device, wait=wait, chunk=chunk, dask=dask,
+                            reporter=_reporter(quiet))
         out.print(f"Atlas {atlas} version {built.version}: {built.info['n_cells']:,} cells, model {built.model_id}, "
                   f"method {built.embedder.method}", highlight=False)
 

@@ -17,7 +17,7 @@ import scipy.sparse as sp
 from screader_db.inputs import ExpressionSource, GenePlan, check_values, normalise
 from screader_db.progress import SILENT, Reporter
 
-SAMPLE_CELLS = 50_000
+SAMPLE_CELLS = 10_000
 
 
 @dataclass

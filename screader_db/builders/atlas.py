@@ -10,6 +10,7 @@ loaded whole; memory grows with the cell vectors, not the counts.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -20,10 +21,10 @@ import pyarrow as pa
 
 from screader_db import store
 from screader_db.builders.reference import ReferenceSource, open_reference
-from screader_db.builders.writer import dataset_records, drafting, finish, write_dataset, write_layout
+from screader_db.builders.writer import Draft, dataset_records, drafting, finish, write_dataset, write_layout
 from screader_db.cell_embedding import TEXT_METHODS, CellEmbedder, fit_embedder
 from screader_db.checksums import sha256_text
-from screader_db.errors import OutputExistsError
+from screader_db.errors import OutputExistsError, ScreaderError
 from screader_db.features import variable_from_moments
 from screader_db.gene_vectors import GeneEmbeddings, write_gene_embeddings
 from screader_db.genes import GeneResolver
@@ -68,15 +69,18 @@ def build_atlas(reference: Any, atlas: str | Path, *, label_key: str, dataset_na
                 layer: str | None = None, use_raw: bool = False, gene_key: str | None = None, species: str = "auto",
                 settings: BuildSettings | None = None, label_map: str | Path | pd.DataFrame | None = None,
                 overwrite: bool = False, device: str | None = None, wait: float = 0.0, chunk: int = CHUNK,
-                reporter: Reporter = SILENT) -> store.Atlas:
+                dask: str | None = None, reporter: Reporter = SILENT) -> store.Atlas:
     """Build (or, with ``overwrite``, replace with a new version) an atlas from one reference.
 
     ``label_map`` (a CSV path or DataFrame, see :mod:`screader_db.labelmap`) adds harmonised
-    labels and ontology ids beside the data set's own labels.
+    labels and ontology ids beside the data set's own labels. ``dask`` (``local`` or a scheduler
+    address) runs the cell-embedding pass on a Dask cluster; the result is the same.
     """
     from screader_db.labelmap import read_label_map
 
     settings = settings or BuildSettings()
+    if dask is not None and not isinstance(reference, str | Path):
+        raise ScreaderError("--dask needs the reference as an .h5ad path that every worker can read")
     mapping_table = read_label_map(label_map) if isinstance(label_map, str | Path) else label_map
     root = Path(atlas)
     if store.is_atlas(root) and not overwrite:
@@ -106,8 +110,20 @@ def build_atlas(reference: Any, atlas: str | Path, *, label_key: str, dataset_na
     embedder = fit_embedder(settings.method, stats.sample[:, chosen], genes, mean=mean,
                             gene_vectors=None if emb is None else emb.vectors, params={"center": settings.center},
                             seed=settings.seed)
-    vectors = ref.embed(embedder, mean=mean, chunk=chunk, reporter=reporter)
-    return write_version(root, [(ref, vectors)], embedder, emb, settings, reporter=reporter, action="build", wait=wait)
+    if dask is None:
+        vectors = ref.embed(embedder, mean=mean, chunk=chunk, reporter=reporter)
+        return write_version(root, [(ref, vectors)], embedder, emb, settings, reporter=reporter, action="build",
+                             wait=wait, chunk=chunk)
+
+    def on_dask(draft: Draft) -> np.ndarray:
+        from screader_db.builders.distributed import embed_with_dask
+
+        return embed_with_dask(ref, address=dask, path=str(Path(reference).resolve()), layer=layer, use_raw=use_raw,
+                               gene_key=gene_key, embedder=embedder, mean=mean, ids=store.cell_ids(1, ref.n_cells),
+                               folder=draft.staging, provenance=draft.provenance_json(), chunk=chunk, reporter=reporter)
+
+    return write_version(root, [(ref, on_dask)], embedder, emb, settings, reporter=reporter, action="build", wait=wait,
+                         chunk=chunk)
 
 
 def atlas_provenance(settings: BuildSettings, embedder: CellEmbedder, emb: GeneEmbeddings | None) -> dict[str, Any]:
@@ -126,28 +142,29 @@ def atlas_provenance(settings: BuildSettings, embedder: CellEmbedder, emb: GeneE
     })
 
 
-def write_version(root: Path, refs: list[tuple[ReferenceSource, np.ndarray]], embedder: CellEmbedder,
-                  emb: GeneEmbeddings | None, settings: BuildSettings, *, reporter: Reporter, action: str,
-                  wait: float = 0.0, written_parts: Path | None = None) -> store.Atlas:
+def write_version(root: Path, refs: list[tuple[ReferenceSource, np.ndarray | Callable[[Draft], np.ndarray]]],
+                  embedder: CellEmbedder, emb: GeneEmbeddings | None, settings: BuildSettings, *, reporter: Reporter,
+                  action: str, wait: float = 0.0, chunk: int = CHUNK) -> store.Atlas:
     """Write a complete new version from the given data sets and publish it.
 
-    ``written_parts`` is a folder whose ``cells/`` parts were already written (by Dask workers);
-    they are moved into the version instead of being written again.
+    A data set's vectors are given, or computed inside the draft by a function that also writes
+    its cell parts there (the Dask build).
     """
     from screader_db.index import build_index, save_index
 
     with drafting(root, action=action, provenance=atlas_provenance(settings, embedder, emb), wait=wait) as draft:
         provenance = draft.provenance
         reporter.message("Writing the atlas")
-        if written_parts is not None:
-            (written_parts / "cells").rename(draft.staging / "cells")
-        all_ids, cell_frames, dataset_rows = [], [], []
-        for dataset_id, (ref, vectors) in enumerate(refs, start=1):
-            if written_parts:
+        all_ids, all_vectors, cell_frames, dataset_rows = [], [], [], []
+        for dataset_id, (ref, given) in enumerate(refs, start=1):
+            if callable(given):
+                vectors = given(draft)
                 ids, frame, row = dataset_records(draft, ref, dataset_id)
             else:
-                ids, frame, row = write_dataset(draft, ref, dataset_id, vectors)
+                vectors = given
+                ids, frame, row = write_dataset(draft, ref, dataset_id, vectors, part_rows=chunk)
             all_ids.append(ids)
+            all_vectors.append(vectors)
             cell_frames.append(frame)
             dataset_rows.append(row)
         genes_frame = pd.DataFrame({"gene": embedder.genes, "position": np.arange(len(embedder.genes)),
@@ -160,7 +177,7 @@ def write_version(root: Path, refs: list[tuple[ReferenceSource, np.ndarray]], em
             write_gene_embeddings(emb, draft.staging / "gene_embeddings.parquet")
         embedder.save(draft.staging / "embedder.safetensors", provenance)
         ids = np.concatenate(all_ids)
-        vecs = np.concatenate([v for _, v in refs])
+        vecs = np.concatenate(all_vectors)
         layout = _layout(vecs, settings, reporter)
         if layout is not None:
             write_layout(draft, ids, layout)

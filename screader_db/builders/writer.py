@@ -88,21 +88,37 @@ def _metadata(obs: pd.DataFrame, label_key: str) -> list[str]:
     return [json.dumps(row, default=str) for row in rest.astype(str).to_dict("records")]
 
 
-def cells_table(ref: Any, start: int, ids: np.ndarray, vectors: np.ndarray) -> pa.Table:
-    """Cells ``start .. start + len(ids)`` of a data set as a Parquet table (metadata as JSON, vectors)."""
+@dataclass
+class CellSlice:
+    """Labels and metadata of a run of cells of one data set (picklable, for Dask workers too)."""
+
+    name: str
+    label_key: str
+    obs: pd.DataFrame
+    labels: np.ndarray
+    harmonised: np.ndarray
+    ontology: np.ndarray
+
+
+def cell_slice(ref: Any, start: int, stop: int) -> CellSlice:
+    """Cells ``start:stop`` of a reference source."""
     if ref.harmonised is None or ref.ontology is None:
         ref.harmonise(None)
-    stop = start + len(ids)
-    obs = ref.obs.iloc[start:stop]
+    return CellSlice(name=ref.name, label_key=ref.label_key, obs=ref.obs.iloc[start:stop], labels=ref.labels[start:stop],
+                     harmonised=ref.harmonised[start:stop], ontology=ref.ontology[start:stop])
+
+
+def cells_table(cells: CellSlice, ids: np.ndarray, vectors: np.ndarray) -> pa.Table:
+    """Cells as a Parquet table: ids, data set, barcode, labels, metadata (JSON) and vectors."""
     flat = pa.array(vectors.astype(np.float32).ravel(), pa.float32())
     return pa.table({
         "cell_id": pa.array(ids, pa.int64()),
-        "dataset": pa.array([ref.name] * len(ids), pa.string()),
-        "barcode": pa.array([str(b) for b in obs.index], pa.string()),
-        "label": pa.array(list(ref.labels[start:stop]), pa.string()),
-        "label_harmonised": pa.array(list(ref.harmonised[start:stop]), pa.string()),
-        "ontology_id": pa.array(list(ref.ontology[start:stop]), pa.string()),
-        "metadata": pa.array(_metadata(obs, ref.label_key), pa.string()),
+        "dataset": pa.array([cells.name] * len(ids), pa.string()),
+        "barcode": pa.array([str(b) for b in cells.obs.index], pa.string()),
+        "label": pa.array(list(cells.labels), pa.string()),
+        "label_harmonised": pa.array(list(cells.harmonised), pa.string()),
+        "ontology_id": pa.array(list(cells.ontology), pa.string()),
+        "metadata": pa.array(_metadata(cells.obs, cells.label_key), pa.string()),
         "embedding": pa.FixedSizeListArray.from_arrays(flat, vectors.shape[1]),
     })
 
@@ -111,13 +127,12 @@ def part_path(dataset: str, number: int) -> str:
     return f"cells/{dataset}/part-{number:05d}.parquet"
 
 
-def write_part(folder: Path, ref: Any, dataset_id: int, start: int, vectors: np.ndarray, provenance: str,
-               part_rows: int) -> Path:
-    """Write the cells starting at row ``start`` as one Parquet part (used by local and Dask builds)."""
-    ids = store.cell_ids(dataset_id, ref.n_cells)[start : start + len(vectors)]
-    path = folder / part_path(ref.name, start // part_rows)
+def write_part(folder: Path, cells: CellSlice, ids: np.ndarray, vectors: np.ndarray, provenance: str,
+               number: int) -> Path:
+    """Write one Parquet part of a data set's cells (used by local and Dask builds)."""
+    path = folder / part_path(cells.name, number)
     path.parent.mkdir(parents=True, exist_ok=True)
-    table = cells_table(ref, start, ids, vectors)
+    table = cells_table(cells, ids, vectors)
     pq.write_table(table.replace_schema_metadata({PROVENANCE_KEY: provenance}), path, compression="zstd")
     return path
 
@@ -144,9 +159,11 @@ def dataset_records(draft: Draft, ref: Any, dataset_id: int) -> tuple[np.ndarray
 def write_dataset(draft: Draft, ref: Any, dataset_id: int, vectors: np.ndarray, *,
                   part_rows: int = 10_000) -> tuple[np.ndarray, pd.DataFrame, dict[str, Any]]:
     """Write one data set's cells as Parquet parts; returns its ids, catalogue cell rows and data set row."""
+    ids = store.cell_ids(dataset_id, ref.n_cells)
     for start in range(0, ref.n_cells, part_rows):
-        write_part(draft.staging, ref, dataset_id, start, vectors[start : start + part_rows], draft.provenance_json(),
-                   part_rows)
+        stop = min(start + part_rows, ref.n_cells)
+        write_part(draft.staging, cell_slice(ref, start, stop), ids[start:stop], vectors[start:stop],
+                   draft.provenance_json(), start // part_rows)
     return dataset_records(draft, ref, dataset_id)
 
 
