@@ -13,7 +13,7 @@ import pandas as pd
 from screader_db.errors import InputDataError
 
 GENE_TABLE_ENTRY = "gene_table_human"
-ORTHOLOG_ENTRY = "orthologs_human_mouse"
+ORTHOLOG_ENTRY = "orthologs_human_mouse_all"
 ENSEMBL_RE = re.compile(r"^ENS[A-Z]*G\d{6,}(\.\d+)?$")
 SPECIES = ("human", "mouse")
 
@@ -30,11 +30,18 @@ def load_gene_table() -> pd.DataFrame:
 
 @lru_cache(maxsize=1)
 def load_orthologs() -> dict[str, str]:
-    """Mouse symbol -> human symbol, from the 1:1 ortholog table in the manifest."""
+    """Mouse symbol -> human symbol for every mouse gene with exactly one human ortholog.
+
+    That is the 1:1 orthologs plus the one-to-many ones seen from the mouse side (mouse Ins1 and
+    Ins2 both map to human INS, and their counts are summed); mouse genes with several human
+    orthologs are left unmapped.
+    """
     from screader_db.fetch import ensure
 
-    table = pd.read_csv(ensure(ORTHOLOG_ENTRY), usecols=["human.gene.name", "gene.name"]).dropna()
-    return dict(zip(table["gene.name"].astype(str), table["human.gene.name"].astype(str), strict=True))
+    table = pd.read_csv(ensure(ORTHOLOG_ENTRY), usecols=["human.gene.name", "gene.name"]).dropna().astype(str)
+    unique = table.drop_duplicates().groupby("gene.name")["human.gene.name"].agg(["first", "nunique"])
+    single = unique[unique["nunique"] == 1]
+    return dict(zip(single.index, single["first"], strict=True))
 
 
 def looks_like_ensembl(names: Sequence[str]) -> float:

@@ -17,7 +17,7 @@ def test_symbols_aliases_and_ensembl_map_to_symbols():
 
 
 def test_mouse_symbols_map_through_orthologs(data_path):
-    data_path("orthologs_human_mouse")
+    data_path("orthologs_human_mouse_all")
     mapped = GeneResolver().map(["Gcg", "Ins1", "Cd3e", "Zzz3"], species="mouse")
     assert mapped.symbols[0] == "GCG"
     assert mapped.symbols[2] == "CD3E"
@@ -29,3 +29,9 @@ def test_descriptions_fall_back_to_the_symbol():
     assert texts[0].startswith("INS: insulin.")
     assert texts[1] == "NOT_A_GENE: gene."
     assert len(shas[0]) == 64
+
+
+def test_one_to_many_mouse_genes_map_to_their_single_human_ortholog(data_path):
+    data_path("orthologs_human_mouse_all")
+    mapped = GeneResolver().map(["Ins1", "Ins2", "Gcg"], species="mouse")
+    assert mapped.symbols == ["INS", "INS", "GCG"]
