@@ -22,11 +22,10 @@ from screader_db.inputs import CHUNK, ExpressionSource, GenePlan, check_values, 
 from screader_db.metrics import UNASSIGNED
 from screader_db.progress import SILENT, Reporter
 from screader_db.results import AnnotationResult
-from screader_db.vote import knn_vote
+from screader_db.vote import decide, propagate, query_graph, tally
 
 MIN_OVERLAP = 0.2
 WARN_OVERLAP = 0.6
-DEFAULT_K = 15
 
 
 def _overlap_error(matched: int, n_atlas: int, names: list[str], mapping: GeneMapping) -> GeneOverlapError:
@@ -76,17 +75,16 @@ def prepare_query(adata: Any, genes: list[str], *, layer: str | None = None, use
 
 def embed_query(query: PreparedQuery, embedder: Any, *, center: str | None = None, chunk: int = CHUNK,
                 reporter: Reporter = SILENT) -> np.ndarray:
-    """Cell vectors of the whole query, centred the atlas's way (two passes when self-centred)."""
-    mean = None
-    if embedder.centre_mode(query.source.n_cells, center) == "query":
-        total = np.zeros(len(embedder.genes), dtype=np.float64)
-        for _, block in query.chunks(chunk):
-            total += np.asarray(block.sum(axis=0)).ravel()
-        mean = (total / query.source.n_cells).astype(np.float32)
-    vectors = np.empty((query.source.n_cells, embedder.dim), dtype=np.float32)
-    with reporter.task("Embedding query cells", query.source.n_cells, "cells") as advance:
+    """Cell vectors of the whole query, centred the atlas's way (an extra pass when self-centred)."""
+    from screader_db.centring import stream_centre
+
+    n = query.source.n_cells
+    mode = embedder.centre_mode(n, center)
+    mean = stream_centre(embedder, mode, lambda: query.chunks(chunk), n, seed=int(embedder.params.get("seed", 0)))
+    vectors = np.empty((n, embedder.dim), dtype=np.float32)
+    with reporter.task("Embedding query cells", n, "cells") as advance:
         for start, block in query.chunks(chunk):
-            vectors[start : start + block.shape[0]] = embedder.transform(block, mean=mean if mean is not None else embedder.mean)
+            vectors[start : start + block.shape[0]] = embedder.transform(block, mean=mean)
             advance(block.shape[0])
     return vectors
 
@@ -136,12 +134,12 @@ def _placement(opened: store.Atlas, sims: np.ndarray, ids: np.ndarray) -> np.nda
     return place(sims, positions)
 
 
-def annotate(adata: Any, atlas: str | Path | store.Atlas, *, k: int = DEFAULT_K, layer: str | None = None,
+def annotate(adata: Any, atlas: str | Path | store.Atlas, *, k: int | None = None, layer: str | None = None,
              use_raw: bool = False, gene_key: str | None = None, species: str = "auto", model: str | None = None,
              center: str | None = None, min_score: float = 0.0, level: str = "label", majority_voting: bool = False,
              datasets: list[str] | None = None, labels: list[str] | None = None,
-             exclude_labels: list[str] | None = None, version: int | None = None, chunk: int = CHUNK,
-             reporter: Reporter = SILENT) -> AnnotationResult:
+             exclude_labels: list[str] | None = None, power: float | None = None, propagation: float | None = None,
+             version: int | None = None, chunk: int = CHUNK, reporter: Reporter = SILENT) -> AnnotationResult:
     """Label every cell of ``adata`` (an AnnData, or an .h5ad path read in backed mode).
 
     ``model``, when given, is the gene-embedding model the caller expects; an atlas built with
@@ -149,7 +147,9 @@ def annotate(adata: Any, atlas: str | Path | store.Atlas, *, k: int = DEFAULT_K,
     ``level`` is ``label`` (each data set's own labels) or ``harmonised`` (through the atlas's
     label map). ``majority_voting`` adds the majority label of each query cluster beside the
     per-cell label. ``datasets``, ``labels`` and ``exclude_labels`` restrict which atlas cells
-    may be neighbours (labels at the chosen level). The input AnnData is not changed.
+    may be neighbours (labels at the chosen level). ``k``, ``power`` (neighbour weight
+    max(cos, 0)^power) and ``propagation`` (smoothing over the query's own neighbour graph, 0 =
+    none) default to the atlas's annotation settings. The input AnnData is not changed.
     """
     if level not in LEVELS:
         message = f"level must be one of {', '.join(LEVELS)}, got {level!r}"
@@ -158,6 +158,10 @@ def annotate(adata: Any, atlas: str | Path | store.Atlas, *, k: int = DEFAULT_K,
         adata = read_h5ad(adata, backed=True)
     opened = atlas if isinstance(atlas, store.Atlas) else store.open_atlas(atlas, version=version)
     opened.check_model(model)
+    defaults = opened.annotation_defaults()
+    k = int(defaults["k"] if k is None else k)
+    power = float(defaults["power"] if power is None else power)
+    propagation = float(defaults["propagation"] if propagation is None else propagation)
     embedder = opened.embedder
     reporter.message("Reading the query")
     query = prepare_query(adata, embedder.genes, layer=layer, use_raw=use_raw, gene_key=gene_key, species=species)
@@ -177,14 +181,18 @@ def annotate(adata: Any, atlas: str | Path | store.Atlas, *, k: int = DEFAULT_K,
     codes_by_id = pd.Series(cells[column].map(code_of).to_numpy(), index=cells.index)
     flat = ids.ravel()
     codes = np.where(flat >= 0, codes_by_id.reindex(flat).fillna(-1).to_numpy(), -1).astype(np.int64).reshape(ids.shape)
-    vote = knn_vote(sims, codes, len(vocabulary))
+    shares = tally(sims, codes, len(vocabulary), power=power)
+    knn_best = np.asarray(vocabulary, dtype=object)[shares.argmax(axis=1)]
+    if propagation > 0 and len(vectors) > 2:
+        shares = propagate(shares, query_graph(vectors), propagation)
+    vote = decide(shares, sims, codes)
     names_arr = np.asarray(vocabulary, dtype=object)
     raw = names_arr[vote.best]
     label = np.where(vote.score >= min_score, raw, UNASSIGNED)
     second = np.where(vote.second >= 0, names_arr[np.clip(vote.second, 0, None)], "")
     table = pd.DataFrame({
         "label": label.astype(object), "score": vote.score, "margin": vote.margin, "second_label": second.astype(object),
-        "mean_similarity": vote.mean_similarity, "raw_label": raw.astype(object),
+        "mean_similarity": vote.mean_similarity, "raw_label": raw.astype(object), "knn_label": knn_best,
     }, index=pd.Index([str(i) for i in query.source.obs.index]))
     if majority_voting:
         from screader_db.clusters import cluster_cells, majority_labels
@@ -199,7 +207,7 @@ def annotate(adata: Any, atlas: str | Path | store.Atlas, *, k: int = DEFAULT_K,
         "atlas": str(opened.root), "atlas_version": opened.version, "model_id": opened.model_id,
         "method": embedder.method, "k": int(min(k, sims.shape[1])), "genes_matched": int(query.plan.matched),
         "genes_in_atlas": len(embedder.genes), "species": query.mapping.species, "input_kind": query.kind,
-        "min_score": float(min_score), "level": level,
+        "min_score": float(min_score), "level": level, "power": power, "propagation": propagation,
     }
     if majority_voting:
         info["clustering"] = algorithm

@@ -1,15 +1,23 @@
 """Cell embeddings: from log-normalised expression over the atlas genes to one vector per cell.
 
 A fitted :class:`CellEmbedder` holds everything needed to embed a new cell the way the atlas
-cells were embedded: the gene list, the reference gene means and a projection matrix. Methods:
+cells were embedded. Every method is the same pipeline with different parts switched on::
 
-- ``genept``: expression-weighted sum of gene text vectors (GenePT-w). The gene vectors are
-  centred and whitened across genes first, since small text encoders are very anisotropic.
-- ``expression``: the centred expression itself (a baseline, no language model involved).
-- ``pca``: principal components of the reference expression (a baseline).
+    v = ((x - m) * w) @ P          centre, weight genes, project (each optional)
+    u = v / |v|
+    z = [u ; γ·sqrt(softmax(u·c_k / τ))]   class-prototype block (optional), then z / |z|
 
-Each cell vector is centred (on the query's own gene means when the query is large enough,
-otherwise on the reference's), projected and L2-normalised, so inner product is cosine.
+Methods:
+
+- ``marker`` (default): marker genes of every reference label, η² gene weights,
+  composition-balanced centring and the class-prototype block (similarities to each label's
+  prototype), which keeps rare labels findable.
+- ``marker-text``: the same, computed in the space of whitened gene text vectors (P = E).
+- ``genept``: expression-weighted sum of whitened gene text vectors (GenePT-w) over variable genes.
+- ``expression``: the centred expression of variable genes (a baseline, no language model).
+- ``pca``: 50 principal components of the reference (a baseline).
+
+Text methods paired with ``random:DIM`` gene vectors are their random twins.
 """
 
 from __future__ import annotations
@@ -24,10 +32,14 @@ import scipy.sparse as sp
 
 from screader_db.errors import AtlasError, ScreaderError
 
-METHODS = ("genept", "expression", "pca")
-TEXT_METHODS = ("genept",)
+METHODS = ("marker", "marker-text", "genept", "expression", "pca")
+TEXT_METHODS = ("marker-text", "genept")
+MARKER_METHODS = ("marker", "marker-text")
+CENTRES = ("auto", "query", "reference", "balanced")
 MIN_CELLS_SELF_CENTRE = 50
-FORMAT = "cell-embedder-1"
+FORMAT = "cell-embedder-2"
+GAMMA = 1.5
+TAU = 0.02
 
 
 def l2_normalise(V: np.ndarray) -> np.ndarray:
@@ -47,58 +59,95 @@ def whiten(E: np.ndarray, *, eps: float = 1e-3) -> np.ndarray:
 
 @dataclass
 class CellEmbedder:
-    """A fitted embedding method (genes, centring vector, projection) that embeds any cell."""
+    """A fitted embedding method that embeds any cell whose columns follow ``genes``."""
 
     method: str
     genes: list[str]
     mean: np.ndarray
-    projection: np.ndarray | None
+    projection: np.ndarray | None = None
+    weights: np.ndarray | None = None
+    prototypes: np.ndarray | None = None
+    prototype_labels: list[str] = field(default_factory=list)
     params: dict[str, Any] = field(default_factory=dict)
 
     @property
-    def dim(self) -> int:
+    def base_dim(self) -> int:
         return len(self.genes) if self.projection is None else int(self.projection.shape[1])
 
+    @property
+    def dim(self) -> int:
+        return self.base_dim + (0 if self.prototypes is None else int(self.prototypes.shape[0]))
+
     def centre_mode(self, n_cells: int, center: str | None = None) -> str:
-        """``query`` (centre on the cells' own gene means) or ``reference``."""
+        """How a batch of ``n_cells`` is centred: ``query``, ``balanced`` or ``reference``."""
         mode = center or self.params.get("center", "auto")
+        if mode not in CENTRES:
+            message = f"center must be one of {', '.join(CENTRES)}, got {mode!r}"
+            raise ScreaderError(message)
         if mode == "auto":
-            return "query" if n_cells >= MIN_CELLS_SELF_CENTRE else "reference"
-        if mode in ("query", "reference"):
-            return str(mode)
-        message = f"center must be auto, query or reference, got {mode!r}"
-        raise ScreaderError(message)
+            mode = "query"
+        if mode in ("query", "balanced") and n_cells < MIN_CELLS_SELF_CENTRE:
+            return "reference"
+        return str(mode)
 
-    def transform(self, X: sp.csr_matrix, *, center: str | None = None, mean: np.ndarray | None = None,
+    def centre_of(self, X: sp.spmatrix | np.ndarray, mode: str) -> np.ndarray:
+        """The centring vector of a batch (its mean, its balanced mean or the reference's)."""
+        if mode == "reference":
+            return self.mean
+        if mode == "balanced":
+            from screader_db.centring import balanced_mean
+
+            return balanced_mean(X, seed=int(self.params.get("seed", 0)))
+        return np.asarray(X.mean(axis=0)).ravel().astype(np.float32)
+
+    def _unit(self, block: np.ndarray) -> np.ndarray:
+        if self.weights is not None:
+            block = block * self.weights
+        if self.projection is not None:
+            block = block @ self.projection
+        return l2_normalise(block)
+
+    def transform(self, X: sp.spmatrix, *, center: str | None = None, mean: np.ndarray | None = None,
                   batch: int = 4096) -> np.ndarray:
-        """Embed cells whose columns follow ``self.genes``; returns unit-length float32 rows.
+        """Embed cells; returns unit-length float32 rows.
 
-        ``mean`` is the centring vector to use (for chunked queries centred on their own
-        means); otherwise it follows ``center``.
+        ``mean`` is the centring vector to use (chunked queries pass the one of the whole
+        query); otherwise it follows ``center`` on this batch.
         """
         if X.shape[1] != len(self.genes):
             message = f"expression has {X.shape[1]} columns, the embedder expects {len(self.genes)} genes"
             raise ScreaderError(message)
         if mean is None:
-            mode = self.centre_mode(X.shape[0], center)
-            mean = np.asarray(X.mean(axis=0)).ravel().astype(np.float32) if mode == "query" else self.mean
+            mean = self.centre_of(X, self.centre_mode(X.shape[0], center))
         out = np.empty((X.shape[0], self.dim), dtype=np.float32)
+        gamma, tau = float(self.params.get("gamma", GAMMA)), float(self.params.get("tau", TAU))
         for start in range(0, X.shape[0], batch):
             block = np.asarray(X[start : start + batch].todense(), dtype=np.float32) - mean
-            out[start : start + batch] = block if self.projection is None else block @ self.projection
-        return l2_normalise(out)
+            unit = self._unit(block)
+            if self.prototypes is None:
+                out[start : start + batch] = unit
+                continue
+            logits = unit @ self.prototypes.T / tau
+            logits -= logits.max(axis=1, keepdims=True)
+            soft = np.exp(logits)
+            soft /= soft.sum(axis=1, keepdims=True)
+            out[start : start + batch] = l2_normalise(np.hstack([unit, gamma * np.sqrt(soft)]))
+        return out
 
     def save(self, path: str | Path, provenance: dict[str, Any] | None = None) -> None:
         """Write as safetensors: arrays as tensors, genes and parameters as JSON metadata."""
         from safetensors.numpy import save_file
 
         tensors = {"mean": np.ascontiguousarray(self.mean, dtype=np.float32)}
-        if self.projection is not None:
-            tensors["projection"] = np.ascontiguousarray(self.projection, dtype=np.float32)
+        for name in ("projection", "weights", "prototypes"):
+            value = getattr(self, name)
+            if value is not None:
+                tensors[name] = np.ascontiguousarray(value, dtype=np.float32)
         meta = {
             "format": FORMAT,
             "method": self.method,
             "genes": json.dumps(self.genes),
+            "prototype_labels": json.dumps(self.prototype_labels),
             "params": json.dumps(self.params, sort_keys=True),
             "provenance": json.dumps(provenance or {}, sort_keys=True),
         }
@@ -116,32 +165,54 @@ class CellEmbedder:
             message = f"cannot read the cell embedder {path}: {err}"
             raise AtlasError(message) from err
         if meta.get("format") != FORMAT:
-            message = f"{path} has embedder format {meta.get('format')!r}, this version reads {FORMAT!r}"
+            message = f"{path} has embedder format {meta.get('format')!r}, this version reads {FORMAT!r}; rebuild the atlas"
             raise AtlasError(message)
         return cls(method=meta["method"], genes=json.loads(meta["genes"]), mean=arrays["mean"],
-                   projection=arrays.get("projection"), params=json.loads(meta["params"]))
+                   projection=arrays.get("projection"), weights=arrays.get("weights"),
+                   prototypes=arrays.get("prototypes"), prototype_labels=json.loads(meta.get("prototype_labels", "[]")),
+                   params=json.loads(meta["params"]))
 
 
-def fit_embedder(method: str, X: sp.csr_matrix, genes: list[str], *, gene_vectors: np.ndarray | None = None,
-                 mean: np.ndarray | None = None, params: dict[str, Any] | None = None, n_components: int = 50,
-                 seed: int = 0) -> CellEmbedder:
-    """Fit ``method`` on reference expression ``X`` (columns follow ``genes``; a sample of cells is
-    enough). ``mean`` is the reference's gene means when ``X`` is only a sample."""
+def fit_embedder(method: str, X: sp.spmatrix, genes: list[str], *, gene_vectors: np.ndarray | None = None,
+                 mean: np.ndarray | None = None, labels: np.ndarray | None = None, weights: np.ndarray | None = None,
+                 params: dict[str, Any] | None = None, n_components: int = 50, seed: int = 0) -> CellEmbedder:
+    """Fit ``method`` on reference expression ``X`` (columns follow ``genes``; a sample of cells,
+    with their ``labels``, is enough). ``mean`` is the reference's centring vector when ``X`` is
+    only a sample; ``weights`` are per-gene weights (the marker methods' η²)."""
     if method not in METHODS:
         message = f"unknown method {method!r}; choose one of {', '.join(METHODS)}"
         raise ScreaderError(message)
-    settings = {"center": "auto", **(params or {})}
-    mean = (np.asarray(X.mean(axis=0)).ravel() if mean is None else np.asarray(mean)).astype(np.float32)
+    settings: dict[str, Any] = {"center": "balanced" if method in MARKER_METHODS else "auto", "seed": seed,
+                                **(params or {})}
+    if mean is None:
+        mode = "balanced" if settings["center"] == "balanced" else "query"
+        mean = CellEmbedder(method, list(genes), np.zeros(len(genes), np.float32), params=settings).centre_of(X, mode)
+    mean = np.asarray(mean, dtype=np.float32)
     if method == "expression":
-        return CellEmbedder(method, list(genes), mean, None, settings)
+        return CellEmbedder(method, list(genes), mean, params=settings)
     if method == "pca":
         from sklearn.utils.extmath import randomized_svd
 
         dense = np.asarray(X.todense(), dtype=np.float32) - mean
-        k = min(n_components, min(dense.shape) - 1)
+        k = max(1, min(n_components, min(dense.shape) - 1))
         _, _, Vt = randomized_svd(dense, n_components=k, random_state=seed)
         settings["n_components"] = k
-        return CellEmbedder(method, list(genes), mean, Vt.T.astype(np.float32), settings)
-    if gene_vectors is None or gene_vectors.shape[0] != len(genes):
-        raise ScreaderError("the genept method needs one gene vector per atlas gene")
-    return CellEmbedder(method, list(genes), mean, whiten(gene_vectors), settings)
+        return CellEmbedder(method, list(genes), mean, projection=Vt.T.astype(np.float32), params=settings)
+    projection = None
+    if method in TEXT_METHODS:
+        if gene_vectors is None or gene_vectors.shape[0] != len(genes):
+            message = f"the {method} method needs one gene vector per atlas gene"
+            raise ScreaderError(message)
+        projection = whiten(gene_vectors)
+    if method == "genept":
+        return CellEmbedder(method, list(genes), mean, projection=projection, params=settings)
+    if labels is None:
+        raise ScreaderError(f"the {method} method needs the labels of the fitted cells")
+    embedder = CellEmbedder(method, list(genes), mean, projection=projection, weights=weights,
+                            params={"gamma": GAMMA, "tau": TAU, **settings})
+    unit = embedder._unit(np.asarray(X.todense(), dtype=np.float32) - mean)
+    names = sorted(set(np.asarray(labels).tolist()))
+    prototypes = np.stack([unit[np.asarray(labels) == name].mean(axis=0) for name in names])
+    embedder.prototypes = l2_normalise(prototypes)
+    embedder.prototype_labels = names
+    return embedder

@@ -22,6 +22,7 @@ from screader_db.errors import ScreaderError
 from screader_db.progress import SILENT, Reporter
 
 UNASSIGNED = "Unassigned"
+QUERY_OPTIONS = ("min_score", "power", "propagation", "center", "k")
 
 
 @dataclass(frozen=True)
@@ -98,15 +99,22 @@ def split_tasks(adata: Any, *, label_key: str, seeds: int = 3, test_size: float 
     return tasks
 
 
+def query_panel(task: Task) -> list[str]:
+    """The human symbols the query measures: every method is fitted on reference genes in this panel."""
+    from screader_db.inputs import map_genes, open_expression
+
+    return sorted({s for s in map_genes(open_expression(task.query)).symbols if s})
+
+
 def _celltypist_labels(task: Task, n_genes: int) -> np.ndarray:
-    """CellTypist on the same variable genes the atlases use, its setting chosen on a reference split."""
+    """CellTypist on variable genes of the panel the query measures, its setting chosen on a reference split."""
     import anndata as ad
 
     from screader_db.features import highly_variable
     from screader_db.inputs import load_expression
     from screader_db.peers import celltypist_best
 
-    ref = load_expression(task.reference)
+    ref = load_expression(task.reference, target=query_panel(task))
     chosen = highly_variable(ref.X, n_genes)
     genes = [ref.genes[i] for i in chosen]
     qry = load_expression(task.query, target=genes)
@@ -124,10 +132,11 @@ def _atlas_labels(task: Task, spec: MethodSpec, *, k: int, n_genes: int, workdir
 
     options = dict(spec.options)
     settings = BuildSettings(model=spec.model if spec.model != "none" else "minilm", method=spec.method, n_genes=n_genes,
-                             layout="none", seed=task.seed, **{k_: v for k_, v in options.items() if k_ != "min_score"})
+                             layout="none", seed=task.seed, panel=query_panel(task),
+                             **{k_: v for k_, v in options.items() if k_ not in QUERY_OPTIONS})
     atlas = build_atlas(task.reference, workdir / f"atlas-{time.time_ns()}", label_key=task.label_key,
                         dataset_name="reference", settings=settings, reporter=reporter)
-    result = annotate(task.query, atlas, k=k, min_score=float(options.get("min_score", 0.0)))
+    result = annotate(task.query, atlas, k=k, **{k_: v for k_, v in options.items() if k_ in QUERY_OPTIONS})
     return result.labels.astype(str).to_numpy()
 
 

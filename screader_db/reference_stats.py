@@ -34,6 +34,7 @@ class ReferenceStats:
     detected: np.ndarray
     class_counts: np.ndarray
     class_log_sum: np.ndarray
+    class_log_sumsq: np.ndarray
     class_detected: np.ndarray
     sample_rows: np.ndarray
     sample: sp.csr_matrix
@@ -54,8 +55,40 @@ class ReferenceStats:
     def class_fractions(self) -> np.ndarray:
         return self.class_detected / np.maximum(self.class_counts, 1)[:, None]
 
+    def class_variances(self) -> np.ndarray:
+        n = np.maximum(self.class_counts, 1)[:, None]
+        mean = self.class_log_sum / n
+        return np.maximum(self.class_log_sumsq / n - mean**2, 0.0)
+
     def sample_labels(self, labels: np.ndarray) -> np.ndarray:
         return labels[self.sample_rows]
+
+
+def stratified_sample(codes: np.ndarray, size: int, *, seed: int = 0) -> np.ndarray:
+    """Sorted row positions: up to ``size`` cells, every label represented (small labels whole).
+
+    Each label gets an equal share of the budget; what small labels leave unused goes to the
+    larger ones, so prototypes of rare types are fitted on all their cells.
+    """
+    rng = np.random.default_rng(seed)
+    counts = np.bincount(codes)
+    if len(codes) <= size:
+        return np.arange(len(codes))
+    quota = np.zeros(len(counts), dtype=np.int64)
+    budget = size
+    open_labels = [c for c in range(len(counts)) if counts[c] > 0]
+    while budget > 0 and open_labels:
+        share = max(budget // len(open_labels), 1)
+        for c in list(open_labels):
+            take = min(share, counts[c] - quota[c], budget)
+            quota[c] += take
+            budget -= take
+            if quota[c] >= counts[c]:
+                open_labels.remove(c)
+            if budget == 0:
+                break
+    picked = [rng.choice(np.flatnonzero(codes == c), size=quota[c], replace=False) for c in range(len(counts)) if quota[c]]
+    return np.sort(np.concatenate(picked))
 
 
 def collect(source: ExpressionSource, plan: GenePlan, labels: np.ndarray, *, chunk: int = 10_000,
@@ -65,14 +98,14 @@ def collect(source: ExpressionSource, plan: GenePlan, labels: np.ndarray, *, chu
     code = {name: i for i, name in enumerate(names)}
     codes = np.array([code[v] for v in labels], dtype=np.int64)
     n, g, c = source.n_cells, len(plan.genes), len(names)
-    rng = np.random.default_rng(seed)
-    sample_rows = np.sort(rng.choice(n, size=min(n, sample_cells), replace=False))
+    sample_rows = stratified_sample(codes, sample_cells, seed=seed)
     log_sum = np.zeros(g)
     linear_sum = np.zeros(g)
     linear_sumsq = np.zeros(g)
     detected = np.zeros(g)
     class_counts = np.bincount(codes, minlength=c).astype(np.int64)
     class_log_sum = np.zeros((c, g))
+    class_log_sumsq = np.zeros((c, g))
     class_detected = np.zeros((c, g))
     sampled: list[sp.csr_matrix] = []
     kind = ""
@@ -93,6 +126,9 @@ def collect(source: ExpressionSource, plan: GenePlan, labels: np.ndarray, *, chu
             detected += np.asarray(binary.sum(axis=0)).ravel()
             onehot = sp.csr_matrix((np.ones(len(rows)), (rows, np.arange(len(rows)))), shape=(c, len(rows)))
             class_log_sum += np.asarray((onehot @ X).todense())
+            squared = X.copy()
+            squared.data = squared.data.astype(np.float64) ** 2
+            class_log_sumsq += np.asarray((onehot @ squared).todense())
             class_detected += np.asarray((onehot @ binary).todense())
             local = sample_rows[(sample_rows >= start) & (sample_rows < start + X.shape[0])] - start
             if len(local):
@@ -101,5 +137,6 @@ def collect(source: ExpressionSource, plan: GenePlan, labels: np.ndarray, *, chu
     sample = sp.csr_matrix(sp.vstack(sampled), dtype=np.float32) if sampled else sp.csr_matrix((0, g), dtype=np.float32)
     return ReferenceStats(genes=plan.genes, labels=names, n_cells=n, kind=kind, log_sum=log_sum, linear_sum=linear_sum,
                           linear_sumsq=linear_sumsq, detected=detected, class_counts=class_counts,
-                          class_log_sum=class_log_sum, class_detected=class_detected, sample_rows=sample_rows,
+                          class_log_sum=class_log_sum, class_log_sumsq=class_log_sumsq, class_detected=class_detected,
+                          sample_rows=sample_rows,
                           sample=sample)

@@ -180,6 +180,14 @@ class Atlas:
             self._index, _ = load_index(self.path / "index.faiss")
         return self._index
 
+    def annotation_defaults(self) -> dict[str, Any]:
+        """k, vote power and propagation the atlas was built to be queried with."""
+        from screader_db.vote import DEFAULT_POWER, DEFAULT_PROPAGATION
+
+        stored = self.provenance.get("parameters", {})
+        return {"k": int(stored.get("k", 15)), "power": float(stored.get("vote_power", DEFAULT_POWER)),
+                "propagation": float(stored.get("propagation", DEFAULT_PROPAGATION))}
+
     def check_model(self, model_id: str | None) -> None:
         """Refuse when the caller expects another gene-embedding model than the atlas's."""
         if model_id and model_id not in (self.model_id, self.provenance.get("model_spec")):

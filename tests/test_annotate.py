@@ -12,7 +12,7 @@ from screader_db.errors import GeneOverlapError, ModelMismatchError
 @pytest.fixture
 def atlas(tmp_path, counts_adata):
     build_atlas(counts_adata, tmp_path / "atlas", label_key="cell_type", dataset_name="synthetic",
-                settings=BuildSettings(model="random:32", n_genes=50, layout="none"))
+                settings=BuildSettings(model="random:32", method="genept", n_genes=50, layout="none"))
     return tmp_path / "atlas"
 
 
@@ -72,7 +72,7 @@ def mapped_atlas(tmp_path_factory):
     label_map = pd.DataFrame({"dataset": ["synthetic", "*"], "label": ["type0", "type1"],
                               "harmonised_label": ["alpha", "alpha"], "ontology_id": ["CL:1", "CL:1"]})
     build_atlas(make_counts(n_cells=300), root, label_key="cell_type", dataset_name="synthetic", label_map=label_map,
-                settings=BuildSettings(model="random:32", n_genes=50, layout="umap"))
+                settings=BuildSettings(model="random:32", method="genept", n_genes=50, layout="umap"))
     return root
 
 

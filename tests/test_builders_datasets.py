@@ -9,7 +9,7 @@ from screader_db.builders.atlas import BuildSettings, build_atlas
 from screader_db.builders.datasets import add_dataset, remove_dataset
 from screader_db.errors import AtlasError, OutputExistsError, ScreaderError
 
-SETTINGS = BuildSettings(model="random:16", n_genes=50, layout="none")
+SETTINGS = BuildSettings(model="random:16", method="genept", n_genes=50, layout="none")
 
 
 @pytest.fixture

@@ -44,7 +44,7 @@ def test_rebuilding_an_atlas_reembeds_nothing(tiny_llama, tmp_path, monkeypatch)
     from screader_db.builders.atlas import BuildSettings, build_atlas
 
     monkeypatch.setenv("SCREADER_DB_HOME", str(tmp_path / "home"))
-    settings = BuildSettings(model=str(tiny_llama), n_genes=30, layout="none")
+    settings = BuildSettings(model=str(tiny_llama), method="genept", n_genes=30, layout="none")
     reference = make_counts(n_cells=120)
     first = build_atlas(reference, tmp_path / "atlas", label_key="cell_type", settings=settings)
     assert first.provenance["genes_embedded"] == 30

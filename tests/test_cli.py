@@ -44,7 +44,7 @@ def test_build_query_info_round_trip(tmp_path, synthetic_files):
     ref, query = synthetic_files
     atlas = tmp_path / "atlas"
     built = runner.invoke(app, ["build", "--reference", str(ref), "--label-key", "cell_type", "--atlas", str(atlas),
-                                "--model", "random:16", "--n-genes", "50", "--layout", "none", "--quiet"])
+                                "--model", "random:16", "--method", "genept", "--n-genes", "50", "--layout", "none", "--quiet"])
     assert built.exit_code == 0, built.output
     assert "version 1" in built.output
     out = tmp_path / "annotated.h5ad"
@@ -63,7 +63,7 @@ def test_build_query_info_round_trip(tmp_path, synthetic_files):
 def test_errors_are_one_line_and_exit_one(tmp_path, synthetic_files):
     ref, _ = synthetic_files
     result = runner.invoke(app, ["build", "--reference", str(ref), "--label-key", "celltype", "--atlas",
-                                 str(tmp_path / "a"), "--model", "random:16"])
+                                 str(tmp_path / "a"), "--model", "random:16", "--method", "genept"])
     assert result.exit_code == 1
     assert "Error: --label-key 'celltype' is not an obs column of the reference; columns present: cell_type, donor" \
         in " ".join(result.output.split())
@@ -79,7 +79,7 @@ def test_installed_console_script(tmp_path, synthetic_files):
     ref, query = synthetic_files
     atlas = tmp_path / "atlas"
     subprocess.run([exe, "build", "--reference", str(ref), "--label-key", "cell_type", "--atlas", str(atlas),
-                    "--model", "random:16", "--n-genes", "50", "--layout", "none", "-q"], check=True, capture_output=True)
+                    "--model", "random:16", "--method", "genept", "--n-genes", "50", "--layout", "none", "-q"], check=True, capture_output=True)
     done = subprocess.run([exe, "query", str(query), "--atlas", str(atlas), "-q"], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert "cells annotated" in done.stdout

@@ -20,7 +20,7 @@ runner = CliRunner()
 def atlas(tmp_path_factory):
     root = tmp_path_factory.mktemp("errors") / "atlas"
     build_atlas(make_counts(n_cells=200), root, label_key="cell_type", dataset_name="synthetic",
-                settings=BuildSettings(model="random:16", n_genes=50, layout="none"))
+                settings=BuildSettings(model="random:16", method="genept", n_genes=50, layout="none"))
     return root
 
 
@@ -146,7 +146,7 @@ def test_atlas_from_another_model(atlas, tmp_path):
 def test_atlas_of_an_older_format(tmp_path):
     root = tmp_path / "old"
     built = build_atlas(make_counts(n_cells=100), root, label_key="cell_type",
-                        settings=BuildSettings(model="random:16", n_genes=50, layout="none"))
+                        settings=BuildSettings(model="random:16", method="genept", n_genes=50, layout="none"))
     meta = json.loads((built.path / "VERSION.json").read_text())
     meta["format"] = "screader-atlas-0"
     (built.path / "VERSION.json").write_text(json.dumps(meta))

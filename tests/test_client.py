@@ -28,7 +28,7 @@ def client(atlas):
 def _assert_same(remote: AnnotationResult, local: AnnotationResult) -> None:
     assert list(remote.table.columns) == list(local.table.columns)
     assert list(remote.table.index) == list(local.table.index)
-    for column in ("label", "second_label", "raw_label"):
+    for column in ("label", "second_label", "raw_label", "knn_label"):
         assert list(remote.table[column]) == list(local.table[column]), column
     for column in ("score", "margin", "mean_similarity"):
         assert np.array_equal(remote.table[column].to_numpy(), local.table[column].to_numpy(dtype=float)), column

@@ -13,7 +13,7 @@ from conftest import make_counts
 from screader_db import annotate, store
 from screader_db.builders.atlas import BuildSettings, build_atlas
 
-SETTINGS = BuildSettings(model="random:16", n_genes=50, layout="none")
+SETTINGS = BuildSettings(model="random:16", method="genept", n_genes=50, layout="none")
 
 WRITER = textwrap.dedent("""
     import os, random, signal, sys, threading, time

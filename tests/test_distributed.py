@@ -13,7 +13,7 @@ pytest.importorskip("dask.distributed")
 def test_dask_build_matches_the_single_machine_build(tmp_path):
     reference = write_h5ad(tmp_path / "ref.h5ad", 3000, n_types=6, n_genes=800, chunk=1000, seed=1)
     query = write_h5ad(tmp_path / "query.h5ad", 300, n_types=6, n_genes=800, chunk=300, seed=1)
-    settings = BuildSettings(model="random:32", n_genes=300, layout="none")
+    settings = BuildSettings(model="random:32", method="genept", n_genes=300, layout="none")
     local = build_atlas(reference, tmp_path / "local", label_key="cell_type", settings=settings, chunk=700)
     spread = build_atlas(reference, tmp_path / "dask", label_key="cell_type", settings=settings, chunk=700,
                          dask="local")
@@ -36,4 +36,4 @@ def test_dask_needs_a_file(tmp_path):
 
     with pytest.raises(ScreaderError, match="--dask needs the reference as an .h5ad path"):
         build_atlas(make_counts(n_cells=50), tmp_path / "a", label_key="cell_type", dask="local",
-                    settings=BuildSettings(model="random:16", n_genes=30, layout="none"))
+                    settings=BuildSettings(model="random:16", method="genept", n_genes=30, layout="none"))

@@ -22,7 +22,7 @@ from screader_db.server import create_app
 
 LIMIT = 400_000
 http = httpx.Client(timeout=120)
-ROW_COLUMNS = ["cell", "label", "score", "margin", "second_label", "mean_similarity", "raw_label"]
+ROW_COLUMNS = ["cell", "label", "score", "margin", "second_label", "mean_similarity", "raw_label", "knn_label"]
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +46,7 @@ def query(tmp_path_factory):
 
 def _same_as_local(rows, local):
     assert [r["cell"] for r in rows] == list(local.table.index)
-    for column in ("label", "second_label", "raw_label"):
+    for column in ("label", "second_label", "raw_label", "knn_label"):
         assert [r[column] for r in rows] == list(local.table[column]), column
     for column in ("score", "margin", "mean_similarity"):
         assert np.array_equal(np.array([r[column] for r in rows]), local.table[column].to_numpy(dtype=float)), column

@@ -10,7 +10,7 @@ from screader_db import store
 from screader_db.builders.atlas import BuildSettings, build_atlas
 from screader_db.errors import AtlasError, OutputExistsError
 
-RANDOM = BuildSettings(model="random:16", n_genes=40, layout="none")
+RANDOM = BuildSettings(model="random:16", method="genept", n_genes=40, layout="none")
 
 
 def _build(adata, root, **kw):

@@ -19,7 +19,7 @@ PROBE = textwrap.dedent("""
     default_resolver()
     tracemalloc.start()
     build_atlas(sys.argv[1], sys.argv[2], label_key="cell_type", chunk=int(sys.argv[3]),
-                settings=BuildSettings(model="random:32", n_genes=500, layout="none"))
+                settings=BuildSettings(model="random:32", method="genept", n_genes=500, layout="none"))
     _, peak = tracemalloc.get_traced_memory()
     print(json.dumps({"growth_mb": peak / 2**20}))
 """)

@@ -22,19 +22,21 @@ import pyarrow as pa
 from screader_db import store
 from screader_db.builders.reference import ReferenceSource, open_reference
 from screader_db.builders.writer import Draft, dataset_records, drafting, finish, write_dataset, write_layout
-from screader_db.cell_embedding import TEXT_METHODS, CellEmbedder, fit_embedder
+from screader_db.cell_embedding import MARKER_METHODS, TEXT_METHODS, CellEmbedder, fit_embedder
 from screader_db.checksums import sha256_text
 from screader_db.errors import OutputExistsError, ScreaderError
 from screader_db.features import variable_from_moments
 from screader_db.gene_vectors import GeneEmbeddings, write_gene_embeddings
 from screader_db.genes import GeneResolver
 from screader_db.inputs import CHUNK
+from screader_db.markers import eta_squared, markers_per_label, select_markers
 from screader_db.progress import SILENT, Reporter
 from screader_db.provenance import describe
-from screader_db.reference_stats import collect
+from screader_db.reference_stats import ReferenceStats, collect
+from screader_db.vote import DEFAULT_POWER, DEFAULT_PROPAGATION
 
 BUILDER_VERSION = "atlas-1"
-DEFAULT_METHOD = "genept"
+DEFAULT_METHOD = "marker"
 
 
 @dataclass
@@ -49,6 +51,12 @@ class BuildSettings:
     center: str = "auto"
     index: str = "auto"
     layout: str = "umap"
+    markers_per_label: int = 50
+    marker_genes: str = "markers"
+    panel: list[str] | None = None
+    k: int = 15
+    vote_power: float = DEFAULT_POWER
+    propagation: float = DEFAULT_PROPAGATION
     seed: int = 0
 
 
@@ -100,16 +108,18 @@ def build_atlas(reference: Any, atlas: str | Path, *, label_key: str, dataset_na
                      f"{ref.mapping.n_input:,} genes mapped ({ref.kind})")
     plan = ref.plan()
     stats = collect(ref.source, plan, ref.labels, chunk=chunk, seed=settings.seed, reporter=reporter)
-    moments = stats.linear_moments()
-    chosen = variable_from_moments(moments[0], moments[1], stats.detected, settings.n_genes)
+    chosen, weights = choose_genes(stats, settings)
     genes = [plan.genes[i] for i in chosen]
+    reporter.message(f"{len(genes):,} genes chosen ({settings.method})")
     emb: GeneEmbeddings | None = None
     if settings.method in TEXT_METHODS:
         emb = _gene_vectors(genes, settings, resolver, reporter, device)
-    mean = stats.mean[chosen]
-    embedder = fit_embedder(settings.method, stats.sample[:, chosen], genes, mean=mean,
-                            gene_vectors=None if emb is None else emb.vectors, params={"center": settings.center},
-                            seed=settings.seed)
+    params = {} if settings.center == "auto" else {"center": settings.center}
+    embedder = fit_embedder(settings.method, stats.sample[:, chosen], genes,
+                            mean=None if settings.method in MARKER_METHODS else stats.mean[chosen],
+                            labels=stats.sample_labels(ref.labels), weights=weights,
+                            gene_vectors=None if emb is None else emb.vectors, params=params, seed=settings.seed)
+    mean = embedder.mean
     if dask is None:
         vectors = ref.embed(embedder, mean=mean, chunk=chunk, reporter=reporter)
         return write_version(root, [(ref, vectors)], embedder, emb, settings, reporter=reporter, action="build",
@@ -124,6 +134,27 @@ def build_atlas(reference: Any, atlas: str | Path, *, label_key: str, dataset_na
 
     return write_version(root, [(ref, on_dask)], embedder, emb, settings, reporter=reporter, action="build", wait=wait,
                          chunk=chunk)
+
+
+def choose_genes(stats: ReferenceStats, settings: BuildSettings) -> tuple[np.ndarray, np.ndarray | None]:
+    """The atlas genes (indices into the statistics' genes) and, for marker methods, their weights."""
+    allowed = None
+    if settings.panel:
+        panel = set(settings.panel)
+        allowed = np.array([g in panel for g in stats.genes])
+        if allowed.sum() < 10:
+            message = f"only {int(allowed.sum())} reference genes are in the --panel; check that the panel holds gene symbols"
+            raise ScreaderError(message)
+    mean, var = stats.linear_moments()
+    detected = stats.detected if allowed is None else np.where(allowed, stats.detected, 0)
+    if settings.method in MARKER_METHODS:
+        per_label = markers_per_label(len(stats.labels), settings.markers_per_label)
+        chosen = select_markers(stats, per_label=per_label, allowed=allowed)
+        if settings.marker_genes == "markers+hvg":
+            variable = variable_from_moments(mean, var, detected, settings.n_genes)
+            chosen = np.concatenate([chosen, np.setdiff1d(variable, chosen)])
+        return chosen, eta_squared(stats, chosen)
+    return variable_from_moments(mean, var, detected, settings.n_genes), None
 
 
 def atlas_provenance(settings: BuildSettings, embedder: CellEmbedder, emb: GeneEmbeddings | None) -> dict[str, Any]:

@@ -58,18 +58,18 @@ class ReferenceSource:
             check_values(block)
             yield start, normalise(block, self.kind, plan)
 
-    def mean(self, plan: GenePlan, chunk: int = CHUNK) -> np.ndarray:
-        """Gene means of the log-normalised data over the plan's genes (one pass)."""
-        total = np.zeros(len(plan.genes))
-        for _, block in self.chunks(plan, chunk):
-            total += np.asarray(block.sum(axis=0)).ravel()
-        return (total / max(self.n_cells, 1)).astype(np.float32)
-
     def embed(self, embedder: Any, *, mean: np.ndarray | None = None, chunk: int = CHUNK,
               reporter: Reporter = SILENT) -> np.ndarray:
-        """Vectors of every cell, centred on this data set's own gene means."""
+        """Vectors of every cell, centred on ``mean`` or on this data set's own centre (the
+        embedder's way: its mean or its composition-balanced mean)."""
+        from screader_db.centring import stream_centre
+
         plan = self.plan(embedder.genes)
-        centre = self.mean(plan, chunk) if mean is None else mean
+        if mean is None:
+            mode = embedder.centre_mode(self.n_cells)
+            mean = stream_centre(embedder, mode, lambda: self.chunks(plan, chunk), self.n_cells,
+                                 seed=int(embedder.params.get("seed", 0)))
+        centre = mean
         vectors = np.empty((self.n_cells, embedder.dim), dtype=np.float32)
         with reporter.task(f"Embedding {self.name}", self.n_cells, "cells") as advance:
             for start, block in self.chunks(plan, chunk):
