@@ -49,19 +49,27 @@ def donors(adata: Any, label_key: str, donor_key: str, name: str) -> list[Task]:
 
 
 def candidates() -> list[MethodSpec]:
+    """Every setting compared; the default is the one with the best criterion."""
     none = "none"
+    flat = (("propagation", 0.0),)
     return [
-        MethodSpec("expression, power 1", model=none, method="expression", options=(("power", 1.0), ("propagation", 0.0))),
-        MethodSpec("expression, power 4", model=none, method="expression", options=(("power", 4.0), ("propagation", 0.0))),
+        MethodSpec("expression, power 1", model=none, method="expression", options=(("power", 1.0), *flat)),
+        MethodSpec("expression, power 4", model=none, method="expression", options=(("power", 4.0), *flat)),
+        MethodSpec("expression, power 4, balanced centre", model=none, method="expression",
+                   options=(("power", 4.0), ("center", "balanced"), *flat)),
         MethodSpec("expression, power 4, propagation 0.5", model=none, method="expression",
                    options=(("power", 4.0), ("propagation", 0.5))),
-        MethodSpec("marker, power 4", model=none, method="marker", options=(("power", 4.0), ("propagation", 0.0))),
-        MethodSpec("marker, power 4, propagation 0.5", model=none, method="marker",
-                   options=(("power", 4.0), ("propagation", 0.5))),
-        MethodSpec("marker+hvg, power 4, propagation 0.5", model=none, method="marker",
-                   options=(("power", 4.0), ("propagation", 0.5), ("marker_genes", "markers+hvg"))),
-        MethodSpec("pca, power 4, propagation 0.5", model=none, method="pca",
-                   options=(("power", 4.0), ("propagation", 0.5))),
+        MethodSpec("pca, power 4", model=none, method="pca", options=(("power", 4.0), *flat)),
+        MethodSpec("marker, eta2 weights", model=none, method="marker",
+                   options=(("power", 4.0), ("gene_weights", "eta2"), *flat)),
+        MethodSpec("marker, eta2 weights, propagation 0.5", model=none, method="marker",
+                   options=(("power", 4.0), ("gene_weights", "eta2"), ("propagation", 0.5))),
+        MethodSpec("marker, unweighted", model=none, method="marker",
+                   options=(("power", 4.0), ("gene_weights", "none"), *flat)),
+        MethodSpec("marker+hvg, eta2 weights", model=none, method="marker",
+                   options=(("power", 4.0), ("marker_genes", "markers+hvg"), ("gene_weights", "eta2"), *flat)),
+        MethodSpec("hvg + prototypes, unweighted", model=none, method="marker",
+                   options=(("power", 4.0), ("marker_genes", "hvg"), ("gene_weights", "none"), *flat)),
     ]
 
 

@@ -17,7 +17,7 @@ import numpy as np
 import scipy.sparse as sp
 
 DEFAULT_POWER = 4.0
-DEFAULT_PROPAGATION = 0.5
+DEFAULT_PROPAGATION = 0.0
 GRAPH_K = 15
 ITERATIONS = 20
 

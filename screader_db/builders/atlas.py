@@ -53,6 +53,7 @@ class BuildSettings:
     layout: str = "umap"
     markers_per_label: int = 50
     marker_genes: str = "markers"
+    gene_weights: str = "none"
     panel: list[str] | None = None
     k: int = 15
     vote_power: float = DEFAULT_POWER
@@ -150,10 +151,10 @@ def choose_genes(stats: ReferenceStats, settings: BuildSettings) -> tuple[np.nda
     if settings.method in MARKER_METHODS:
         per_label = markers_per_label(len(stats.labels), settings.markers_per_label)
         chosen = select_markers(stats, per_label=per_label, allowed=allowed)
-        if settings.marker_genes == "markers+hvg":
+        if settings.marker_genes in ("markers+hvg", "hvg"):
             variable = variable_from_moments(mean, var, detected, settings.n_genes)
-            chosen = np.concatenate([chosen, np.setdiff1d(variable, chosen)])
-        return chosen, eta_squared(stats, chosen)
+            chosen = variable if settings.marker_genes == "hvg" else np.concatenate([chosen, np.setdiff1d(variable, chosen)])
+        return chosen, eta_squared(stats, chosen) if settings.gene_weights == "eta2" else None
     return variable_from_moments(mean, var, detected, settings.n_genes), None
 
 
