@@ -114,6 +114,39 @@ def restrict(cells: pd.DataFrame, column: str, *, datasets: list[str] | None, la
     return cells.index[keep.to_numpy()]
 
 
+MIN_NOVELTY_CELLS = 100
+
+
+def find_novel(query: PreparedQuery, opened: store.Atlas, *, chunk: int = CHUNK, cutoff: float | None = None,
+               reporter: Reporter = SILENT) -> tuple[Any, dict[str, Any]] | None:
+    """Novel clusters of the query against the atlas's label profiles (None when the atlas has none,
+    or the query is too small to cluster)."""
+    from screader_db.features import stream_moments, variable_from_moments
+    from screader_db.novelty import DEFAULT_CUTOFF, N_VARIABLE, stream_detect
+
+    found = opened.profiles()
+    n = query.source.n_cells
+    if found is None or n < MIN_NOVELTY_CELLS:
+        return None
+    profiles, calibration = found
+    plan = plan_genes(query.mapping.symbols, profiles.genes)
+
+    def chunks() -> Any:
+        for start, block in query.source.chunks(chunk):
+            yield start, normalise(block, query.kind, plan)
+
+    chosen = float(calibration.get("cutoff", DEFAULT_CUTOFF) if cutoff is None else cutoff)
+    with reporter.task("Looking for populations the atlas lacks", n, "cells") as advance:
+        mean, var, detected = stream_moments(chunks())
+        variable = variable_from_moments(mean, var, detected, N_VARIABLE)
+        result = stream_detect(chunks, n, profiles.genes, variable, profiles, cutoff=chosen,
+                               seed=int(opened.embedder.params.get("seed", 0)))
+        advance(n)
+    info = {"checked": True, "cutoff": chosen, "calibrated": bool(calibration.get("calibrated", False)),
+            "novel_cells": int(result.novel.sum()), **result.details}
+    return result, info
+
+
 def _reference_map(opened: store.Atlas, column: str, seed: int = 0) -> pd.DataFrame | None:
     layout = opened.layout()
     if layout is None:
@@ -139,7 +172,8 @@ def annotate(adata: Any, atlas: str | Path | store.Atlas, *, k: int | None = Non
              center: str | None = None, min_score: float = 0.0, level: str = "label", majority_voting: bool = False,
              datasets: list[str] | None = None, labels: list[str] | None = None,
              exclude_labels: list[str] | None = None, power: float | None = None, propagation: float | None = None,
-             version: int | None = None, chunk: int = CHUNK, reporter: Reporter = SILENT) -> AnnotationResult:
+             novelty: bool = True, novelty_cutoff: float | None = None, version: int | None = None, chunk: int = CHUNK,
+             reporter: Reporter = SILENT) -> AnnotationResult:
     """Label every cell of ``adata`` (an AnnData, or an .h5ad path read in backed mode).
 
     ``model``, when given, is the gene-embedding model the caller expects; an atlas built with
@@ -149,7 +183,10 @@ def annotate(adata: Any, atlas: str | Path | store.Atlas, *, k: int | None = Non
     per-cell label. ``datasets``, ``labels`` and ``exclude_labels`` restrict which atlas cells
     may be neighbours (labels at the chosen level). ``k``, ``power`` (neighbour weight
     max(cos, 0)^power) and ``propagation`` (smoothing over the query's own neighbour graph, 0 =
-    none) default to the atlas's annotation settings. The input AnnData is not changed.
+    none) default to the atlas's annotation settings. With ``novelty`` (the default), query
+    clusters that match no reference label (see :mod:`screader_db.novelty`) become
+    ``Unassigned``; ``novelty_cutoff`` overrides the atlas's calibrated cut-off. The input
+    AnnData is not changed.
     """
     if level not in LEVELS:
         message = f"level must be one of {', '.join(LEVELS)}, got {level!r}"
@@ -194,6 +231,15 @@ def annotate(adata: Any, atlas: str | Path | store.Atlas, *, k: int | None = Non
         "label": label.astype(object), "score": vote.score, "margin": vote.margin, "second_label": second.astype(object),
         "mean_similarity": vote.mean_similarity, "raw_label": raw.astype(object), "knn_label": knn_best,
     }, index=pd.Index([str(i) for i in query.source.obs.index]))
+    info_novelty: dict[str, Any] = {"checked": False}
+    if novelty:
+        found = find_novel(query, opened, chunk=chunk, cutoff=novelty_cutoff, reporter=reporter)
+        if found is not None:
+            result, info_novelty = found
+            table["label"] = np.where(result.novel, UNASSIGNED, table["label"].to_numpy())
+            table["novelty_cluster"] = pd.Categorical(result.cluster.astype(str))
+            table["cluster_match"] = result.match
+            table["novel"] = result.novel
     if majority_voting:
         from screader_db.clusters import cluster_cells, majority_labels
 
@@ -208,6 +254,7 @@ def annotate(adata: Any, atlas: str | Path | store.Atlas, *, k: int | None = Non
         "method": embedder.method, "k": int(min(k, sims.shape[1])), "genes_matched": int(query.plan.matched),
         "genes_in_atlas": len(embedder.genes), "species": query.mapping.species, "input_kind": query.kind,
         "min_score": float(min_score), "level": level, "power": power, "propagation": propagation,
+        "novelty": info_novelty,
     }
     if majority_voting:
         info["clustering"] = algorithm

@@ -259,6 +259,8 @@ def query(
     k: Annotated[int, typer.Option(help="Number of nearest reference cells that vote.")] = 15,
     truth_key: Annotated[str | None, typer.Option(help="obs column with known labels: also print accuracy and macro-F1.")] = None,
     min_score: Annotated[float, typer.Option(help="Cells whose vote share is below this become Unassigned.")] = 0.0,
+    novelty: Annotated[bool, typer.Option(help="Make query clusters that match no atlas label Unassigned.")] = True,
+    novelty_cutoff: Annotated[float | None, typer.Option(help="Cluster match (robust SDs) below which it is novel.")] = None,
     level: Annotated[str, typer.Option(help="label (each data set's own) or harmonised (through the atlas's label map).")] = "label",
     majority_voting: Annotated[bool, typer.Option(help="Also report each query cluster's majority label (Leiden, or k-means).")] = False,
     plots: Annotated[Path | None, typer.Option(help="Folder for PNGs: query on the reference map, scores, confusion matrix.")] = None,
@@ -294,7 +296,7 @@ def query(
         result = annotate(adata, atlas, k=k, layer=layer, use_raw=use_raw, gene_key=gene_key, species=species,
                           model=model, min_score=min_score, level=level, majority_voting=majority_voting,
                           datasets=_split(datasets), labels=_split(labels), exclude_labels=_split(exclude_labels),
-                          version=version, reporter=_reporter(quiet))
+                          novelty=novelty, novelty_cutoff=novelty_cutoff, version=version, reporter=_reporter(quiet))
         summary = result.summary()
         rows = [[str(label), int(r.cells), float(r.share), float(r.mean_score), int(r.unassigned)]
                 for label, r in summary.iterrows()]
@@ -302,6 +304,10 @@ def query(
                         ["label", "cells", "share", "mean score", "left unassigned"], rows))
         out.print(f"Unassigned: {result.n_unassigned:,}   mean score: {result.table['score'].mean():.3f}   "
                   f"genes matched: {result.info['genes_matched']:,}/{result.info['genes_in_atlas']:,}", highlight=False)
+        found = result.info.get("novelty", {})
+        if found.get("checked"):
+            out.print(f"Novel populations: {found['novel_clusters']} of {found['clusters']} query clusters "
+                      f"({found['novel_cells']:,} cells) match no atlas label (cut-off {found['cutoff']:.3f})", highlight=False)
         if truth_key:
             agree = result.agreement(adata.obs[truth_key])
             out.print(f"Agreement with {truth_key} on {agree.n_scored:,} cells whose label the atlas knows: "

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import scipy.sparse as sp
 
@@ -52,3 +54,25 @@ def variable_from_moments(mean: np.ndarray, var: np.ndarray, detected: np.ndarra
     order = np.argsort(-score, kind="stable")
     chosen = order[: min(n_top, int(np.isfinite(score).sum()))]
     return np.sort(chosen)
+
+
+def stream_moments(blocks: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Linear-scale mean, variance and detection counts per gene over log-normalised row blocks."""
+    total = total_sq = detected = None
+    n = 0
+    for _, block in blocks:
+        linear = block.copy()
+        linear.data = np.expm1(linear.data).astype(np.float64)
+        part = np.asarray(linear.sum(axis=0)).ravel()
+        linear.data **= 2
+        part_sq = np.asarray(linear.sum(axis=0)).ravel()
+        hits = np.diff(block.tocsc().indptr).astype(np.float64)
+        total = part if total is None else total + part
+        total_sq = part_sq if total_sq is None else total_sq + part_sq
+        detected = hits if detected is None else detected + hits
+        n += block.shape[0]
+    if total is None or total_sq is None or detected is None:
+        raise ValueError("no rows to summarise")
+    mean = total / max(n, 1)
+    var = np.maximum((total_sq / max(n, 1) - mean**2) * n / max(n - 1, 1), 0.0)
+    return mean, var, detected

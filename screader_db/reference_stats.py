@@ -72,6 +72,8 @@ def stratified_sample(codes: np.ndarray, size: int, *, seed: int = 0) -> np.ndar
     """
     rng = np.random.default_rng(seed)
     counts = np.bincount(codes)
+    if size <= 0:
+        return np.zeros(0, dtype=np.int64)
     if len(codes) <= size:
         return np.arange(len(codes))
     quota = np.zeros(len(counts), dtype=np.int64)

@@ -180,6 +180,24 @@ class Atlas:
             self._index, _ = load_index(self.path / "index.faiss")
         return self._index
 
+    def profiles(self) -> tuple[Any, dict[str, Any]] | None:
+        """Reference label profiles and the novelty calibration, if the atlas has them."""
+        path = self.path / "label_profiles.parquet"
+        if not path.is_file():
+            return None
+        import pyarrow.parquet as pq
+
+        from screader_db.novelty import LabelProfiles
+
+        table = pq.read_table(path)
+        meta = table.schema.metadata or {}
+        column = table.column("profile").combine_chunks()
+        means = column.flatten().to_numpy(zero_copy_only=False).reshape(len(table), column.type.list_size)
+        profiles = LabelProfiles(labels=table.column("label").to_pylist(), genes=json.loads(meta[b"screader_db.genes"]),
+                                 means=means.astype(np.float64), counts=table.column("n_cells").to_numpy(),
+                                 datasets=table.column("dataset").to_pylist())
+        return profiles, json.loads(meta.get(b"screader_db.novelty", b"{}"))
+
     def annotation_defaults(self) -> dict[str, Any]:
         """k, vote power and propagation the atlas was built to be queried with."""
         from screader_db.vote import DEFAULT_POWER, DEFAULT_PROPAGATION

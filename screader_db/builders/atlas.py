@@ -21,7 +21,7 @@ import pyarrow as pa
 
 from screader_db import store
 from screader_db.builders.reference import ReferenceSource, open_reference
-from screader_db.builders.writer import Draft, dataset_records, drafting, finish, write_dataset, write_layout
+from screader_db.builders.writer import Draft, dataset_records, drafting, finish, write_dataset, write_layout, write_profiles
 from screader_db.cell_embedding import MARKER_METHODS, TEXT_METHODS, CellEmbedder, fit_embedder
 from screader_db.checksums import sha256_text
 from screader_db.errors import OutputExistsError, ScreaderError
@@ -30,6 +30,7 @@ from screader_db.gene_vectors import GeneEmbeddings, write_gene_embeddings
 from screader_db.genes import GeneResolver
 from screader_db.inputs import CHUNK
 from screader_db.markers import eta_squared, markers_per_label, select_markers
+from screader_db.novelty import LabelProfiles, calibrate
 from screader_db.progress import SILENT, Reporter
 from screader_db.provenance import describe
 from screader_db.reference_stats import ReferenceStats, collect
@@ -121,10 +122,15 @@ def build_atlas(reference: Any, atlas: str | Path, *, label_key: str, dataset_na
                             labels=stats.sample_labels(ref.labels), weights=weights,
                             gene_vectors=None if emb is None else emb.vectors, params=params, seed=settings.seed)
     mean = embedder.mean
+    profiles = LabelProfiles(stats.labels, stats.genes, stats.class_means(), stats.class_counts,
+                             [ref.name] * len(stats.labels))
+    with reporter.task("Calibrating novelty on the reference", 1, "steps") as advance:
+        calibration = calibrate(stats.sample, stats.sample_labels(ref.labels), stats.genes, seed=settings.seed)
+        advance(1)
     if dask is None:
         vectors = ref.embed(embedder, mean=mean, chunk=chunk, reporter=reporter)
         return write_version(root, [(ref, vectors)], embedder, emb, settings, reporter=reporter, action="build",
-                             wait=wait, chunk=chunk)
+                             wait=wait, chunk=chunk, profiles=(profiles, calibration))
 
     def on_dask(draft: Draft) -> np.ndarray:
         from screader_db.builders.distributed import embed_with_dask
@@ -134,7 +140,7 @@ def build_atlas(reference: Any, atlas: str | Path, *, label_key: str, dataset_na
                                folder=draft.staging, provenance=draft.provenance_json(), chunk=chunk, reporter=reporter)
 
     return write_version(root, [(ref, on_dask)], embedder, emb, settings, reporter=reporter, action="build", wait=wait,
-                         chunk=chunk)
+                         chunk=chunk, profiles=(profiles, calibration))
 
 
 def choose_genes(stats: ReferenceStats, settings: BuildSettings) -> tuple[np.ndarray, np.ndarray | None]:
@@ -176,7 +182,8 @@ def atlas_provenance(settings: BuildSettings, embedder: CellEmbedder, emb: GeneE
 
 def write_version(root: Path, refs: list[tuple[ReferenceSource, np.ndarray | Callable[[Draft], np.ndarray]]],
                   embedder: CellEmbedder, emb: GeneEmbeddings | None, settings: BuildSettings, *, reporter: Reporter,
-                  action: str, wait: float = 0.0, chunk: int = CHUNK) -> store.Atlas:
+                  action: str, wait: float = 0.0, chunk: int = CHUNK,
+                  profiles: tuple[LabelProfiles, dict[str, Any]] | None = None) -> store.Atlas:
     """Write a complete new version from the given data sets and publish it.
 
     A data set's vectors are given, or computed inside the draft by a function that also writes
@@ -208,6 +215,8 @@ def write_version(root: Path, refs: list[tuple[ReferenceSource, np.ndarray | Cal
             emb.extra["build_id"] = draft.build_id
             write_gene_embeddings(emb, draft.staging / "gene_embeddings.parquet")
         embedder.save(draft.staging / "embedder.safetensors", provenance)
+        if profiles is not None:
+            write_profiles(draft, *profiles)
         ids = np.concatenate(all_ids)
         vecs = np.concatenate(all_vectors)
         layout = _layout(vecs, settings, reporter)

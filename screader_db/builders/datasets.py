@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from screader_db import store
-from screader_db.builders.writer import Draft, drafting, finish, write_dataset, write_layout
+from screader_db.builders.writer import Draft, drafting, finish, write_dataset, write_layout, write_profiles
 from screader_db.catalogue import read_tables
 from screader_db.errors import AtlasError, OutputExistsError
 from screader_db.progress import SILENT, Reporter
@@ -79,6 +79,17 @@ def add_dataset(atlas: str | Path, reference: Any, *, label_key: str, name: str 
     _check_name(ref.name, [d["name"] for d in previous.datasets])
     ref.harmonise(mapping_table)
     vectors = ref.embed(embedder, reporter=reporter)
+    found = previous.profiles()
+    profiles = None
+    if found is not None:
+        from screader_db.novelty import LabelProfiles
+        from screader_db.reference_stats import collect
+
+        plan = ref.plan()
+        stats = collect(ref.source, plan, ref.labels, sample_cells=0, reporter=reporter)
+        added = LabelProfiles(stats.labels, stats.genes, stats.class_means(), stats.class_counts,
+                              [ref.name] * len(stats.labels))
+        profiles = (found[0].extend(added), found[1])
     with drafting(root, action=f"add {ref.name}", provenance=previous.provenance, wait=wait) as draft:
         if store.current_version(root) != previous.version:
             message = "the atlas changed while the data set was being embedded; run the command again"
@@ -87,6 +98,8 @@ def add_dataset(atlas: str | Path, reference: Any, *, label_key: str, name: str 
         _carry(draft, previous)
         dataset_id = max((int(d["dataset_id"]) for d in previous.datasets), default=0) + 1
         ids, frame, row = write_dataset(draft, ref, dataset_id, vectors)
+        if profiles is not None:
+            write_profiles(draft, *profiles)
         placed = _placement(previous, vectors)
         layout = previous.layout()
         if placed is not None and layout is not None:
@@ -137,6 +150,10 @@ def remove_dataset(atlas: str | Path, name: str, *, wait: float = 0.0, reporter:
             info = {**sidecar["index"], "n": int(index.ntotal)}
             save_index(index, _info(info), draft.staging / "index.faiss", draft.provenance)
             advance(int(gone["n_cells"]))
+        found = previous.profiles()
+        if found is not None:
+            keep = np.array([d != name for d in found[0].datasets], dtype=bool)
+            write_profiles(draft, found[0].subset(keep), found[1])
         layout = previous.layout()
         if layout is not None:
             kept = layout[store.dataset_of(layout.index.to_numpy()) != dataset_id]

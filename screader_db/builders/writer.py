@@ -218,3 +218,18 @@ def finish(draft: Draft, tables: dict[str, pd.DataFrame], *, atlas_provenance: d
         "files": {f["path"]: f["sha256"] for f in files},
     }
     (draft.staging / "VERSION.json").write_text(json.dumps(meta, indent=2, sort_keys=True, default=str))
+
+
+def write_profiles(draft: Draft, profiles: Any, calibration: dict[str, Any]) -> None:
+    """Reference label profiles (mean log expression over every reference gene) and the novelty calibration."""
+    flat = pa.array(np.asarray(profiles.means, dtype=np.float32).ravel(), pa.float32())
+    table = pa.table({
+        "dataset": pa.array(profiles.datasets or [""] * len(profiles.labels), pa.string()),
+        "label": pa.array(profiles.labels, pa.string()),
+        "n_cells": pa.array(np.asarray(profiles.counts, dtype=np.int64), pa.int64()),
+        "profile": pa.FixedSizeListArray.from_arrays(flat, len(profiles.genes)),
+    })
+    meta = {PROVENANCE_KEY: draft.provenance_json(), b"screader_db.genes": json.dumps(profiles.genes),
+            b"screader_db.novelty": json.dumps(calibration)}
+    path = draft.staging / "label_profiles.parquet"
+    pq.write_table(table.replace_schema_metadata(meta), path, compression="zstd")

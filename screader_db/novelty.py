@@ -1,0 +1,246 @@
+"""Novel populations: query clusters whose expression matches no reference label.
+
+A cell type that is missing from the atlas still gets a label from its nearest atlas cells, and
+often a confident one. What gives it away is its population: the query is clustered on its own
+variable genes, each cluster's mean profile is correlated with every reference label's mean
+profile (both centred on the mean of their own profiles, over the query's variable genes), and
+a cluster whose best correlation is far below that of the query's other clusters matches
+nothing in the atlas. Its cells become ``Unassigned``.
+
+Scores are relative to the query's own clusters: each cluster's best correlation divided by the
+cell-weighted median over all clusters (the relative match), then expressed in robust standard
+deviations of that query's relative matches (1.4826 × median absolute deviation). A global
+shift between data sets, such as another species or platform, lowers every correlation and
+widens their spread; neither makes every cell look novel. The cut-off, in those units, is
+calibrated when the atlas is built by hiding each reference label in turn from a split of the
+reference itself, and is never set closer than 2 robust standard deviations to the median.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+
+DEFAULT_CUTOFF = -2.5
+MAX_CUTOFF = -2.0
+MAD_FLOOR = 0.02
+KNOWN_LOSS = 0.025
+MIN_CLUSTER = 10
+N_VARIABLE = 2000
+N_COMPONENTS = 30
+SAMPLE_CELLS = 30_000
+
+
+@dataclass
+class LabelProfiles:
+    """Mean log expression of every reference label over the reference genes."""
+
+    labels: list[str]
+    genes: list[str]
+    means: np.ndarray
+    counts: np.ndarray
+    datasets: list[str] = field(default_factory=list)
+
+    def subset(self, keep: np.ndarray) -> LabelProfiles:
+        datasets = [d for d, k in zip(self.datasets, keep, strict=True) if k] if self.datasets else []
+        return LabelProfiles([lab for lab, k in zip(self.labels, keep, strict=True) if k], self.genes, self.means[keep],
+                             self.counts[keep], datasets)
+
+    def extend(self, other: LabelProfiles) -> LabelProfiles:
+        """These profiles and another data set's, over these genes (genes it lacks count as 0)."""
+        index = {g: i for i, g in enumerate(other.genes)}
+        means = np.zeros((len(other.labels), len(self.genes)))
+        for j, gene in enumerate(self.genes):
+            if gene in index:
+                means[:, j] = other.means[:, index[gene]]
+        return LabelProfiles(self.labels + other.labels, self.genes, np.vstack([self.means, means]),
+                             np.concatenate([self.counts, other.counts]), self.datasets + other.datasets)
+
+    def restrict(self, genes: list[str]) -> np.ndarray:
+        index = {g: i for i, g in enumerate(self.genes)}
+        return self.means[:, [index[g] for g in genes]]
+
+
+@dataclass
+class NoveltyResult:
+    """Per cell: its cluster, the cluster's best reference label and relative match, novel or not."""
+
+    cluster: np.ndarray
+    best_label: np.ndarray
+    match: np.ndarray  # the cluster's match score in robust standard deviations (negative = worse than typical)
+    novel: np.ndarray
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+def n_clusters_for(n_cells: int) -> int:
+    """Over-cluster a little so that a small novel population gets a cluster of its own."""
+    return int(np.clip(round(np.sqrt(n_cells) / 2), 4, 60))
+
+
+def cluster_cells(X: np.ndarray, *, n_clusters: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """k-means on principal components: (labels, centroids in PC space, PC loadings with the mean first row)."""
+    from screader_db.centring import _kmeans
+
+    mean = X.mean(axis=0)
+    centred = X - mean
+    if centred.shape[1] > N_COMPONENTS:
+        from sklearn.utils.extmath import randomized_svd
+
+        _, _, vt = randomized_svd(centred, n_components=min(N_COMPONENTS, min(centred.shape) - 1), random_state=seed)
+    else:
+        vt = np.eye(centred.shape[1])
+    points = centred @ vt.T
+    labels = _kmeans(points, n_clusters, seed)
+    centroids = np.stack([points[labels == j].mean(axis=0) for j in range(labels.max() + 1)])
+    return labels, centroids, np.vstack([mean, vt])
+
+
+def assign(X: np.ndarray, centroids: np.ndarray, loadings: np.ndarray) -> np.ndarray:
+    """Nearest centroid of each row (in the PC space the centroids live in)."""
+    points = (X - loadings[0]) @ loadings[1:].T
+    d = (points**2).sum(axis=1)[:, None] - 2 * points @ centroids.T + (centroids**2).sum(axis=1)[None, :]
+    return d.argmin(axis=1)
+
+
+def best_matches(cluster_means: np.ndarray, label_means: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For each cluster profile: the best-correlated label profile and that correlation.
+
+    Each side is centred on the mean of its own profiles first, so correlations compare how a
+    population differs from the others, not the data sets' overall levels.
+    """
+    a = cluster_means - cluster_means.mean(axis=0)
+    b = label_means - label_means.mean(axis=0)
+    a = a - a.mean(axis=1, keepdims=True)
+    b = b - b.mean(axis=1, keepdims=True)
+    a /= np.linalg.norm(a, axis=1, keepdims=True) + 1e-12
+    b /= np.linalg.norm(b, axis=1, keepdims=True) + 1e-12
+    corr = a @ b.T
+    return corr.argmax(axis=1), corr.max(axis=1)
+
+
+def weighted_median(values: np.ndarray, weights: np.ndarray) -> float:
+    order = np.argsort(values)
+    cumulative = np.cumsum(weights[order])
+    return float(values[order][np.searchsorted(cumulative, cumulative[-1] / 2)])
+
+
+def relative_match(best: np.ndarray, sizes: np.ndarray) -> np.ndarray:
+    """Best correlations divided by their cell-weighted median over the clusters."""
+    return best / max(weighted_median(best, sizes), 1e-6)
+
+
+def match_scores(relative: np.ndarray, sizes: np.ndarray) -> np.ndarray:
+    """Relative matches in robust standard deviations below (negative) or above the median."""
+    centre = weighted_median(relative, sizes)
+    spread = 1.4826 * weighted_median(np.abs(relative - centre), sizes)
+    return (relative - centre) / max(spread, MAD_FLOOR)
+
+
+def detect(X_variable: np.ndarray, genes: list[str], profiles: LabelProfiles, *, cutoff: float = DEFAULT_CUTOFF,
+           seed: int = 0) -> NoveltyResult:
+    """Novel clusters of a query given as a dense matrix over variable genes (all held in memory)."""
+    n = len(X_variable)
+    labels, _, _ = cluster_cells(X_variable, n_clusters=n_clusters_for(n), seed=seed)
+    return _judge(labels, X_variable, genes, profiles, cutoff)
+
+
+def _judge(cluster: np.ndarray, X: np.ndarray | None, genes: list[str], profiles: LabelProfiles, cutoff: float,
+           sums: np.ndarray | None = None) -> NoveltyResult:
+    k = int(cluster.max()) + 1
+    sizes = np.bincount(cluster, minlength=k).astype(np.float64)
+    if sums is None:
+        assert X is not None
+        sums = np.zeros((k, X.shape[1]))
+        np.add.at(sums, cluster, X)
+    means = sums / np.maximum(sizes, 1)[:, None]
+    usable = sizes >= MIN_CLUSTER
+    arg, best = best_matches(means[usable], profiles.restrict(genes))
+    full_best = np.full(k, np.nan)
+    full_arg = np.full(k, -1)
+    full_best[usable], full_arg[usable] = best, arg
+    rel = np.ones(k)
+    score = np.zeros(k)
+    if usable.sum() >= 2:
+        rel[usable] = relative_match(best, sizes[usable])
+        score[usable] = match_scores(rel[usable], sizes[usable])
+    novel_cluster = usable & (score < cutoff)
+    label_names = np.asarray([*profiles.labels, ""], dtype=object)
+    details = {"clusters": int(k), "cutoff": cutoff, "novel_clusters": int(novel_cluster.sum()),
+               "cluster_sizes": sizes.astype(int).tolist(), "cluster_match": np.round(rel, 3).tolist(),
+               "cluster_score": np.round(score, 2).tolist(), "cluster_best_label": label_names[full_arg].tolist()}
+    return NoveltyResult(cluster=cluster, best_label=label_names[full_arg][cluster], match=score[cluster].astype(np.float32),
+                         novel=novel_cluster[cluster], details=details)
+
+
+def stream_detect(chunks: Callable[[], Iterator[tuple[int, sp.csr_matrix]]], n_cells: int, genes: list[str],
+                  variable: np.ndarray, profiles: LabelProfiles, *, cutoff: float = DEFAULT_CUTOFF, seed: int = 0,
+                  sample_cells: int = SAMPLE_CELLS) -> NoveltyResult:
+    """:func:`detect` for a query read in chunks (columns follow ``genes``; ``variable`` indexes them):
+    cluster a sample, assign every cell to its nearest cluster, sum profiles per cluster."""
+    rng = np.random.default_rng(seed)
+    rows = np.sort(rng.choice(n_cells, size=min(n_cells, sample_cells), replace=False))
+    picked = []
+    for start, block in chunks():
+        local = rows[(rows >= start) & (rows < start + block.shape[0])] - start
+        if len(local):
+            picked.append(np.asarray(block[local][:, variable].todense(), dtype=np.float64))
+    sample = np.vstack(picked)
+    _, centroids, loadings = cluster_cells(sample, n_clusters=n_clusters_for(n_cells), seed=seed)
+    cluster = np.empty(n_cells, dtype=np.int64)
+    sums = np.zeros((len(centroids), len(variable)))
+    for start, block in chunks():
+        dense = np.asarray(block[:, variable].todense(), dtype=np.float64)
+        part = assign(dense, centroids, loadings)
+        cluster[start : start + len(part)] = part
+        np.add.at(sums, part, dense)
+    return _judge(cluster, None, [genes[i] for i in variable], profiles, cutoff, sums=sums)
+
+
+def calibrate(sample: sp.csr_matrix, labels: np.ndarray, genes: list[str], *, seed: int = 0,
+              min_label_cells: int = 20, max_known_loss: float = KNOWN_LOSS) -> dict[str, Any]:
+    """Choose the cut-off on the reference alone.
+
+    The sample is split 70/30. Each label with at least ``min_label_cells`` cells is hidden in turn
+    from the 70% part (whose label profiles stand in for the atlas); the 30% part, clustered, stands
+    in for the query. The cut-off is the highest one (at most ``MAX_CUTOFF``) that leaves at most
+    ``max_known_loss`` of the known cells unassigned, averaged over the hidden labels; the share
+    of hidden cells caught is reported beside it.
+    """
+    from screader_db.features import highly_variable
+
+    rng = np.random.default_rng(seed)
+    labels = np.asarray(labels).astype(str)
+    test = np.zeros(len(labels), dtype=bool)
+    for label in np.unique(labels):
+        members = np.flatnonzero(labels == label)
+        test[rng.choice(members, size=round(0.3 * len(members)), replace=False)] = True
+    candidates = [label for label in np.unique(labels) if (labels == label).sum() >= min_label_cells]
+    if len(candidates) < 3 or test.sum() < 50:
+        return {"cutoff": DEFAULT_CUTOFF, "calibrated": False, "reason": "too few labelled cells to calibrate"}
+    variable = highly_variable(sample[test], min(N_VARIABLE, sample.shape[1]))
+    query = np.asarray(sample[test][:, variable].todense(), dtype=np.float64)
+    train = sample[~test]
+    cluster, _, _ = cluster_cells(query, n_clusters=n_clusters_for(len(query)), seed=seed)
+    grid = np.round(np.arange(-8.0, MAX_CUTOFF + 0.01, 0.25), 2)
+    known_loss = np.zeros((len(candidates), len(grid)))
+    caught = np.zeros((len(candidates), len(grid)))
+    for i, hidden in enumerate(candidates):
+        kept = labels[~test] != hidden
+        names = sorted(set(labels[~test][kept]))
+        means = np.stack([np.asarray(train[labels[~test] == name].mean(axis=0)).ravel() for name in names])
+        profiles = LabelProfiles(names, genes, means, np.zeros(len(names)))
+        is_hidden = labels[test] == hidden
+        for j, cut in enumerate(grid):
+            result = _judge(cluster, query, [genes[g] for g in variable], profiles, float(cut))
+            known_loss[i, j] = result.novel[~is_hidden].mean()
+            caught[i, j] = result.novel[is_hidden].mean()
+    loss, catch = known_loss.mean(axis=0), caught.mean(axis=0)
+    allowed = np.flatnonzero(loss <= max_known_loss)
+    j = int(allowed[-1]) if len(allowed) else 0
+    return {"cutoff": float(grid[j]), "calibrated": True, "known_unassigned": float(loss[j]),
+            "hidden_caught": float(catch[j]), "labels_hidden": candidates, "grid": grid.tolist(),
+            "known_loss_curve": np.round(loss, 4).tolist(), "caught_curve": np.round(catch, 4).tolist()}

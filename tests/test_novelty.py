@@ -1,0 +1,65 @@
+"""Novel populations: unit tests on generated data, and the hold-out test on real data."""
+
+import numpy as np
+import pytest
+
+from conftest import make_counts
+from screader_db import annotate
+from screader_db.builders.atlas import BuildSettings, build_atlas
+from screader_db.novelty import LabelProfiles, best_matches, detect, match_scores, relative_match
+
+
+def test_best_matches_centre_each_side():
+    labels = np.array([[5.0, 0.0, 0.0, 1.0], [0.0, 5.0, 0.0, 1.0], [0.0, 0.0, 5.0, 1.0]])
+    clusters = labels[[1, 2, 0]] * 2 + 3.0
+    arg, best = best_matches(clusters, labels)
+    assert list(arg) == [1, 2, 0]
+    np.testing.assert_allclose(best, 1.0, atol=1e-9)
+
+
+def test_match_scores_are_robust_standard_deviations():
+    rel = relative_match(np.array([0.5, 0.5, 0.52, 0.48, 0.1]), np.array([100, 100, 100, 100, 50]))
+    scores = match_scores(rel, np.array([100, 100, 100, 100, 50]))
+    assert scores[-1] < -3
+    assert np.all(np.abs(scores[:4]) < 2)
+
+
+def test_a_population_the_profiles_lack_is_found():
+    adata = make_counts(n_cells=900, n_types=6, seed=3)
+    from screader_db.inputs import load_expression
+
+    expr = load_expression(adata)
+    X = expr.X.toarray().astype(float)
+    kinds = adata.obs["cell_type"].astype(str).to_numpy()
+    known = [k for k in sorted(set(kinds)) if k != "type5"]
+    means = np.stack([X[kinds == k].mean(axis=0) for k in known])
+    result = detect(X, expr.genes, LabelProfiles(known, expr.genes, means, np.ones(len(known))), cutoff=-2.0)
+    assert result.novel[kinds == "type5"].mean() > 0.8
+    assert result.novel[kinds != "type5"].mean() < 0.1
+
+
+@pytest.fixture(scope="module")
+def baron(data_path):
+    from screader_db.inputs import read_h5ad
+
+    return read_h5ad(data_path("baron_human")), read_h5ad(data_path("baron_mouse"))
+
+
+def test_a_type_missing_from_the_atlas_comes_back_unassigned(baron, tmp_path):
+    human, mouse = baron
+    held_out = "endothelial cell"
+    reference = human[human.obs["cell_ontology_class"] != held_out].copy()
+    atlas = build_atlas(reference, tmp_path / "atlas", label_key="cell_ontology_class",
+                        settings=BuildSettings(layout="none"))
+    result = annotate(mouse, atlas)
+    truth = mouse.obs["cell_ontology_class"].astype(str).to_numpy()
+    labels = result.labels.to_numpy()
+    assigned = labels != "Unassigned"
+    novel = truth == held_out
+    shared = np.isin(truth, reference.obs["cell_ontology_class"].astype(str).unique())
+    print(f"\n{held_out}: {1 - assigned[novel].mean():.3f} Unassigned; shared types {assigned[shared].mean():.3f} assigned, "
+          f"precision {(labels[shared & assigned] == truth[shared & assigned]).mean():.3f}; "
+          f"cut-off {result.info['novelty']['cutoff']}")
+    assert 1 - assigned[novel].mean() >= 0.7
+    assert assigned[shared].mean() >= 0.9
+    assert (labels[shared & assigned] == truth[shared & assigned]).mean() >= 0.9
