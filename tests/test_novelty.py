@@ -2,8 +2,8 @@
 
 import numpy as np
 import pytest
-
 from conftest import make_counts
+
 from screader_db import annotate
 from screader_db.builders.atlas import BuildSettings, build_atlas
 from screader_db.novelty import LabelProfiles, best_matches, detect, match_scores, relative_match
