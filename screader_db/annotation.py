@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from screader_db import store
+from screader_db.calibration import confidence_of
 from screader_db.errors import GeneOverlapError, ScreaderError, ScreaderWarning
 from screader_db.genes import GeneMapping, looks_like_ensembl
 from screader_db.inputs import CHUNK, ExpressionSource, GenePlan, check_values, map_genes, normalise, open_expression, plan_genes, read_h5ad
@@ -169,7 +170,8 @@ def _placement(opened: store.Atlas, sims: np.ndarray, ids: np.ndarray) -> np.nda
 
 def annotate(adata: Any, atlas: str | Path | store.Atlas, *, k: int | None = None, layer: str | None = None,
              use_raw: bool = False, gene_key: str | None = None, species: str = "auto", model: str | None = None,
-             center: str | None = None, min_score: float = 0.0, level: str = "label", majority_voting: bool = False,
+             center: str | None = None, min_score: float | None = None, min_margin: float = 0.0, level: str = "label",
+             majority_voting: bool = False,
              datasets: list[str] | None = None, labels: list[str] | None = None,
              exclude_labels: list[str] | None = None, power: float | None = None, propagation: float | None = None,
              novelty: bool = True, novelty_cutoff: float | None = None, version: int | None = None, chunk: int = CHUNK,
@@ -177,7 +179,9 @@ def annotate(adata: Any, atlas: str | Path | store.Atlas, *, k: int | None = Non
     """Label every cell of ``adata`` (an AnnData, or an .h5ad path read in backed mode).
 
     ``model``, when given, is the gene-embedding model the caller expects; an atlas built with
-    another one is refused. Cells whose vote share is below ``min_score`` become ``Unassigned``.
+    another one is refused. Cells whose vote share is below ``min_score`` (default: the atlas's
+    calibrated cut-off) or whose margin to the runner-up is below ``min_margin`` become
+    ``Unassigned``.
     ``level`` is ``label`` (each data set's own labels) or ``harmonised`` (through the atlas's
     label map). ``majority_voting`` adds the majority label of each query cluster beside the
     per-cell label. ``datasets``, ``labels`` and ``exclude_labels`` restrict which atlas cells
@@ -199,6 +203,7 @@ def annotate(adata: Any, atlas: str | Path | store.Atlas, *, k: int | None = Non
     k = int(defaults["k"] if k is None else k)
     power = float(defaults["power"] if power is None else power)
     propagation = float(defaults["propagation"] if propagation is None else propagation)
+    min_score = float(defaults["min_score"] if min_score is None else min_score)
     embedder = opened.embedder
     reporter.message("Reading the query")
     query = prepare_query(adata, embedder.genes, layer=layer, use_raw=use_raw, gene_key=gene_key, species=species)
@@ -225,10 +230,11 @@ def annotate(adata: Any, atlas: str | Path | store.Atlas, *, k: int | None = Non
     vote = decide(shares, sims, codes)
     names_arr = np.asarray(vocabulary, dtype=object)
     raw = names_arr[vote.best]
-    label = np.where(vote.score >= min_score, raw, UNASSIGNED)
+    label = np.where((vote.score >= min_score) & (vote.margin >= min_margin), raw, UNASSIGNED)
     second = np.where(vote.second >= 0, names_arr[np.clip(vote.second, 0, None)], "")
     table = pd.DataFrame({
-        "label": label.astype(object), "score": vote.score, "margin": vote.margin, "second_label": second.astype(object),
+        "label": label.astype(object), "score": vote.score, "confidence": confidence_of(vote.score, defaults["scores"]),
+        "margin": vote.margin, "second_label": second.astype(object),
         "mean_similarity": vote.mean_similarity, "raw_label": raw.astype(object), "knn_label": knn_best,
     }, index=pd.Index([str(i) for i in query.source.obs.index]))
     info_novelty: dict[str, Any] = {"checked": False}
@@ -253,7 +259,7 @@ def annotate(adata: Any, atlas: str | Path | store.Atlas, *, k: int | None = Non
         "atlas": str(opened.root), "atlas_version": opened.version, "model_id": opened.model_id,
         "method": embedder.method, "k": int(min(k, sims.shape[1])), "genes_matched": int(query.plan.matched),
         "genes_in_atlas": len(embedder.genes), "species": query.mapping.species, "input_kind": query.kind,
-        "min_score": float(min_score), "level": level, "power": power, "propagation": propagation,
+        "min_score": float(min_score), "min_margin": float(min_margin), "level": level, "power": power, "propagation": propagation,
         "novelty": info_novelty,
     }
     if majority_voting:

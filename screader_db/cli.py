@@ -258,7 +258,8 @@ def query(
     table_path: Annotated[Path | None, typer.Option("--table", help="Per-cell results as .csv, .tsv or .parquet.")] = None,
     k: Annotated[int, typer.Option(help="Number of nearest reference cells that vote.")] = 15,
     truth_key: Annotated[str | None, typer.Option(help="obs column with known labels: also print accuracy and macro-F1.")] = None,
-    min_score: Annotated[float, typer.Option(help="Cells whose vote share is below this become Unassigned.")] = 0.0,
+    min_score: Annotated[float | None, typer.Option(help="Vote share below which a cell is Unassigned (default: calibrated).")] = None,
+    min_margin: Annotated[float, typer.Option(help="Margin to the runner-up label below which a cell is Unassigned.")] = 0.0,
     novelty: Annotated[bool, typer.Option(help="Make query clusters that match no atlas label Unassigned.")] = True,
     novelty_cutoff: Annotated[float | None, typer.Option(help="Cluster match (robust SDs) below which it is novel.")] = None,
     level: Annotated[str, typer.Option(help="label (each data set's own) or harmonised (through the atlas's label map).")] = "label",
@@ -294,7 +295,8 @@ def query(
             raise ScreaderError(f"--truth-key {truth_key!r} is not an obs column; columns present: "
                                 f"{', '.join(map(str, adata.obs.columns))}")
         result = annotate(adata, atlas, k=k, layer=layer, use_raw=use_raw, gene_key=gene_key, species=species,
-                          model=model, min_score=min_score, level=level, majority_voting=majority_voting,
+                          model=model, min_score=min_score, min_margin=min_margin, level=level,
+                          majority_voting=majority_voting,
                           datasets=_split(datasets), labels=_split(labels), exclude_labels=_split(exclude_labels),
                           novelty=novelty, novelty_cutoff=novelty_cutoff, version=version, reporter=_reporter(quiet))
         summary = result.summary()
@@ -487,7 +489,7 @@ def evaluate(
     split: Annotated[float, typer.Option(help="Without --query: share of the reference held out per split.")] = 0.2,
     seeds: Annotated[int, typer.Option(help="Splits (without --query) or random-twin seeds (with it).")] = 3,
     model: Annotated[str, typer.Option(help="Gene text model of the project's methods.")] = "minilm",
-    methods: Annotated[str | None, typer.Option(help="Comma-separated project methods (default: the build default).")] = None,
+    methods: Annotated[str | None, typer.Option(help="Comma-separated project methods (default: marker,marker-text,genept).")] = None,
     celltypist: Annotated[bool, typer.Option(help="Include CellTypist trained on the same reference.")] = True,
     k: Annotated[int, typer.Option(help="Neighbours that vote.")] = 15,
     n_genes: Annotated[int, typer.Option(help="Variable genes of the reference.")] = 3000,

@@ -22,7 +22,8 @@ from screader_db.errors import ScreaderError
 from screader_db.progress import SILENT, Reporter
 
 UNASSIGNED = "Unassigned"
-QUERY_OPTIONS = ("min_score", "power", "propagation", "center", "k")
+QUERY_OPTIONS = ("min_score", "min_margin", "power", "propagation", "center", "k", "novelty")
+FORCED = {"min_score": 0.0, "novelty": False}
 
 
 @dataclass(frozen=True)
@@ -31,7 +32,8 @@ class MethodSpec:
 
     ``kind`` is ``atlas`` (build an atlas with ``model`` / ``method`` and query it) or
     ``celltypist``. ``group`` names the row the results are averaged into (seeds of a random
-    twin share one group).
+    twin share one group). Atlas methods label every cell (no score cut-off, no novelty check)
+    unless ``options`` say otherwise, so that accuracies compare labels with labels.
     """
 
     name: str
@@ -58,20 +60,33 @@ class Task:
     seed: int = 0
 
 
-def standard_specs(model: str = "minilm", *, methods: tuple[str, ...] = ("genept",), random_seeds: int = 3,
-                   baselines: bool = True, celltypist: bool = True) -> list[MethodSpec]:
-    """The project's methods with ``model``, their random-vector twins, expression baselines and CellTypist."""
+PROTOCOL = (("power", 1.0), ("propagation", 0.0))
+
+
+def standard_specs(model: str = "minilm", *, methods: tuple[str, ...] = ("marker", "marker-text", "genept"),
+                   random_seeds: int = 3, baselines: bool = True, celltypist: bool = True,
+                   abstention: bool = True) -> list[MethodSpec]:
+    """The project's methods (text ones with ``model`` and their random-vector twins), the
+    default with its Unassigned rules on, and the baselines: expression kNN and PCA-50 kNN with
+    the usual similarity-weighted vote, and CellTypist."""
+    from screader_db.builders.atlas import DEFAULT_METHOD
     from screader_db.cell_embedding import TEXT_METHODS
 
     specs = []
     for method in methods:
+        if method not in TEXT_METHODS:
+            tag = " (default)" if method == DEFAULT_METHOD else ""
+            specs.append(MethodSpec(f"{method}{tag}", model="none", method=method))
+            if abstention and method == DEFAULT_METHOD:
+                specs.append(MethodSpec(f"{method}{tag}, Unassigned rules on", model="none", method=method,
+                                        options=(("min_score", None), ("novelty", True))))
+            continue
         specs.append(MethodSpec(f"{method} ({model})", model=model, method=method))
-        if method in TEXT_METHODS:
-            specs += [MethodSpec(f"{method} (random:{seed})", model=f"random:{_dim(model)}:{seed}", method=method,
-                                 group=f"{method} (random vectors)") for seed in range(random_seeds)]
+        specs += [MethodSpec(f"{method} (random:{seed})", model=f"random:{_dim(model)}:{seed}", method=method,
+                             group=f"{method} (random vectors)") for seed in range(random_seeds)]
     if baselines:
-        specs += [MethodSpec("expression kNN", model="none", method="expression"),
-                  MethodSpec("PCA-50 kNN", model="none", method="pca")]
+        specs += [MethodSpec("expression kNN", model="none", method="expression", options=PROTOCOL),
+                  MethodSpec("PCA-50 kNN", model="none", method="pca", options=PROTOCOL)]
     if celltypist:
         specs.append(MethodSpec("CellTypist", kind="celltypist"))
     return specs
@@ -136,7 +151,8 @@ def _atlas_labels(task: Task, spec: MethodSpec, *, k: int, n_genes: int, workdir
                              **{k_: v for k_, v in options.items() if k_ not in QUERY_OPTIONS})
     atlas = build_atlas(task.reference, workdir / f"atlas-{time.time_ns()}", label_key=task.label_key,
                         dataset_name="reference", settings=settings, reporter=reporter)
-    result = annotate(task.query, atlas, k=k, **{k_: v for k_, v in options.items() if k_ in QUERY_OPTIONS})
+    query_options = {**FORCED, **{k_: v for k_, v in options.items() if k_ in QUERY_OPTIONS}}
+    result = annotate(task.query, atlas, **{"k": k, **query_options})
     return result.labels.astype(str).to_numpy()
 
 
@@ -248,7 +264,6 @@ def run_evaluation(*, reference: str | Path, label_key: str, query: str | Path |
     With ``query``: one transfer task (the random twin runs ``seeds`` times). Without it:
     ``seeds`` stratified splits of the reference holding out ``split`` (default 0.2) of it.
     """
-    from screader_db.builders.atlas import DEFAULT_METHOD
     from screader_db.fetch import resolve_dataset
     from screader_db.inputs import read_h5ad
 
@@ -263,7 +278,7 @@ def run_evaluation(*, reference: str | Path, label_key: str, query: str | Path |
         tasks = split_tasks(ref, label_key=label_key, seeds=seeds, test_size=split or 0.2, name=ref_name)
         title = f"{ref_name}: {seeds} stratified {split or 0.2:.0%} splits ({model}, k={k}, {n_genes} genes)"
         random_seeds = 1
-    chosen = tuple(m.strip() for m in (methods or DEFAULT_METHOD).split(",") if m.strip())
+    chosen = tuple(m.strip() for m in methods.split(",") if m.strip()) if methods else ("marker", "marker-text", "genept")
     specs = standard_specs(model, methods=chosen, random_seeds=random_seeds, celltypist=celltypist)
     result = evaluate(tasks, specs, k=k, n_genes=n_genes, reporter=reporter)
     if out is not None:

@@ -203,8 +203,11 @@ class Atlas:
         from screader_db.vote import DEFAULT_POWER, DEFAULT_PROPAGATION
 
         stored = self.provenance.get("parameters", {})
+        found = self.profiles()
+        scores = found[1].get("scores", {}) if found is not None else {}
         return {"k": int(stored.get("k", 15)), "power": float(stored.get("vote_power", DEFAULT_POWER)),
-                "propagation": float(stored.get("propagation", DEFAULT_PROPAGATION))}
+                "propagation": float(stored.get("propagation", DEFAULT_PROPAGATION)),
+                "min_score": float(scores.get("min_score", 0.0)), "scores": scores}
 
     def check_model(self, model_id: str | None) -> None:
         """Refuse when the caller expects another gene-embedding model than the atlas's."""

@@ -22,10 +22,11 @@ def test_splits_are_stratified_and_disjoint():
 
 
 def test_standard_specs_pair_text_with_random_twins():
-    names = [s.name for s in standard_specs("minilm", random_seeds=2)]
-    assert names == ["genept (minilm)", "genept (random:0)", "genept (random:1)", "expression kNN", "PCA-50 kNN",
-                     "CellTypist"]
-    assert {s.row for s in standard_specs("minilm", random_seeds=2)} >= {"genept (random vectors)"}
+    names = [s.name for s in standard_specs("minilm", methods=("marker", "genept"), random_seeds=2)]
+    assert names == ["marker (default)", "marker (default), Unassigned rules on", "genept (minilm)", "genept (random:0)",
+                     "genept (random:1)", "expression kNN", "PCA-50 kNN", "CellTypist"]
+    assert {s.row for s in standard_specs("minilm", random_seeds=2)} >= {"genept (random vectors)",
+                                                                        "marker-text (random vectors)"}
 
 
 def test_evaluation_scores_every_method_and_writes_outputs(tmp_path):

@@ -22,6 +22,7 @@ import pyarrow as pa
 from screader_db import store
 from screader_db.builders.reference import ReferenceSource, open_reference
 from screader_db.builders.writer import Draft, dataset_records, drafting, finish, write_dataset, write_layout, write_profiles
+from screader_db.calibration import score_calibration
 from screader_db.cell_embedding import MARKER_METHODS, TEXT_METHODS, CellEmbedder, fit_embedder
 from screader_db.checksums import sha256_text
 from screader_db.errors import OutputExistsError, ScreaderError
@@ -124,8 +125,17 @@ def build_atlas(reference: Any, atlas: str | Path, *, label_key: str, dataset_na
     mean = embedder.mean
     profiles = LabelProfiles(stats.labels, stats.genes, stats.class_means(), stats.class_counts,
                              [ref.name] * len(stats.labels))
-    with reporter.task("Calibrating novelty on the reference", 1, "steps") as advance:
-        calibration = calibrate(stats.sample, stats.sample_labels(ref.labels), stats.genes, seed=settings.seed)
+    sample_labels = stats.sample_labels(ref.labels)
+    with reporter.task("Calibrating novelty and confidence on the reference", 2, "steps") as advance:
+        calibration = calibrate(stats.sample, sample_labels, stats.genes, seed=settings.seed)
+        advance(1)
+
+        def refit(X: Any, labels: np.ndarray) -> CellEmbedder:
+            return fit_embedder(settings.method, X, genes, labels=labels, weights=weights, params=params,
+                                gene_vectors=None if emb is None else emb.vectors, seed=settings.seed)
+
+        calibration["scores"] = score_calibration(refit, stats.sample[:, chosen], sample_labels, k=settings.k,
+                                                  power=settings.vote_power, seed=settings.seed)
         advance(1)
     if dask is None:
         vectors = ref.embed(embedder, mean=mean, chunk=chunk, reporter=reporter)

@@ -1,0 +1,83 @@
+"""Calibrating vote scores on the reference: a confidence per cell and a default score cut-off.
+
+When an atlas is built, a stratified 70/30 split of the reference cell sample stands in for an
+atlas and a query: the embedder is refitted on the 70% part (same genes), the 30% part is
+annotated against it, and the vote shares of its cells are related to whether their label was
+right. Two things are kept:
+
+- ``confidence``: an isotonic (monotone) map from vote share to the share of correct labels,
+  stored as knots; each query cell's confidence is read off it. It is calibrated within the
+  reference, so across data sets it is an upper bound.
+- ``min_score``: the highest vote-share cut-off that would have turned at most 1% of the
+  correctly labelled held-out cells into ``Unassigned``; it is the default of ``--min-score``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+
+MAX_CORRECT_LOST = 0.01
+
+
+def split(labels: np.ndarray, *, share: float = 0.3, seed: int = 0) -> np.ndarray:
+    """Boolean mask of the held-out part: ``share`` of every label with at least 2 cells."""
+    rng = np.random.default_rng(seed)
+    test = np.zeros(len(labels), dtype=bool)
+    for label in np.unique(labels):
+        members = np.flatnonzero(labels == label)
+        if len(members) >= 2:
+            test[rng.choice(members, size=max(1, round(share * len(members))), replace=False)] = True
+    return test
+
+
+def score_calibration(fit: Callable[[sp.csr_matrix, np.ndarray], Any], X: sp.csr_matrix, labels: np.ndarray, *,
+                      k: int = 15, power: float = 4.0, seed: int = 0) -> dict[str, Any]:
+    """Confidence knots and the default score cut-off from a split of the reference sample.
+
+    ``fit(X_part, labels_part)`` returns an embedder fitted on those cells (columns of ``X``
+    follow its genes).
+    """
+    import faiss
+    from sklearn.isotonic import IsotonicRegression
+
+    from screader_db.vote import tally
+
+    labels = np.asarray(labels).astype(str)
+    test = split(labels, seed=seed)
+    if test.sum() < 20 or len(set(labels[~test])) < 2:
+        return {"calibrated": False, "min_score": 0.0, "reason": "too few labelled cells to calibrate"}
+    embedder = fit(X[~test], labels[~test])
+    reference = embedder.transform(X[~test], mean=embedder.mean)
+    query = embedder.transform(X[test])
+    index = faiss.IndexFlatIP(reference.shape[1])
+    index.add(np.ascontiguousarray(reference))
+    sims, rows = index.search(np.ascontiguousarray(query), min(k, len(reference)))
+    names = sorted(set(labels[~test]))
+    codes = np.searchsorted(names, labels[~test])[rows]
+    shares = tally(sims, codes, len(names), power=power)
+    scores = shares.max(axis=1)
+    correct = np.asarray(names)[shares.argmax(axis=1)] == labels[test]
+    model = IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip").fit(scores, correct.astype(float))
+    knots = np.unique(np.round(np.concatenate([[0.0, 1.0], scores]), 4))
+    right = np.sort(scores[correct])
+    cut_at = int(np.floor(MAX_CORRECT_LOST * len(right)))
+    min_score = float(right[cut_at]) if len(right) and cut_at > 0 else 0.0
+    kept = scores >= min_score
+    return {
+        "calibrated": True, "held_out_cells": int(test.sum()), "held_out_accuracy": float(correct.mean()),
+        "min_score": round(min_score, 4),
+        "precision_at_min_score": float(correct[kept].mean()) if kept.any() else 0.0,
+        "correct_lost_at_min_score": float((~kept & correct).sum() / max(correct.sum(), 1)),
+        "score_knots": knots.tolist(), "confidence_knots": np.round(model.predict(knots), 4).tolist(),
+    }
+
+
+def confidence_of(scores: np.ndarray, calibration: dict[str, Any]) -> np.ndarray:
+    """Calibrated confidence of vote shares (the shares themselves without a calibration)."""
+    if not calibration.get("calibrated"):
+        return np.asarray(scores, dtype=np.float32)
+    return np.interp(scores, calibration["score_knots"], calibration["confidence_knots"]).astype(np.float32)
