@@ -118,10 +118,26 @@ def restrict(cells: pd.DataFrame, column: str, *, datasets: list[str] | None, la
 MIN_NOVELTY_CELLS = 100
 
 
+def _allowed_profiles(profiles: Any, datasets: list[str] | None, labels: list[str] | None,
+                      exclude_labels: list[str] | None) -> Any:
+    """The label profiles of the data sets and (own-level) labels the query may be matched to."""
+    keep = np.ones(len(profiles.labels), dtype=bool)
+    if datasets and profiles.datasets:
+        keep &= np.isin(np.asarray(profiles.datasets, dtype=object), datasets)
+    if labels:
+        keep &= np.isin(np.asarray(profiles.labels, dtype=object), labels)
+    if exclude_labels:
+        keep &= ~np.isin(np.asarray(profiles.labels, dtype=object), exclude_labels)
+    return profiles if keep.all() else profiles.subset(keep)
+
+
 def find_novel(query: PreparedQuery, opened: store.Atlas, *, chunk: int = CHUNK, cutoff: float | None = None,
+               datasets: list[str] | None = None, labels: list[str] | None = None,
+               exclude_labels: list[str] | None = None,
                reporter: Reporter = SILENT) -> tuple[Any, dict[str, Any]] | None:
     """Novel clusters of the query against the atlas's label profiles (None when the atlas has none,
-    or the query is too small to cluster)."""
+    the filters leave none, or the query is too small to cluster). ``datasets``, ``labels`` and
+    ``exclude_labels`` restrict the profiles the same way they restrict the neighbours."""
     from screader_db.features import stream_moments, variable_from_moments
     from screader_db.novelty import DEFAULT_CUTOFF, N_VARIABLE, stream_detect
 
@@ -130,6 +146,9 @@ def find_novel(query: PreparedQuery, opened: store.Atlas, *, chunk: int = CHUNK,
     if found is None or n < MIN_NOVELTY_CELLS:
         return None
     profiles, calibration = found
+    profiles = _allowed_profiles(profiles, datasets, labels, exclude_labels)
+    if not profiles.labels:
+        return None
     plan = plan_genes(query.mapping.symbols, profiles.genes)
 
     def chunks() -> Any:
@@ -239,7 +258,10 @@ def annotate(adata: Any, atlas: str | Path | store.Atlas, *, k: int | None = Non
     }, index=pd.Index([str(i) for i in query.source.obs.index]))
     info_novelty: dict[str, Any] = {"checked": False}
     if novelty:
-        found = find_novel(query, opened, chunk=chunk, cutoff=novelty_cutoff, reporter=reporter)
+        own_level = level == "label"
+        found = find_novel(query, opened, chunk=chunk, cutoff=novelty_cutoff, datasets=datasets,
+                           labels=labels if own_level else None, exclude_labels=exclude_labels if own_level else None,
+                           reporter=reporter)
         if found is not None:
             result, info_novelty = found
             table["label"] = np.where(result.novel, UNASSIGNED, table["label"].to_numpy())

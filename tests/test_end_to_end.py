@@ -19,7 +19,7 @@ def minilm_atlas(baron, tmp_path_factory):
     human, _ = baron
     root = tmp_path_factory.mktemp("atlas") / "baron_human"
     build_atlas(human, root, label_key="cell_ontology_class", dataset_name="baron_human",
-                settings=BuildSettings(model="minilm"))
+                settings=BuildSettings(model="minilm", method="marker-text"))
     return root
 
 

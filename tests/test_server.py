@@ -22,7 +22,7 @@ from screader_db.server import create_app
 
 LIMIT = 400_000
 http = httpx.Client(timeout=120)
-ROW_COLUMNS = ["cell", "label", "score", "margin", "second_label", "mean_similarity", "raw_label", "knn_label"]
+ROW_COLUMNS = ["cell", "label", "score", "confidence", "margin", "second_label", "mean_similarity", "raw_label", "knn_label"]
 
 
 @pytest.fixture(scope="module")
