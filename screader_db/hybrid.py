@@ -18,7 +18,9 @@ On CUDA the decoder runs under bfloat16 autocast; on the CPU everything is float
 
 Since a token is ``value * e_gene`` and the projector's first layer is linear, that layer is
 computed as ``value * (W e_gene) + b``: the gene vectors are multiplied by ``W`` once per step
-instead of once per token (the same numbers, far less work).
+instead of once per token (the same numbers, far less work). Likewise the prompt, the same for
+every cell and blind to the gene tokens under causal attention, is run through the decoder once
+and its keys and values are reused for every batch.
 """
 
 from __future__ import annotations
@@ -216,18 +218,29 @@ def _modules() -> dict[str, Any]:
             # A plain attribute, not a submodule: the decoder is frozen and never part of the state.
             self.__dict__["decoder"] = decoder
             self.prompt_ids = prompt_ids
+            self.prompt_kv: dict[bool, list[tuple[torch.Tensor, torch.Tensor]]] = {}
+
+        def _prompt(self, model: Any, device: torch.device) -> list[tuple[torch.Tensor, torch.Tensor]]:
+            """Keys and values of the prompt, computed once: it is the same for every cell and,
+            the attention being causal, never sees the gene tokens."""
+            mode = torch.is_inference_mode_enabled()
+            if mode not in self.prompt_kv:
+                with torch.no_grad():
+                    ids = torch.tensor([self.prompt_ids], dtype=torch.long, device=device)
+                    out = model(input_ids=ids, use_cache=True)
+                self.prompt_kv[mode] = cache_tensors(getattr(out, "cache", None) or out.past_key_values)
+            return self.prompt_kv[mode]
 
         def forward(self, genes: torch.Tensor, index: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
-            decoder = self.__dict__["decoder"].model
+            model = self.__dict__["decoder"].model
             n = index.shape[0]
             tokens = self.projector(genes, index, value)
-            ids = torch.tensor(self.prompt_ids, dtype=torch.long, device=index.device)
-            prompt = decoder.get_input_embeddings()(ids).to(tokens.dtype).unsqueeze(0).expand(n, -1, -1)
             valid = value > 0
             mask = torch.cat([torch.ones(n, len(self.prompt_ids), dtype=torch.long, device=index.device),
                               valid.long()], dim=1)
-            hidden = decoder(inputs_embeds=torch.cat([prompt, tokens], dim=1), attention_mask=mask).last_hidden_state
-            last = len(self.prompt_ids) + valid.sum(dim=1) - 1
+            past = {cache_argument(model): new_cache(self._prompt(model, index.device), n)}
+            hidden = model(inputs_embeds=tokens, attention_mask=mask, use_cache=True, **past).last_hidden_state
+            last = (valid.sum(dim=1) - 1).clamp_min(0)
             return hidden[torch.arange(n, device=index.device), last].float()
 
     class CosineHead(nn.Module):
@@ -240,6 +253,30 @@ def _modules() -> dict[str, Any]:
             return self.scale * functional.normalize(z, dim=1) @ functional.normalize(self.weight, dim=1).T
 
     return {"AdaptorNet": AdaptorNet, "HybridNet": HybridNet, "CosineHead": CosineHead}
+
+
+def cache_tensors(cache: Any) -> list[tuple[Any, Any]]:
+    """Per layer (keys, values) of a transformers cache, across the library's cache APIs."""
+    if hasattr(cache, "layers"):
+        return [(layer.keys, layer.values) for layer in cache.layers]
+    return [(k, v) for k, v in cache.to_legacy_cache()]
+
+
+def cache_argument(model: Any) -> str:
+    """The forward argument that takes a cache: ``cache`` (transformers 5) or ``past_key_values``."""
+    import inspect
+
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
+def new_cache(pairs: list[tuple[Any, Any]], n: int) -> Any:
+    """A fresh cache holding ``pairs`` for a batch of ``n`` (the forward pass appends to it)."""
+    from transformers import DynamicCache
+
+    expanded = [(k.expand(n, -1, -1, -1), v.expand(n, -1, -1, -1)) for k, v in pairs]
+    if hasattr(DynamicCache, "from_legacy_cache"):
+        return DynamicCache.from_legacy_cache(tuple(expanded))
+    return DynamicCache(ddp_cache_data=expanded)
 
 
 def supcon_loss(z: Any, codes: Any, temperature: float) -> Any:
