@@ -16,6 +16,9 @@ Methods:
 - ``genept``: expression-weighted sum of whitened gene text vectors (GenePT-w) over variable genes.
 - ``expression``: the centred expression of variable genes (a baseline, no language model).
 - ``pca``: 50 principal components of the reference (a baseline).
+- ``hybrid``: the scReader model: top expressed genes as tokens (text vector × expression), a
+  trained projector into a frozen LLaMA-family decoder, its last hidden state (:mod:`screader_db.hybrid`).
+- ``adaptor``: the same tokens and projector, pooled and passed through a small MLP, no decoder.
 
 Text methods paired with ``random:DIM`` gene vectors are their random twins.
 """
@@ -23,6 +26,8 @@ Text methods paired with ``random:DIM`` gene vectors are their random twins.
 from __future__ import annotations
 
 import json
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,14 +37,16 @@ import scipy.sparse as sp
 
 from screader_db.errors import AtlasError, ScreaderError
 
-METHODS = ("marker", "marker-text", "genept", "expression", "pca")
-TEXT_METHODS = ("marker-text", "genept")
+METHODS = ("marker", "marker-text", "genept", "expression", "pca", "hybrid", "adaptor")
+TEXT_METHODS = ("marker-text", "genept", "hybrid", "adaptor")
+LEARNED_METHODS = ("hybrid", "adaptor")  # trained networks; see screader_db.hybrid
 MARKER_METHODS = ("marker", "marker-text")
 CENTRES = ("auto", "query", "reference", "balanced")
 MIN_CELLS_SELF_CENTRE = 50
 FORMAT = "cell-embedder-2"
 GAMMA = 1.5
 TAU = 0.02
+_LOCK = threading.Lock()
 
 
 def l2_normalise(V: np.ndarray) -> np.ndarray:
@@ -69,9 +76,17 @@ class CellEmbedder:
     prototypes: np.ndarray | None = None
     prototype_labels: list[str] = field(default_factory=list)
     params: dict[str, Any] = field(default_factory=dict)
+    # Learned methods: gene token vectors and trained weights (saved), and the network (not saved).
+    state: dict[str, np.ndarray] = field(default_factory=dict)
+    _model: Any = field(default=None, repr=False, compare=False)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_model": None}
 
     @property
     def base_dim(self) -> int:
+        if self.method in LEARNED_METHODS:
+            return int(self.params["dim"])
         return len(self.genes) if self.projection is None else int(self.projection.shape[1])
 
     @property
@@ -117,6 +132,8 @@ class CellEmbedder:
         if X.shape[1] != len(self.genes):
             message = f"expression has {X.shape[1]} columns, the embedder expects {len(self.genes)} genes"
             raise ScreaderError(message)
+        if self.method in LEARNED_METHODS:
+            return self.learned().embed(X)
         if mean is None:
             mean = self.centre_of(X, self.centre_mode(X.shape[0], center))
         out = np.empty((X.shape[0], self.dim), dtype=np.float32)
@@ -134,6 +151,16 @@ class CellEmbedder:
             out[start : start + batch] = l2_normalise(np.hstack([unit, gamma * np.sqrt(soft)]))
         return out
 
+    def learned(self) -> Any:
+        """The trained network of a learned method (rebuilt from ``state`` once, then kept)."""
+        with _LOCK:
+            if self._model is None:
+                from screader_db.hybrid import restore
+
+                weights = {k: v for k, v in self.state.items() if k != "gene_vectors"}
+                self._model = restore(self.method, self.state["gene_vectors"], weights, self.params)
+            return self._model
+
     def save(self, path: str | Path, provenance: dict[str, Any] | None = None) -> None:
         """Write as safetensors: arrays as tensors, genes and parameters as JSON metadata."""
         from safetensors.numpy import save_file
@@ -143,6 +170,7 @@ class CellEmbedder:
             value = getattr(self, name)
             if value is not None:
                 tensors[name] = np.ascontiguousarray(value, dtype=np.float32)
+        tensors.update({f"state.{k}": np.ascontiguousarray(v, dtype=np.float32) for k, v in self.state.items()})
         meta = {
             "format": FORMAT,
             "method": self.method,
@@ -167,21 +195,31 @@ class CellEmbedder:
         if meta.get("format") != FORMAT:
             message = f"{path} has embedder format {meta.get('format')!r}, this version reads {FORMAT!r}; rebuild the atlas"
             raise AtlasError(message)
+        params = json.loads(meta["params"])
+        if meta["method"] in LEARNED_METHODS:
+            from screader_db.hybrid import check_decoder
+
+            check_decoder(params)
         return cls(method=meta["method"], genes=json.loads(meta["genes"]), mean=arrays["mean"],
                    projection=arrays.get("projection"), weights=arrays.get("weights"),
                    prototypes=arrays.get("prototypes"), prototype_labels=json.loads(meta.get("prototype_labels", "[]")),
-                   params=json.loads(meta["params"]))
+                   params=params, state={k[len("state."):]: v for k, v in arrays.items() if k.startswith("state.")})
 
 
 def fit_embedder(method: str, X: sp.spmatrix, genes: list[str], *, gene_vectors: np.ndarray | None = None,
                  mean: np.ndarray | None = None, labels: np.ndarray | None = None, weights: np.ndarray | None = None,
-                 params: dict[str, Any] | None = None, n_components: int = 50, seed: int = 0) -> CellEmbedder:
+                 params: dict[str, Any] | None = None, n_components: int = 50, seed: int = 0,
+                 device: str | None = None, progress: Callable[[int], None] | None = None) -> CellEmbedder:
     """Fit ``method`` on reference expression ``X`` (columns follow ``genes``; a sample of cells,
     with their ``labels``, is enough). ``mean`` is the reference's centring vector when ``X`` is
-    only a sample; ``weights`` are per-gene weights (the marker methods' η²)."""
+    only a sample; ``weights`` are per-gene weights (the marker methods' η²). Learned methods
+    train on ``device`` and report the cells they have trained on to ``progress``."""
     if method not in METHODS:
         message = f"unknown method {method!r}; choose one of {', '.join(METHODS)}"
         raise ScreaderError(message)
+    if method in LEARNED_METHODS:
+        return _fit_learned(method, X, genes, gene_vectors=gene_vectors, mean=mean, labels=labels, params=params,
+                            seed=seed, device=device, progress=progress)
     settings: dict[str, Any] = {"center": "balanced" if method in MARKER_METHODS else "auto", "seed": seed,
                                 **(params or {})}
     if mean is None:
@@ -215,4 +253,25 @@ def fit_embedder(method: str, X: sp.spmatrix, genes: list[str], *, gene_vectors:
     prototypes = np.stack([unit[np.asarray(labels) == name].mean(axis=0) for name in names])
     embedder.prototypes = l2_normalise(prototypes)
     embedder.prototype_labels = names
+    return embedder
+
+
+def _fit_learned(method: str, X: sp.spmatrix, genes: list[str], *, gene_vectors: np.ndarray | None,
+                 mean: np.ndarray | None, labels: np.ndarray | None, params: dict[str, Any] | None, seed: int,
+                 device: str | None, progress: Callable[[int], None] | None) -> CellEmbedder:
+    """Train a learned method (``hybrid``, ``adaptor``); cells are not centred, so queries need no extra pass."""
+    from screader_db.hybrid import prepare_gene_vectors, train
+
+    if gene_vectors is None or gene_vectors.shape[0] != len(genes):
+        message = f"the {method} method needs one gene vector per atlas gene"
+        raise ScreaderError(message)
+    if labels is None:
+        raise ScreaderError(f"the {method} method needs the labels of the fitted cells")
+    model, settings = train(method, X, labels, gene_vectors, params={**(params or {}), "seed": seed}, device=device,
+                            progress=progress)
+    centre = np.asarray(X.mean(axis=0)).ravel() if mean is None else mean
+    embedder = CellEmbedder(method, list(genes), np.asarray(centre, dtype=np.float32),
+                            params={**settings, "center": "reference", "seed": seed},
+                            state={"gene_vectors": prepare_gene_vectors(gene_vectors), **model.state()})
+    embedder._model = model
     return embedder

@@ -132,11 +132,16 @@ def build(
     use_raw: Annotated[bool, typer.Option(help="Read .raw instead of .X.")] = False,
     species: Annotated[str, typer.Option(help="human, mouse or auto (from the symbols' case).")] = "auto",
     model: Annotated[str, typer.Option(help="Gene text model: minilm, smollm2, random:DIM, a local folder or .gguf file.")] = "minilm",
-    method: Annotated[str, typer.Option(help="Cell embedding method: genept, expression or pca.")] = "genept",
+    method: Annotated[str, typer.Option(help="Cell embedding: marker, marker-text, genept, expression, pca, hybrid, adaptor.")] = "genept",
     n_genes: Annotated[int, typer.Option(help="Number of highly variable reference genes to build on.")] = 3000,
     pooling: Annotated[str, typer.Option(help="Causal language models: mean or last token.")] = "mean",
     hidden_layer: Annotated[int, typer.Option(help="Causal language models: hidden layer to pool (-1 = last).")] = -1,
     index: Annotated[str, typer.Option(help="FAISS index: auto, flat, ivf, ivf-sq8 or ivf-pq.")] = "auto",
+    decoder: Annotated[str, typer.Option(help="hybrid: frozen causal LM (smollm2, a LLaMA folder, .gguf).")] = "smollm2",
+    n_top: Annotated[int | None, typer.Option(help="hybrid/adaptor: top expressed genes per cell used as tokens (default 64).")] = None,
+    epochs: Annotated[int | None, typer.Option(help="hybrid/adaptor: training epochs (default: hybrid 3, adaptor 20).")] = None,
+    train_cells: Annotated[int | None, typer.Option(help="hybrid/adaptor: cells drawn per epoch (default 2000 / 10000).")] = None,
+    token_genes: Annotated[str, typer.Option(help="hybrid/adaptor: genes to draw tokens from: hvg, markers or markers+hvg.")] = "hvg",
     label_map: Annotated[Path | None, typer.Option(help="CSV (dataset,label,harmonised_label[,ontology_id]) of harmonised labels.")] = None,
     layout: Annotated[str, typer.Option(help="Reference map for plots and query placement: umap or none.")] = "umap",
     device: Annotated[str | None, typer.Option(help="cpu or cuda (default: cuda when present).")] = None,
@@ -149,6 +154,7 @@ def build(
     """Build a reference atlas: gene vectors, cell vectors, Parquet + DuckDB catalogue + FAISS index.
 
     Example: `screader-db build --reference baron_human --label-key cell_ontology_class --atlas atlases/pancreas`
+    (scReader hybrid: add `--method hybrid --decoder smollm2 --epochs 3`; on a CPU the light `--method adaptor`).
     """
     if ctx.invoked_subcommand is not None:
         return
@@ -159,7 +165,8 @@ def build(
         from screader_db.console import out
 
         settings = BuildSettings(model=model, method=method, n_genes=n_genes, pooling=pooling, layer=hidden_layer,
-                                 index=index, layout=layout)
+                                 index=index, layout=layout, decoder=decoder, n_top=n_top, epochs=epochs,
+                                 train_cells=train_cells, token_genes=token_genes)
         built = build_atlas(_data_path(reference), atlas, label_key=label_key, dataset_name=dataset_name, layer=layer,
                             use_raw=use_raw, gene_key=gene_key, species=species, settings=settings, label_map=label_map,
                             overwrite=overwrite, device=device, wait=wait, chunk=chunk, dask=dask,

@@ -192,6 +192,10 @@ class CausalLMEncoder:
         return {"kind": "causal-lm", "pooling": self.pooling, "layer": self.layer, "max_length": self.max_length,
                 "prompt": self.prompt}
 
+    def load(self) -> tuple[Any, Any]:
+        """The model (eval mode, on its device) and its tokenizer, loaded once."""
+        return self._load()
+
     def _load(self) -> tuple[Any, Any]:
         if self._model is None:
             _offline()

@@ -141,7 +141,8 @@ def _celltypist_labels(task: Task, n_genes: int) -> np.ndarray:
     return predicted
 
 
-def _atlas_labels(task: Task, spec: MethodSpec, *, k: int, n_genes: int, workdir: Path, reporter: Reporter) -> np.ndarray:
+def _atlas_labels(task: Task, spec: MethodSpec, *, k: int, n_genes: int, workdir: Path,
+                  reporter: Reporter) -> tuple[np.ndarray, dict[str, Any]]:
     from screader_db.annotation import annotate
     from screader_db.builders.atlas import BuildSettings, build_atlas
 
@@ -153,7 +154,8 @@ def _atlas_labels(task: Task, spec: MethodSpec, *, k: int, n_genes: int, workdir
                         dataset_name="reference", settings=settings, reporter=reporter)
     query_options = {**FORCED, **{k_: v for k_, v in options.items() if k_ in QUERY_OPTIONS}}
     result = annotate(task.query, atlas, **{"k": k, **query_options})
-    return result.labels.astype(str).to_numpy()
+    trained = {"train_seconds": atlas.embedder.params["train_seconds"]} if "train_seconds" in atlas.embedder.params else {}
+    return result.labels.astype(str).to_numpy(), trained
 
 
 @dataclass
@@ -243,15 +245,16 @@ def evaluate(tasks: list[Task], specs: list[MethodSpec], *, k: int = 15, n_genes
             for spec in specs:
                 reporter.message(f"{task.name}: {spec.name}")
                 start = time.perf_counter()
+                extra: dict[str, Any] = {}
                 if spec.kind == "celltypist":
                     predicted = _celltypist_labels(task, n_genes)
                 else:
-                    predicted = _atlas_labels(task, spec, k=k, n_genes=n_genes, workdir=Path(tmp), reporter=SILENT)
+                    predicted, extra = _atlas_labels(task, spec, k=k, n_genes=n_genes, workdir=Path(tmp), reporter=SILENT)
                 seconds = time.perf_counter() - start
                 agree = agreement(predicted, truth, known=known)
                 result.predictions[(task.name, spec.name)] = predicted
                 result.rows.append({"task": task.name, "method": spec.name, "row": spec.row, "seconds": seconds,
-                                    "labels": known, **agree.to_dict()})
+                                    "labels": known, **agree.to_dict(), **extra})
     return result
 
 

@@ -79,8 +79,8 @@ def test_installed_console_script(tmp_path, synthetic_files):
     ref, query = synthetic_files
     atlas = tmp_path / "atlas"
     subprocess.run([exe, "build", "--reference", str(ref), "--label-key", "cell_type", "--atlas", str(atlas),
-                    "--model", "random:16", "--method", "genept",
-                    "--n-genes", "50", "--layout", "none", "-q"], check=True, capture_output=True)
+                    "--model", "random:16", "--method", "genept", "--n-genes", "50", "--layout", "none", "-q"],
+                   check=True, capture_output=True)
     done = subprocess.run([exe, "query", str(query), "--atlas", str(atlas), "-q"], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert "cells annotated" in done.stdout

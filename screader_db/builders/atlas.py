@@ -23,7 +23,7 @@ from screader_db import store
 from screader_db.builders.reference import ReferenceSource, open_reference
 from screader_db.builders.writer import Draft, dataset_records, drafting, finish, write_dataset, write_layout, write_profiles
 from screader_db.calibration import score_calibration
-from screader_db.cell_embedding import MARKER_METHODS, TEXT_METHODS, CellEmbedder, fit_embedder
+from screader_db.cell_embedding import LEARNED_METHODS, MARKER_METHODS, TEXT_METHODS, CellEmbedder, fit_embedder
 from screader_db.checksums import sha256_text
 from screader_db.errors import OutputExistsError, ScreaderError
 from screader_db.features import variable_from_moments
@@ -39,6 +39,7 @@ from screader_db.vote import DEFAULT_POWER, DEFAULT_PROPAGATION
 
 BUILDER_VERSION = "atlas-1"
 DEFAULT_METHOD = "marker"
+TOKEN_GENES = ("hvg", "markers", "markers+hvg")
 
 
 @dataclass
@@ -61,6 +62,23 @@ class BuildSettings:
     vote_power: float = DEFAULT_POWER
     propagation: float = DEFAULT_PROPAGATION
     seed: int = 0
+    # Learned methods (hybrid, adaptor); None takes the method's default (screader_db.hybrid.DEFAULTS).
+    decoder: str = "smollm2"
+    n_top: int | None = None
+    epochs: int | None = None
+    train_cells: int | None = None
+    learning_rate: float | None = None
+    loss: str | None = None
+    prompt: str | None = None
+    token_genes: str = "hvg"
+
+    def learned_params(self) -> dict[str, Any]:
+        """What a learned method is trained with (unset values are left to the method's defaults)."""
+        given = {"n_top": self.n_top, "epochs": self.epochs, "train_cells": self.train_cells, "lr": self.learning_rate,
+                 "loss": self.loss, "prompt": self.prompt}
+        if self.method == "hybrid":
+            given["decoder"] = self.decoder
+        return {k: v for k, v in given.items() if v is not None}
 
 
 def _gene_vectors(genes: list[str], settings: BuildSettings, resolver: GeneResolver, reporter: Reporter,
@@ -118,10 +136,13 @@ def build_atlas(reference: Any, atlas: str | Path, *, label_key: str, dataset_na
     if settings.method in TEXT_METHODS:
         emb = _gene_vectors(genes, settings, resolver, reporter, device)
     params = {} if settings.center == "auto" else {"center": settings.center}
-    embedder = fit_embedder(settings.method, stats.sample[:, chosen], genes,
-                            mean=None if settings.method in MARKER_METHODS else stats.mean[chosen],
-                            labels=stats.sample_labels(ref.labels), weights=weights,
-                            gene_vectors=None if emb is None else emb.vectors, params=params, seed=settings.seed)
+    fit: dict[str, Any] = {"mean": None if settings.method in MARKER_METHODS else stats.mean[chosen],
+           "labels": stats.sample_labels(ref.labels), "weights": weights,
+           "gene_vectors": None if emb is None else emb.vectors, "params": params, "seed": settings.seed}
+    if settings.method in LEARNED_METHODS:
+        embedder = _train_learned(stats.sample[:, chosen], genes, fit, settings, reporter, device)
+    else:
+        embedder = fit_embedder(settings.method, stats.sample[:, chosen], genes, **fit)
     mean = embedder.mean
     profiles = LabelProfiles(stats.labels, stats.genes, stats.class_means(), stats.class_counts,
                              [ref.name] * len(stats.labels))
@@ -134,8 +155,12 @@ def build_atlas(reference: Any, atlas: str | Path, *, label_key: str, dataset_na
             return fit_embedder(settings.method, X, genes, labels=labels, weights=weights, params=params,
                                 gene_vectors=None if emb is None else emb.vectors, seed=settings.seed)
 
-        calibration["scores"] = score_calibration(refit, stats.sample[:, chosen], sample_labels, k=settings.k,
-                                                  power=settings.vote_power, seed=settings.seed)
+        if settings.method in LEARNED_METHODS:
+            calibration["scores"] = {"calibrated": False, "min_score": 0.0,
+                                     "reason": "learned methods are not trained twice to calibrate their scores"}
+        else:
+            calibration["scores"] = score_calibration(refit, stats.sample[:, chosen], sample_labels, k=settings.k,
+                                                      power=settings.vote_power, seed=settings.seed)
         advance(1)
     if dask is None:
         vectors = ref.embed(embedder, mean=mean, chunk=chunk, reporter=reporter)
@@ -151,6 +176,23 @@ def build_atlas(reference: Any, atlas: str | Path, *, label_key: str, dataset_na
 
     return write_version(root, [(ref, on_dask)], embedder, emb, settings, reporter=reporter, action="build", wait=wait,
                          chunk=chunk, profiles=(profiles, calibration))
+
+
+def _train_learned(X: Any, genes: list[str], fit: dict[str, Any], settings: BuildSettings, reporter: Reporter,
+                   device: str | None) -> CellEmbedder:
+    """Train a hybrid or adaptor embedder on the stratified cell sample, with a progress bar."""
+    from screader_db.hybrid import method_settings, training_cells
+
+    params = {**fit.pop("params"), **settings.learned_params()}
+    plan = method_settings(settings.method, params)
+    total = int(plan["epochs"]) * training_cells(X.shape[0], plan)
+    what = f"{settings.method} over {plan['decoder']}" if settings.method == "hybrid" else settings.method
+    with reporter.task(f"Training the {what} ({plan['epochs']} epochs)", total, "cells") as advance:
+        embedder = fit_embedder(settings.method, X, genes, **fit, params=params, device=device, progress=advance)
+    record = embedder.params
+    reporter.message(f"Trained on {record['train_cells']:,} cells per epoch in {record['train_seconds']:.0f} s "
+                     f"(final loss {record['train_loss'][-1]:.3f})")
+    return embedder
 
 
 def choose_genes(stats: ReferenceStats, settings: BuildSettings) -> tuple[np.ndarray, np.ndarray | None]:
@@ -171,6 +213,16 @@ def choose_genes(stats: ReferenceStats, settings: BuildSettings) -> tuple[np.nda
             variable = variable_from_moments(mean, var, detected, settings.n_genes)
             chosen = variable if settings.marker_genes == "hvg" else np.concatenate([chosen, np.setdiff1d(variable, chosen)])
         return chosen, eta_squared(stats, chosen) if settings.gene_weights == "eta2" else None
+    if settings.method in LEARNED_METHODS and settings.token_genes != "hvg":
+        if settings.token_genes not in TOKEN_GENES:
+            message = f"token_genes must be one of {', '.join(TOKEN_GENES)}, got {settings.token_genes!r}"
+            raise ScreaderError(message)
+        per_label = markers_per_label(len(stats.labels), settings.markers_per_label)
+        chosen = select_markers(stats, per_label=per_label, allowed=allowed)
+        if settings.token_genes == "markers+hvg":
+            variable = variable_from_moments(mean, var, detected, settings.n_genes)
+            chosen = np.concatenate([chosen, np.setdiff1d(variable, chosen)])
+        return chosen, None
     return variable_from_moments(mean, var, detected, settings.n_genes), None
 
 
@@ -186,6 +238,7 @@ def atlas_provenance(settings: BuildSettings, embedder: CellEmbedder, emb: GeneE
         "text_sha256": sha256_text("".join(emb.text_sha256)) if emb is not None else "",
         "genes_embedded": emb.n_embedded if emb is not None else 0,
         "method": embedder.method,
+        "decoder": {k: embedder.params[k] for k in ("decoder", "decoder_id", "decoder_sha") if k in embedder.params},
         "parameters": asdict(settings),
     })
 
