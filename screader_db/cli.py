@@ -132,7 +132,8 @@ def build(
     use_raw: Annotated[bool, typer.Option(help="Read .raw instead of .X.")] = False,
     species: Annotated[str, typer.Option(help="human, mouse or auto (from the symbols' case).")] = "auto",
     model: Annotated[str, typer.Option(help="Gene text model: minilm, smollm2, random:DIM, a local folder or .gguf file.")] = "minilm",
-    method: Annotated[str, typer.Option(help="Cell embedding: marker, marker-text, genept, expression, pca, hybrid, adaptor.")] = "genept",
+    method: Annotated[str, typer.Option(
+        help="Cell embedding: marker (no gene text), marker-text, genept, expression, pca, hybrid, adaptor.")] = "marker",
     n_genes: Annotated[int, typer.Option(help="Number of highly variable reference genes to build on.")] = 3000,
     pooling: Annotated[str, typer.Option(help="Causal language models: mean or last token.")] = "mean",
     hidden_layer: Annotated[int, typer.Option(help="Causal language models: hidden layer to pool (-1 = last).")] = -1,

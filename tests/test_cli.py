@@ -88,3 +88,15 @@ def test_installed_console_script(tmp_path, synthetic_files):
                             text=True)
     assert failed.returncode == 1
     assert failed.stderr.startswith("Error: no atlas at")
+
+
+def test_build_defaults_are_the_library_defaults():
+    import inspect
+
+    from screader_db.builders.atlas import BuildSettings
+    from screader_db.cli import build
+
+    defaults = {name: p.default for name, p in inspect.signature(build).parameters.items()}
+    settings = BuildSettings()
+    for name in ("model", "method", "n_genes", "pooling", "index", "layout"):
+        assert defaults[name] == getattr(settings, name), name
