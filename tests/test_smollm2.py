@@ -20,7 +20,7 @@ def smollm2():
 def test_smollm2_embeds_200_descriptions_and_builds_an_atlas(smollm2, data_path, tmp_path):
     human = read_h5ad(data_path("baron_human"))
     atlas = build_atlas(human, tmp_path / "atlas", label_key="cell_ontology_class", dataset_name="baron_human",
-                        settings=BuildSettings(model="smollm2", n_genes=200, layout="none"))
+                        settings=BuildSettings(model="smollm2", method="genept", n_genes=200, layout="none"))
     assert atlas.model_id == "HuggingFaceTB/SmolLM2-135M-Instruct"
     assert atlas.provenance["encoder_settings"]["kind"] == "causal-lm"
     assert len(atlas.embedder.genes) == 200
