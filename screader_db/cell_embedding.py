@@ -9,7 +9,7 @@ cells were embedded. Every method is the same pipeline with different parts swit
 
 Methods:
 
-- ``marker`` (default): marker genes of every reference label, η² gene weights,
+- ``marker`` (default): marker genes of every reference label (optionally η²-weighted),
   composition-balanced centring and the class-prototype block (similarities to each label's
   prototype), which keeps rare labels findable.
 - ``marker-text``: the same, computed in the space of whitened gene text vectors (P = E).

@@ -58,3 +58,19 @@ def test_labels_the_reference_lacks_are_not_scored():
     result = evaluate([task], [MethodSpec("expression kNN", model="none", method="expression")], n_genes=50)
     row = result.rows[0]
     assert row["n_scored"] == int(np.sum(query.obs["cell_type"] != "novel"))
+
+
+def test_predictions_never_depend_on_the_query_labels():
+    """Building and annotating see the query's expression only: shuffled truth labels change
+    the scores, never a single prediction."""
+    reference = make_counts(n_cells=150, seed=6)
+    query = make_counts(n_cells=120, seed=7)
+    shuffled = query.copy()
+    shuffled.obs["cell_type"] = np.random.default_rng(0).permutation(shuffled.obs["cell_type"].astype(str).to_numpy())
+    specs = [MethodSpec("marker", model="none", method="marker", options=(("min_score", None), ("novelty", True))),
+             MethodSpec("genept (random:0)", model="random:16:0")]
+    truth = evaluate([Task("t", reference, query, "cell_type", "cell_type")], specs, n_genes=50)
+    noise = evaluate([Task("t", reference, shuffled, "cell_type", "cell_type")], specs, n_genes=50)
+    for spec in specs:
+        np.testing.assert_array_equal(truth.predictions[("t", spec.name)], noise.predictions[("t", spec.name)])
+    assert truth.rows[0]["accuracy"] > noise.rows[0]["accuracy"]
