@@ -111,6 +111,10 @@ def hybrid_rows(n_cells: int, n_top: int, devices: dict[str, int]) -> list[dict[
     return rows
 
 
+def _rate(value: float) -> str:
+    return f"{value:,.0f}" if value >= 100 else f"{value:.3g}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cells", type=int, default=1_000_000, help="atlas vectors for the search rows")
@@ -134,7 +138,7 @@ def main() -> None:
     cpu_rate = {r["what"]: r["per_second"] for r in rows if r["device"].startswith("cpu")}
     for row in rows:
         ratio = row["per_second"] / cpu_rate[row["what"]]
-        print(f"| {row['what']} | {row['device']} | {row['seconds']:.2f} | {row['per_second']:,.0f} {row['unit']} | "
+        print(f"| {row['what']} | {row['device']} | {row['seconds']:.2f} | {_rate(row['per_second'])} {row['unit']} | "
               f"{ratio:.1f}x |")
         row["ratio_to_cpu"] = ratio
     for row in rows:
