@@ -136,7 +136,8 @@ def find_novel(query: PreparedQuery, opened: store.Atlas, *, chunk: int = CHUNK,
                exclude_labels: list[str] | None = None,
                reporter: Reporter = SILENT) -> tuple[Any, dict[str, Any]] | None:
     """Novel clusters of the query against the atlas's label profiles (None when the atlas has none,
-    the filters leave none, or the query is too small to cluster). ``datasets``, ``labels`` and
+    the filters leave none, or the query is too small to cluster; no result, with the reason, when
+    the atlas's calibration switched the check off and no ``cutoff`` is given). ``datasets``, ``labels`` and
     ``exclude_labels`` restrict the profiles the same way they restrict the neighbours."""
     from screader_db.features import stream_moments, variable_from_moments
     from screader_db.novelty import DEFAULT_CUTOFF, N_VARIABLE, stream_detect
@@ -146,6 +147,10 @@ def find_novel(query: PreparedQuery, opened: store.Atlas, *, chunk: int = CHUNK,
     if found is None or n < MIN_NOVELTY_CELLS:
         return None
     profiles, calibration = found
+    if cutoff is None and not calibration.get("enabled", True):
+        caught = float(calibration.get("hidden_caught", 0.0))
+        return None, {"checked": False, "reason": f"switched off for this atlas: hiding a reference label caught "
+                                                   f"{caught:.0%} of its cells when the atlas was built"}
     profiles = _allowed_profiles(profiles, datasets, labels, exclude_labels)
     if not profiles.labels:
         return None
@@ -264,10 +269,11 @@ def annotate(adata: Any, atlas: str | Path | store.Atlas, *, k: int | None = Non
                            reporter=reporter)
         if found is not None:
             result, info_novelty = found
-            table["label"] = np.where(result.novel, UNASSIGNED, table["label"].to_numpy())
-            table["novelty_cluster"] = pd.Categorical(result.cluster.astype(str))
-            table["cluster_match"] = result.match
-            table["novel"] = result.novel
+            if result is not None:
+                table["label"] = np.where(result.novel, UNASSIGNED, table["label"].to_numpy())
+                table["novelty_cluster"] = pd.Categorical(result.cluster.astype(str))
+                table["cluster_match"] = result.match
+                table["novel"] = result.novel
     if majority_voting:
         from screader_db.clusters import cluster_cells, majority_labels
 

@@ -8,8 +8,10 @@ right. Two things are kept:
 - ``confidence``: an isotonic (monotone) map from vote share to the share of correct labels,
   stored as knots; each query cell's confidence is read off it. It is calibrated within the
   reference, so across data sets it is an upper bound.
-- ``min_score``: the highest vote-share cut-off that would have turned at most 1% of the
-  correctly labelled held-out cells into ``Unassigned``; it is the default of ``--min-score``.
+- ``min_score``: the default of ``--min-score``. A cell is set aside only when it is more likely
+  wrong than right (its confidence is below one half) and the cut-off would have turned at most
+  1% of the correctly labelled held-out cells into ``Unassigned``: the lower of those two
+  cut-offs.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import numpy as np
 import scipy.sparse as sp
 
 MAX_CORRECT_LOST = 0.01
+MIN_CONFIDENCE = 0.5
 
 
 def split(labels: np.ndarray, *, share: float = 0.3, seed: int = 0) -> np.ndarray:
@@ -63,16 +66,21 @@ def score_calibration(fit: Callable[[sp.csr_matrix, np.ndarray], Any], X: sp.csr
     correct = np.asarray(names)[shares.argmax(axis=1)] == labels[test]
     model = IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip").fit(scores, correct.astype(float))
     knots = np.unique(np.round(np.concatenate([[0.0, 1.0], scores]), 4))
+    confidence = model.predict(knots)
     right = np.sort(scores[correct])
     cut_at = int(np.floor(MAX_CORRECT_LOST * len(right)))
-    min_score = float(right[cut_at]) if len(right) and cut_at > 0 else 0.0
+    loss_cut = float(right[cut_at]) if len(right) and cut_at > 0 else 0.0
+    likely = knots[confidence >= MIN_CONFIDENCE]
+    even_cut = float(likely.min()) if len(likely) else 1.0
+    min_score = min(loss_cut, even_cut)
     kept = scores >= min_score
     return {
         "calibrated": True, "held_out_cells": int(test.sum()), "held_out_accuracy": float(correct.mean()),
         "min_score": round(min_score, 4),
         "precision_at_min_score": float(correct[kept].mean()) if kept.any() else 0.0,
         "correct_lost_at_min_score": float((~kept & correct).sum() / max(correct.sum(), 1)),
-        "score_knots": knots.tolist(), "confidence_knots": np.round(model.predict(knots), 4).tolist(),
+        "loss_cut": round(loss_cut, 4), "even_cut": round(even_cut, 4),
+        "score_knots": knots.tolist(), "confidence_knots": np.round(confidence, 4).tolist(),
     }
 
 

@@ -29,6 +29,7 @@ DEFAULT_CUTOFF = -2.5
 MAX_CUTOFF = -2.0
 MAD_FLOOR = 0.02
 KNOWN_LOSS = 0.025
+MIN_CAUGHT = 0.5
 MIN_CLUSTER = 10
 N_VARIABLE = 2000
 N_COMPONENTS = 30
@@ -208,7 +209,9 @@ def calibrate(sample: sp.csr_matrix, labels: np.ndarray, genes: list[str], *, se
     from the 70% part (whose label profiles stand in for the atlas); the 30% part, clustered, stands
     in for the query. The cut-off is the highest one (at most ``MAX_CUTOFF``) that leaves at most
     ``max_known_loss`` of the known cells unassigned, averaged over the hidden labels; the share
-    of hidden cells caught is reported beside it.
+    of hidden cells caught is reported beside it. When that share is below ``MIN_CAUGHT`` the
+    reference's labels are too alike for the check to find a missing one, and the check is
+    switched off for the atlas (``enabled`` false): it would cost known cells and catch little.
     """
     from screader_db.features import highly_variable
 
@@ -241,6 +244,7 @@ def calibrate(sample: sp.csr_matrix, labels: np.ndarray, genes: list[str], *, se
     loss, catch = known_loss.mean(axis=0), caught.mean(axis=0)
     allowed = np.flatnonzero(loss <= max_known_loss)
     j = int(allowed[-1]) if len(allowed) else 0
-    return {"cutoff": float(grid[j]), "calibrated": True, "known_unassigned": float(loss[j]),
+    enabled = bool(catch[j] >= MIN_CAUGHT)
+    return {"cutoff": float(grid[j]), "calibrated": True, "enabled": enabled, "known_unassigned": float(loss[j]),
             "hidden_caught": float(catch[j]), "labels_hidden": candidates, "grid": grid.tolist(),
             "known_loss_curve": np.round(loss, 4).tolist(), "caught_curve": np.round(catch, 4).tolist()}

@@ -38,6 +38,24 @@ def test_a_population_the_profiles_lack_is_found():
     assert result.novel[kinds != "type5"].mean() < 0.1
 
 
+def test_the_check_switches_itself_off_where_labels_cannot_be_told_apart(tmp_path):
+    """Labels drawn at random over the same cells: hiding one is never noticed, so the
+    calibration switches the check off, and queries say why instead of guessing."""
+    from screader_db.inputs import load_expression
+    from screader_db.novelty import calibrate
+
+    adata = make_counts(n_cells=600, n_types=1, seed=4)
+    adata.obs["cell_type"] = np.random.default_rng(0).choice(["a", "b", "c", "d"], size=adata.n_obs)
+    expr = load_expression(adata)
+    found = calibrate(expr.X.tocsr(), adata.obs["cell_type"].to_numpy(), expr.genes)
+    assert found["calibrated"] and not found["enabled"] and found["hidden_caught"] < 0.5
+    build_atlas(adata, tmp_path / "atlas", label_key="cell_type", settings=BuildSettings(layout="none"))
+    result = annotate(make_counts(n_cells=200, n_types=1, seed=5), tmp_path / "atlas")
+    assert result.info["novelty"]["checked"] is False
+    assert "switched off for this atlas" in result.info["novelty"]["reason"]
+    assert "novel" not in result.table.columns
+
+
 @pytest.fixture(scope="module")
 def baron(data_path):
     from screader_db.inputs import read_h5ad
