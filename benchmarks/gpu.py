@@ -62,23 +62,11 @@ SMOLLM2_SHAPE = {"hidden_size": 576, "intermediate_size": 1536, "num_hidden_laye
 
 def smollm2_shaped_decoder(folder: Path, genes: list[str]) -> Path:
     """A randomly initialised LLaMA the size of SmolLM2-135M, with a word-level tokenizer."""
-    import torch
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-
     from screader_db.hybrid import DEFAULT_PROMPT
+    from screader_db.synthetic import random_llama
 
-    words = sorted(set(genes) | set(DEFAULT_PROMPT.replace(",", " ").replace(".", " ").replace(":", " ").split()))
-    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, "<pad>": 3, **{w: i + 4 for i, w in enumerate(words)}}
-    tokenizer = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
-    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
-    fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, unk_token="<unk>", bos_token="<s>", eos_token="</s>",
-                                   pad_token="<pad>")
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(vocab), pad_token_id=3, bos_token_id=1, eos_token_id=2, **SMOLLM2_SHAPE)
-    LlamaForCausalLM(config).save_pretrained(folder)
-    fast.save_pretrained(folder)
-    return folder
+    words = set(genes) | set(DEFAULT_PROMPT.replace(",", " ").replace(".", " ").replace(":", " ").split())
+    return random_llama(folder, sorted(words), **SMOLLM2_SHAPE)
 
 
 def hybrid_rows(n_cells: int, n_top: int, devices: dict[str, int]) -> list[dict[str, Any]]:

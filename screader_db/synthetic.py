@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -90,3 +91,23 @@ def write_h5ad(path: str | Path, n_cells: int, *, n_types: int = 20, n_genes: in
     tmp.replace(target)
     ad.read_h5ad(target, backed="r").file.close()
     return target
+
+
+def random_llama(folder: str | Path, words: list[str], *, seed: int = 0, **shape: Any) -> Path:
+    """A randomly initialised LLaMA with a word-level tokenizer over ``words``, saved as a local
+    model folder: real decoder arithmetic without a download (``shape``: LlamaConfig sizes)."""
+    import torch
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    folder = Path(folder)
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, "<pad>": 3, **{w: i + 4 for i, w in enumerate(sorted(set(words)))}}
+    tokenizer = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, unk_token="<unk>", bos_token="<s>", eos_token="</s>",
+                                   pad_token="<pad>")
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=len(vocab), pad_token_id=3, bos_token_id=1, eos_token_id=2, **shape)
+    LlamaForCausalLM(config).save_pretrained(folder)
+    fast.save_pretrained(folder)
+    return folder
