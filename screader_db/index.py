@@ -126,9 +126,8 @@ def tune_nprobe(index: Any, vectors: np.ndarray, ids: np.ndarray, *, recall_targ
     faiss = _faiss()
     rng = np.random.default_rng(seed + 1)
     queries = vectors[rng.choice(len(vectors), size=min(sample, len(vectors)), replace=False)]
-    exact = faiss.IndexFlatIP(vectors.shape[1])
-    exact.add(vectors)
-    _, truth_pos = exact.search(queries, k)
+    # Exact search straight over the vectors: the same result as an IndexFlatIP, without a second copy of them.
+    _, truth_pos = faiss.knn(queries, vectors, k, metric=faiss.METRIC_INNER_PRODUCT)
     truth = ids[truth_pos]
     recall = 0.0
     nprobe = 1
