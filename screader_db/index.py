@@ -1,8 +1,9 @@
 """FAISS indexes over cell vectors: inner product on unit vectors, ids are the atlas cell ids.
 
-Small atlases get an exact ``Flat`` index; large ones an IVF index whose ``nprobe`` is chosen
-at build time to reach a recall target against exact search on a sample. Search runs on a GPU
-when faiss was built with CUDA and one is present, otherwise on the CPU.
+Small atlases get an exact ``Flat`` index; large ones an IVF index (with an HNSW coarse quantiser
+once it has 2,048 lists or more) whose ``nprobe`` is chosen at build time to reach a recall target
+against exact search on a sample. Search runs on a GPU when faiss was built with CUDA and one is
+present, otherwise on the CPU.
 """
 
 from __future__ import annotations
@@ -18,7 +19,9 @@ import numpy as np
 from screader_db.errors import AtlasError, ScreaderError
 
 FLAT_LIMIT = 200_000
-HNSW_QUANTIZER_LIMIT = 1_000_000
+# Coarse quantiser: exact below this many lists, HNSW from it on. Training (k-means over 40 points a
+# list) and adding cost cells × lists × dim with an exact one: hours at a million cells on two cores.
+HNSW_QUANTIZER_LISTS = 2048
 RAM_SHARE = 0.25
 INDEX_KINDS = ("auto", "flat", "ivf", "ivf-sq8", "ivf-pq")
 
@@ -100,8 +103,8 @@ def build_index(vectors: np.ndarray, ids: np.ndarray, *, kind: str = "auto", rec
         index.add_with_ids(vectors, ids)
         return index, IndexInfo("flat", n, dim)
     nlist = n_lists(n)
-    quantizer = (faiss.IndexHNSWFlat(dim, 32, faiss.METRIC_INNER_PRODUCT) if n > HNSW_QUANTIZER_LIMIT
-                 else faiss.IndexFlatIP(dim))
+    hnsw = nlist >= HNSW_QUANTIZER_LISTS
+    quantizer = faiss.IndexHNSWFlat(dim, 32, faiss.METRIC_INNER_PRODUCT) if hnsw else faiss.IndexFlatIP(dim)
     if chosen == "ivf":
         index = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
     elif chosen == "ivf-sq8":
@@ -116,7 +119,7 @@ def build_index(vectors: np.ndarray, ids: np.ndarray, *, kind: str = "auto", rec
     index.add_with_ids(vectors, ids)
     nprobe, recall = tune_nprobe(index, vectors, ids, recall_target=recall_target, seed=seed)
     index.nprobe = nprobe
-    extra = {"quantizer": "hnsw" if n > HNSW_QUANTIZER_LIMIT else "flat", "recall_target": recall_target}
+    extra = {"quantizer": "hnsw" if hnsw else "flat", "recall_target": recall_target}
     return index, IndexInfo(chosen, n, dim, nlist=nlist, nprobe=nprobe, recall_at_10=recall, extra=extra)
 
 
