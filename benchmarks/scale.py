@@ -62,9 +62,12 @@ class StageClock(Reporter):
     def __init__(self) -> None:
         self.start = time.perf_counter()
         self.stages: list[dict[str, Any]] = []
+        self.log: list[str] = []
 
     def _note(self, text: str) -> None:
-        print(f"[{time.perf_counter() - self.start:8.1f} s] {text}", flush=True)
+        line = f"[{time.perf_counter() - self.start:8.1f} s] {text}"
+        self.log.append(line)
+        print(line, flush=True)
 
     def message(self, text: str) -> None:
         self._note(text)
@@ -93,7 +96,7 @@ def step_build(cfg: dict[str, Any]) -> dict[str, Any]:
     opened = build_atlas(cfg["reference"], atlas, label_key=LABEL_KEY, dataset_name="synthetic",
                          settings=BuildSettings(layout=cfg["layout"]), reporter=clock)
     seconds = time.perf_counter() - began
-    return {"seconds": seconds, "stages": clock.stages, "index": opened.info["index"], "dim": opened.info["dim"],
+    return {"seconds": seconds, "stages": clock.stages, "log": clock.log, "index": opened.info["index"], "dim": opened.info["dim"],
             "method": opened.embedder.method}
 
 
@@ -116,7 +119,7 @@ def step_annotate(cfg: dict[str, Any]) -> dict[str, Any]:
     rng = np.random.default_rng(cfg["seed"])
     rows = np.sort(rng.choice(len(labels), size=min(cfg["recall_queries"], len(labels)), replace=False))
     np.save(cfg["query_vectors"], result.embeddings[rows])
-    return {"seconds": seconds, "stages": clock.stages, "accuracy": score.accuracy, "macro_f1": score.macro_f1,
+    return {"seconds": seconds, "stages": clock.stages, "log": clock.log, "accuracy": score.accuracy, "macro_f1": score.macro_f1,
             "unassigned": float(np.mean(labels == UNASSIGNED)), "assigned_precision": score.assigned_precision,
             "raw_accuracy": raw.accuracy, "novelty": result.info.get("novelty", {}).get("novel_cells", 0)}
 
@@ -351,6 +354,9 @@ def main() -> None:
     print(f"\n{args.cells:,} reference cells, {args.queries:,} query cells, {N_GENES:,} genes, {N_TYPES} types; "
           f"layout {args.layout}; {os.cpu_count()} CPUs\n")
     print(markdown)
+    for step in ("build", "annotate"):
+        stages = ", ".join(f"{stage['stage'].lower()} {stage['seconds']:.0f} s" for stage in results[step]["stages"])
+        print(f"\n{step} stages: {stages}")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(results, indent=2, default=float))
