@@ -1,8 +1,9 @@
 """Scale benchmark: build an atlas of N synthetic cells and annotate a large query, on one machine.
 
-    python benchmarks/scale.py --cells 100000 --queries 20000 --workdir /tmp/scale --out results/scale-100k.json
-    python benchmarks/scale.py --cells 1000000 --queries 100000 --workdir /tmp/scale --out results/scale-1m.json
-    python benchmarks/scale.py --cells 1000000 --layout none ...      # skip the UMAP layout of the reference
+    python benchmarks/scale.py --cells 100000 --queries 20000 --workdir /tmp/scale --out scale-100k.json
+    python benchmarks/scale.py --cells 1000000 --queries 100000 --workdir /tmp/scale --out scale-1m.json
+    python benchmarks/scale.py --cells 1000000 --queries 20000 --recall-queries 500 --layout none \
+        --workdir /tmp/scale --out scale-1m.json                      # no UMAP layout; fewer exact searches
 
 One run, one data set: a synthetic reference of ``--cells`` cells (20 cell types over 5,000 real
 gene symbols, negative-binomial counts, see :mod:`screader_db.synthetic`) and a query of
