@@ -149,14 +149,22 @@ def detect(X_variable: np.ndarray, genes: list[str], profiles: LabelProfiles, *,
     return _judge(labels, X_variable, genes, profiles, cutoff)
 
 
+def cluster_sums(cluster: np.ndarray, X: np.ndarray, k: int) -> np.ndarray:
+    """Per-cluster sums of the rows of ``X`` (``k`` × columns), as one sparse product.
+
+    The same sums as ``np.add.at`` over the rows, at a small fraction of its time.
+    """
+    onehot = sp.csr_matrix((np.ones(len(cluster)), (cluster, np.arange(len(cluster)))), shape=(k, len(cluster)))
+    return np.asarray(onehot @ np.asarray(X, dtype=np.float64))
+
+
 def _judge(cluster: np.ndarray, X: np.ndarray | None, genes: list[str], profiles: LabelProfiles, cutoff: float,
            sums: np.ndarray | None = None) -> NoveltyResult:
     k = int(cluster.max()) + 1
     sizes = np.bincount(cluster, minlength=k).astype(np.float64)
     if sums is None:
         assert X is not None
-        sums = np.zeros((k, X.shape[1]))
-        np.add.at(sums, cluster, X)
+        sums = cluster_sums(cluster, X, k)
     means = sums / np.maximum(sizes, 1)[:, None]
     usable = sizes >= MIN_CLUSTER
     arg, best = best_matches(means[usable], profiles.restrict(genes))
@@ -197,7 +205,7 @@ def stream_detect(chunks: Callable[[], Iterator[tuple[int, sp.csr_matrix]]], n_c
         dense = np.asarray(block[:, variable].todense(), dtype=np.float64)
         part = assign(dense, centroids, loadings)
         cluster[start : start + len(part)] = part
-        np.add.at(sums, part, dense)
+        sums += cluster_sums(part, dense, len(centroids))
     return _judge(cluster, None, [genes[i] for i in variable], profiles, cutoff, sums=sums)
 
 
@@ -228,6 +236,7 @@ def calibrate(sample: sp.csr_matrix, labels: np.ndarray, genes: list[str], *, se
     query = np.asarray(sample[test][:, variable].todense(), dtype=np.float64)
     train = sample[~test]
     cluster, _, _ = cluster_cells(query, n_clusters=n_clusters_for(len(query)), seed=seed)
+    sums = cluster_sums(cluster, query, int(cluster.max()) + 1)
     grid = np.round(np.arange(-8.0, MAX_CUTOFF + 0.01, 0.25), 2)
     known_loss = np.zeros((len(candidates), len(grid)))
     caught = np.zeros((len(candidates), len(grid)))
@@ -238,7 +247,7 @@ def calibrate(sample: sp.csr_matrix, labels: np.ndarray, genes: list[str], *, se
         profiles = LabelProfiles(names, genes, means, np.zeros(len(names)))
         is_hidden = labels[test] == hidden
         for j, cut in enumerate(grid):
-            result = _judge(cluster, query, [genes[g] for g in variable], profiles, float(cut))
+            result = _judge(cluster, query, [genes[g] for g in variable], profiles, float(cut), sums=sums)
             known_loss[i, j] = result.novel[~is_hidden].mean()
             caught[i, j] = result.novel[is_hidden].mean()
     loss, catch = known_loss.mean(axis=0), caught.mean(axis=0)

@@ -10,6 +10,45 @@ import numpy as np
 from screader_db.errors import ScreaderError
 
 
+def _celltypist() -> Any:
+    try:
+        import celltypist
+    except ImportError as err:
+        message = "CellTypist is not installed; `pip install 'screader-db[eval]'` adds it"
+        raise ScreaderError(message) from err
+    return celltypist
+
+
+def celltypist_train(reference: Any, *, label_key: str, seed: int = 0, feature_selection: bool = False) -> Any:
+    """A CellTypist model trained on the reference (log1p CP10k over human symbols)."""
+    import contextlib
+    import io
+
+    celltypist = _celltypist()
+    np.random.seed(seed)
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        return celltypist.train(reference.X, labels=reference.obs[label_key].astype(str).to_numpy(),
+                                genes=np.asarray(reference.var_names), check_expression=False, n_jobs=1,
+                                feature_selection=feature_selection, max_iter=500)
+
+
+def celltypist_label(model: Any, query: Any, *, majority_voting: bool = False) -> np.ndarray:
+    """Labels of the query cells (log1p CP10k over human symbols) from a trained CellTypist model."""
+    import contextlib
+    import io
+
+    import anndata as ad
+
+    celltypist = _celltypist()
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        holder = ad.AnnData(X=query.X, obs=query.obs[[]].copy(), var=query.var[[]].copy())
+        result = celltypist.annotate(holder, model=model, majority_voting=majority_voting)
+    column = "majority_voting" if majority_voting else "predicted_labels"
+    return result.predicted_labels[column].astype(str).to_numpy()
+
+
 def celltypist_predict(reference: Any, query: Any, *, label_key: str, seed: int = 0, feature_selection: bool = False,
                        majority_voting: bool = False) -> np.ndarray:
     """Train CellTypist on the reference (log1p CP10k over human symbols) and label the query.
@@ -17,26 +56,8 @@ def celltypist_predict(reference: Any, query: Any, *, label_key: str, seed: int 
     Both inputs are AnnData objects whose ``X`` is log1p(counts per 10,000) and whose var
     names are human symbols, as :func:`screader_db.inputs.load_expression` makes them.
     """
-    try:
-        import celltypist
-    except ImportError as err:
-        message = "CellTypist is not installed; `pip install 'screader-db[eval]'` adds it"
-        raise ScreaderError(message) from err
-    import contextlib
-    import io
-
-    import anndata as ad
-
-    np.random.seed(seed)
-    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-        warnings.simplefilter("ignore")
-        model = celltypist.train(reference.X, labels=reference.obs[label_key].astype(str).to_numpy(),
-                                 genes=np.asarray(reference.var_names), check_expression=False, n_jobs=1,
-                                 feature_selection=feature_selection, max_iter=500)
-        holder = ad.AnnData(X=query.X, obs=query.obs[[]].copy(), var=query.var[[]].copy())
-        result = celltypist.annotate(holder, model=model, majority_voting=majority_voting)
-    column = "majority_voting" if majority_voting else "predicted_labels"
-    return result.predicted_labels[column].astype(str).to_numpy()
+    model = celltypist_train(reference, label_key=label_key, seed=seed, feature_selection=feature_selection)
+    return celltypist_label(model, query, majority_voting=majority_voting)
 
 
 def celltypist_best(reference: Any, query: Any, *, label_key: str, seed: int = 0) -> tuple[np.ndarray, dict[str, Any]]:

@@ -60,14 +60,18 @@ def chunks(spec: SyntheticDesign, n_cells: int, *, chunk: int = 20_000, depth: f
 
 
 def write_h5ad(path: str | Path, n_cells: int, *, n_types: int = 20, n_genes: int = 5000, chunk: int = 20_000,
-               depth: float = 2500.0, seed: int = 0) -> Path:
-    """Write a synthetic labelled data set (obs ``cell_type``) without holding it in memory."""
+               depth: float = 2500.0, seed: int = 0, design_seed: int | None = None) -> Path:
+    """Write a synthetic labelled data set (obs ``cell_type``) without holding it in memory.
+
+    ``design_seed`` (default: ``seed``) fixes the profiles; a query drawn from a reference's
+    design passes the reference's seed here and its own ``seed`` for the cells.
+    """
     import anndata as ad
     import h5py
     from anndata.io import sparse_dataset, write_elem
 
     target = Path(path)
-    spec = design(n_types=n_types, n_genes=n_genes, seed=seed)
+    spec = design(n_types=n_types, n_genes=n_genes, seed=seed if design_seed is None else design_seed)
     labels: list[np.ndarray] = []
     tmp = target.with_name(f".{target.name}.tmp")
     with h5py.File(tmp, "w") as handle:

@@ -281,7 +281,7 @@ def write_version(root: Path, refs: list[tuple[ReferenceSource, np.ndarray | Cal
         if profiles is not None:
             write_profiles(draft, *profiles)
         ids = np.concatenate(all_ids)
-        vecs = np.concatenate(all_vectors)
+        vecs = all_vectors[0] if len(all_vectors) == 1 else np.concatenate(all_vectors)
         layout = _layout(vecs, settings, reporter)
         if layout is not None:
             write_layout(draft, ids, layout)
