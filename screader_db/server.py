@@ -4,12 +4,14 @@
 Reading endpoints are open; the writing ones need ``Authorization: Bearer <token>`` and are
 switched off (403) when the server has no token. Every error is JSON ``{"error": "..."}``.
 The atlas's ``current`` pointer is checked on every request, so a new version is served without
-a restart; annotation runs in a thread pool so requests are served side by side.
+a restart; annotation runs in worker threads, at most one request per CPU core at a time (more
+would only compete for the same cores), so requests are served side by side and the rest queue.
 """
 
 from __future__ import annotations
 
 import hmac
+import os
 import re
 import shutil
 import tempfile
@@ -18,6 +20,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
+import anyio
+import anyio.to_thread
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
@@ -96,6 +100,13 @@ def create_app(atlas_dir: str | Path, *, token: str | None = None, max_upload_by
     app.state.atlas = cache
     _handlers(app)
     writer = _Writer(token)
+    limiters: dict[str, Any] = {}
+
+    def _limiter() -> Any:
+        """One annotation per CPU core at a time (made on first use, inside the event loop)."""
+        if "annotate" not in limiters:
+            limiters["annotate"] = anyio.CapacityLimiter(max(1, os.cpu_count() or 1))
+        return limiters["annotate"]
 
     @app.get("/health", summary="Is the atlas ready, and which version is served")
     def health() -> dict[str, Any]:
@@ -120,7 +131,8 @@ def create_app(atlas_dir: str | Path, *, token: str | None = None, max_upload_by
     async def annotate_cells(
         request: Request,
         k: Annotated[int, Query(ge=1, le=1000, description="nearest reference cells that vote")] = 15,
-        min_score: Annotated[float, Query(ge=0, le=1, description="below this vote share a cell is Unassigned")] = 0.0,
+        min_score: Annotated[float | None, Query(ge=0, le=1, description="below this vote share a cell is Unassigned "
+                                                                    "(default: the atlas's calibrated cut-off)")] = None,
         species: Annotated[str, Query(description="human, mouse or auto")] = "auto",
         level: Annotated[str, Query(description="label or harmonised")] = "label",
         gene_key: Annotated[str | None, Query(description="var column with gene symbols (h5ad)")] = None,
@@ -139,11 +151,12 @@ def create_app(atlas_dir: str | Path, *, token: str | None = None, max_upload_by
         kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if kind == "application/json":
             parsed = parse_counts(await request.body())
-            return await run_in_threadpool(_annotate_counts, cache, atlas, parsed, options)
+            return await anyio.to_thread.run_sync(_annotate_counts, cache, atlas, parsed, options, limiter=_limiter())
         if kind == "multipart/form-data":
             async with request.form() as form:
                 upload = _upload(form)
-                return await run_in_threadpool(_annotate_upload, cache, atlas, upload, options)
+                return await anyio.to_thread.run_sync(_annotate_upload, cache, atlas, upload, options,
+                                                      limiter=_limiter())
         raise HTTPException(415, f"unsupported content type {kind or 'none'!r}; send an .h5ad as multipart/form-data "
                                  f"field {UPLOAD_FIELD!r}, or JSON {{\"genes\": [...], \"cells\": [...], \"counts\": [[...]]}}")
 
