@@ -79,11 +79,6 @@ def stream_centre(embedder: Any, mode: str, chunks: Callable[[], Iterator[tuple[
             part = np.asarray(block.sum(axis=0)).ravel()
             total = part if total is None else total + part
         return (np.zeros(len(embedder.genes)) if total is None else total / max(n_cells, 1)).astype(np.float32)
-    rng = np.random.default_rng(seed)
-    rows = np.sort(rng.choice(n_cells, size=min(n_cells, sample_cells), replace=False))
-    picked = []
-    for start, block in chunks():
-        local = rows[(rows >= start) & (rows < start + block.shape[0])] - start
-        if len(local):
-            picked.append(block[local])
-    return balanced_mean(sp.vstack(picked), seed=seed)
+    from screader_db.inputs import sample_chunks
+
+    return balanced_mean(sample_chunks(chunks, n_cells, sample_cells=sample_cells, seed=seed), seed=seed)

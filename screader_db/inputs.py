@@ -8,7 +8,7 @@ whole.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -174,6 +174,24 @@ def check_values(X: sp.csr_matrix) -> str:
         "Pass raw counts (--layer counts) or log1p-normalised data"
     )
     raise InputDataError(message)
+
+
+def rows_in_block(rows: np.ndarray, start: int, size: int) -> np.ndarray:
+    """The sorted global ``rows`` that fall in the block starting at ``start``, as block-local rows."""
+    return rows[(rows >= start) & (rows < start + size)] - start
+
+
+def sample_chunks(chunks: Callable[[], Iterator[tuple[int, sp.csr_matrix]]], n_cells: int, *, sample_cells: int,
+                  seed: int = 0) -> sp.csr_matrix:
+    """A seeded sample of at most ``sample_cells`` cells (in row order) of a batch read in chunks."""
+    rng = np.random.default_rng(seed)
+    rows = np.sort(rng.choice(n_cells, size=min(n_cells, sample_cells), replace=False))
+    picked = []
+    for start, block in chunks():
+        local = rows_in_block(rows, start, block.shape[0])
+        if len(local):
+            picked.append(block[local])
+    return sp.csr_matrix(sp.vstack(picked))
 
 
 @dataclass

@@ -190,14 +190,10 @@ def stream_detect(chunks: Callable[[], Iterator[tuple[int, sp.csr_matrix]]], n_c
                   sample_cells: int = SAMPLE_CELLS) -> NoveltyResult:
     """:func:`detect` for a query read in chunks (columns follow ``genes``; ``variable`` indexes them):
     cluster a sample, assign every cell to its nearest cluster, sum profiles per cluster."""
-    rng = np.random.default_rng(seed)
-    rows = np.sort(rng.choice(n_cells, size=min(n_cells, sample_cells), replace=False))
-    picked = []
-    for start, block in chunks():
-        local = rows[(rows >= start) & (rows < start + block.shape[0])] - start
-        if len(local):
-            picked.append(np.asarray(block[local][:, variable].todense(), dtype=np.float64))
-    sample = np.vstack(picked)
+    from screader_db.inputs import sample_chunks
+
+    picked = sample_chunks(chunks, n_cells, sample_cells=sample_cells, seed=seed)
+    sample = np.asarray(picked[:, variable].todense(), dtype=np.float64)
     _, centroids, loadings = cluster_cells(sample, n_clusters=n_clusters_for(n_cells), seed=seed)
     cluster = np.empty(n_cells, dtype=np.int64)
     sums = np.zeros((len(centroids), len(variable)))

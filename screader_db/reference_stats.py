@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.sparse as sp
 
-from screader_db.inputs import ExpressionSource, GenePlan, check_values, normalise
+from screader_db.inputs import ExpressionSource, GenePlan, check_values, normalise, rows_in_block
 from screader_db.progress import SILENT, Reporter
 
 SAMPLE_CELLS = 10_000
@@ -132,7 +132,7 @@ def collect(source: ExpressionSource, plan: GenePlan, labels: np.ndarray, *, chu
             squared.data = squared.data.astype(np.float64) ** 2
             class_log_sumsq += np.asarray((onehot @ squared).todense())
             class_detected += np.asarray((onehot @ binary).todense())
-            local = sample_rows[(sample_rows >= start) & (sample_rows < start + X.shape[0])] - start
+            local = rows_in_block(sample_rows, start, X.shape[0])
             if len(local):
                 sampled.append(X[local])
             advance(X.shape[0])
