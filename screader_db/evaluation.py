@@ -61,9 +61,10 @@ class Task:
 
 
 PROTOCOL = (("power", 1.0), ("propagation", 0.0))
+PROJECT_METHODS = ("marker", "marker-text", "genept")
 
 
-def standard_specs(model: str = "minilm", *, methods: tuple[str, ...] = ("marker", "marker-text", "genept"),
+def standard_specs(model: str = "minilm", *, methods: tuple[str, ...] = PROJECT_METHODS,
                    random_seeds: int = 3, baselines: bool = True, celltypist: bool = True,
                    abstention: bool = True) -> list[MethodSpec]:
     """The project's methods (text ones with ``model`` and their random-vector twins), the
@@ -281,7 +282,7 @@ def run_evaluation(*, reference: str | Path, label_key: str, query: str | Path |
         tasks = split_tasks(ref, label_key=label_key, seeds=seeds, test_size=split or 0.2, name=ref_name)
         title = f"{ref_name}: {seeds} stratified {split or 0.2:.0%} splits ({model}, k={k}, {n_genes} genes)"
         random_seeds = 1
-    chosen = tuple(m.strip() for m in methods.split(",") if m.strip()) if methods else ("marker", "marker-text", "genept")
+    chosen = tuple(m.strip() for m in methods.split(",") if m.strip()) if methods else PROJECT_METHODS
     specs = standard_specs(model, methods=chosen, random_seeds=random_seeds, celltypist=celltypist)
     result = evaluate(tasks, specs, k=k, n_genes=n_genes, reporter=reporter)
     if out is not None:

@@ -91,6 +91,7 @@ class Atlas:
     _embedder: Any = field(default=None, repr=False)
     _index: Any = field(default=None, repr=False)
     _layout: pd.DataFrame | None = field(default=None, repr=False)
+    _profiles: Any = field(default=None, repr=False)  # (profiles, calibration), False when absent, None unread
 
     @property
     def path(self) -> Path:
@@ -181,7 +182,12 @@ class Atlas:
         return self._index
 
     def profiles(self) -> tuple[Any, dict[str, Any]] | None:
-        """Reference label profiles and the novelty calibration, if the atlas has them."""
+        """Reference label profiles and the novelty calibration, if the atlas has them (read once)."""
+        if self._profiles is None:
+            self._profiles = self._read_profiles() or False
+        return self._profiles or None
+
+    def _read_profiles(self) -> tuple[Any, dict[str, Any]] | None:
         path = self.path / "label_profiles.parquet"
         if not path.is_file():
             return None

@@ -136,8 +136,9 @@ def build_atlas(reference: Any, atlas: str | Path, *, label_key: str, dataset_na
     if settings.method in TEXT_METHODS:
         emb = _gene_vectors(genes, settings, resolver, reporter, device)
     params = {} if settings.center == "auto" else {"center": settings.center}
+    sample_labels = stats.sample_labels(ref.labels)
     fit: dict[str, Any] = {"mean": None if settings.method in MARKER_METHODS else stats.mean[chosen],
-           "labels": stats.sample_labels(ref.labels), "weights": weights,
+           "labels": sample_labels, "weights": weights,
            "gene_vectors": None if emb is None else emb.vectors, "params": params, "seed": settings.seed}
     if settings.method in LEARNED_METHODS:
         embedder = _train_learned(stats.sample[:, chosen], genes, fit, settings, reporter, device)
@@ -146,14 +147,12 @@ def build_atlas(reference: Any, atlas: str | Path, *, label_key: str, dataset_na
     mean = embedder.mean
     profiles = LabelProfiles(stats.labels, stats.genes, stats.class_means(), stats.class_counts,
                              [ref.name] * len(stats.labels))
-    sample_labels = stats.sample_labels(ref.labels)
     with reporter.task("Calibrating novelty and confidence on the reference", 2, "steps") as advance:
         calibration = calibrate(stats.sample, sample_labels, stats.genes, seed=settings.seed)
         advance(1)
 
         def refit(X: Any, labels: np.ndarray) -> CellEmbedder:
-            return fit_embedder(settings.method, X, genes, labels=labels, weights=weights, params=params,
-                                gene_vectors=None if emb is None else emb.vectors, seed=settings.seed)
+            return fit_embedder(settings.method, X, genes, **{**fit, "labels": labels, "mean": None})
 
         if settings.method in LEARNED_METHODS:
             calibration["scores"] = {"calibrated": False, "min_score": 0.0,
@@ -183,12 +182,13 @@ def _train_learned(X: Any, genes: list[str], fit: dict[str, Any], settings: Buil
     """Train a hybrid or adaptor embedder on the stratified cell sample, with a progress bar."""
     from screader_db.hybrid import method_settings, training_cells
 
-    params = {**fit.pop("params"), **settings.learned_params()}
+    params = {**fit["params"], **settings.learned_params()}
+    rest = {name: value for name, value in fit.items() if name != "params"}
     plan = method_settings(settings.method, params)
     total = int(plan["epochs"]) * training_cells(X.shape[0], plan)
     what = f"{settings.method} over {plan['decoder']}" if settings.method == "hybrid" else settings.method
     with reporter.task(f"Training the {what} ({plan['epochs']} epochs)", total, "cells") as advance:
-        embedder = fit_embedder(settings.method, X, genes, **fit, params=params, device=device, progress=advance)
+        embedder = fit_embedder(settings.method, X, genes, **rest, params=params, device=device, progress=advance)
     record = embedder.params
     reporter.message(f"Trained on {record['train_cells']:,} cells per epoch in {record['train_seconds']:.0f} s "
                      f"(final loss {record['train_loss'][-1]:.3f})")
