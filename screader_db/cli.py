@@ -137,7 +137,9 @@ def build(
     n_genes: Annotated[int, typer.Option(help="Number of highly variable reference genes to build on.")] = 3000,
     pooling: Annotated[str, typer.Option(help="Causal language models: mean or last token.")] = "mean",
     hidden_layer: Annotated[int, typer.Option(help="Causal language models: hidden layer to pool (-1 = last).")] = -1,
-    index: Annotated[str, typer.Option(help="FAISS index: auto, flat, ivf, ivf-sq8 or ivf-pq.")] = "auto",
+    index: Annotated[str, typer.Option(help="FAISS index: auto (exact flat below 200,000 cells, then IVF sized to the "
+                                            "atlas and tuned to recall@10 ≥ 0.95), flat, ivf, ivf-pca (lists of principal "
+                                            "components, exact re-ranking), ivf-sq8 or ivf-pq.")] = "auto",
     decoder: Annotated[str, typer.Option(help="hybrid: frozen causal LM (smollm2, a LLaMA folder, .gguf).")] = "smollm2",
     n_top: Annotated[int | None, typer.Option(help="hybrid/adaptor: top expressed genes per cell used as tokens (default 64).")] = None,
     epochs: Annotated[int | None, typer.Option(help="hybrid/adaptor: training epochs (default: hybrid 3, adaptor 20).")] = None,
@@ -337,6 +339,8 @@ def _index_text(index: dict[str, Any]) -> str:
     text = str(index.get("kind", "?"))
     if index.get("nlist"):
         text += f", {index['nlist']:,} lists, nprobe {index.get('nprobe')}"
+    if index.get("k_factor"):
+        text += f", {index.get('pca_dim')} principal components, re-ranking {index['k_factor']}× k candidates"
     text += f", recall@10 {float(index.get('recall_at_10', 1.0)):.3f} vs exact"
     if index.get("bytes_per_cell"):
         text += f", {index['bytes_per_cell']:,} bytes/cell"

@@ -1,10 +1,17 @@
 """Realistic synthetic counts for scale tests and benchmarks, written to .h5ad chunk by chunk.
 
 Each cell type has its own expression profile: a shared gamma-distributed baseline with a
-block of marker genes raised 5-30 fold. Counts are negative binomial (dispersion 2) around the
-profile times a log-normal library size, over real human gene symbols, so the data passes the
-same checks and gene mapping as real data. Files are written with anndata's on-disk sparse
-append, so a million-cell file never sits in memory.
+block of marker genes raised 5-30 fold. Cells of one type are not copies of one profile: as in
+real tissue, each carries continuous activities of gene programs (a few shared by every type,
+such as cycling or stress, and a few of its own, such as activation or maturation gradients)
+and comes from one of a few donors with their own gene-level offsets. Counts are negative
+binomial (dispersion 2) around that profile times a log-normal library size, over real human
+gene symbols, so the data passes the same checks and gene mapping as real data. Files are
+written with anndata's on-disk sparse append, so a million-cell file never sits in memory.
+
+Without programs (``programs=False``) a type's cells differ only by sampling noise, which makes
+every cell's nearest neighbours near-ties: a harder and less realistic case for approximate
+search than real data (``benchmarks/realism.py`` compares both with real atlases).
 """
 
 from __future__ import annotations
@@ -18,17 +25,31 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+SHARED_PROGRAMS = 6
+PROGRAMS_PER_TYPE = 4
+PROGRAM_GENES = 60
+SHARED_PROGRAM_GENES = 300
+PROGRAM_LOG_FOLD = 2.5
+DONORS = 4
+DONOR_SD = 0.4
+
 
 @dataclass
 class SyntheticDesign:
-    """Profiles (types × genes, rows sum to 1), gene symbols and type names of a synthetic data set."""
+    """Profiles (types × genes, rows sum to 1), gene symbols and type names of a synthetic data set,
+    with the log-fold loadings of its gene programs (programs × genes), which type each program
+    belongs to (-1: every type) and each donor's log offsets (donors × genes)."""
 
     genes: list[str]
     types: list[str]
     profiles: np.ndarray
+    loadings: np.ndarray | None = None
+    program_type: np.ndarray | None = None
+    donor_offsets: np.ndarray | None = None
 
 
-def design(*, n_types: int = 20, n_genes: int = 5000, n_markers: int = 30, seed: int = 0) -> SyntheticDesign:
+def design(*, n_types: int = 20, n_genes: int = 5000, n_markers: int = 30, seed: int = 0,
+           programs: bool = True) -> SyntheticDesign:
     """A seeded design over real protein-coding symbols from the shipped gene table."""
     from screader_db.genes import load_gene_table
 
@@ -38,11 +59,44 @@ def design(*, n_types: int = 20, n_genes: int = 5000, n_markers: int = 30, seed:
     genes = sorted(rng.choice(coding, size=min(n_genes, len(coding)), replace=False).tolist())
     base = rng.gamma(0.35, 1.0, size=len(genes))
     profiles = np.tile(base, (n_types, 1))
+    marker_sets = []
     for t in range(n_types):
         markers = rng.choice(len(genes), size=n_markers, replace=False)
         profiles[t, markers] *= rng.uniform(5, 30, size=n_markers)
+        marker_sets.append(markers)
     profiles /= profiles.sum(axis=1, keepdims=True)
-    return SyntheticDesign(genes=genes, types=[f"type{t:02d}" for t in range(n_types)], profiles=profiles)
+    types = [f"type{t:02d}" for t in range(n_types)]
+    if not programs:
+        return SyntheticDesign(genes=genes, types=types, profiles=profiles)
+    owners = np.concatenate([np.full(SHARED_PROGRAMS, -1), np.repeat(np.arange(n_types), PROGRAMS_PER_TYPE)])
+    loadings = np.zeros((len(owners), len(genes)))
+    for p, owner in enumerate(owners):
+        # A type's own programs move some of its markers too (maturation, activation); shared ones
+        # touch any gene.
+        pool = marker_sets[owner] if owner >= 0 else np.unique(np.concatenate(marker_sets))
+        size = PROGRAM_GENES if owner >= 0 else SHARED_PROGRAM_GENES
+        own = rng.choice(pool, size=min(size // 2, len(pool)), replace=False)
+        other = rng.choice(len(genes), size=min(size - len(own), len(genes)), replace=False)
+        members = np.union1d(own, other)
+        loadings[p, members] = rng.normal(PROGRAM_LOG_FOLD, 0.4, size=len(members))
+    donors = rng.normal(0.0, DONOR_SD, size=(DONORS, len(genes)))
+    return SyntheticDesign(genes=genes, types=types, profiles=profiles, loadings=loadings, program_type=owners,
+                           donor_offsets=donors)
+
+
+def _cell_profiles(spec: SyntheticDesign, kinds: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Each cell's expression profile (rows sum to 1): its type's, shifted by its program
+    activities and its donor's offsets."""
+    base = spec.profiles[kinds]
+    if spec.loadings is None or spec.program_type is None or spec.donor_offsets is None:
+        return base
+    owners = spec.program_type
+    # Activities in [0, 1]: most cells low on a program, some high (a skewed gradient).
+    activity = rng.beta(0.6, 1.4, size=(len(kinds), len(owners)))
+    activity *= (owners[None, :] < 0) | (owners[None, :] == kinds[:, None])
+    donor = rng.integers(0, len(spec.donor_offsets), size=len(kinds))
+    shifted = base * np.exp(activity @ spec.loadings + spec.donor_offsets[donor])
+    return shifted / shifted.sum(axis=1, keepdims=True)
 
 
 def chunks(spec: SyntheticDesign, n_cells: int, *, chunk: int = 20_000, depth: float = 2500.0,
@@ -54,13 +108,13 @@ def chunks(spec: SyntheticDesign, n_cells: int, *, chunk: int = 20_000, depth: f
         n = min(chunk, n_cells - start)
         kinds = rng.choice(len(spec.types), size=n, p=weights)
         library = rng.lognormal(np.log(depth), 0.4, size=n)
-        mu = spec.profiles[kinds] * library[:, None]
+        mu = _cell_profiles(spec, kinds, rng) * library[:, None]
         counts = rng.negative_binomial(2.0, 2.0 / (2.0 + mu)).astype(np.float32)
         yield sp.csr_matrix(counts), kinds
 
 
 def write_h5ad(path: str | Path, n_cells: int, *, n_types: int = 20, n_genes: int = 5000, chunk: int = 20_000,
-               depth: float = 2500.0, seed: int = 0, design_seed: int | None = None) -> Path:
+               depth: float = 2500.0, seed: int = 0, design_seed: int | None = None, programs: bool = True) -> Path:
     """Write a synthetic labelled data set (obs ``cell_type``) without holding it in memory.
 
     ``design_seed`` (default: ``seed``) fixes the profiles; a query drawn from a reference's
@@ -71,7 +125,7 @@ def write_h5ad(path: str | Path, n_cells: int, *, n_types: int = 20, n_genes: in
     from anndata.io import sparse_dataset, write_elem
 
     target = Path(path)
-    spec = design(n_types=n_types, n_genes=n_genes, seed=seed if design_seed is None else design_seed)
+    spec = design(n_types=n_types, n_genes=n_genes, seed=seed if design_seed is None else design_seed, programs=programs)
     labels: list[np.ndarray] = []
     tmp = target.with_name(f".{target.name}.tmp")
     with h5py.File(tmp, "w") as handle:

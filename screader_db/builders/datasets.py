@@ -122,9 +122,7 @@ def add_dataset(atlas: str | Path, reference: Any, *, label_key: str, name: str 
 
 def remove_dataset(atlas: str | Path, name: str, *, wait: float = 0.0, reporter: Reporter = SILENT) -> store.Atlas:
     """Drop one data set from the atlas as a new version."""
-    import faiss
-
-    from screader_db.index import load_index, save_index
+    from screader_db.index import load_index, remove_id_range, save_index
 
     root = Path(atlas)
     with store.writer_lock(root, wait=wait):
@@ -146,7 +144,7 @@ def remove_dataset(atlas: str | Path, name: str, *, wait: float = 0.0, reporter:
         with reporter.task("Removing from the FAISS index", int(gone["n_cells"]), "cells") as advance:
             index, sidecar = load_index(previous.path / "index.faiss")
             low = int(store.cell_ids(dataset_id, 1)[0])
-            index.remove_ids(faiss.IDSelectorRange(low, low + (1 << store.ID_SHIFT)))
+            remove_id_range(index, low, low + (1 << store.ID_SHIFT))
             info = {**sidecar["index"], "n": int(index.ntotal)}
             save_index(index, _info(info), draft.staging / "index.faiss", draft.provenance)
             advance(int(gone["n_cells"]))
