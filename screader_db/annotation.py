@@ -239,9 +239,26 @@ def annotate(adata: Any, atlas: str | Path | store.Atlas, *, k: int | None = Non
     allowed = restrict(cells, column, datasets=datasets, labels=labels, exclude_labels=exclude_labels)
     if allowed is not None:
         cells = cells.loc[allowed]
-    with reporter.task("Searching the atlas", len(vectors), "cells") as advance:
-        sims, ids = search(opened.index, vectors, k, allowed=None if allowed is None else allowed.to_numpy())
-        advance(len(vectors))
+
+    def run_search() -> tuple[np.ndarray, np.ndarray]:
+        with reporter.task("Searching the atlas", len(vectors), "cells") as advance:
+            found = search(opened.index, vectors, k, allowed=None if allowed is None else allowed.to_numpy())
+            advance(len(vectors))
+        return found
+
+    # The novelty check reads only the query's expression, so it runs while FAISS searches (which
+    # releases the GIL): on a large query the two together take little more than the search.
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        searching = pool.submit(run_search)
+        found_novel = None
+        if novelty:
+            own_level = level == "label"
+            found_novel = find_novel(query, opened, chunk=chunk, cutoff=novelty_cutoff, datasets=datasets,
+                                     labels=labels if own_level else None,
+                                     exclude_labels=exclude_labels if own_level else None, reporter=reporter)
+        sims, ids = searching.result()
     vocabulary = sorted(cells[column].unique())
     code_of = {label: i for i, label in enumerate(vocabulary)}
     codes_by_id = pd.Series(cells[column].map(code_of).to_numpy(), index=cells.index)
@@ -262,18 +279,13 @@ def annotate(adata: Any, atlas: str | Path | store.Atlas, *, k: int | None = Non
         "mean_similarity": vote.mean_similarity, "raw_label": raw.astype(object), "knn_label": knn_best,
     }, index=pd.Index([str(i) for i in query.source.obs.index]))
     info_novelty: dict[str, Any] = {"checked": False}
-    if novelty:
-        own_level = level == "label"
-        found = find_novel(query, opened, chunk=chunk, cutoff=novelty_cutoff, datasets=datasets,
-                           labels=labels if own_level else None, exclude_labels=exclude_labels if own_level else None,
-                           reporter=reporter)
-        if found is not None:
-            result, info_novelty = found
-            if result is not None:
-                table["label"] = np.where(result.novel, UNASSIGNED, table["label"].to_numpy())
-                table["novelty_cluster"] = pd.Categorical(result.cluster.astype(str))
-                table["cluster_match"] = result.match
-                table["novel"] = result.novel
+    if novelty and found_novel is not None:
+        result, info_novelty = found_novel
+        if result is not None:
+            table["label"] = np.where(result.novel, UNASSIGNED, table["label"].to_numpy())
+            table["novelty_cluster"] = pd.Categorical(result.cluster.astype(str))
+            table["cluster_match"] = result.match
+            table["novel"] = result.novel
     if majority_voting:
         from screader_db.clusters import cluster_cells, majority_labels
 

@@ -150,8 +150,8 @@ def build_index(vectors: np.ndarray, ids: np.ndarray, *, kind: str = "auto", rec
 
 
 def _train_and_add(index: Any, train: np.ndarray, vectors: np.ndarray, ids: np.ndarray, extra: dict[str, Any]) -> None:
-    """Train on ``train``, then add the vectors in blocks (a block's transformed copy is all the
-    extra memory adding takes). An HNSW coarse quantiser places each vector with ``ADD_EF_SEARCH``:
+    """Train on ``train``, then add the vectors (in blocks, for lists of codes: a block's encoded
+    copy is all the extra memory adding takes). An HNSW coarse quantiser places each vector with ``ADD_EF_SEARCH``:
     faiss's default (16) puts a share of them in the wrong list, which costs recall at every nprobe."""
     began = time.perf_counter()
     index.train(train)
@@ -162,8 +162,11 @@ def _train_and_add(index: Any, train: np.ndarray, vectors: np.ndarray, ids: np.n
     if hasattr(quantizer, "hnsw"):
         quantizer.hnsw.efSearch = max(int(quantizer.hnsw.efSearch), ADD_EF_SEARCH)
     began = time.perf_counter()
-    for start in range(0, len(vectors), ADD_BLOCK):
-        index.add_with_ids(vectors[start : start + ADD_BLOCK], ids[start : start + ADD_BLOCK])
+    # A re-ranking store grows one flat buffer: adding in blocks would copy it whenever it outgrew
+    # its capacity (twice its size for a moment), so it takes every vector at once.
+    block = len(vectors) if parts is not None else ADD_BLOCK
+    for start in range(0, len(vectors), block):
+        index.add_with_ids(vectors[start : start + block], ids[start : start + block])
     extra["add_seconds"] = round(time.perf_counter() - began, 1)
 
 
@@ -208,6 +211,7 @@ def exact_search(queries: np.ndarray, vectors: np.ndarray, k: int, *, block: int
     One matrix product per block of queries and rows (torch's when it is installed: its top-k
     is several times faster than a partition in numpy), so no second copy of the vectors is made.
     """
+    torch: Any
     try:
         import torch
     except ImportError:
