@@ -342,6 +342,8 @@ def _index_text(index: dict[str, Any]) -> str:
     if index.get("k_factor"):
         text += f", {index.get('pca_dim')} principal components, re-ranking {index['k_factor']}× k candidates"
     text += f", recall@10 {float(index.get('recall_at_10', 1.0)):.3f} vs exact"
+    if index.get("target_met") is False:
+        text += f" (target {index.get('recall_target')} not reached: more probing stopped finding more)"
     if index.get("bytes_per_cell"):
         text += f", {index['bytes_per_cell']:,} bytes/cell"
     return text

@@ -31,6 +31,7 @@ INDEX_KINDS = ("auto", "flat", "ivf", "ivf-pca", "ivf-sq8", "ivf-pq")
 PCA_DIM = 128
 ADD_EF_SEARCH = 64
 TUNE_K = 10  # recall@10 is what the index is tuned and reported for
+PLATEAU = 0.01
 ADD_BLOCK = 100_000
 # Exact searches of at least this many query × atlas pairs run as blocked matrix products
 # (``exact_search``), several times faster than a Flat index's own search for large queries.
@@ -129,7 +130,7 @@ def build_index(vectors: np.ndarray, ids: np.ndarray, *, kind: str = "auto", rec
         nprobe, factor, recall = tune_refined(index, vectors, recall_target=recall_target, seed=seed)
         extra["tune_seconds"] = round(time.perf_counter() - began, 1)
         set_nprobe(index, nprobe, k_factor=factor)
-        extra.update({"pca_dim": PCA_DIM, "k_factor": factor})
+        extra.update({"pca_dim": PCA_DIM, "k_factor": factor, "target_met": bool(recall >= recall_target)})
         return index, IndexInfo("ivf-pca", n, dim, nlist=nlist, nprobe=nprobe, recall_at_10=recall, extra=extra)
     quantizer = faiss.IndexHNSWFlat(dim, 32, faiss.METRIC_INNER_PRODUCT) if hnsw else faiss.IndexFlatIP(dim)
     if chosen in ("ivf", "ivf-pca"):
@@ -291,7 +292,10 @@ def tune_refined(index: Any, vectors: np.ndarray, *, recall_target: float, seed:
     ``k_factor × k`` float32 vectors re-ranked (at twice the price: they are read at random); it
     tracks the measured search time. Every factor is tried from one base search per nprobe; nprobe
     grows by steps of about ×1.4 (powers of two and 1.5 × them) until scanning alone costs more than
-    the best pair found.
+    the best pair found. Where no pair reaches the target (cells whose nearest neighbours are
+    near-ties), nprobe stops growing once the largest pool's recall has gained less than
+    ``PLATEAU`` over two steps, and the largest pool at the first nprobe within ``PLATEAU`` of
+    the best recall seen is kept: more probing would cost much and find little.
     """
     parts = refined_parts(index)
     if parts is None:
@@ -302,6 +306,7 @@ def tune_refined(index: Any, vectors: np.ndarray, *, recall_target: float, seed:
     queries, rows, truth = _tuning_queries(vectors, k, seed, sample)
     per_list = n / ivf.nlist
     best: tuple[float, int, int] | None = None
+    widest: list[tuple[int, float]] = []  # (nprobe, recall with the largest pool)
     nprobe = 1
     while True:
         set_nprobe(index, nprobe)
@@ -317,15 +322,22 @@ def tune_refined(index: Any, vectors: np.ndarray, *, recall_target: float, seed:
         for factor in REFINE_FACTORS:
             pool = k * factor
             top = np.argsort(-sims[:, :pool], axis=1, kind="stable")[:, :k]
-            if _recall(np.take_along_axis(candidates[:, :pool], top, axis=1), truth) >= recall_target:
+            recall = _recall(np.take_along_axis(candidates[:, :pool], top, axis=1), truth)
+            if recall >= recall_target:
                 cost = scan + 2 * pool * dim * 4
                 if best is None or cost < best[0]:
                     best = (cost, nprobe, factor)
                 break
-        if nprobe >= ivf.nlist:
+        widest.append((nprobe, recall))
+        plateau = best is None and len(widest) >= 3 and widest[-1][1] - widest[-3][1] < PLATEAU
+        if nprobe >= ivf.nlist or plateau:
             break
         nprobe = min(nprobe * 3 // 2 if nprobe & (nprobe - 1) == 0 and nprobe >= 2 else 1 << nprobe.bit_length(), ivf.nlist)
-    _, nprobe, factor = best if best is not None else (0.0, ivf.nlist, REFINE_FACTORS[-1])
+    if best is not None:
+        _, nprobe, factor = best
+    else:
+        top_recall = max(r for _, r in widest)
+        nprobe, factor = next(p for p, r in widest if r >= top_recall - PLATEAU), REFINE_FACTORS[-1]
     set_nprobe(index, nprobe, k_factor=factor)
     _, found = refine.search(queries, k + 1)
     return nprobe, factor, _recall(_without_self(found, rows, k), truth)

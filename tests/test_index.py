@@ -120,3 +120,11 @@ def test_pca_index_filters_and_removes_exactly_by_id():
     assert np.isin(after, second).all()
     # The removal keeps the trained lists, so the remaining cells are found as before.
     np.testing.assert_array_equal(after, found)
+
+
+def test_pca_index_stops_probing_when_the_target_is_out_of_reach():
+    V = _wide(4000, seed=4)
+    _, info = build_index(V, _ids(4000), kind="ivf-pca", recall_target=1.01)
+    assert not info.extra["target_met"]
+    # It stops where recall stops improving, not at every list.
+    assert info.nprobe < info.nlist and info.recall_at_10 >= 0.95
