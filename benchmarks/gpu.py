@@ -35,7 +35,7 @@ def search_rows(n: int, q: int, dim: int, cuda: bool) -> list[dict[str, Any]]:
     import faiss
 
     from screader_db.cell_embedding import l2_normalise
-    from screader_db.index import TorchFlatSearcher
+    from screader_db.index import TorchFlatSearcher, recall_at_k
 
     rng = np.random.default_rng(0)
     vectors = l2_normalise(rng.standard_normal((n, dim)).astype(np.float32))
@@ -49,7 +49,7 @@ def search_rows(n: int, q: int, dim: int, cuda: bool) -> list[dict[str, Any]]:
         searcher = TorchFlatSearcher(index)
         searcher.search(queries[:64], 10)  # warm-up: copies the vectors to the GPU, loads kernels
         (gpu_sims, gpu_ids), gpu_s = _timed(lambda: searcher.search(queries, 10))
-        same = float(np.mean([len(set(a) & set(b)) / 10 for a, b in zip(gpu_ids, cpu_ids, strict=True)]))
+        same = recall_at_k(gpu_ids, cpu_ids)
         rows.append({"what": rows[0]["what"], "device": "cuda (torch, fp16)", "seconds": gpu_s, "per_second": q / gpu_s,
                      "unit": "queries", "top10_agreement": same,
                      "max_score_difference": float(np.abs(gpu_sims - cpu_sims).max())})

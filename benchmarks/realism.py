@@ -43,12 +43,10 @@ def atlas_vectors(path: Path, folder: Path, label_key: str) -> tuple[np.ndarray,
     return np.ascontiguousarray(vectors, dtype=np.float32), labels
 
 
-def recall(found: np.ndarray, truth: np.ndarray) -> float:
-    return float(np.mean([len(set(a) & set(b)) / truth.shape[1] for a, b in zip(found, truth, strict=True)]))
-
-
 def measure(vectors: np.ndarray, labels: np.ndarray, *, seed: int = 0) -> dict[str, float]:
     import faiss
+
+    from screader_db.index import recall_at_k
 
     n, dim = vectors.shape
     within = vectors.astype(np.float64)
@@ -73,7 +71,7 @@ def measure(vectors: np.ndarray, labels: np.ndarray, *, seed: int = 0) -> dict[s
     for part in (32, 16):
         ivf.nprobe = max(1, nlist // part)
         _, found = ivf.search(queries, K + 1)
-        out[f"ivf_1/{part}"] = recall(np.where(found == rows[:, None], -1, found), truth)
+        out[f"ivf_1/{part}"] = recall_at_k(np.where(found == rows[:, None], -1, found), truth)
     pca = faiss.PCAMatrix(dim, min(64, dim))
     pca.train(vectors)
     reduced, reduced_queries = pca.apply(vectors), pca.apply(queries)
@@ -82,7 +80,7 @@ def measure(vectors: np.ndarray, labels: np.ndarray, *, seed: int = 0) -> dict[s
         candidates = candidates[:, 1:]
         sims = np.einsum("qd,qkd->qk", queries, vectors[candidates])
         top = np.take_along_axis(candidates, np.argsort(-sims, axis=1)[:, :K], axis=1)
-        out[f"pca64_rerank{pool}"] = recall(top, truth)
+        out[f"pca64_rerank{pool}"] = recall_at_k(top, truth)
     return out
 
 

@@ -157,7 +157,7 @@ def step_recall(cfg: dict[str, Any]) -> dict[str, Any]:
     import faiss
 
     from screader_db import store
-    from screader_db.index import search
+    from screader_db.index import recall_at_k, search
 
     opened = store.open_atlas(cfg["atlas"])
     recorded = opened.info["index"]
@@ -178,7 +178,7 @@ def step_recall(cfg: dict[str, Any]) -> dict[str, Any]:
     _, truth_rows = exact.search(queries, k)
     exact_seconds = time.perf_counter() - began
     truth = ids[truth_rows]
-    recall = float(np.mean([len(set(a) & set(b)) / k for a, b in zip(found, truth, strict=True)]))
+    recall = recall_at_k(found, truth)
     return {"recall_at_10": recall, "queries": len(queries), "index_seconds": index_seconds,
             "exact_seconds": exact_seconds, "read_vectors_seconds": read_seconds,
             "nprobe": int(recorded.get("nprobe", 0)), "k_factor": recorded.get("k_factor"),

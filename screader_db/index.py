@@ -247,7 +247,8 @@ def exact_search(queries: np.ndarray, vectors: np.ndarray, k: int, *, block: int
     return sims_out, rows_out
 
 
-def _recall(found: np.ndarray, truth: np.ndarray) -> float:
+def recall_at_k(found: np.ndarray, truth: np.ndarray) -> float:
+    """Mean share of each row of ``truth`` (the exact top k) that the same row of ``found`` holds."""
     return float(np.mean([len(set(a) & set(b)) / truth.shape[1] for a, b in zip(found, truth, strict=True)]))
 
 
@@ -277,7 +278,7 @@ def tune_nprobe(index: Any, vectors: np.ndarray, ids: np.ndarray, *, recall_targ
     while True:
         set_nprobe(index, nprobe)
         _, found = index.search(queries, k + 1)
-        recall = _recall(_without_self(found, ids[rows], k), truth)
+        recall = recall_at_k(_without_self(found, ids[rows], k), truth)
         if recall >= recall_target or nprobe >= index.nlist:
             return nprobe, recall
         nprobe = min(nprobe * 2, index.nlist)
@@ -322,7 +323,7 @@ def tune_refined(index: Any, vectors: np.ndarray, *, recall_target: float, seed:
         for factor in REFINE_FACTORS:
             pool = k * factor
             top = np.argsort(-sims[:, :pool], axis=1, kind="stable")[:, :k]
-            recall = _recall(np.take_along_axis(candidates[:, :pool], top, axis=1), truth)
+            recall = recall_at_k(np.take_along_axis(candidates[:, :pool], top, axis=1), truth)
             if recall >= recall_target:
                 cost = scan + 2 * pool * dim * 4
                 if best is None or cost < best[0]:
@@ -340,7 +341,7 @@ def tune_refined(index: Any, vectors: np.ndarray, *, recall_target: float, seed:
         nprobe, factor = next(p for p, r in widest if r >= top_recall - PLATEAU), REFINE_FACTORS[-1]
     set_nprobe(index, nprobe, k_factor=factor)
     _, found = refine.search(queries, k + 1)
-    return nprobe, factor, _recall(_without_self(found, rows, k), truth)
+    return nprobe, factor, recall_at_k(_without_self(found, rows, k), truth)
 
 
 def save_index(index: Any, info: IndexInfo, path: str | Path, provenance: dict[str, Any]) -> None:
