@@ -279,7 +279,7 @@ def annotate(adata: Any, atlas: str | Path | store.Atlas, *, k: int | None = Non
         "mean_similarity": vote.mean_similarity, "raw_label": raw.astype(object), "knn_label": knn_best,
     }, index=pd.Index([str(i) for i in query.source.obs.index]))
     info_novelty: dict[str, Any] = {"checked": False}
-    if novelty and found_novel is not None:
+    if found_novel is not None:
         result, info_novelty = found_novel
         if result is not None:
             table["label"] = np.where(result.novel, UNASSIGNED, table["label"].to_numpy())

@@ -132,8 +132,10 @@ def build_index(vectors: np.ndarray, ids: np.ndarray, *, kind: str = "auto", rec
         set_nprobe(index, nprobe, k_factor=factor)
         extra.update({"pca_dim": PCA_DIM, "k_factor": factor, "target_met": bool(recall >= recall_target)})
         return index, IndexInfo("ivf-pca", n, dim, nlist=nlist, nprobe=nprobe, recall_at_10=recall, extra=extra)
+    if chosen == "ivf-pca":
+        chosen = "ivf"  # vectors no wider than PCA_DIM: nothing to reduce, so a plain IVF
     quantizer = faiss.IndexHNSWFlat(dim, 32, faiss.METRIC_INNER_PRODUCT) if hnsw else faiss.IndexFlatIP(dim)
-    if chosen in ("ivf", "ivf-pca"):
+    if chosen == "ivf":
         index = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
     elif chosen == "ivf-sq8":
         index = faiss.IndexIVFScalarQuantizer(quantizer, dim, nlist, faiss.ScalarQuantizer.QT_8bit,
@@ -284,6 +286,13 @@ def tune_nprobe(index: Any, vectors: np.ndarray, ids: np.ndarray, *, recall_targ
         nprobe = min(nprobe * 2, index.nlist)
 
 
+def _next_nprobe(nprobe: int) -> int:
+    """The step after ``nprobe`` in 1, 2, 3, 4, 6, 8, 12, 16, …: powers of two and 1.5 × them."""
+    if nprobe >= 2 and nprobe & (nprobe - 1) == 0:
+        return nprobe * 3 // 2
+    return 1 << nprobe.bit_length()
+
+
 def tune_refined(index: Any, vectors: np.ndarray, *, recall_target: float, seed: int = 0, sample: int = 1000,
                  k: int = TUNE_K) -> tuple[int, int, float]:
     """The cheapest (nprobe, k_factor) of an ``ivf-pca`` index whose recall@k against exact search
@@ -333,7 +342,7 @@ def tune_refined(index: Any, vectors: np.ndarray, *, recall_target: float, seed:
         plateau = best is None and len(widest) >= 3 and widest[-1][1] - widest[-3][1] < PLATEAU
         if nprobe >= ivf.nlist or plateau:
             break
-        nprobe = min(nprobe * 3 // 2 if nprobe & (nprobe - 1) == 0 and nprobe >= 2 else 1 << nprobe.bit_length(), ivf.nlist)
+        nprobe = min(_next_nprobe(nprobe), ivf.nlist)
     if best is not None:
         _, nprobe, factor = best
     else:

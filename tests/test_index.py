@@ -128,3 +128,8 @@ def test_pca_index_stops_probing_when_the_target_is_out_of_reach():
     assert not info.extra["target_met"]
     # It stops where recall stops improving, not at every list.
     assert info.nprobe < info.nlist and info.recall_at_10 >= 0.95
+
+
+def test_pca_kind_on_narrow_vectors_is_a_plain_ivf():
+    _, info = build_index(_vectors(3000, d=64), np.arange(3000, dtype=np.int64), kind="ivf-pca")
+    assert info.kind == "ivf" and "k_factor" not in info.extra
