@@ -8,7 +8,7 @@ bounded by the results, not by the expression matrix.
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +19,18 @@ from screader_db import store
 from screader_db.calibration import confidence_of
 from screader_db.errors import GeneOverlapError, ScreaderError, ScreaderWarning
 from screader_db.genes import GeneMapping, looks_like_ensembl
-from screader_db.inputs import CHUNK, ExpressionSource, GenePlan, check_values, map_genes, normalise, open_expression, plan_genes, read_h5ad
+from screader_db.inputs import (
+    CHUNK,
+    ExpressionSource,
+    GenePlan,
+    check_values,
+    input_scale_of,
+    map_genes,
+    normalise,
+    open_expression,
+    plan_genes,
+    read_h5ad,
+)
 from screader_db.metrics import UNASSIGNED
 from screader_db.progress import SILENT, Reporter
 from screader_db.results import AnnotationResult
@@ -27,51 +38,119 @@ from screader_db.vote import decide, propagate, query_graph, tally
 
 MIN_OVERLAP = 0.2
 WARN_OVERLAP = 0.6
+# A query with fewer than this share of the atlas's genes is answered on a panel index.
+PANEL_SHARE = 0.95
+# The fewest shared genes a panel index is fitted on (measured on the transfer suite; see README).
+MIN_PANEL_GENES = 50
+
+
+def _names_hint(names: list[str], mapping: GeneMapping) -> str:
+    """What the query's gene names look like, and how to fix the mapping, when too few match."""
+    hint = f"How the query's {mapping.n_input:,} genes mapped: {mapping.how}; first names: {', '.join(names[:5])}."
+    if looks_like_ensembl(names) > 0.5:
+        hint += " The query's genes look like Ensembl ids (ENSG...); pass --gene-key with a var column of symbols."
+    elif mapping.species == "human" and sum(n[:1].isupper() and n[1:2].islower() for n in names[:500]) > 100:
+        hint += " Many names look like mouse symbols; pass --species mouse."
+    return hint
 
 
 def _overlap_error(matched: int, n_atlas: int, names: list[str], mapping: GeneMapping) -> GeneOverlapError:
-    hint = ""
-    if looks_like_ensembl(names) > 0.5:
-        hint = " The query's genes look like Ensembl ids (ENSG...); pass --gene-key with a var column of symbols."
-    elif mapping.species == "human" and sum(n[:1].isupper() and n[1:2].islower() for n in names[:500]) > 100:
-        hint = " Many names look like mouse symbols; pass --species mouse."
     message = (
         f"only {matched} of the atlas's {n_atlas:,} genes are in the query ({matched / n_atlas:.0%}; "
-        f"at least {MIN_OVERLAP:.0%} is needed). How the query's {mapping.n_input:,} genes mapped: {mapping.how}; "
-        f"first names: {', '.join(names[:5])}.{hint}"
+        f"at least {MIN_OVERLAP:.0%} is needed). {_names_hint(names, mapping)}"
     )
     return GeneOverlapError(message)
 
 
+def _check_overlap(plan: GenePlan, n_atlas: int, names: list[str], mapping: GeneMapping) -> None:
+    share = plan.matched / n_atlas
+    if share < MIN_OVERLAP:
+        raise _overlap_error(plan.matched, n_atlas, names, mapping)
+    if share < WARN_OVERLAP:
+        warnings.warn(f"only {plan.matched} of the atlas's {n_atlas:,} genes ({share:.0%}) are in the query; "
+                      "labels may be less reliable", ScreaderWarning, stacklevel=4)
+
+
 @dataclass
 class PreparedQuery:
-    """A query source with its gene mapping onto the atlas genes, checked and ready to stream."""
+    """A query source with its gene mapping onto the atlas genes, checked and ready to stream.
+
+    ``library``, when set, is the plan whose genes the library sizes are taken over (a panel
+    query is normalised over the genes it shares with the atlas, as the panel's reference is).
+    """
 
     source: ExpressionSource
     mapping: GeneMapping
     plan: GenePlan
     kind: str
+    library: GenePlan | None = None
+    evidence: str = ""
 
     def chunks(self, size: int = CHUNK) -> Any:
         for start, block in self.source.chunks(size):
             check_values(block)
-            yield start, normalise(block, self.kind, self.plan)
+            yield start, normalise(block, self.kind, self.plan, library=self.library)
+
+    def onto(self, genes: list[str], library: list[str] | None = None) -> PreparedQuery:
+        """The same query mapped onto other atlas genes (library sizes over ``library`` genes if given)."""
+        over = None if library is None else plan_genes(self.mapping.symbols, library)
+        return replace(self, plan=plan_genes(self.mapping.symbols, genes), library=over)
 
 
 def prepare_query(adata: Any, genes: list[str], *, layer: str | None = None, use_raw: bool = False,
-                  gene_key: str | None = None, species: str = "auto") -> PreparedQuery:
-    """Open, map and check a query against the atlas genes (refusing too small an overlap)."""
+                  gene_key: str | None = None, species: str = "auto", check_overlap: bool = True,
+                  input_scale: str | None = None) -> PreparedQuery:
+    """Open, map and check a query against the atlas genes (refusing too small an overlap unless
+    ``check_overlap`` is off: the caller answers a partial panel another way). ``input_scale`` names
+    the scale of the values (:data:`screader_db.inputs.SCALES`); ``auto`` or None detects it."""
     source = open_expression(adata, layer=layer, use_raw=use_raw, gene_key=gene_key)
     mapping = map_genes(source, species=species)
     plan = plan_genes(mapping.symbols, genes)
-    share = plan.matched / len(genes)
-    if share < MIN_OVERLAP:
-        raise _overlap_error(plan.matched, len(genes), source.names, mapping)
-    if share < WARN_OVERLAP:
-        warnings.warn(f"only {plan.matched} of the atlas's {len(genes):,} genes ({share:.0%}) are in the query; "
-                      "labels may be less reliable", ScreaderWarning, stacklevel=3)
-    kind = check_values(source.rows(0, min(source.n_cells, 2000)))
-    return PreparedQuery(source=source, mapping=mapping, plan=plan, kind=kind)
+    if check_overlap:
+        _check_overlap(plan, len(genes), source.names, mapping)
+    scale = input_scale_of(source, input_scale)
+    return PreparedQuery(source=source, mapping=mapping, plan=plan, kind=scale.scale, evidence=scale.evidence)
+
+
+def fit_to_panel(query: PreparedQuery, opened: store.Atlas, *,
+                 reporter: Reporter = SILENT) -> tuple[PreparedQuery, Any, Any, dict[str, Any]]:
+    """The query, embedder and index to answer with: the atlas's own, or, when the query lacks more
+    than a few of the atlas's genes, the atlas re-fitted on the genes both share (a panel index,
+    fitted once and kept in the atlas version; see :mod:`screader_db.builders.panel`). The info
+    says which; for a panel its ``scores`` are the score calibration fitted on the panel."""
+    from screader_db.cell_embedding import LEARNED_METHODS
+
+    embedder = opened.embedder
+    if query.plan.matched >= PANEL_SHARE * len(embedder.genes):
+        return query, embedder, opened.index, {"used": False}
+    stored = opened.expression_genes()
+    if not stored or embedder.method in LEARNED_METHODS:
+        _check_overlap(query.plan, len(embedder.genes), query.source.names, query.mapping)
+        return query, embedder, opened.index, {"used": False}
+    shared = sorted(set(query.mapping.symbols) & set(stored))
+    if len(shared) < MIN_PANEL_GENES:
+        message = (
+            f"the query shares only {len(shared)} genes with the atlas's reference ({len(stored):,} genes); at least "
+            f"{MIN_PANEL_GENES} are needed (below that, labels on a re-fitted panel were no better than chance in the "
+            f"transfer suite). Query with a file that measures more genes (the whole transcriptome rather than a "
+            f"targeted panel), or check the gene names. {_names_hint(query.source.names, query.mapping)}"
+        )
+        raise GeneOverlapError(message)
+    key = tuple(shared)
+    panel = opened.panels.get(key)
+    if panel is None:
+        from screader_db.builders.panel import open_panel
+
+        panel = open_panel(opened, shared, reporter=reporter)
+        opened.panels[key] = panel
+    else:
+        panel.reused = True
+    warnings.warn(f"the query has {query.plan.matched} of the atlas's {len(embedder.genes):,} genes; it was answered on "
+                  f"the {len(shared):,} genes it shares with the atlas's reference (panel index {panel.key}, "
+                  f"{'reused' if panel.reused else 'fitted now and kept'})", ScreaderWarning, stacklevel=3)
+    info = {"used": True, "key": panel.key, "shared_genes": len(shared), "reused": panel.reused,
+            "panel_atlas_genes": len(panel.embedder.genes), "scores": panel.scores}
+    return query.onto(panel.embedder.genes, shared), panel.embedder, panel.index, info
 
 
 def embed_query(query: PreparedQuery, embedder: Any, *, center: str | None = None, chunk: int = CHUNK,
@@ -199,7 +278,7 @@ def annotate(adata: Any, atlas: str | Path | store.Atlas, *, k: int | None = Non
              datasets: list[str] | None = None, labels: list[str] | None = None,
              exclude_labels: list[str] | None = None, power: float | None = None, propagation: float | None = None,
              novelty: bool = True, novelty_cutoff: float | None = None, version: int | None = None, chunk: int = CHUNK,
-             reporter: Reporter = SILENT) -> AnnotationResult:
+             input_scale: str | None = None, reporter: Reporter = SILENT) -> AnnotationResult:
     """Label every cell of ``adata`` (an AnnData, or an .h5ad path read in backed mode).
 
     ``model``, when given, is the gene-embedding model the caller expects; an atlas built with
@@ -213,8 +292,9 @@ def annotate(adata: Any, atlas: str | Path | store.Atlas, *, k: int | None = Non
     max(cos, 0)^power) and ``propagation`` (smoothing over the query's own neighbour graph, 0 =
     none) default to the atlas's annotation settings. With ``novelty`` (the default), query
     clusters that match no reference label (see :mod:`screader_db.novelty`) become
-    ``Unassigned``; ``novelty_cutoff`` overrides the atlas's calibrated cut-off. The input
-    AnnData is not changed.
+    ``Unassigned``; ``novelty_cutoff`` overrides the atlas's calibrated cut-off. ``input_scale``
+    names the scale of the query's values (counts, ln, log2, log10, linear; default: detected). The
+    input AnnData is not changed.
     """
     if level not in LEVELS:
         message = f"level must be one of {', '.join(LEVELS)}, got {level!r}"
@@ -227,10 +307,13 @@ def annotate(adata: Any, atlas: str | Path | store.Atlas, *, k: int | None = Non
     k = int(defaults["k"] if k is None else k)
     power = float(defaults["power"] if power is None else power)
     propagation = float(defaults["propagation"] if propagation is None else propagation)
-    min_score = float(defaults["min_score"] if min_score is None else min_score)
-    embedder = opened.embedder
     reporter.message("Reading the query")
-    query = prepare_query(adata, embedder.genes, layer=layer, use_raw=use_raw, gene_key=gene_key, species=species)
+    query = prepare_query(adata, opened.embedder.genes, layer=layer, use_raw=use_raw, gene_key=gene_key, species=species,
+                          check_overlap=False, input_scale=input_scale)
+    matched = query.plan.matched
+    query, embedder, index, panel = fit_to_panel(query, opened, reporter=reporter)
+    scores = panel.pop("scores", None) or defaults["scores"]
+    min_score = float(scores.get("min_score", 0.0) if min_score is None else min_score)
     vectors = embed_query(query, embedder, center=center, chunk=chunk, reporter=reporter)
     from screader_db.index import search
 
@@ -242,7 +325,7 @@ def annotate(adata: Any, atlas: str | Path | store.Atlas, *, k: int | None = Non
 
     def run_search() -> tuple[np.ndarray, np.ndarray]:
         with reporter.task("Searching the atlas", len(vectors), "cells") as advance:
-            found = search(opened.index, vectors, k, allowed=None if allowed is None else allowed.to_numpy())
+            found = search(index, vectors, k, allowed=None if allowed is None else allowed.to_numpy())
             advance(len(vectors))
         return found
 
@@ -274,7 +357,7 @@ def annotate(adata: Any, atlas: str | Path | store.Atlas, *, k: int | None = Non
     label = np.where((vote.score >= min_score) & (vote.margin >= min_margin), raw, UNASSIGNED)
     second = np.where(vote.second >= 0, names_arr[np.clip(vote.second, 0, None)], "")
     table = pd.DataFrame({
-        "label": label.astype(object), "score": vote.score, "confidence": confidence_of(vote.score, defaults["scores"]),
+        "label": label.astype(object), "score": vote.score, "confidence": confidence_of(vote.score, scores),
         "margin": vote.margin, "second_label": second.astype(object),
         "mean_similarity": vote.mean_similarity, "raw_label": raw.astype(object), "knn_label": knn_best,
     }, index=pd.Index([str(i) for i in query.source.obs.index]))
@@ -297,8 +380,9 @@ def annotate(adata: Any, atlas: str | Path | store.Atlas, *, k: int | None = Non
         table["majority_share"] = share
     info = {
         "atlas": str(opened.root), "atlas_version": opened.version, "model_id": opened.model_id,
-        "method": embedder.method, "k": int(min(k, sims.shape[1])), "genes_matched": int(query.plan.matched),
-        "genes_in_atlas": len(embedder.genes), "species": query.mapping.species, "input_kind": query.kind,
+        "method": embedder.method, "k": int(min(k, sims.shape[1])), "genes_matched": int(matched),
+        "genes_in_atlas": len(opened.embedder.genes), "panel": panel, "species": query.mapping.species, "input_kind": query.kind,
+        "input_scale_evidence": query.evidence,
         "min_score": float(min_score), "min_margin": float(min_margin), "level": level, "power": power, "propagation": propagation,
         "novelty": info_novelty,
     }

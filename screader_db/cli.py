@@ -282,6 +282,8 @@ def query(
     gene_key: Annotated[str | None, typer.Option(help="var column with gene symbols or Ensembl ids.")] = None,
     layer: Annotated[str | None, typer.Option(help="Layer to read instead of .X.")] = None,
     use_raw: Annotated[bool, typer.Option(help="Read .raw instead of .X.")] = False,
+    input_scale: Annotated[str, typer.Option(help="Scale of the values: auto (detected from the data), counts, ln, log2, "
+                                                  "log10 (log(1+x) in that base) or linear (CPM, TPM).")] = "auto",
     model: Annotated[str | None, typer.Option(help="Refuse unless the atlas was built with this gene model.")] = None,
     version: Annotated[int | None, typer.Option(help="Atlas version to read (default: current).")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace existing output files.")] = False,
@@ -308,7 +310,8 @@ def query(
                           model=model, min_score=min_score, min_margin=min_margin, level=level,
                           majority_voting=majority_voting,
                           datasets=_split(datasets), labels=_split(labels), exclude_labels=_split(exclude_labels),
-                          novelty=novelty, novelty_cutoff=novelty_cutoff, version=version, reporter=_reporter(quiet))
+                          novelty=novelty, novelty_cutoff=novelty_cutoff, version=version, input_scale=input_scale,
+                          reporter=_reporter(quiet))
         summary = result.summary()
         rows = [[str(label), int(r.cells), float(r.share), float(r.mean_score), int(r.unassigned)]
                 for label, r in summary.iterrows()]
@@ -316,6 +319,11 @@ def query(
                         ["label", "cells", "share", "mean score", "left unassigned"], rows))
         out.print(f"Unassigned: {result.n_unassigned:,}   mean score: {result.table['score'].mean():.3f}   "
                   f"genes matched: {result.info['genes_matched']:,}/{result.info['genes_in_atlas']:,}", highlight=False)
+        out.print(f"Input scale: {result.info['input_scale_evidence']}", highlight=False)
+        panel = result.info.get("panel", {})
+        if panel.get("used"):
+            out.print(f"Answered on a panel index of the {panel['shared_genes']:,} genes the query shares with the atlas "
+                      f"({panel['key']}, {'reused' if panel['reused'] else 'fitted now and kept'})", highlight=False)
         found = result.info.get("novelty", {})
         if found.get("checked"):
             out.print(f"Novel populations: {found['novel_clusters']} of {found['clusters']} query clusters "
@@ -496,8 +504,13 @@ def gc(atlas: AtlasOption,
 
 @app.command()
 def evaluate(
-    reference: Annotated[str, typer.Option(help="Labelled reference .h5ad or manifest name.")],
-    label_key: Annotated[str, typer.Option(help="obs column of reference labels.")],
+    reference: Annotated[str | None, typer.Option(help="Labelled reference .h5ad or manifest name.")] = None,
+    label_key: Annotated[str | None, typer.Option(help="obs column of reference labels.")] = None,
+    suite: Annotated[bool, typer.Option(help="Run the transfer suite (every direction between the manifest's labelled "
+                                             "data sets, and stress variants) instead of one reference.")] = False,
+    stress: Annotated[bool, typer.Option(help="With --suite: include the stress variants of the queries.")] = True,
+    hide_labels: Annotated[bool, typer.Option(help="With --suite: also hide each reference label in turn and measure "
+                                                   "the Unassigned rules.")] = False,
     query: Annotated[str | None, typer.Option(help="Query with true labels; leave out to evaluate on reference splits.")] = None,
     truth_key: Annotated[str | None, typer.Option(help="obs column of the query's true labels (default: --label-key).")] = None,
     split: Annotated[float, typer.Option(help="Without --query: share of the reference held out per split.")] = 0.2,
@@ -515,11 +528,24 @@ def evaluate(
     Every method gets the same genes, cells and k; cross-species tasks score the shared labels only.
 
     Example: `screader-db evaluate --reference baron_human --query baron_mouse --label-key cell_ontology_class --out results/eval`
+
+    The transfer suite: `screader-db evaluate --suite --out results/suite` (about an hour on 2 cores).
     """
     with _guard():
         from screader_db.console import out as console
+
+        if suite:
+            from screader_db.suite import run_suite
+
+            chosen = tuple(m.strip() for m in methods.split(",") if m.strip()) if methods else None
+            _, text = run_suite(model=model, methods=chosen, stress=stress, peers=celltypist, hide_labels=hide_labels,
+                                out=out, reporter=_reporter(quiet))
+            console.print(text, highlight=False)
+            return
         from screader_db.evaluation import run_evaluation
 
+        if reference is None or label_key is None:
+            raise ScreaderError("pass --reference and --label-key, or --suite for the transfer suite")
         _, text = run_evaluation(reference=reference, query=query, label_key=label_key, truth_key=truth_key,
                                  split=0.0 if query else split, seeds=seeds, model=model, methods=methods,
                                  celltypist=celltypist, k=k, n_genes=n_genes, out=out, reporter=_reporter(quiet))

@@ -50,7 +50,12 @@ class MethodSpec:
 
 @dataclass
 class Task:
-    """A reference and a query with true labels."""
+    """A reference and a query with true labels.
+
+    Tasks with the same ``reference_key`` share one reference (and seed): each atlas method is
+    built on it once and queried by every such task. ``input_scale`` is passed to the query as
+    ``--input-scale`` would be (None: detected).
+    """
 
     name: str
     reference: Any
@@ -58,18 +63,25 @@ class Task:
     label_key: str
     truth_key: str
     seed: int = 0
+    reference_key: str = ""
+    input_scale: str | None = None
+
+    @property
+    def shared_reference(self) -> str:
+        return f"{self.reference_key or self.name} seed {self.seed}"
 
 
 PROTOCOL = (("power", 1.0), ("propagation", 0.0))
+PEERS = ("celltypist", "singler")
 PROJECT_METHODS = ("marker", "marker-text", "genept")
 
 
 def standard_specs(model: str = "minilm", *, methods: tuple[str, ...] = PROJECT_METHODS,
-                   random_seeds: int = 3, baselines: bool = True, celltypist: bool = True,
+                   random_seeds: int = 3, baselines: bool = True, celltypist: bool = True, singler: bool = False,
                    abstention: bool = True) -> list[MethodSpec]:
     """The project's methods (text ones with ``model`` and their random-vector twins), the
     default with its Unassigned rules on, and the baselines: expression kNN and PCA-50 kNN with
-    the usual similarity-weighted vote, and CellTypist."""
+    the usual similarity-weighted vote, CellTypist and (``singler``) SingleR."""
     from screader_db.builders.atlas import DEFAULT_METHOD
     from screader_db.cell_embedding import TEXT_METHODS
 
@@ -90,6 +102,8 @@ def standard_specs(model: str = "minilm", *, methods: tuple[str, ...] = PROJECT_
                   MethodSpec("PCA-50 kNN", model="none", method="pca", options=PROTOCOL)]
     if celltypist:
         specs.append(MethodSpec("CellTypist", kind="celltypist"))
+    if singler:
+        specs.append(MethodSpec("SingleR", kind="singler"))
     return specs
 
 
@@ -122,41 +136,71 @@ def query_panel(task: Task) -> list[str]:
     return sorted({s for s in map_genes(open_expression(task.query)).symbols if s})
 
 
-def _celltypist_labels(task: Task, n_genes: int) -> np.ndarray:
-    """CellTypist on variable genes of the panel the query measures, its setting chosen on a reference split."""
+def _peer_inputs(task: Task, n_genes: int) -> tuple[Any, Any]:
+    """Reference and query as log1p CP10k AnnData over the reference's variable genes that the query measures."""
     import anndata as ad
 
     from screader_db.features import highly_variable
     from screader_db.inputs import load_expression
-    from screader_db.peers import celltypist_best
 
     ref = load_expression(task.reference, target=query_panel(task))
     chosen = highly_variable(ref.X, n_genes)
     genes = [ref.genes[i] for i in chosen]
-    qry = load_expression(task.query, target=genes)
+    qry = load_expression(task.query, target=genes, input_scale=task.input_scale)
     labels = task.reference.obs[task.label_key].astype(str).to_numpy()
     reference = ad.AnnData(X=ref.X[:, chosen], obs=pd.DataFrame({task.label_key: labels}, index=ref.obs.index),
                            var=pd.DataFrame(index=genes))
     query = ad.AnnData(X=qry.X, obs=pd.DataFrame(index=qry.obs.index), var=pd.DataFrame(index=genes))
+    return reference, query
+
+
+def _peer_labels(task: Task, kind: str, n_genes: int) -> np.ndarray:
+    """CellTypist (its setting chosen on a reference split) or SingleR on the same genes."""
+    from screader_db.peers import celltypist_best, singler_predict
+
+    reference, query = _peer_inputs(task, n_genes)
+    if kind == "singler":
+        return singler_predict(reference, query, label_key=task.label_key)
     predicted, _ = celltypist_best(reference, query, label_key=task.label_key, seed=task.seed)
     return predicted
 
 
-def _atlas_labels(task: Task, spec: MethodSpec, *, k: int, n_genes: int, workdir: Path,
-                  reporter: Reporter) -> tuple[np.ndarray, dict[str, Any]]:
-    from screader_db.annotation import annotate
+def _atlas_for(task: Task, spec: MethodSpec, *, n_genes: int, workdir: Path, built: dict[tuple[str, str], Any],
+               reporter: Reporter) -> tuple[Any, float]:
+    """The atlas of ``spec`` on the task's reference: built once per shared reference; seconds spent building."""
     from screader_db.builders.atlas import BuildSettings, build_atlas
 
+    key = (task.shared_reference, spec.name)
+    if key in built:
+        return built[key], 0.0
+    start = time.perf_counter()
     options = dict(spec.options)
     settings = BuildSettings(model=spec.model if spec.model != "none" else "minilm", method=spec.method, n_genes=n_genes,
-                             layout="none", seed=task.seed, panel=query_panel(task),
+                             layout="none", seed=task.seed,
                              **{k_: v for k_, v in options.items() if k_ not in QUERY_OPTIONS})
-    atlas = build_atlas(task.reference, workdir / f"atlas-{time.time_ns()}", label_key=task.label_key,
-                        dataset_name="reference", settings=settings, reporter=reporter)
+    built[key] = build_atlas(task.reference, workdir / f"atlas-{time.time_ns()}", label_key=task.label_key,
+                             dataset_name="reference", settings=settings, reporter=reporter)
+    return built[key], time.perf_counter() - start
+
+
+def _atlas_labels(task: Task, spec: MethodSpec, atlas: Any, *, k: int) -> tuple[np.ndarray, dict[str, Any]]:
+    """Labels of the query cells, and the raw vote labels and panel use beside them."""
+    import warnings
+
+    from screader_db.annotation import annotate
+    from screader_db.errors import ScreaderWarning
+
+    options = dict(spec.options)
     query_options = {**FORCED, **{k_: v for k_, v in options.items() if k_ in QUERY_OPTIONS}}
-    result = annotate(task.query, atlas, **{"k": k, **query_options})
-    trained = {"train_seconds": atlas.embedder.params["train_seconds"]} if "train_seconds" in atlas.embedder.params else {}
-    return result.labels.astype(str).to_numpy(), trained
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ScreaderWarning)
+        result = annotate(task.query, atlas, input_scale=task.input_scale, **{"k": k, **query_options})
+    extra: dict[str, Any] = {"raw_labels": result.table["raw_label"].astype(str).to_numpy(),
+                             "panel": bool(result.info.get("panel", {}).get("used", False)),
+                             "input_kind": result.info.get("input_kind", "")}
+    if "train_seconds" in atlas.embedder.params:
+        extra["train_seconds"] = atlas.embedder.params["train_seconds"]
+    return result.labels.astype(str).to_numpy(), extra
 
 
 @dataclass
@@ -232,12 +276,18 @@ def frame_markdown(frame: pd.DataFrame) -> str:
 
 def evaluate(tasks: list[Task], specs: list[MethodSpec], *, k: int = 15, n_genes: int = 3000,
              workdir: str | Path | None = None, reporter: Reporter = SILENT) -> Evaluation:
-    """Run every method on every task and score it (labels the reference lacks are not scored)."""
+    """Run every method on every task and score it (labels the reference lacks are not scored).
+
+    Atlas methods are built once per shared reference and queried the way a user queries
+    (a partial gene panel through a panel index); ``seconds`` is the query time plus the build
+    time where the atlas was built for this task.
+    """
     from screader_db.metrics import agreement
 
     if not tasks or not specs:
         raise ScreaderError("an evaluation needs at least one task and one method")
     result = Evaluation()
+    built: dict[tuple[str, str], Any] = {}
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
         for task in tasks:
             truth = task.query.obs[task.truth_key].astype(str).to_numpy()
@@ -247,16 +297,31 @@ def evaluate(tasks: list[Task], specs: list[MethodSpec], *, k: int = 15, n_genes
                 reporter.message(f"{task.name}: {spec.name}")
                 start = time.perf_counter()
                 extra: dict[str, Any] = {}
-                if spec.kind == "celltypist":
-                    predicted = _celltypist_labels(task, n_genes)
+                build_seconds = 0.0
+                if spec.kind in PEERS:
+                    predicted = _peer_labels(task, spec.kind, n_genes)
                 else:
-                    predicted, extra = _atlas_labels(task, spec, k=k, n_genes=n_genes, workdir=Path(tmp), reporter=SILENT)
-                seconds = time.perf_counter() - start
+                    atlas, build_seconds = _atlas_for(task, spec, n_genes=n_genes, workdir=Path(tmp), built=built,
+                                                      reporter=SILENT)
+                    start = time.perf_counter()
+                    predicted, extra = _atlas_labels(task, spec, atlas, k=k)
+                seconds = time.perf_counter() - start + build_seconds
                 agree = agreement(predicted, truth, known=known)
+                raw = extra.pop("raw_labels", None)
+                if raw is not None:
+                    extra.update(set_aside(predicted, raw, truth))
                 result.predictions[(task.name, spec.name)] = predicted
                 result.rows.append({"task": task.name, "method": spec.name, "row": spec.row, "seconds": seconds,
-                                    "labels": known, **agree.to_dict(), **extra})
+                                    "build_seconds": build_seconds, "labels": known, **agree.to_dict(), **extra})
     return result
+
+
+def set_aside(predicted: np.ndarray, raw: np.ndarray, truth: np.ndarray) -> dict[str, Any]:
+    """How many cells the raw vote got right that the Unassigned rules set aside (count and share)."""
+    right = raw == truth
+    lost = right & (predicted == UNASSIGNED)
+    return {"raw_right": int(right.sum()), "right_set_aside": int(lost.sum()),
+            "right_set_aside_share": float(lost.sum() / max(int(right.sum()), 1))}
 
 
 def run_evaluation(*, reference: str | Path, label_key: str, query: str | Path | None = None,

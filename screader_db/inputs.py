@@ -9,7 +9,7 @@ whole.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,6 @@ from screader_db.errors import InputDataError
 from screader_db.genes import GeneMapping, GeneResolver, default_resolver, looks_like_ensembl
 
 TARGET_SUM = 1e4
-LOG_MAX = 30.0
 CHUNK = 10_000
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 
@@ -148,8 +147,8 @@ def open_expression(adata: Any, *, layer: str | None = None, use_raw: bool = Fal
     return ExpressionSource(matrix=matrix, names=names, obs=adata.obs)
 
 
-def check_values(X: sp.csr_matrix) -> str:
-    """``counts`` or ``lognorm`` for usable data; raises for NaN, inf, negative or scaled values."""
+def check_values(X: sp.csr_matrix) -> None:
+    """Refuse a matrix with no cells or genes, NaN or infinite values, or negative (scaled) values."""
     if X.shape[0] == 0:
         raise InputDataError("the data has zero cells")
     if X.shape[1] == 0:
@@ -161,19 +160,186 @@ def check_values(X: sp.csr_matrix) -> str:
         raise InputDataError(message)
     if data.size and data.min() < 0:
         message = (
-            f"the matrix has negative values (minimum {data.min():.3g}): it looks scaled or z-scored. "
+            f"the matrix has negative values (minimum {data.min():.3g}): it looks scaled or z-scored (centred). "
             "Pass raw counts or log-normalised data instead (--layer counts, or --use-raw)"
         )
         raise InputDataError(message)
-    if data.size == 0 or np.all(data == np.round(data)):
-        return "counts"
-    if data.max() <= LOG_MAX:
-        return "lognorm"
+
+
+# How a matrix's values relate to counts. ``counts``: integers. ``linear``: counts times a per-cell
+# factor (CPM, CP10k, TPM). ``ln``/``log2``/``log10``: log(1 + linear or counts) in that base.
+SCALES = ("counts", "ln", "log2", "log10", "linear")
+SCALE_ALIASES = {"lognorm": "ln"}
+SCALE_SAMPLE = 2_000
+LOG_BASE = {"linear": 0.0, "ln": 1.0, "log2": float(np.log(2.0)), "log10": float(np.log(10.0))}
+INVERSE_NAME = {"linear": "as they are", "ln": "after expm1", "log2": "after 2**x - 1", "log10": "after 10**x - 1"}
+MIN_NONZERO = 5          # cells with fewer nonzero values say nothing about integer ratios
+REL_TOL = 1e-3           # a ratio within 0.1% of an integer counts as an integer ...
+FLOAT_SLACK = 2.0**-21   # ... plus 4 float32 ulps of x, carried through the inverse
+MAX_TOL = 0.1            # ratios so large that chance alone lands within the tolerance > 20% are not scored
+MIN_SCORED = 50          # fewer scored values leave the integer-ratio test undecided
+WIN_SHARE = 0.9          # the right inverse gives ~1, wrong ones near chance (a few %)
+WIN_MARGIN = 0.3
+CONSTANT_CV = 1e-3       # library sizes this even were normalised to one total (float32 sums: ~1e-6)
+MIN_LIBRARY_CELLS = 10
+MAX_VALUES = 500_000     # the tests read the first rows holding this many values (at least MIN_ROWS rows): ~0.3 s
+MIN_ROWS = 100
+
+
+@dataclass(frozen=True)
+class ScaleEvidence:
+    """The scale of an expression matrix and why: ``evidence`` is one line a person can check.
+
+    ``integer_share`` is, per candidate inverse, the share of scored values that are integer
+    multiples of their cell's smallest nonzero value; ``library_cv`` the coefficient of variation
+    of the cells' totals under that inverse (NaN where the test could not be run).
+    """
+
+    scale: str
+    evidence: str
+    integer_share: dict[str, float] = field(default_factory=dict)
+    library_cv: dict[str, float] = field(default_factory=dict)
+
+
+def scale_name(name: str) -> str:
+    """The canonical name of an input scale (``lognorm`` is ``ln``); refuses unknown names."""
+    canonical = SCALE_ALIASES.get(name, name)
+    if canonical not in SCALES:
+        message = f"unknown input scale {name!r}; choose one of auto, {', '.join(SCALES)} (lognorm = ln)"
+        raise InputDataError(message)
+    return canonical
+
+
+def unlog(values: np.ndarray, scale: str) -> np.ndarray:
+    """The linear values (counts times a per-cell factor) behind ``values`` on ``scale``."""
+    base = LOG_BASE.get(scale_name(scale), 0.0)
+    if base == 0.0:
+        return values
+    with np.errstate(over="ignore"):
+        return np.expm1(values * base) if base != 1.0 else np.expm1(values)
+
+
+def _float_error(x: np.ndarray, value: np.ndarray, scale: str) -> np.ndarray | float:
+    """Relative error of ``value`` = f(x) when x carries float32 rounding: FLOAT_SLACK·|x·f'(x)/f(x)|.
+
+    After exp this grows with x (x·ln(base)·(1 + f)/f), which is why the slack is not a constant.
+    """
+    base = LOG_BASE[scale]
+    if base == 0.0:
+        return FLOAT_SLACK
+    return FLOAT_SLACK * base * np.abs(x) * (1.0 + value) / value
+
+
+def _integer_share(X: sp.csr_matrix, scale: str) -> tuple[float, int]:
+    """Share of the scored values whose ratio to their cell's smallest value is an integer under ``scale``."""
+    nnz = np.diff(X.indptr)
+    rows = np.flatnonzero(nnz >= MIN_NONZERO)
+    if not len(rows):
+        return float("nan"), 0
+    sub = X[rows]
+    counts = np.diff(sub.indptr)
+    x = sub.data.astype(np.float64)
+    x_min = np.repeat(np.minimum.reduceat(x, sub.indptr[:-1]), counts)
+    above = x > x_min
+    x, x_min = x[above], x_min[above]
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        value, unit = unlog(x, scale), unlog(x_min, scale)
+        ratio = value / unit
+        tol = ratio * (REL_TOL + _float_error(x, value, scale) + _float_error(x_min, unit, scale))
+        scored = np.isfinite(ratio) & np.isfinite(tol) & (tol <= MAX_TOL)
+    if scored.sum() < MIN_SCORED:
+        return float("nan"), int(scored.sum())
+    hits = np.abs(ratio[scored] - np.round(ratio[scored])) <= tol[scored]
+    return float(hits.mean()), int(scored.sum())
+
+
+def _library_cv(X: sp.csr_matrix, scale: str) -> float:
+    """Coefficient of variation of the cells' totals under ``scale``'s inverse (0 for a normalised matrix)."""
+    linear = X.copy()
+    linear.data = unlog(linear.data.astype(np.float64), scale)
+    with np.errstate(over="ignore", invalid="ignore"):
+        totals = np.asarray(linear.sum(axis=1)).ravel()
+    totals = totals[totals > 0]
+    if len(totals) < MIN_LIBRARY_CELLS or not np.all(np.isfinite(totals)):
+        return float("nan")
+    return float(np.std(totals) / np.mean(totals))
+
+
+def _fmt(value: float, pattern: str) -> str:
+    return "n/a" if np.isnan(value) else format(value, pattern)
+
+
+def _undetected(top: float, shares: dict[str, float], cvs: dict[str, float]) -> InputDataError:
+    found = "; ".join(f"{s}: {_fmt(shares[s], '.1%')} integer ratios, library CV {_fmt(cvs[s], '.3g')}" for s in shares)
     message = (
-        f"the matrix has non-integer values up to {data.max():.3g}: neither raw counts nor log-normalised data. "
-        "Pass raw counts (--layer counts) or log1p-normalised data"
+        f"the matrix has non-integer values up to {top:.3g}: neither raw counts nor log-normalised data "
+        f"of a scale that could be recognised. Under each inverse, the share of values that are integer multiples "
+        f"of their cell's smallest value (about 100% for the right one) and the spread of library sizes (0 when "
+        f"normalised): {found}. Pass --input-scale counts|ln|log2|log10|linear to say what it is, "
+        "or pass raw counts (--layer counts)"
     )
-    raise InputDataError(message)
+    return InputDataError(message)
+
+
+def _by_integer_ratios(shares: dict[str, float], scored: dict[str, int], cvs: dict[str, float]) -> ScaleEvidence | None:
+    """The one inverse under which values are integer multiples per cell; None when none wins clearly."""
+    ranked = sorted(shares, key=lambda s: -np.nan_to_num(shares[s], nan=-1.0))
+    best, runner = ranked[0], ranked[1]
+    if not shares[best] >= WIN_SHARE or shares[best] - np.nan_to_num(shares[runner]) < WIN_MARGIN:
+        return None
+    others = ", ".join(f"{s} {_fmt(shares[s], '.1%')}" for s in ranked[1:])
+    text = (f"{best}: {shares[best]:.1%} of {scored[best]:,} values are integer multiples of their cell's "
+            f"smallest value {INVERSE_NAME[best]} (other scales: {others})")
+    return ScaleEvidence(scale=best, evidence=text, integer_share=shares, library_cv=cvs)
+
+
+def _by_library(shares: dict[str, float], cvs: dict[str, float]) -> ScaleEvidence | None:
+    """The one inverse under which every cell has the same total; None when not exactly one."""
+    constant = [s for s in cvs if cvs[s] < CONSTANT_CV]
+    if len(constant) != 1:
+        return None
+    chosen = constant[0]
+    spread = ", ".join(f"{s} {_fmt(cvs[s], '.3g')}" for s in cvs if s != chosen)
+    best = max(shares, key=lambda s: np.nan_to_num(shares[s], nan=-1.0))
+    text = (f"{chosen}: every cell's values {INVERSE_NAME[chosen]} sum to the same total (library CV "
+            f"{cvs[chosen]:.2g}; other scales: {spread}); integer ratios do not decide (best share "
+            f"{_fmt(shares[best], '.1%')} under {best})")
+    return ScaleEvidence(scale=chosen, evidence=text, integer_share=shares, library_cv=cvs)
+
+
+def detect_scale(X: sp.csr_matrix) -> ScaleEvidence:
+    """Tell counts, ln/log2/log10(1 + x) and linear normalised values apart from a sample of rows.
+
+    Counts are integers. Normalised values are counts times a per-cell factor, so under the
+    right inverse each cell's values are integer multiples of its smallest one; the wrong
+    inverses give a share of integer ratios near chance. Values with no integer structure
+    (TPM, ambient-corrected) are told by the inverse under which every cell has the same total.
+    Raises :class:`InputDataError` with the evidence when no scale fits clearly.
+    """
+    data = X.data
+    if data.size == 0 or np.all(data == np.round(data)):
+        text = f"counts: all {data.size:,} nonzero values of {X.shape[0]:,} cells are integers"
+        return ScaleEvidence(scale="counts", evidence=text)
+    stop = max(int(np.searchsorted(X.indptr, MAX_VALUES, side="right")) - 1, MIN_ROWS)
+    head = X[:stop]
+    found = {s: _integer_share(head, s) for s in LOG_BASE}
+    shares = {s: share for s, (share, _) in found.items()}
+    scored = {s: n for s, (_, n) in found.items()}
+    cvs = {s: _library_cv(head, s) for s in LOG_BASE}
+    found_scale = _by_integer_ratios(shares, scored, cvs) or _by_library(shares, cvs)
+    if found_scale is None:
+        raise _undetected(float(data.max()), shares, cvs)
+    return found_scale
+
+
+def input_scale_of(source: ExpressionSource, override: str | None = None) -> ScaleEvidence:
+    """Check the first rows of ``source`` and tell their scale, or take ``override`` (``auto``/None: detect)."""
+    wanted = None if override in (None, "auto") else scale_name(str(override))
+    sample = source.rows(0, min(source.n_cells, SCALE_SAMPLE))
+    check_values(sample)
+    if wanted is None:
+        return detect_scale(sample)
+    return ScaleEvidence(scale=wanted, evidence=f"{wanted}: given as --input-scale {override}")
 
 
 def rows_in_block(rows: np.ndarray, start: int, size: int) -> np.ndarray:
@@ -213,20 +379,21 @@ def plan_genes(symbols: list[str], target: list[str] | None = None) -> GenePlan:
     return GenePlan(genes=genes, assign=assign, matched=len(set(cols)))
 
 
-def normalise(X: sp.csr_matrix, kind: str, plan: GenePlan) -> sp.csr_matrix:
-    """log1p of counts per 10,000 over the plan's genes.
+def normalise(X: sp.csr_matrix, kind: str, plan: GenePlan, *, library: GenePlan | None = None) -> sp.csr_matrix:
+    """log1p of counts per 10,000 over the plan's genes, from values on scale ``kind`` (see :data:`SCALES`).
 
     Genes mapping to one symbol are summed in linear space; library sizes are taken over all
-    input genes, mapped or not, so normalisation matches what the cell was measured with.
-    Log-normalised input is un-logged first, so any earlier scale factor is replaced by 10,000.
+    input genes, mapped or not, so normalisation matches what the cell was measured with, or over
+    the genes of ``library`` when given (a panel: both sides normalised over the genes they share).
+    Logged input is un-logged first (in its own base), so any earlier scale factor is replaced by 10,000.
     """
     linear = X.copy()
-    if kind == "lognorm":
-        linear.data = np.expm1(linear.data)
-    library = np.asarray(linear.sum(axis=1)).ravel()
-    library[library == 0] = 1.0
+    linear.data = unlog(linear.data, kind)
+    totals = linear if library is None else linear @ library.assign
+    sizes = np.asarray(totals.sum(axis=1)).ravel()
+    sizes[sizes == 0] = 1.0
     summed = sp.csr_matrix(linear @ plan.assign)
-    out = sp.csr_matrix(sp.diags((TARGET_SUM / library).astype(np.float32)) @ summed, dtype=np.float32)
+    out = sp.csr_matrix(sp.diags((TARGET_SUM / sizes).astype(np.float32)) @ summed, dtype=np.float32)
     out.data = np.log1p(out.data)
     out.sort_indices()
     return out
@@ -257,6 +424,7 @@ class Expression:
     obs: pd.DataFrame
     kind: str
     mapping: GeneMapping
+    evidence: str = ""
 
     @property
     def n_cells(self) -> int:
@@ -265,16 +433,19 @@ class Expression:
 
 def load_expression(adata: Any, *, layer: str | None = None, use_raw: bool = False, gene_key: str | None = None,
                     species: str = "auto", resolver: GeneResolver | None = None, target: list[str] | None = None,
-                    chunk: int = CHUNK) -> Expression:
-    """Check, map and log-normalise a whole AnnData (which is not changed) into memory."""
+                    chunk: int = CHUNK, input_scale: str | None = None) -> Expression:
+    """Check, map and log-normalise a whole AnnData (which is not changed) into memory.
+
+    ``input_scale`` names the scale of the values (see :data:`SCALES`); ``auto`` or None detects it.
+    """
     source = open_expression(adata, layer=layer, use_raw=use_raw, gene_key=gene_key)
     mapping = map_genes(source, species=species, resolver=resolver)
     plan = plan_genes(mapping.symbols, target)
-    kind = ""
+    scale = input_scale_of(source, input_scale)
     blocks = []
     for _, block in source.chunks(chunk):
-        found = check_values(block)
-        kind = kind or found
-        blocks.append(normalise(block, kind, plan))
+        check_values(block)
+        blocks.append(normalise(block, scale.scale, plan))
     X = sp.csr_matrix(sp.vstack(blocks), dtype=np.float32)
-    return Expression(X=X, genes=plan.genes, obs=source.obs.copy(), kind=kind, mapping=mapping)
+    return Expression(X=X, genes=plan.genes, obs=source.obs.copy(), kind=scale.scale, mapping=mapping,
+                      evidence=scale.evidence)

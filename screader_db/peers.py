@@ -85,3 +85,26 @@ def celltypist_best(reference: Any, query: Any, *, label_key: str, seed: int = 0
     best = max(scores, key=lambda key: scores[key])
     chosen = {"feature_selection": best, "split_macro_f1": scores}
     return celltypist_predict(reference, query, label_key=label_key, seed=seed, feature_selection=best), chosen
+
+
+def singler_predict(reference: Any, query: Any, *, label_key: str, threads: int = 2) -> np.ndarray:
+    """SingleR (rank correlation against the reference's label profiles, with fine-tuning) on
+    log1p CP10k AnnData over the same genes, as :func:`celltypist_predict` takes them."""
+    import scipy.sparse as sp
+
+    try:
+        import singler
+    except ImportError as err:
+        message = "SingleR is not installed; `pip install 'screader-db[eval]'` adds it"
+        raise ScreaderError(message) from err
+
+    def genes_by_cells(X: Any) -> sp.csc_matrix:
+        matrix = sp.csc_matrix(sp.csr_matrix(X).T, dtype=np.float64)
+        matrix.sort_indices()
+        return matrix
+
+    found = singler.annotate_single(test_data=genes_by_cells(query.X), ref_data=genes_by_cells(reference.X),
+                                    ref_labels=reference.obs[label_key].astype(str).tolist(),
+                                    test_features=list(query.var_names), ref_features=list(reference.var_names),
+                                    num_threads=threads)
+    return np.asarray(found.get_column("best"), dtype=object).astype(str)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.sparse as sp
 
-from screader_db.inputs import ExpressionSource, GenePlan, check_values, normalise, rows_in_block
+from screader_db.inputs import ExpressionSource, GenePlan, check_values, input_scale_of, normalise, rows_in_block
 from screader_db.progress import SILENT, Reporter
 
 SAMPLE_CELLS = 10_000
@@ -94,8 +94,12 @@ def stratified_sample(codes: np.ndarray, size: int, *, seed: int = 0) -> np.ndar
 
 
 def collect(source: ExpressionSource, plan: GenePlan, labels: np.ndarray, *, chunk: int = 10_000,
-            sample_cells: int = SAMPLE_CELLS, seed: int = 0, reporter: Reporter = SILENT) -> ReferenceStats:
-    """Read the reference once, chunk by chunk, into :class:`ReferenceStats`."""
+            sample_cells: int = SAMPLE_CELLS, seed: int = 0, kind: str | None = None,
+            reporter: Reporter = SILENT) -> ReferenceStats:
+    """Read the reference once, chunk by chunk, into :class:`ReferenceStats`.
+
+    ``kind`` is the scale of the values, as the reference was opened with (``ref.kind``);
+    None detects it from the first cells."""
     names = sorted(set(labels.tolist()))
     code = {name: i for i, name in enumerate(names)}
     codes = np.array([code[v] for v in labels], dtype=np.int64)
@@ -110,11 +114,10 @@ def collect(source: ExpressionSource, plan: GenePlan, labels: np.ndarray, *, chu
     class_log_sumsq = np.zeros((c, g))
     class_detected = np.zeros((c, g))
     sampled: list[sp.csr_matrix] = []
-    kind = ""
+    kind = kind or input_scale_of(source).scale
     with reporter.task("Reading the reference", n, "cells") as advance:
         for start, block in source.chunks(chunk):
-            found = check_values(block)
-            kind = kind or found
+            check_values(block)
             X = normalise(block, kind, plan)
             rows = codes[start : start + X.shape[0]]
             log_sum += np.asarray(X.sum(axis=0)).ravel()

@@ -143,11 +143,12 @@ def create_app(atlas_dir: str | Path, *, token: str | None = None, max_upload_by
         datasets: Annotated[list[str] | None, Query(description="only these data sets' cells may vote")] = None,
         labels: Annotated[list[str] | None, Query(description="only cells with these labels may vote")] = None,
         exclude_labels: Annotated[list[str] | None, Query(description="cells with these labels may not vote")] = None,
+        input_scale: Annotated[str, Query(description="scale of the values: auto, counts, ln, log2, log10 or linear")] = "auto",
     ) -> dict[str, Any]:
         atlas = cache.current()
         options = {"k": k, "min_score": min_score, "species": species, "level": level, "gene_key": gene_key,
                    "layer": layer, "use_raw": use_raw, "majority_voting": majority_voting, "model": model,
-                   "datasets": datasets, "labels": labels, "exclude_labels": exclude_labels}
+                   "datasets": datasets, "labels": labels, "exclude_labels": exclude_labels, "input_scale": input_scale}
         kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if kind == "application/json":
             parsed = parse_counts(await request.body())

@@ -92,6 +92,8 @@ class Atlas:
     _index: Any = field(default=None, repr=False)
     _layout: pd.DataFrame | None = field(default=None, repr=False)
     _profiles: Any = field(default=None, repr=False)  # (profiles, calibration), False when absent, None unread
+    _expression_genes: list[str] | None = field(default=None, repr=False)
+    panels: dict[tuple[str, ...], Any] = field(default_factory=dict, repr=False)  # panel indexes opened so far
 
     @property
     def path(self) -> Path:
@@ -164,6 +166,14 @@ class Atlas:
 
             self._layout = pq.read_table(path).to_pandas().set_index("cell_id")
         return self._layout
+
+    def expression_genes(self) -> list[str]:
+        """The genes of the reference expression the atlas keeps (empty for atlases that keep none)."""
+        if self._expression_genes is None:
+            from screader_db.stored_expression import StoredExpression
+
+            self._expression_genes = StoredExpression(self.path).genes()
+        return self._expression_genes
 
     @property
     def embedder(self) -> Any:

@@ -74,3 +74,13 @@ def tiny_llama(tmp_path_factory) -> Path:
                                                                         "activity", "receptor", "process"})
     return random_llama(tmp_path_factory.mktemp("tiny-llama"), words, hidden_size=32, intermediate_size=64,
                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512)
+
+
+def panel_genes(n: int) -> list[str]:
+    """``n`` human symbols the gene table knows: HUMAN_GENES first, then protein-coding genes in table order."""
+    from screader_db.genes import load_gene_table
+
+    table = load_gene_table()
+    coding = table.loc[table["gene_type"] == "protein-coding", "symbol"] if "gene_type" in table else table["symbol"]
+    extra = [s for s in coding if s not in HUMAN_GENES and s.isalnum()]
+    return (HUMAN_GENES + extra)[:n]

@@ -3,17 +3,125 @@
 import numpy as np
 import pytest
 import scipy.sparse as sp
+from conftest import make_counts
 
 from screader_db.errors import InputDataError
-from screader_db.inputs import check_values, load_expression, normalise, plan_genes, read_h5ad
+from screader_db.inputs import (
+    ExpressionSource,
+    check_values,
+    detect_scale,
+    input_scale_of,
+    load_expression,
+    normalise,
+    plan_genes,
+    read_h5ad,
+)
 
 
-def test_counts_and_lognorm_are_told_apart():
-    counts = sp.csr_matrix(np.array([[0, 3, 1], [2, 0, 5]], dtype=np.float32))
-    assert check_values(counts) == "counts"
-    logged = counts.copy()
-    logged.data = np.log1p(logged.data)
-    assert check_values(logged) == "lognorm"
+def _counts(n_cells: int = 300, n_genes: int = 1500, seed: int = 0) -> sp.csr_matrix:
+    """Negative-binomial counts with library sizes that vary tenfold across cells."""
+    rng = np.random.default_rng(seed)
+    profile = rng.gamma(0.3, 1.0, size=n_genes)
+    profile /= profile.sum()
+    library = rng.lognormal(np.log(3000.0), 0.6, size=n_cells)
+    mu = library[:, None] * profile[None, :]
+    return sp.csr_matrix(rng.negative_binomial(2, 2 / (2 + mu)).astype(np.float32))
+
+
+def _per_cell(counts: sp.csr_matrix, total: float) -> sp.csr_matrix:
+    library = np.asarray(counts.sum(axis=1)).ravel()
+    return sp.csr_matrix(sp.diags((total / np.maximum(library, 1)).astype(np.float32)) @ counts, dtype=np.float32)
+
+
+def _logged(X: sp.csr_matrix, log) -> sp.csr_matrix:
+    out = X.copy()
+    out.data = log(out.data).astype(np.float32)
+    return out
+
+
+TRANSFORMS = {
+    "raw counts": ("counts", lambda c: c),
+    "ln(1+CP10k)": ("ln", lambda c: _logged(_per_cell(c, 1e4), np.log1p)),
+    "log2(1+CPM)": ("log2", lambda c: _logged(_per_cell(c, 1e6), lambda v: np.log2(1 + v))),
+    "log10(1+CP10k)": ("log10", lambda c: _logged(_per_cell(c, 1e4), lambda v: np.log10(1 + v))),
+    "CPM": ("linear", lambda c: _per_cell(c, 1e6)),
+    "log1p(raw counts)": ("ln", lambda c: _logged(c, np.log1p)),
+}
+
+
+@pytest.mark.parametrize("genes", ["all genes", "300 genes"])
+@pytest.mark.parametrize("name", list(TRANSFORMS))
+def test_each_scale_is_detected_and_normalises_like_the_counts(name, genes):
+    counts = _counts()
+    scale, transform = TRANSFORMS[name]
+    X = transform(counts)
+    if genes == "300 genes":  # a panel: library sizes over the measured genes are no longer constant
+        keep = np.sort(np.random.default_rng(1).choice(counts.shape[1], size=300, replace=False))
+        counts, X = counts[:, keep], X[:, keep]
+    found = detect_scale(X)
+    assert found.scale == scale, found.evidence
+    assert found.evidence.startswith(f"{scale}: ")
+    if scale != "counts":
+        assert found.integer_share[scale] > 0.99
+        assert all(v < 0.3 for s, v in found.integer_share.items() if s != scale and not np.isnan(v))
+    plan = plan_genes([f"G{i}" for i in range(counts.shape[1])])
+    expected = normalise(counts, "counts", plan).toarray()
+    np.testing.assert_allclose(normalise(X, found.scale, plan).toarray(), expected, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize(("log", "scale"), [(None, "linear"), (np.log1p, "ln")])
+def test_normalised_values_without_integer_structure_are_told_by_library_size(log, scale):
+    rng = np.random.default_rng(3)
+    tpm = _per_cell(sp.csr_matrix(rng.gamma(0.5, 1.0, size=(200, 400)) * (rng.random((200, 400)) < 0.3)), 1e6)
+    X = tpm if log is None else _logged(tpm, log)
+    found = detect_scale(X)
+    assert found.scale == scale
+    assert "sum to the same total" in found.evidence
+    assert found.library_cv[scale] < 1e-3
+
+
+def test_values_that_fit_no_scale_are_refused_with_the_evidence():
+    uniform = sp.csr_matrix(np.random.default_rng(2).uniform(0.0, 5.0, size=(300, 50)).astype(np.float32))
+    pattern = (r"the matrix has non-integer values up to 5: neither raw counts nor log-normalised data of a scale "
+               r"that could be recognised\..* ln: \d+\.\d% integer ratios, library CV [\d.]+; log2: .*"
+               r"Pass --input-scale counts\|ln\|log2\|log10\|linear to say what it is, or pass raw counts \(--layer counts\)")
+    with pytest.raises(InputDataError, match=pattern):
+        detect_scale(uniform)
+    with pytest.raises(InputDataError, match=r"non-integer values up to 100: neither raw counts nor log-normalised data"):
+        detect_scale(sp.csr_matrix(np.array([[100.5, 1.0]], dtype=np.float32)))
+
+
+def test_scaled_data_is_refused(counts_adata):
+    adata = counts_adata.copy()
+    logged = np.log1p(_per_cell(sp.csr_matrix(adata.X), 1e4).toarray())
+    adata.X = (logged - logged.mean(axis=0)) / np.maximum(logged.std(axis=0), 1e-6)  # what sc.pp.scale does
+    with pytest.raises(InputDataError, match=r"the matrix has negative values \(minimum -[\d.]+\): it looks scaled or z-scored "
+                                             r"\(centred\)\. Pass raw counts or log-normalised data instead"):
+        load_expression(adata)
+
+
+def test_a_given_scale_is_taken_and_checked(counts_adata):
+    source = ExpressionSource(matrix=sp.csr_matrix(counts_adata.X), names=list(counts_adata.var_names),
+                              obs=counts_adata.obs)
+    assert input_scale_of(source, "log2").scale == "log2"
+    assert input_scale_of(source, "lognorm").scale == "ln"
+    assert input_scale_of(source, "auto").scale == "counts"
+    with pytest.raises(InputDataError, match=r"unknown input scale 'log'; choose one of auto, counts, ln, log2, log10, linear"):
+        input_scale_of(source, "log")
+
+
+def test_load_expression_detects_the_scale(counts_adata):
+    logged = counts_adata.copy()
+    logged.X = _logged(_per_cell(sp.csr_matrix(counts_adata.X), 1e6), lambda v: np.log2(1 + v))
+    expr = load_expression(logged)
+    assert expr.kind == "log2" and "after 2**x - 1" in expr.evidence
+    np.testing.assert_allclose(expr.X.toarray(), load_expression(counts_adata).X.toarray(), rtol=1e-4, atol=1e-4)
+    assert load_expression(logged, input_scale="log2").kind == "log2"
+
+
+def test_fifty_genes_are_enough_to_tell_the_scale():
+    adata = make_counts(n_cells=200, seed=4)
+    assert detect_scale(_logged(_per_cell(sp.csr_matrix(adata.X), 1e4), np.log1p)).scale == "ln"
 
 
 @pytest.mark.parametrize(
@@ -22,7 +130,6 @@ def test_counts_and_lognorm_are_told_apart():
         ([[np.nan, 1.0]], "the matrix has 1 NaN or infinite values; remove or impute them before annotating"),
         ([[np.inf, 1.0]], "the matrix has 1 NaN or infinite values; remove or impute them before annotating"),
         ([[-1.5, 1.0]], r"the matrix has negative values \(minimum -1.5\): it looks scaled or z-scored"),
-        ([[100.5, 1.0]], r"non-integer values up to 100: neither raw counts nor log-normalised data"),
     ],
 )
 def test_bad_values_are_refused(values, message):

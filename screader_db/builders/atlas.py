@@ -21,7 +21,16 @@ import pyarrow as pa
 
 from screader_db import store
 from screader_db.builders.reference import ReferenceSource, open_reference
-from screader_db.builders.writer import Draft, dataset_records, drafting, finish, write_dataset, write_layout, write_profiles
+from screader_db.builders.writer import (
+    Draft,
+    dataset_records,
+    drafting,
+    finish,
+    write_dataset,
+    write_expression,
+    write_layout,
+    write_profiles,
+)
 from screader_db.calibration import score_calibration
 from screader_db.cell_embedding import LEARNED_METHODS, MARKER_METHODS, TEXT_METHODS, CellEmbedder, fit_embedder
 from screader_db.checksums import sha256_text
@@ -57,6 +66,7 @@ class BuildSettings:
     markers_per_label: int = 50
     marker_genes: str = "markers"
     gene_weights: str = "none"
+    prototype_weight: float | None = None  # γ of the marker methods' class-prototype block (None: 1.5)
     panel: list[str] | None = None
     k: int = 15
     vote_power: float = DEFAULT_POWER
@@ -128,22 +138,10 @@ def build_atlas(reference: Any, atlas: str | Path, *, label_key: str, dataset_na
     reporter.message(f"{ref.n_cells:,} cells, {len(set(ref.labels))} labels, {ref.mapping.n_mapped:,} of "
                      f"{ref.mapping.n_input:,} genes mapped ({ref.kind})")
     plan = ref.plan()
-    stats = collect(ref.source, plan, ref.labels, chunk=chunk, seed=settings.seed, reporter=reporter)
-    chosen, weights = choose_genes(stats, settings)
-    genes = [plan.genes[i] for i in chosen]
-    reporter.message(f"{len(genes):,} genes chosen ({settings.method})")
-    emb: GeneEmbeddings | None = None
-    if settings.method in TEXT_METHODS:
-        emb = _gene_vectors(genes, settings, resolver, reporter, device)
-    params = {} if settings.center == "auto" else {"center": settings.center}
-    sample_labels = stats.sample_labels(ref.labels)
-    fit: dict[str, Any] = {"mean": None if settings.method in MARKER_METHODS else stats.mean[chosen],
-           "labels": sample_labels, "weights": weights,
-           "gene_vectors": None if emb is None else emb.vectors, "params": params, "seed": settings.seed}
-    if settings.method in LEARNED_METHODS:
-        embedder = _train_learned(stats.sample[:, chosen], genes, fit, settings, reporter, device)
-    else:
-        embedder = fit_embedder(settings.method, stats.sample[:, chosen], genes, **fit)
+    stats = collect(ref.source, plan, ref.labels, chunk=chunk, seed=settings.seed, kind=ref.kind, reporter=reporter)
+    fitted = fit_method(stats, ref.labels, settings, resolver=resolver, reporter=reporter, device=device)
+    embedder, emb = fitted.embedder, fitted.emb
+    sample_labels = fitted.fit["labels"]
     mean = embedder.mean
     profiles = LabelProfiles(stats.labels, stats.genes, stats.class_means(), stats.class_counts,
                              [ref.name] * len(stats.labels))
@@ -151,15 +149,7 @@ def build_atlas(reference: Any, atlas: str | Path, *, label_key: str, dataset_na
         calibration = calibrate(stats.sample, sample_labels, stats.genes, seed=settings.seed)
         advance(1)
 
-        def refit(X: Any, labels: np.ndarray) -> CellEmbedder:
-            return fit_embedder(settings.method, X, genes, **{**fit, "labels": labels, "mean": None})
-
-        if settings.method in LEARNED_METHODS:
-            calibration["scores"] = {"calibrated": False, "min_score": 0.0,
-                                     "reason": "learned methods are not trained twice to calibrate their scores"}
-        else:
-            calibration["scores"] = score_calibration(refit, stats.sample[:, chosen], sample_labels, k=settings.k,
-                                                      power=settings.vote_power, seed=settings.seed)
+        calibration["scores"] = calibrate_scores(fitted, stats, settings)
         advance(1)
     if dask is None:
         vectors = ref.embed(embedder, mean=mean, chunk=chunk, reporter=reporter)
@@ -175,6 +165,51 @@ def build_atlas(reference: Any, atlas: str | Path, *, label_key: str, dataset_na
 
     return write_version(root, [(ref, on_dask)], embedder, emb, settings, reporter=reporter, action="build", wait=wait,
                          chunk=chunk, profiles=(profiles, calibration))
+
+
+@dataclass
+class Fitted:
+    """A cell embedding method fitted on reference statistics, with what it was fitted from."""
+
+    embedder: CellEmbedder
+    emb: GeneEmbeddings | None
+    chosen: np.ndarray
+    genes: list[str]
+    fit: dict[str, Any]
+
+
+def fit_method(stats: ReferenceStats, labels: np.ndarray, settings: BuildSettings, *, resolver: GeneResolver,
+               reporter: Reporter, device: str | None = None) -> Fitted:
+    """Choose the atlas genes, embed their text (text methods) and fit (or train) the cell embedding."""
+    chosen, weights = choose_genes(stats, settings)
+    genes = [stats.genes[i] for i in chosen]
+    reporter.message(f"{len(genes):,} genes chosen ({settings.method})")
+    emb = _gene_vectors(genes, settings, resolver, reporter, device) if settings.method in TEXT_METHODS else None
+    params: dict[str, Any] = {} if settings.center == "auto" else {"center": settings.center}
+    if settings.prototype_weight is not None:
+        params["gamma"] = float(settings.prototype_weight)
+    fit: dict[str, Any] = {"mean": None if settings.method in MARKER_METHODS else stats.mean[chosen],
+                           "labels": stats.sample_labels(labels), "weights": weights,
+                           "gene_vectors": None if emb is None else emb.vectors, "params": params, "seed": settings.seed}
+    if settings.method in LEARNED_METHODS:
+        embedder = _train_learned(stats.sample[:, chosen], genes, fit, settings, reporter, device)
+    else:
+        embedder = fit_embedder(settings.method, stats.sample[:, chosen], genes, **fit)
+    return Fitted(embedder=embedder, emb=emb, chosen=chosen, genes=genes, fit=fit)
+
+
+def calibrate_scores(fitted: Fitted, stats: ReferenceStats, settings: BuildSettings) -> dict[str, Any]:
+    """The score-to-confidence map and default score cut-off, from a split of the reference sample
+    (:func:`screader_db.calibration.score_calibration`), refitting the method the same way."""
+    if settings.method in LEARNED_METHODS:
+        return {"calibrated": False, "min_score": 0.0,
+                "reason": "learned methods are not trained twice to calibrate their scores"}
+
+    def refit(X: Any, labels: np.ndarray) -> CellEmbedder:
+        return fit_embedder(settings.method, X, fitted.genes, **{**fitted.fit, "labels": labels, "mean": None})
+
+    return score_calibration(refit, stats.sample[:, fitted.chosen], fitted.fit["labels"], k=settings.k,
+                             power=settings.vote_power, seed=settings.seed)
 
 
 def _train_learned(X: Any, genes: list[str], fit: dict[str, Any], settings: BuildSettings, reporter: Reporter,
@@ -265,6 +300,7 @@ def write_version(root: Path, refs: list[tuple[ReferenceSource, np.ndarray | Cal
             else:
                 vectors = given
                 ids, frame, row = write_dataset(draft, ref, dataset_id, vectors, part_rows=chunk)
+            write_expression(draft, ref, dataset_id, part_rows=chunk)
             all_ids.append(ids)
             all_vectors.append(vectors)
             cell_frames.append(frame)

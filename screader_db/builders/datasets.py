@@ -14,8 +14,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from screader_db import store
-from screader_db.builders.writer import Draft, drafting, finish, write_dataset, write_layout, write_profiles
+from screader_db import store, stored_expression
+from screader_db.builders.writer import Draft, drafting, finish, write_dataset, write_expression, write_layout, write_profiles
 from screader_db.catalogue import read_tables
 from screader_db.errors import AtlasError, OutputExistsError
 from screader_db.progress import SILENT, Reporter
@@ -30,7 +30,7 @@ def _carry(draft: Draft, previous: store.Atlas, skip_dataset: str | None = None)
         source = previous.path / name
         if source.is_file():
             draft.link(source, name)
-    for part in sorted((previous.path / "cells").rglob("*.parquet")):
+    for part in [*previous.cell_parts(), *stored_expression.parts(previous.path)]:
         relative = part.relative_to(previous.path)
         if relative.parts[1] != skip_dataset:
             draft.link(part, relative.as_posix())
@@ -86,7 +86,7 @@ def add_dataset(atlas: str | Path, reference: Any, *, label_key: str, name: str 
         from screader_db.reference_stats import collect
 
         plan = ref.plan()
-        stats = collect(ref.source, plan, ref.labels, sample_cells=0, reporter=reporter)
+        stats = collect(ref.source, plan, ref.labels, sample_cells=0, kind=ref.kind, reporter=reporter)
         added = LabelProfiles(stats.labels, stats.genes, stats.class_means(), stats.class_counts,
                               [ref.name] * len(stats.labels))
         profiles = (found[0].extend(added), found[1])
@@ -98,6 +98,7 @@ def add_dataset(atlas: str | Path, reference: Any, *, label_key: str, name: str 
         _carry(draft, previous)
         dataset_id = max((int(d["dataset_id"]) for d in previous.datasets), default=0) + 1
         ids, frame, row = write_dataset(draft, ref, dataset_id, vectors)
+        write_expression(draft, ref, dataset_id)
         if profiles is not None:
             write_profiles(draft, *profiles)
         placed = _placement(previous, vectors)

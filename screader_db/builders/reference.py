@@ -16,7 +16,18 @@ import pandas as pd
 from screader_db.checksums import sha256_file
 from screader_db.errors import InputDataError
 from screader_db.genes import GeneMapping, GeneResolver
-from screader_db.inputs import CHUNK, ExpressionSource, GenePlan, check_values, map_genes, normalise, open_expression, plan_genes, read_h5ad
+from screader_db.inputs import (
+    CHUNK,
+    ExpressionSource,
+    GenePlan,
+    check_values,
+    input_scale_of,
+    map_genes,
+    normalise,
+    open_expression,
+    plan_genes,
+    read_h5ad,
+)
 from screader_db.progress import SILENT, Reporter
 
 
@@ -34,6 +45,7 @@ class ReferenceSource:
     source_sha256: str
     harmonised: np.ndarray | None = None
     ontology: np.ndarray | None = None
+    evidence: str = ""
 
     @property
     def n_cells(self) -> int:
@@ -80,8 +92,11 @@ class ReferenceSource:
 
 def open_reference(reference: Any, *, label_key: str, name: str | None = None, layer: str | None = None,
                    use_raw: bool = False, gene_key: str | None = None, species: str = "auto",
-                   resolver: GeneResolver | None = None) -> ReferenceSource:
-    """Open a reference (an .h5ad path, read in backed mode, or an AnnData) and check its labels."""
+                   resolver: GeneResolver | None = None, input_scale: str | None = None) -> ReferenceSource:
+    """Open a reference (an .h5ad path, read in backed mode, or an AnnData) and check its labels.
+
+    ``input_scale`` names the scale of the values (:data:`screader_db.inputs.SCALES`); ``auto`` or
+    None detects it from the first cells."""
     source_file, digest = "<AnnData>", ""
     if isinstance(reference, str | Path):
         path = Path(reference)
@@ -105,6 +120,7 @@ def open_reference(reference: Any, *, label_key: str, name: str | None = None, l
         source = source.subset(np.flatnonzero(keep))
         labels = labels[keep]
     mapping = map_genes(source, species=species, resolver=resolver)
-    kind = check_values(source.rows(0, min(source.n_cells, 2000)))
+    scale = input_scale_of(source, input_scale)
     return ReferenceSource(name=name or default_name, label_key=label_key, labels=labels.astype(str), source=source,
-                           mapping=mapping, kind=kind, source_file=source_file, source_sha256=digest)
+                           mapping=mapping, kind=scale.scale, source_file=source_file, source_sha256=digest,
+                           evidence=scale.evidence)

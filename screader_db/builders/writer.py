@@ -167,6 +167,18 @@ def write_dataset(draft: Draft, ref: Any, dataset_id: int, vectors: np.ndarray, 
     return dataset_records(draft, ref, dataset_id)
 
 
+def write_expression(draft: Draft, ref: Any, dataset_id: int, *, part_rows: int = 10_000) -> None:
+    """Keep a data set's log-normalised expression over every gene it maps to (for panel re-fits)."""
+    from screader_db import stored_expression
+
+    plan = ref.plan()
+    ids = store.cell_ids(dataset_id, ref.n_cells)
+    for start, block in ref.chunks(plan, part_rows):
+        path = draft.staging / stored_expression.part_path(ref.name, start // part_rows)
+        stored_expression.write_part(path, ids[start : start + block.shape[0]], block, plan.genes,
+                                     draft.provenance_json(), PROVENANCE_KEY)
+
+
 def write_layout(draft: Draft, ids: np.ndarray, coords: np.ndarray) -> None:
     """The reference map: one (x, y) per cell id."""
     draft.write_parquet(pa.table({"cell_id": pa.array(ids, pa.int64()), "x": pa.array(coords[:, 0], pa.float32()),

@@ -1,0 +1,129 @@
+"""Panel indexes: the atlas re-fitted on the genes a partial-panel query shares with it.
+
+A query that measures only some of the atlas's genes (a targeted panel, a few hundred genes)
+cannot be embedded the atlas's way: the genes it lacks would read as zero. Instead the cell
+embedding is fitted again on the reference expression the atlas keeps, over the shared genes
+only, every reference cell is embedded again, and a FAISS index is built over them. Both sides
+are normalised over the shared genes, so a cell's library size means the same on each side.
+
+The result is kept inside the atlas version, keyed by the hash of the gene set::
+
+    versions/N/panels/<key>/PANEL.json, embedder.safetensors, index.faiss (+ .json)
+
+so the next query with the same panel reuses it. It is written to a staging folder and
+renamed into place, so a crash leaves either nothing or a whole panel index.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from screader_db import store
+from screader_db.checksums import sha256_text
+from screader_db.errors import AtlasError
+from screader_db.progress import SILENT, Reporter
+
+FOLDER = "panels"
+FORMAT = "panel-1"
+
+
+@dataclass
+class PanelIndex:
+    """The atlas fitted on one gene panel: its embedder and index over every reference cell."""
+
+    key: str
+    genes: list[str]
+    embedder: Any
+    index: Any
+    reused: bool
+    scores: dict[str, Any]  # the score calibration on this panel (confidence map, default cut-off)
+
+
+def panel_key(genes: list[str]) -> str:
+    """A short, stable name for a set of genes."""
+    return sha256_text("\n".join(sorted(genes)))[:16]
+
+
+def _settings(opened: store.Atlas) -> Any:
+    from screader_db.builders.atlas import BuildSettings
+
+    stored = opened.provenance.get("parameters", {})
+    known = {f.name for f in fields(BuildSettings)}
+    return BuildSettings(**{**{k: v for k, v in stored.items() if k in known}, "panel": None})
+
+
+def open_panel(opened: store.Atlas, genes: list[str], *, reporter: Reporter = SILENT,
+               device: str | None = None) -> PanelIndex:
+    """The atlas's index for the gene panel ``genes``: read from the version if kept, else fitted and kept."""
+    from screader_db.cell_embedding import CellEmbedder
+    from screader_db.index import load_index
+
+    key = panel_key(genes)
+    folder = opened.path / FOLDER / key
+    if not (folder / "PANEL.json").is_file():
+        _fit(opened, sorted(genes), folder, reporter=reporter, device=device)
+        reused = False
+    else:
+        reused = True
+    meta = json.loads((folder / "PANEL.json").read_text())
+    if meta.get("format") != FORMAT:
+        message = f"{folder} has panel format {meta.get('format')!r}, this version reads {FORMAT!r}; delete the folder"
+        raise AtlasError(message)
+    index, _ = load_index(folder / "index.faiss")
+    return PanelIndex(key=key, genes=list(meta["genes"]), embedder=CellEmbedder.load(folder / "embedder.safetensors"),
+                      index=index, reused=reused, scores=dict(meta.get("scores", {})))
+
+
+def _fit(opened: store.Atlas, genes: list[str], folder: Path, *, reporter: Reporter, device: str | None) -> None:
+    from screader_db.builders.atlas import calibrate_scores, fit_method
+    from screader_db.genes import GeneResolver
+    from screader_db.index import build_index, save_index
+    from screader_db.inputs import CHUNK, ExpressionSource, normalise, plan_genes
+    from screader_db.reference_stats import collect
+    from screader_db.stored_expression import StoredExpression, StoredMatrix
+
+    settings = _settings(opened)
+    stored = StoredExpression(opened.path)
+    ids = stored.ids()
+    labels = opened.cells(["label"])["label"].reindex(ids).astype(str).to_numpy()
+    source = ExpressionSource(matrix=StoredMatrix(stored, genes), names=genes, obs=pd.DataFrame(index=ids.astype(str)))
+    plan = plan_genes(genes, genes)
+    reporter.message(f"Fitting the atlas on the {len(genes):,} genes the query shares with it (kept for later queries)")
+    stats = collect(source, plan, labels, kind="linear", chunk=CHUNK, seed=settings.seed, reporter=reporter)
+    fitted = fit_method(stats, labels, settings, resolver=GeneResolver(), reporter=reporter, device=device)
+    embedder = fitted.embedder
+    scores = calibrate_scores(fitted, stats, settings)
+    embed_plan = plan_genes(genes, embedder.genes)
+    vectors = np.empty((len(ids), embedder.dim), dtype=np.float32)
+    with reporter.task("Embedding the atlas cells on the shared genes", len(ids), "cells") as advance:
+        for start, block in source.chunks(CHUNK):
+            vectors[start : start + block.shape[0]] = embedder.transform(normalise(block, "linear", embed_plan),
+                                                                         mean=embedder.mean)
+            advance(block.shape[0])
+    index, info = build_index(vectors, ids, kind=settings.index, seed=settings.seed)
+    provenance = {**opened.provenance, "panel": {"key": folder.name, "n_genes": len(genes),
+                                                 "genes_sha256": sha256_text("\n".join(genes))}}
+    staging = folder.parent / f".staging-{os.getpid()}-{time.time_ns()}"
+    staging.mkdir(parents=True)
+    try:
+        embedder.save(staging / "embedder.safetensors", provenance)
+        save_index(index, info, staging / "index.faiss", provenance)
+        meta = {"format": FORMAT, "key": folder.name, "genes": genes, "n_cells": len(ids),
+                "atlas_genes": len(embedder.genes), "scores": scores, "provenance": provenance}
+        (staging / "PANEL.json").write_text(json.dumps(meta, indent=2, sort_keys=True, default=str))
+        try:
+            staging.rename(folder)
+        except OSError:
+            if not (folder / "PANEL.json").is_file():  # another process finished first otherwise
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)

@@ -1,0 +1,162 @@
+"""The reference expression an atlas keeps, so it can be re-fitted on the genes a query measures.
+
+Each data set's log1p(counts per 10,000) over every gene it was mapped to is stored as sparse
+rows in Parquet parts beside its cells::
+
+    expression/<dataset>/part-NNNNN.parquet   cell_id, gene (list<int32>), value (list<float32>)
+
+The part's schema metadata holds its gene list (``screader_db.genes``), the format and the
+provenance, like every other file of the atlas. Parts are read one at a time, so re-fitting
+reads the reference out of core.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import scipy.sparse as sp
+
+FOLDER = "expression"
+FORMAT = "expression-1"
+GENES_KEY = b"screader_db.genes"
+FORMAT_KEY = b"screader_db.expression"
+
+
+def part_path(dataset: str, number: int) -> str:
+    return f"{FOLDER}/{dataset}/part-{number:05d}.parquet"
+
+
+def expression_table(ids: np.ndarray, X: sp.csr_matrix) -> pa.Table:
+    """Sparse rows as a Parquet table: one row per cell, its nonzero gene positions and values."""
+    X = sp.csr_matrix(X, dtype=np.float32)
+    X.sort_indices()
+    offsets = pa.array(X.indptr.astype(np.int32), pa.int32())
+    return pa.table({
+        "cell_id": pa.array(np.asarray(ids, dtype=np.int64), pa.int64()),
+        "gene": pa.ListArray.from_arrays(offsets, pa.array(X.indices.astype(np.int32), pa.int32())),
+        "value": pa.ListArray.from_arrays(offsets, pa.array(X.data, pa.float32())),
+    })
+
+
+def write_part(path: Path, ids: np.ndarray, X: sp.csr_matrix, genes: list[str], provenance: str,
+               provenance_key: bytes) -> None:
+    """Write one part of a data set's log-normalised expression (columns follow ``genes``)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    meta = {provenance_key: provenance, GENES_KEY: json.dumps(genes),
+            FORMAT_KEY: json.dumps({"format": FORMAT, "values": "log1p counts per 10,000"})}
+    pq.write_table(expression_table(ids, X).replace_schema_metadata(meta), path, compression="zstd")
+
+
+def parts(version: Path) -> list[Path]:
+    return sorted((version / FOLDER).rglob("*.parquet"))
+
+
+def has_expression(version: Path) -> bool:
+    return bool(parts(version))
+
+
+def part_genes(path: Path) -> list[str]:
+    meta = pq.read_schema(path).metadata or {}
+    return list(json.loads(meta[GENES_KEY]))
+
+
+def read_part(path: Path) -> tuple[np.ndarray, sp.csr_matrix, list[str]]:
+    """(cell ids, log-normalised rows over the part's genes, the part's genes)."""
+    table = pq.read_table(path)
+    genes = part_genes(path)
+    gene = table.column("gene").combine_chunks()
+    value = table.column("value").combine_chunks()
+    indptr = gene.offsets.to_numpy().astype(np.int64)
+    indices = gene.flatten().to_numpy().astype(np.int32)
+    data = value.flatten().to_numpy().astype(np.float32)
+    X = sp.csr_matrix((data, indices, indptr), shape=(len(table), len(genes)))
+    return table.column("cell_id").to_numpy(), X, genes
+
+
+@dataclass
+class StoredExpression:
+    """The stored expression of one atlas version: every data set's parts, in order."""
+
+    version: Path
+    files: list[Path] = field(default_factory=list)
+    counts: list[int] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.files = parts(self.version)
+        self.counts = [pq.read_metadata(p).num_rows for p in self.files]
+
+    @property
+    def n_cells(self) -> int:
+        return int(sum(self.counts))
+
+    def genes(self) -> list[str]:
+        """Every gene any data set was stored with (sorted)."""
+        found: set[str] = set()
+        for path in self.files:
+            found.update(part_genes(path))
+        return sorted(found)
+
+    def ids(self) -> np.ndarray:
+        if not self.files:
+            return np.zeros(0, dtype=np.int64)
+        return np.concatenate([pq.read_table(p, columns=["cell_id"]).column("cell_id").to_numpy() for p in self.files])
+
+    def blocks(self, target: list[str]) -> Iterator[tuple[np.ndarray, sp.csr_matrix]]:
+        """(cell ids, linear values over ``target``) of every part in order (see :func:`linear_part`)."""
+        for path in self.files:
+            yield linear_part(path, target)
+
+
+def linear_part(path: Path, target: list[str]) -> tuple[np.ndarray, sp.csr_matrix]:
+    """(cell ids, linear values (counts per 10,000) over ``target`` genes) of one part; genes it lacks are 0."""
+    column = {g: i for i, g in enumerate(target)}
+    ids, X, genes = read_part(path)
+    pairs = np.array([(i, column[g]) for i, g in enumerate(genes) if g in column], dtype=np.int64).reshape(-1, 2)
+    pick = sp.csr_matrix((np.ones(len(pairs), dtype=np.float32), (pairs[:, 0], pairs[:, 1])),
+                         shape=(len(genes), len(target)))
+    linear = X.copy()
+    linear.data = np.expm1(linear.data)
+    return ids, sp.csr_matrix(linear @ pick, dtype=np.float32)
+
+
+class StoredMatrix:
+    """Row slices of the stored expression over some genes, as a matrix a chunked reader can slice.
+
+    Values are linear (counts per 10,000 of the whole cell), so the reader re-normalises them
+    over the chosen genes. Slices should follow the parts (the chunk size the atlas was
+    written with); each part is read at most once per pass.
+    """
+
+    def __init__(self, stored: StoredExpression, genes: list[str]) -> None:
+        self.stored = stored
+        self.genes = list(genes)
+        self.shape = (stored.n_cells, len(self.genes))
+        self.starts = np.concatenate([[0], np.cumsum(stored.counts)]).astype(np.int64)
+        self._cache: tuple[int, sp.csr_matrix] | None = None
+
+    def _part(self, number: int) -> sp.csr_matrix:
+        if self._cache is None or self._cache[0] != number:
+            self._cache = (number, linear_part(self.stored.files[number], self.genes)[1])
+        return self._cache[1]
+
+    def __getitem__(self, rows: slice) -> sp.csr_matrix:
+        start, stop, _ = rows.indices(self.shape[0])
+        pieces = []
+        first = int(np.searchsorted(self.starts, start, side="right") - 1)
+        for number in range(max(first, 0), len(self.stored.files)):
+            low, high = int(self.starts[number]), int(self.starts[number + 1])
+            if low >= stop:
+                break
+            if high <= start:
+                continue
+            block = self._part(number)
+            pieces.append(block[max(start, low) - low : min(stop, high) - low])
+        if not pieces:
+            return sp.csr_matrix((0, self.shape[1]), dtype=np.float32)
+        return sp.csr_matrix(sp.vstack(pieces), dtype=np.float32)

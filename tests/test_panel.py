@@ -1,0 +1,102 @@
+"""Partial gene panels: the stored reference expression, panel indexes fitted once and reused, the floor."""
+
+import warnings
+
+import numpy as np
+import pytest
+from conftest import make_counts, panel_genes
+
+from screader_db import annotate, store
+from screader_db.annotation import MIN_PANEL_GENES
+from screader_db.builders.atlas import BuildSettings, build_atlas
+from screader_db.builders.datasets import add_dataset, remove_dataset
+from screader_db.errors import GeneOverlapError, ScreaderWarning
+from screader_db.inputs import load_expression
+from screader_db.stored_expression import StoredExpression, read_part
+
+GENES = panel_genes(160)
+
+
+@pytest.fixture(scope="module")
+def cells():
+    return make_counts(n_cells=360, genes=GENES, n_types=4, seed=3)
+
+
+@pytest.fixture(scope="module")
+def atlas(tmp_path_factory, cells):
+    root = tmp_path_factory.mktemp("panel") / "atlas"
+    build_atlas(cells[:240].copy(), root, label_key="cell_type", dataset_name="ref", settings=BuildSettings(layout="none"))
+    return root
+
+
+def _query(cells, genes):
+    keep = [g in genes for g in cells.var_names]
+    return cells[240:, keep].copy()
+
+
+def test_the_atlas_keeps_the_reference_expression(atlas, cells):
+    opened = store.open_atlas(atlas)
+    stored = StoredExpression(opened.path)
+    assert stored.n_cells == 240 and stored.genes() == sorted(GENES)
+    ids, X, genes = read_part(stored.files[0])
+    expected = load_expression(cells[:240].copy(), target=genes)
+    np.testing.assert_allclose(X.toarray(), expected.X.toarray(), rtol=1e-6)
+    np.testing.assert_array_equal(ids, store.cell_ids(1, 240))
+    meta = opened.info["files"]
+    assert any(path.startswith("expression/ref/part-") for path in meta), "stored expression is listed with its sha256"
+
+
+def test_a_partial_panel_is_fitted_once_and_reused(atlas, cells):
+    query = _query(cells, GENES[40:])
+    with pytest.warns(ScreaderWarning, match=r"answered on the 120 genes it shares .*fitted now and kept"):
+        first = annotate(query, atlas)
+    panel = first.info["panel"]
+    assert panel["used"] and panel["shared_genes"] == 120 and not panel["reused"]
+    folder = store.open_atlas(atlas).path / "panels" / panel["key"]
+    assert (folder / "PANEL.json").is_file() and (folder / "index.faiss").is_file()
+    with pytest.warns(ScreaderWarning, match="reused"):
+        again = annotate(query, atlas)  # a fresh open of the atlas reads the kept panel index
+    assert again.info["panel"]["reused"] and again.info["panel"]["key"] == panel["key"]
+    np.testing.assert_array_equal(first.neighbour_ids, again.neighbour_ids)
+    truth = cells.obs["cell_type"].to_numpy()[240:]
+    assert (first.table["raw_label"].to_numpy() == truth).mean() > 0.9
+
+
+def test_a_full_panel_uses_the_atlas_index(atlas, cells):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ScreaderWarning)
+        result = annotate(cells[240:].copy(), atlas)
+    assert result.info["panel"] == {"used": False}
+
+
+def test_below_the_floor_the_query_is_refused_with_the_floor(atlas, cells):
+    query = _query(cells, GENES[: MIN_PANEL_GENES - 10])
+    with pytest.raises(GeneOverlapError, match=rf"shares only {MIN_PANEL_GENES - 10} genes with the atlas's reference "
+                                                rf"\(160 genes\); at least {MIN_PANEL_GENES} are needed"):
+        annotate(query, atlas)
+
+
+def test_an_atlas_without_stored_expression_keeps_the_overlap_rule(tmp_path, cells):
+    root = tmp_path / "old"
+    opened = build_atlas(cells[:240].copy(), root, label_key="cell_type", settings=BuildSettings(layout="none"))
+    import shutil
+
+    shutil.rmtree(opened.path / "expression")
+    outside = [g for g in GENES if g not in opened.embedder.genes]
+    with pytest.raises(GeneOverlapError, match=r"only 2 of the atlas's \d+ genes are in the query"):
+        annotate(_query(cells, outside + opened.embedder.genes[:2]), root)
+
+
+def test_added_data_sets_keep_their_expression_and_removal_drops_it(tmp_path, cells):
+    root = tmp_path / "lab"
+    build_atlas(cells[:160].copy(), root, label_key="cell_type", dataset_name="one", settings=BuildSettings(layout="none"))
+    added = add_dataset(root, cells[160:240].copy(), label_key="cell_type", name="two")
+    stored = StoredExpression(added.path)
+    assert stored.n_cells == 240
+    assert {p.parent.name for p in stored.files} == {"one", "two"}
+    np.testing.assert_array_equal(np.sort(stored.ids()), np.sort(added.cells().index.to_numpy()))
+    with pytest.warns(ScreaderWarning, match="panel index"):
+        result = annotate(_query(cells, GENES[40:]), added)
+    assert result.info["panel"]["used"]
+    removed = remove_dataset(root, "two")
+    assert {p.parent.name for p in StoredExpression(removed.path).files} == {"one"}
