@@ -136,6 +136,15 @@ class CellEmbedder:
             return self.learned().embed(X)
         if mean is None:
             mean = self.centre_of(X, self.centre_mode(X.shape[0], center))
+        from threadpoolctl import threadpool_limits
+
+        # OpenBLAS's float32 products differ in the last bit between 1 and 2 threads (measured here on
+        # the Dask test: workers run 1 BLAS thread), so one thread keeps a cell's vector the same on
+        # every worker and machine.
+        with threadpool_limits(limits=1, user_api="blas"):
+            return self._transform(X, mean, batch)
+
+    def _transform(self, X: sp.spmatrix, mean: np.ndarray, batch: int) -> np.ndarray:
         out = np.empty((X.shape[0], self.dim), dtype=np.float32)
         gamma, tau = float(self.params.get("gamma", GAMMA)), float(self.params.get("tau", TAU))
         for start in range(0, X.shape[0], batch):
