@@ -12,6 +12,8 @@ Layout::
         gene_embeddings.parquet         the gene vectors the embedder was fitted with
         embedder.safetensors            the fitted cell embedding method
         index.faiss (+ .json)           FAISS index whose ids are the cell ids
+        expression/<dataset>/part-*.parquet   the reference expression, for panel re-fits
+        panels/<key>/                   panel indexes added by queries (see builders/panel.py)
         atlas.duckdb                    catalogue: builds, datasets, cells, genes, files, provenance
 
 A writer builds the next version in a temporary folder, then renames it into ``versions/`` and

@@ -60,6 +60,9 @@ def _stratified(adata: Any, n: int, seed: int) -> Any:
     return adata[stratified_sample(codes, n, seed=seed)].copy()
 
 
+NAMES = ("baron_human", "baron_mouse", "pbmc3k", "kang_ctrl", "kang_stim")
+
+
 def load_sources(*, kang_cells: int = KANG_CELLS, seed: int = 0) -> dict[str, Any]:
     """The suite's data sets in memory, each with its labels in obs ``suite_label``."""
     from screader_db.fetch import resolve_dataset

@@ -74,3 +74,27 @@ def test_predictions_never_depend_on_the_query_labels():
     for spec in specs:
         np.testing.assert_array_equal(truth.predictions[("t", spec.name)], noise.predictions[("t", spec.name)])
     assert truth.rows[0]["accuracy"] > noise.rows[0]["accuracy"]
+
+
+def test_the_suite_never_lets_query_labels_reach_building_or_annotating():
+    """Every kind of suite task (a direction, gene panels, markers removed, thinning, other input
+    scales, a coarse parent label): shuffled query truth changes no prediction."""
+    from conftest import panel_genes
+
+    from screader_db.suite import LABEL, NAMES, RULES, _labelled, suite_tasks
+
+    genes = panel_genes(160)
+    sources = {name: _labelled(make_counts(n_cells=150, genes=genes, seed=i), "cell_type") for i, name in enumerate(NAMES)}
+    tasks = [t for t in suite_tasks(sources) if t.name.startswith("pbmc3k -> kang_ctrl")]
+    assert len(tasks) == 11
+    rng = np.random.default_rng(0)
+    shuffled = []
+    for task in tasks:
+        query = task.query.copy()
+        query.obs[LABEL] = rng.permutation(query.obs[LABEL].astype(str).to_numpy())
+        shuffled.append(Task(task.name, task.reference, query, LABEL, LABEL, task.seed, reference_key=task.reference_key))
+    specs = [RULES, MethodSpec("expression kNN", model="none", method="expression")]
+    truth, noise = evaluate(tasks, specs, n_genes=100), evaluate(shuffled, specs, n_genes=100)
+    for task in tasks:
+        for spec in specs:
+            np.testing.assert_array_equal(truth.predictions[(task.name, spec.name)], noise.predictions[(task.name, spec.name)])
