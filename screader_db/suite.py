@@ -79,7 +79,8 @@ def load_sources(*, kang_cells: int = KANG_CELLS, seed: int = 0) -> dict[str, An
 
 
 def _counts(adata: Any) -> sp.csr_matrix:
-    return sp.csr_matrix(adata.X, dtype=np.float32)
+    """A copy of the counts (variants change it; the source, shared by other tasks, must stay as it is)."""
+    return sp.csr_matrix(adata.X, dtype=np.float32, copy=True)
 
 
 def _with_matrix(adata: Any, X: sp.csr_matrix) -> Any:

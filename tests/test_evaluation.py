@@ -98,3 +98,17 @@ def test_the_suite_never_lets_query_labels_reach_building_or_annotating():
     for task in tasks:
         for spec in specs:
             np.testing.assert_array_equal(truth.predictions[(task.name, spec.name)], noise.predictions[(task.name, spec.name)])
+
+
+def test_suite_variants_leave_their_sources_unchanged():
+    from conftest import panel_genes
+
+    from screader_db.suite import NAMES, _labelled, suite_tasks
+
+    genes = panel_genes(120)
+    sources = {name: _labelled(make_counts(n_cells=80, genes=genes, seed=i), "cell_type") for i, name in enumerate(NAMES)}
+    before = {name: (a.X.copy(), a.obs.copy()) for name, a in sources.items()}
+    suite_tasks(sources)
+    for name, (X, obs) in before.items():
+        assert (sources[name].X != X).nnz == 0, name
+        assert sources[name].obs.equals(obs), name
