@@ -24,7 +24,6 @@ import scipy.sparse as sp
 
 MAX_CORRECT_LOST = 0.01
 MIN_CONFIDENCE = 0.5
-DROPOUT = 0.0  # share of each held-out cell's detected values set to zero (a shallower, shifted query)
 
 
 def split(labels: np.ndarray, *, share: float = 0.3, seed: int = 0) -> np.ndarray:
@@ -36,16 +35,6 @@ def split(labels: np.ndarray, *, share: float = 0.3, seed: int = 0) -> np.ndarra
         if len(members) >= 2:
             test[rng.choice(members, size=max(1, round(share * len(members))), replace=False)] = True
     return test
-
-
-def dropout(X: sp.csr_matrix, share: float, *, seed: int = 0) -> sp.csr_matrix:
-    """``X`` with a seeded ``share`` of its nonzero values set to zero (none when ``share`` is 0)."""
-    if share <= 0:
-        return X
-    out = sp.csr_matrix(X, copy=True)
-    out.data[np.random.default_rng(seed).random(out.nnz) < share] = 0.0
-    out.eliminate_zeros()
-    return out
 
 
 def score_calibration(fit: Callable[[sp.csr_matrix, np.ndarray], Any], X: sp.csr_matrix, labels: np.ndarray, *,
@@ -66,7 +55,7 @@ def score_calibration(fit: Callable[[sp.csr_matrix, np.ndarray], Any], X: sp.csr
         return {"calibrated": False, "min_score": 0.0, "reason": "too few labelled cells to calibrate"}
     embedder = fit(X[~test], labels[~test])
     reference = embedder.transform(X[~test], mean=embedder.mean)
-    query = embedder.transform(dropout(X[test], DROPOUT, seed=seed))
+    query = embedder.transform(X[test])
     index = faiss.IndexFlatIP(reference.shape[1])
     index.add(np.ascontiguousarray(reference))
     sims, rows = index.search(np.ascontiguousarray(query), min(k, len(reference)))

@@ -256,7 +256,7 @@ BASELINES = ("expression kNN", "PCA-50 kNN", "CellTypist", "SingleR")
 NONE = "none"
 # Settings of the project's methods that compete with the default in the leave-one-task-out choice.
 CANDIDATES = (
-    MethodSpec("marker, prototype weight 0.5", model=NONE, method="marker", options=(("prototype_weight", 0.5),)),
+    MethodSpec("marker, prototype weight 1.5", model=NONE, method="marker", options=(("prototype_weight", 1.5),)),
     MethodSpec("marker, no prototype block", model=NONE, method="marker", options=(("prototype_weight", 0.0),)),
     MethodSpec("expression, power-4 vote", model=NONE, method="expression"),
     MethodSpec("PCA-50, power-4 vote", model=NONE, method="pca"),
