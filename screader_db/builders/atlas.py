@@ -66,7 +66,7 @@ class BuildSettings:
     markers_per_label: int = 50
     marker_genes: str = "markers"
     gene_weights: str = "none"
-    prototype_weight: float | None = None  # γ of the marker methods' class-prototype block (None: 1.5)
+    prototype_weight: float | None = None  # γ of the marker methods' class-prototype block (None: cell_embedding.GAMMA)
     panel: list[str] | None = None
     k: int = 15
     vote_power: float = DEFAULT_POWER
