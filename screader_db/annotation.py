@@ -114,21 +114,31 @@ def prepare_query(adata: Any, genes: list[str], *, layer: str | None = None, use
     return PreparedQuery(source=source, mapping=mapping, plan=plan, kind=scale.scale, evidence=scale.evidence)
 
 
-def fit_to_panel(query: PreparedQuery, opened: store.Atlas, *,
-                 reporter: Reporter = SILENT) -> tuple[PreparedQuery, Any, Any, dict[str, Any]]:
-    """The query, embedder and index to answer with: the atlas's own, or, when the query lacks more
-    than a few of the atlas's genes, the atlas re-fitted on the genes both share (a panel index,
-    fitted once and kept in the atlas version; see :mod:`screader_db.builders.panel`). The info
-    says which; for a panel its ``scores`` are the score calibration fitted on the panel."""
+@dataclass
+class Answering:
+    """What a query is answered with: the atlas's own embedder and index, or a panel's."""
+
+    query: PreparedQuery
+    embedder: Any
+    index: Any
+    scores: dict[str, Any]  # the score calibration: confidence map and default cut-off
+    panel: dict[str, Any]  # whether a panel index was used, which, and whether it was reused
+
+
+def fit_to_panel(query: PreparedQuery, opened: store.Atlas, *, reporter: Reporter = SILENT) -> Answering:
+    """The atlas's own embedder and index, or, when the query lacks more than a few of the atlas's
+    genes, the atlas re-fitted on the genes both share (a panel index, fitted once and kept in the
+    atlas version, with its own score calibration; see :mod:`screader_db.builders.panel`)."""
     from screader_db.cell_embedding import LEARNED_METHODS
 
     embedder = opened.embedder
+    own = Answering(query, embedder, opened.index, opened.annotation_defaults()["scores"], {"used": False})
     if query.plan.matched >= PANEL_SHARE * len(embedder.genes):
-        return query, embedder, opened.index, {"used": False}
+        return own
     stored = opened.expression_genes()
     if not stored or embedder.method in LEARNED_METHODS:
         _check_overlap(query.plan, len(embedder.genes), query.source.names, query.mapping)
-        return query, embedder, opened.index, {"used": False}
+        return own
     shared = sorted(set(query.mapping.symbols) & set(stored))
     if len(shared) < MIN_PANEL_GENES:
         message = (
@@ -151,8 +161,8 @@ def fit_to_panel(query: PreparedQuery, opened: store.Atlas, *,
                   f"the {len(shared):,} genes it shares with the atlas's reference (panel index {panel.key}, "
                   f"{'reused' if panel.reused else 'fitted now and kept'})", ScreaderWarning, stacklevel=3)
     info = {"used": True, "key": panel.key, "shared_genes": len(shared), "reused": panel.reused,
-            "panel_atlas_genes": len(panel.embedder.genes), "scores": panel.scores}
-    return query.onto(panel.embedder.genes, shared), panel.embedder, panel.index, info
+            "panel_atlas_genes": len(panel.embedder.genes)}
+    return Answering(query.onto(panel.embedder.genes, shared), panel.embedder, panel.index, panel.scores, info)
 
 
 def embed_query(query: PreparedQuery, embedder: Any, *, center: str | None = None, chunk: int = CHUNK,
@@ -313,8 +323,8 @@ def annotate(adata: Any, atlas: str | Path | store.Atlas, *, k: int | None = Non
     query = prepare_query(adata, opened.embedder.genes, layer=layer, use_raw=use_raw, gene_key=gene_key, species=species,
                           check_overlap=False, input_scale=input_scale)
     matched = query.plan.matched
-    query, embedder, index, panel = fit_to_panel(query, opened, reporter=reporter)
-    scores = panel.pop("scores", None) or defaults["scores"]
+    answering = fit_to_panel(query, opened, reporter=reporter)
+    query, embedder, index, scores = answering.query, answering.embedder, answering.index, answering.scores
     min_score = float(scores.get("min_score", 0.0) if min_score is None else min_score)
     vectors = embed_query(query, embedder, center=center, chunk=chunk, reporter=reporter)
     from screader_db.index import search
@@ -383,7 +393,7 @@ def annotate(adata: Any, atlas: str | Path | store.Atlas, *, k: int | None = Non
     info = {
         "atlas": str(opened.root), "atlas_version": opened.version, "model_id": opened.model_id,
         "method": embedder.method, "k": int(min(k, sims.shape[1])), "genes_matched": int(matched),
-        "genes_in_atlas": len(opened.embedder.genes), "panel": panel, "species": query.mapping.species, "input_kind": query.kind,
+        "genes_in_atlas": len(opened.embedder.genes), "panel": answering.panel, "species": query.mapping.species, "input_kind": query.kind,
         "input_scale_evidence": query.evidence,
         "min_score": float(min_score), "min_margin": float(min_margin), "level": level, "power": power, "propagation": propagation,
         "novelty": info_novelty,
