@@ -125,17 +125,19 @@ class Answering:
     panel: dict[str, Any]  # whether a panel index was used, which, and whether it was reused
 
 
-def fit_to_panel(query: PreparedQuery, opened: store.Atlas, *, reporter: Reporter = SILENT) -> Answering:
+def fit_to_panel(query: PreparedQuery, opened: store.Atlas, *, datasets: list[str] | None = None,
+                 reporter: Reporter = SILENT) -> Answering:
     """The atlas's own embedder and index, or, when the query lacks more than a few of the atlas's
     genes, the atlas re-fitted on the genes both share (a panel index, fitted once and kept in the
-    atlas version, with its own score calibration; see :mod:`screader_db.builders.panel`)."""
+    atlas version, with its own score calibration; see :mod:`screader_db.builders.panel`). With
+    ``datasets``, the panel is fitted on those data sets' cells alone, as an atlas of them would be."""
     from screader_db.cell_embedding import LEARNED_METHODS
 
     embedder = opened.embedder
     own = Answering(query, embedder, opened.index, opened.annotation_defaults()["scores"], {"used": False})
     if query.plan.matched >= PANEL_SHARE * len(embedder.genes):
         return own
-    stored = opened.expression_genes()
+    stored = opened.expression_genes(datasets)
     if not stored or embedder.method in LEARNED_METHODS:
         _check_overlap(query.plan, len(embedder.genes), query.source.names, query.mapping)
         return own
@@ -148,12 +150,12 @@ def fit_to_panel(query: PreparedQuery, opened: store.Atlas, *, reporter: Reporte
             f"targeted panel), or check the gene names. {_names_hint(query.source.names, query.mapping)}"
         )
         raise GeneOverlapError(message)
-    key = tuple(shared)
+    key = (*shared, "datasets:", *(sorted(datasets) if datasets else ["all"]))
     panel = opened.panels.get(key)
     if panel is None:
         from screader_db.builders.panel import open_panel
 
-        panel = open_panel(opened, shared, reporter=reporter)
+        panel = open_panel(opened, shared, datasets=datasets, reporter=reporter)
         opened.panels[key] = panel
     else:
         panel.reused = True
@@ -319,21 +321,20 @@ def annotate(adata: Any, atlas: str | Path | store.Atlas, *, k: int | None = Non
     k = int(defaults["k"] if k is None else k)
     power = float(defaults["power"] if power is None else power)
     propagation = float(defaults["propagation"] if propagation is None else propagation)
-    reporter.message("Reading the query")
-    query = prepare_query(adata, opened.embedder.genes, layer=layer, use_raw=use_raw, gene_key=gene_key, species=species,
-                          check_overlap=False, input_scale=input_scale)
-    matched = query.plan.matched
-    answering = fit_to_panel(query, opened, reporter=reporter)
-    query, embedder, index, scores = answering.query, answering.embedder, answering.index, answering.scores
-    min_score = float(scores.get("min_score", 0.0) if min_score is None else min_score)
-    vectors = embed_query(query, embedder, center=center, chunk=chunk, reporter=reporter)
-    from screader_db.index import search
-
     column = LEVELS[level]
     cells = opened.cells(["dataset", column])
     allowed = restrict(cells, column, datasets=datasets, labels=labels, exclude_labels=exclude_labels)
     if allowed is not None:
         cells = cells.loc[allowed]
+    reporter.message("Reading the query")
+    query = prepare_query(adata, opened.embedder.genes, layer=layer, use_raw=use_raw, gene_key=gene_key, species=species,
+                          check_overlap=False, input_scale=input_scale)
+    matched = query.plan.matched
+    answering = fit_to_panel(query, opened, datasets=datasets, reporter=reporter)
+    query, embedder, index, scores = answering.query, answering.embedder, answering.index, answering.scores
+    min_score = float(scores.get("min_score", 0.0) if min_score is None else min_score)
+    vectors = embed_query(query, embedder, center=center, chunk=chunk, reporter=reporter)
+    from screader_db.index import search
 
     def run_search() -> tuple[np.ndarray, np.ndarray]:
         with reporter.task("Searching the atlas", len(vectors), "cells") as advance:

@@ -94,7 +94,7 @@ class Atlas:
     _index: Any = field(default=None, repr=False)
     _layout: pd.DataFrame | None = field(default=None, repr=False)
     _profiles: Any = field(default=None, repr=False)  # (profiles, calibration), False when absent, None unread
-    _expression_genes: list[str] | None = field(default=None, repr=False)
+    _expression_genes: dict[tuple[str, ...] | None, list[str]] = field(default_factory=dict, repr=False)
     panels: dict[tuple[str, ...], Any] = field(default_factory=dict, repr=False)  # panel indexes opened so far
 
     @property
@@ -169,13 +169,15 @@ class Atlas:
             self._layout = pq.read_table(path).to_pandas().set_index("cell_id")
         return self._layout
 
-    def expression_genes(self) -> list[str]:
-        """The genes of the reference expression the atlas keeps (empty for atlases that keep none)."""
-        if self._expression_genes is None:
+    def expression_genes(self, datasets: list[str] | None = None) -> list[str]:
+        """The genes of the reference expression the atlas keeps for all (or the named) data sets;
+        empty for atlases that keep none."""
+        key = None if datasets is None else tuple(sorted(datasets))
+        if key not in self._expression_genes:
             from screader_db.stored_expression import StoredExpression
 
-            self._expression_genes = StoredExpression(self.path).genes()
-        return self._expression_genes
+            self._expression_genes[key] = StoredExpression(self.path, datasets=datasets).genes()
+        return self._expression_genes[key]
 
     @property
     def embedder(self) -> Any:

@@ -53,8 +53,10 @@ def write_part(path: Path, ids: np.ndarray, X: sp.csr_matrix, genes: list[str], 
     pq.write_table(expression_table(ids, X).replace_schema_metadata(meta), path, compression="zstd")
 
 
-def parts(version: Path) -> list[Path]:
-    return sorted((version / FOLDER).rglob("*.parquet"))
+def parts(version: Path, datasets: list[str] | None = None) -> list[Path]:
+    """The expression parts of a version (of the named data sets only, when given), in order."""
+    found = sorted((version / FOLDER).rglob("*.parquet"))
+    return found if datasets is None else [p for p in found if p.parent.name in datasets]
 
 
 def has_expression(version: Path) -> bool:
@@ -81,14 +83,16 @@ def read_part(path: Path) -> tuple[np.ndarray, sp.csr_matrix, list[str]]:
 
 @dataclass
 class StoredExpression:
-    """The stored expression of one atlas version: every data set's parts, in order."""
+    """The stored expression of one atlas version: every data set's parts (or those of
+    ``datasets``), in order."""
 
     version: Path
+    datasets: list[str] | None = None
     files: list[Path] = field(default_factory=list)
     counts: list[int] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        self.files = parts(self.version)
+        self.files = parts(self.version, self.datasets)
         self.counts = [pq.read_metadata(p).num_rows for p in self.files]
 
     @property

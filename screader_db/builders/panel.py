@@ -48,9 +48,10 @@ class PanelIndex:
     scores: dict[str, Any]  # the score calibration on this panel (confidence map, default cut-off)
 
 
-def panel_key(genes: list[str]) -> str:
-    """A short, stable name for a set of genes."""
-    return sha256_text("\n".join(sorted(genes)))[:16]
+def panel_key(genes: list[str], datasets: list[str] | None = None) -> str:
+    """A short, stable name for a set of genes (and the data sets fitted on, when not all)."""
+    named = "" if datasets is None else "\ndatasets:" + ",".join(sorted(datasets))
+    return sha256_text("\n".join(sorted(genes)) + named)[:16]
 
 
 def _settings(opened: store.Atlas) -> Any:
@@ -61,16 +62,17 @@ def _settings(opened: store.Atlas) -> Any:
     return BuildSettings(**{**{k: v for k, v in stored.items() if k in known}, "panel": None})
 
 
-def open_panel(opened: store.Atlas, genes: list[str], *, reporter: Reporter = SILENT,
-               device: str | None = None) -> PanelIndex:
-    """The atlas's index for the gene panel ``genes``: read from the version if kept, else fitted and kept."""
+def open_panel(opened: store.Atlas, genes: list[str], *, datasets: list[str] | None = None,
+               reporter: Reporter = SILENT, device: str | None = None) -> PanelIndex:
+    """The atlas's index for the gene panel ``genes``, fitted on the cells of ``datasets`` (None:
+    every data set): read from the version if kept, else fitted and kept."""
     from screader_db.cell_embedding import CellEmbedder
     from screader_db.index import load_index
 
-    key = panel_key(genes)
+    key = panel_key(genes, datasets)
     folder = opened.path / FOLDER / key
     if not (folder / "PANEL.json").is_file():
-        _fit(opened, sorted(genes), folder, reporter=reporter, device=device)
+        _fit(opened, sorted(genes), folder, datasets=datasets, reporter=reporter, device=device)
         reused = False
     else:
         reused = True
@@ -83,7 +85,8 @@ def open_panel(opened: store.Atlas, genes: list[str], *, reporter: Reporter = SI
                       index=index, reused=reused, scores=dict(meta.get("scores", {})))
 
 
-def _fit(opened: store.Atlas, genes: list[str], folder: Path, *, reporter: Reporter, device: str | None) -> None:
+def _fit(opened: store.Atlas, genes: list[str], folder: Path, *, datasets: list[str] | None, reporter: Reporter,
+         device: str | None) -> None:
     from screader_db.builders.atlas import calibrate_scores, fit_method
     from screader_db.genes import GeneResolver
     from screader_db.index import build_index, save_index
@@ -92,7 +95,7 @@ def _fit(opened: store.Atlas, genes: list[str], folder: Path, *, reporter: Repor
     from screader_db.stored_expression import StoredExpression, StoredMatrix
 
     settings = _settings(opened)
-    stored = StoredExpression(opened.path)
+    stored = StoredExpression(opened.path, datasets=datasets)
     ids = stored.ids()
     labels = opened.cells(["label"])["label"].reindex(ids).astype(str).to_numpy()
     source = ExpressionSource(matrix=StoredMatrix(stored, genes), names=genes, obs=pd.DataFrame(index=ids.astype(str)))
@@ -110,14 +113,14 @@ def _fit(opened: store.Atlas, genes: list[str], folder: Path, *, reporter: Repor
                                                                          mean=embedder.mean)
             advance(block.shape[0])
     index, info = build_index(vectors, ids, kind=settings.index, seed=settings.seed)
-    provenance = {**opened.provenance, "panel": {"key": folder.name, "n_genes": len(genes),
+    provenance = {**opened.provenance, "panel": {"key": folder.name, "n_genes": len(genes), "datasets": datasets,
                                                  "genes_sha256": sha256_text("\n".join(genes))}}
     staging = folder.parent / f".staging-{os.getpid()}-{time.time_ns()}"
     staging.mkdir(parents=True)
     try:
         embedder.save(staging / "embedder.safetensors", provenance)
         save_index(index, info, staging / "index.faiss", provenance)
-        meta = {"format": FORMAT, "key": folder.name, "genes": genes, "n_cells": len(ids),
+        meta = {"format": FORMAT, "key": folder.name, "genes": genes, "datasets": datasets, "n_cells": len(ids),
                 "atlas_genes": len(embedder.genes), "scores": scores, "provenance": provenance}
         (staging / "PANEL.json").write_text(json.dumps(meta, indent=2, sort_keys=True, default=str))
         try:
