@@ -63,7 +63,7 @@ def test_errors_become_remote_errors(client, atlas, tmp_path):
     with pytest.raises(RemoteError, match="failed with HTTP 401: no token was sent") as caught:
         client.remove_dataset("synthetic")
     assert caught.value.status == 401
-    with pytest.raises(RemoteError, match="HTTP 422: only 2 of the atlas's 50 genes are in the query"):
+    with pytest.raises(RemoteError, match="HTTP 422: the query shares only 2 genes with the atlas's reference"):
         client.annotate_counts([[1, 2]], genes=["INS", "GCG"])
     with pytest.raises(InputDataError, match="does not exist; pass an AnnData or the path of an .h5ad file"):
         client.annotate(tmp_path / "none.h5ad")
