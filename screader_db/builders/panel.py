@@ -59,7 +59,10 @@ def _settings(opened: store.Atlas) -> Any:
 
     stored = opened.provenance.get("parameters", {})
     known = {f.name for f in fields(BuildSettings)}
-    return BuildSettings(**{**{k: v for k, v in stored.items() if k in known}, "panel": None})
+    settings = BuildSettings(**{**{k: v for k, v in stored.items() if k in known}, "panel": None})
+    if settings.prototype_weight is None and "gamma" in opened.embedder.params:
+        settings.prototype_weight = float(opened.embedder.params["gamma"])  # as the atlas was fitted, whatever today's default
+    return settings
 
 
 def open_panel(opened: store.Atlas, genes: list[str], *, datasets: list[str] | None = None,
