@@ -147,6 +147,9 @@ def build(
     token_genes: Annotated[str, typer.Option(help="hybrid/adaptor: genes to draw tokens from: hvg, markers or markers+hvg.")] = "hvg",
     label_map: Annotated[Path | None, typer.Option(help="CSV (dataset,label,harmonised_label[,ontology_id]) of harmonised labels.")] = None,
     layout: Annotated[str, typer.Option(help="Reference map for plots and query placement: umap or none.")] = "umap",
+    keep_expression: Annotated[bool, typer.Option(help="Keep the reference expression in the atlas, so queries with "
+                                                       "partial gene panels are answered on the genes they share "
+                                                       "(about as much disk again as the rest of the atlas).")] = True,
     device: Annotated[str | None, typer.Option(help="cpu or cuda (default: cuda when present).")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing atlas with a new version (old versions stay).")] = False,
     dask: Annotated[str | None, typer.Option(help="Embed cells on a Dask cluster: 'local' or a scheduler address.")] = None,
@@ -168,7 +171,8 @@ def build(
         from screader_db.console import out
 
         settings = BuildSettings(model=model, method=method, n_genes=n_genes, pooling=pooling, layer=hidden_layer,
-                                 index=index, layout=layout, decoder=decoder, n_top=n_top, epochs=epochs,
+                                 index=index, layout=layout, keep_expression=keep_expression, decoder=decoder,
+                                 n_top=n_top, epochs=epochs,
                                  train_cells=train_cells, token_genes=token_genes)
         built = build_atlas(_data_path(reference), atlas, label_key=label_key, dataset_name=dataset_name, layer=layer,
                             use_raw=use_raw, gene_key=gene_key, species=species, settings=settings, label_map=label_map,

@@ -100,3 +100,11 @@ def test_added_data_sets_keep_their_expression_and_removal_drops_it(tmp_path, ce
     assert result.info["panel"]["used"]
     removed = remove_dataset(root, "two")
     assert {p.parent.name for p in StoredExpression(removed.path).files} == {"one"}
+
+
+def test_an_atlas_built_without_its_expression_keeps_none_when_data_sets_are_added(tmp_path, cells):
+    root = tmp_path / "lean"
+    build_atlas(cells[:160].copy(), root, label_key="cell_type", settings=BuildSettings(layout="none", keep_expression=False))
+    added = add_dataset(root, cells[160:240].copy(), label_key="cell_type", name="two")
+    assert not (added.path / "expression").exists()
+    assert added.expression_genes() == []

@@ -63,6 +63,7 @@ class BuildSettings:
     center: str = "auto"
     index: str = "auto"
     layout: str = "umap"
+    keep_expression: bool = True  # the reference expression, for partial-panel queries (builders/panel.py)
     markers_per_label: int = 50
     marker_genes: str = "markers"
     gene_weights: str = "none"
@@ -300,7 +301,8 @@ def write_version(root: Path, refs: list[tuple[ReferenceSource, np.ndarray | Cal
             else:
                 vectors = given
                 ids, frame, row = write_dataset(draft, ref, dataset_id, vectors, part_rows=chunk)
-            write_expression(draft, ref, dataset_id, part_rows=chunk)
+            if settings.keep_expression:
+                write_expression(draft, ref, dataset_id, part_rows=chunk)
             all_ids.append(ids)
             all_vectors.append(vectors)
             cell_frames.append(frame)

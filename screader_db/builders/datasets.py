@@ -98,7 +98,8 @@ def add_dataset(atlas: str | Path, reference: Any, *, label_key: str, name: str 
         _carry(draft, previous)
         dataset_id = max((int(d["dataset_id"]) for d in previous.datasets), default=0) + 1
         ids, frame, row = write_dataset(draft, ref, dataset_id, vectors)
-        write_expression(draft, ref, dataset_id)
+        if stored_expression.has_expression(previous.path):
+            write_expression(draft, ref, dataset_id)
         if profiles is not None:
             write_profiles(draft, *profiles)
         placed = _placement(previous, vectors)
