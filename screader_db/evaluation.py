@@ -73,6 +73,7 @@ class Task:
 
 PROTOCOL = (("power", 1.0), ("propagation", 0.0))
 PEERS = ("celltypist", "singler")
+ABSTENTION = (("min_score", None), ("novelty", True))  # the query's Unassigned rules as the atlas calibrated them
 PROJECT_METHODS = ("marker", "marker-text", "genept")
 
 
@@ -92,7 +93,7 @@ def standard_specs(model: str = "minilm", *, methods: tuple[str, ...] = PROJECT_
             specs.append(MethodSpec(f"{method}{tag}", model="none", method=method))
             if abstention and method == DEFAULT_METHOD:
                 specs.append(MethodSpec(f"{method}{tag}, Unassigned rules on", model="none", method=method,
-                                        options=(("min_score", None), ("novelty", True))))
+                                        options=ABSTENTION))
             continue
         specs.append(MethodSpec(f"{method} ({model})", model=model, method=method))
         specs += [MethodSpec(f"{method} (random:{seed})", model=f"random:{_dim(model)}:{seed}", method=method,

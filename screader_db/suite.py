@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from screader_db.evaluation import Evaluation, MethodSpec, Task
+from screader_db.evaluation import ABSTENTION, Evaluation, MethodSpec, Task
 
 LABEL = "suite_label"
 KANG_CELLS = 3000
@@ -307,8 +307,7 @@ class Hidden:
     right_set_aside: float
 
 
-RULES = MethodSpec("marker (default), Unassigned rules on", model=NONE, method="marker",
-                   options=(("min_score", None), ("novelty", True)))
+RULES = MethodSpec("marker (default), Unassigned rules on", model=NONE, method="marker", options=ABSTENTION)
 
 
 def hide_each_label(sources: dict[str, Any], *, directions: tuple[tuple[str, str], ...] = DIRECTIONS,
