@@ -17,6 +17,7 @@ import pandas as pd
 
 from screader_db import store
 from screader_db.calibration import confidence_of
+from screader_db.confidence import agreement, combine
 from screader_db.errors import GeneOverlapError, ScreaderError, ScreaderWarning
 from screader_db.genes import GeneMapping, looks_like_ensembl
 from screader_db.inputs import (
@@ -33,7 +34,7 @@ from screader_db.inputs import (
 )
 from screader_db.metrics import UNASSIGNED
 from screader_db.progress import SILENT, Reporter
-from screader_db.results import AnnotationResult
+from screader_db.results import LOW_MARGIN, LOW_SCORE, NOVEL_POPULATION, SCORE_PREFIX, AnnotationResult
 from screader_db.vote import decide, propagate, query_graph, tally
 
 MIN_OVERLAP = 0.2
@@ -285,6 +286,17 @@ def _placement(opened: store.Atlas, sims: np.ndarray, ids: np.ndarray) -> np.nda
     return place(sims, positions)
 
 
+def _unassigned_reasons(table: pd.DataFrame, *, min_score: float, min_margin: float) -> np.ndarray:
+    """Why each Unassigned cell is Unassigned ("" for labelled cells), the first rule that applies:
+    its population matched no atlas label, its score was below ``min_score``, its margin below ``min_margin``."""
+    unassigned = (table["label"] == UNASSIGNED).to_numpy()
+    novel = table["novel"].to_numpy(dtype=bool) if "novel" in table else np.zeros(len(table), dtype=bool)
+    low_score = (table["score"] < min_score).to_numpy()
+    low_margin = (table["margin"] < min_margin).to_numpy()
+    reason = np.select([novel, low_score, low_margin], [NOVEL_POPULATION, LOW_SCORE, LOW_MARGIN], default="")
+    return np.where(unassigned, reason, "").astype(object)
+
+
 def annotate(adata: Any, atlas: str | Path | store.Atlas, *, k: int | None = None, layer: str | None = None,
              use_raw: bool = False, gene_key: str | None = None, species: str = "auto", model: str | None = None,
              center: str | None = None, min_score: float | None = None, min_margin: float = 0.0, level: str = "label",
@@ -362,15 +374,18 @@ def annotate(adata: Any, atlas: str | Path | store.Atlas, *, k: int | None = Non
     codes = np.where(flat >= 0, codes_by_id.reindex(flat).fillna(-1).to_numpy(), -1).astype(np.int64).reshape(ids.shape)
     shares = tally(sims, codes, len(vocabulary), power=power)
     knn_best = np.asarray(vocabulary, dtype=object)[shares.argmax(axis=1)]
-    if propagation > 0 and len(vectors) > 2:
-        shares = propagate(shares, query_graph(vectors), propagation)
+    graph = query_graph(vectors) if len(vectors) > 2 else None
+    if propagation > 0 and graph is not None:
+        shares = propagate(shares, graph, propagation)
     vote = decide(shares, sims, codes)
+    vote_confidence = confidence_of(vote.score, scores)
+    confidence = vote_confidence if graph is None else combine(vote_confidence, agreement(graph, vote.best))
     names_arr = np.asarray(vocabulary, dtype=object)
     raw = names_arr[vote.best]
     label = np.where((vote.score >= min_score) & (vote.margin >= min_margin), raw, UNASSIGNED)
     second = np.where(vote.second >= 0, names_arr[np.clip(vote.second, 0, None)], "")
     table = pd.DataFrame({
-        "label": label.astype(object), "score": vote.score, "confidence": confidence_of(vote.score, scores),
+        "label": label.astype(object), "score": vote.score, "confidence": confidence, "vote_confidence": vote_confidence,
         "margin": vote.margin, "second_label": second.astype(object),
         "mean_similarity": vote.mean_similarity, "raw_label": raw.astype(object), "knn_label": knn_best,
     }, index=pd.Index([str(i) for i in query.source.obs.index]))
@@ -391,16 +406,21 @@ def annotate(adata: Any, atlas: str | Path | store.Atlas, *, k: int | None = Non
         table["cluster"] = pd.Categorical(clusters.astype(str))
         table["majority_label"] = majority
         table["majority_share"] = share
+    table["unassigned_reason"] = _unassigned_reasons(table, min_score=min_score, min_margin=min_margin)
+    label_scores = pd.DataFrame(shares.astype(np.float32), index=table.index,
+                                columns=[SCORE_PREFIX + name for name in vocabulary])
+    table = pd.concat([table, label_scores], axis=1)
     info = {
         "atlas": str(opened.root), "atlas_version": opened.version, "model_id": opened.model_id,
         "method": embedder.method, "k": int(min(k, sims.shape[1])), "genes_matched": int(matched),
         "genes_in_atlas": len(opened.embedder.genes), "panel": answering.panel, "species": query.mapping.species, "input_kind": query.kind,
         "input_scale_evidence": query.evidence,
         "min_score": float(min_score), "min_margin": float(min_margin), "level": level, "power": power, "propagation": propagation,
-        "novelty": info_novelty,
+        "novelty": info_novelty, "score_labels": list(vocabulary),
+        "layer": layer or "", "use_raw": bool(use_raw), "gene_key": gene_key or "",
     }
     if majority_voting:
         info["clustering"] = algorithm
     return AnnotationResult(table=table, embeddings=vectors, neighbour_ids=ids, neighbour_similarities=sims,
                             atlas_labels=vocabulary, info=info, umap=_placement(opened, sims, ids),
-                            reference_map=_reference_map(opened, column))
+                            reference_map=_reference_map(opened, column), atlas=opened)

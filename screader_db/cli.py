@@ -279,6 +279,8 @@ def query(
     level: Annotated[str, typer.Option(help="label (each data set's own) or harmonised (through the atlas's label map).")] = "label",
     majority_voting: Annotated[bool, typer.Option(help="Also report each query cluster's majority label (Leiden, or k-means).")] = False,
     plots: Annotated[Path | None, typer.Option(help="Folder for PNGs: query on the reference map, scores, confusion matrix.")] = None,
+    report: Annotated[Path | None, typer.Option(help="One self-contained HTML report (.html): summary, Unassigned by "
+                                                     "reason, novel clusters, mapping quality per cluster, scores.")] = None,
     datasets: Annotated[list[str] | None, typer.Option(help="Only these atlas data sets may vote (repeat or comma-separate).")] = None,
     labels: Annotated[list[str] | None, typer.Option(help="Only atlas cells with these labels may vote.")] = None,
     exclude_labels: Annotated[list[str] | None, typer.Option(help="Atlas labels that never vote (e.g. 'cell', 'unknown').")] = None,
@@ -295,7 +297,7 @@ def query(
 ) -> None:
     """Annotate query cells: embed them the atlas's way, find nearest reference cells, vote.
 
-    Example: `screader-db query cells.h5ad --atlas atlases/pancreas --out annotated.h5ad --table labels.csv`
+    Example: `screader-db query cells.h5ad --atlas atlases/pancreas --out annotated.h5ad --table labels.csv --report report.html`
     """
     with _guard():
         from screader_db.annotation import annotate
@@ -303,7 +305,7 @@ def query(
         from screader_db.errors import OutputExistsError
         from screader_db.inputs import read_h5ad
 
-        for target in (out_path, table_path):
+        for target in (out_path, table_path, report):
             if target is not None and target.exists() and not overwrite:
                 raise OutputExistsError(f"{target} exists; pass --overwrite to replace it")
         adata = read_h5ad(_data_path(query_file))
@@ -342,9 +344,68 @@ def query(
         if plots is not None:
             written = result.plot(plots, truth=adata.obs[truth_key] if truth_key else None)
             out.print(f"Plots: {', '.join(str(p) for p in written)}", highlight=False)
+        if report is not None:
+            from screader_db.report import write_report
+
+            write_report(result, adata, report, truth=adata.obs[truth_key] if truth_key else None, overwrite=overwrite,
+                         layer=layer, use_raw=use_raw, gene_key=gene_key)
+            out.print(f"Report: {report}", highlight=False)
         if out_path is not None:
             _write_h5ad(result.to_adata(adata), out_path)
             out.print(f"Annotated AnnData: {out_path}", highlight=False)
+
+
+@app.command()
+def explain(
+    cell: Annotated[str, typer.Argument(metavar="CELL_ID", help="The cell: an obs name of the query, or its position (0 = first).")],
+    query_file: Annotated[str, typer.Option("--query", help="The query .h5ad: annotated (written by `query --out`) or "
+                                                            "not (then the whole query is annotated first).")],
+    atlas: Annotated[Path, typer.Option(help="Atlas folder the query was (or is to be) annotated against.")],
+    top: Annotated[int, typer.Option(help="How many of the best-scoring labels to show, with their markers.")] = 3,
+    markers: Annotated[int, typer.Option(help="Reference markers shown per label.")] = 10,
+    version: Annotated[int | None, typer.Option(help="Atlas version (default: current; must be the one the query "
+                                                     "was annotated against).")] = None,
+    layer: Annotated[str | None, typer.Option(help="Layer to read instead of .X (default: what the annotation read).")] = None,
+    use_raw: Annotated[bool | None, typer.Option("--use-raw/--no-use-raw", help="Read .raw instead of .X (default: what "
+                                                                                  "the annotation read).")] = None,
+    gene_key: Annotated[str | None, typer.Option(help="var column with gene symbols or Ensembl ids.")] = None,
+    quiet: Quiet = False,
+) -> None:
+    """Show the evidence behind one cell's label: its label scores, the reference cells that voted, and
+    which of each top label's reference markers the cell expresses.
+
+    Example: `screader-db explain AAACATACAACCAC-1 --query annotated.h5ad --atlas atlases/lab`
+    """
+    with _guard():
+        from screader_db.console import out, table
+        from screader_db.explain import explain_cell
+        from screader_db.inputs import read_h5ad
+
+        adata = read_h5ad(_data_path(query_file), backed=True)
+        found = explain_cell(adata, cell, atlas, top=top, n_markers=markers, version=version, layer=layer,
+                             use_raw=use_raw, gene_key=gene_key, reporter=_reporter(quiet))
+        call = found.call
+        line = f"Cell {found.cell}: {found.label}"
+        if found.unassigned_reason:
+            line += f" ({found.unassigned_reason}; best label {found.raw_label})"
+        details = [f"{name} {call[name]:.3f}" for name in ("score", "confidence", "margin", "mean_similarity")
+                   if isinstance(call.get(name), int | float)]
+        out.print(line + ("   " + "   ".join(details) if details else ""), highlight=False)
+        out.print(table("Top label scores", ["label", "score"],
+                        [[str(r.label), float(r.score)] for r in found.scores.itertuples()]))
+        rows = [[int(r.rank), str(r.reference_cell), str(r.dataset), str(r.label), str(r.donor) or "-",
+                 float(r.similarity)] for r in found.neighbours.itertuples()]
+        out.print(table(f"Nearest reference cells ({len(rows)})", ["rank", "reference cell", "data set", "label",
+                                                                  "donor", "similarity"], rows))
+        if found.markers.empty:
+            out.print("Markers: the atlas keeps no label profiles, so there are none to show", highlight=False)
+        for label, group in found.markers.groupby("label", sort=False):
+            has = group[group["expressed"]]
+            lacks = group[~group["expressed"]]
+            shown = ", ".join(f"{r.gene} {r.cell_value:.1f} ({r.marker_mean:.1f})" for r in has.itertuples()) or "none"
+            missing = ", ".join(f"{r.gene} ({r.marker_mean:.1f})" for r in lacks.itertuples()) or "none"
+            out.print(f"Markers of {label}, this cell's log1p CP10k (the label's reference mean): expressed "
+                      f"{len(has)}/{len(group)}: {shown}; lacking: {missing}", highlight=False)
 
 
 def _index_text(index: dict[str, Any]) -> str:

@@ -19,12 +19,20 @@ class GeneOverlapError(InputDataError):
     """Too few of the query's genes match the genes the atlas was built on."""
 
 
+class CellNotFoundError(InputDataError):
+    """A cell asked for by name or position is not in the query."""
+
+
 class AtlasError(ScreaderError):
     """The atlas is missing, damaged, of an incompatible format or locked."""
 
 
 class ModelMismatchError(AtlasError):
     """The atlas was built with another gene-embedding model than the one asked for."""
+
+
+class AtlasMismatchError(AtlasError):
+    """An annotated AnnData was annotated against another atlas, or another version of it."""
 
 
 class ChecksumError(ScreaderError):

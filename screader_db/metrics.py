@@ -1,4 +1,5 @@
-"""Agreement between predicted and true labels: accuracy, macro-F1, per-class F1."""
+"""Agreement between predicted and true labels (accuracy, macro-F1, per-class F1), and how well a
+confidence separates right from wrong labels (AUROC) and matches their share (calibration error)."""
 
 from __future__ import annotations
 
@@ -64,3 +65,24 @@ def agreement(predicted: Sequence[str] | Any, truth: Sequence[str] | Any, known:
         per_class_f1=per_class,
         labels=labels,
     )
+
+
+def calibration_error(confidence: Any, correct: Any, *, bins: int = 10) -> float:
+    """Expected calibration error: over equal-width confidence bins, the cell-weighted mean gap
+    between the bin's mean confidence and its share of correct labels."""
+    conf = np.asarray(confidence, dtype=np.float64)
+    right = np.asarray(correct, dtype=np.float64)
+    which = np.clip((conf * bins).astype(np.int64), 0, bins - 1)
+    total = np.bincount(which, minlength=bins)
+    gap = np.abs(np.bincount(which, conf, bins) - np.bincount(which, right, bins))
+    return float(gap.sum() / max(total.sum(), 1))
+
+
+def separation(confidence: Any, correct: Any) -> float:
+    """AUROC of ``confidence`` for right against wrong labels (NaN when all are right or all wrong)."""
+    from sklearn.metrics import roc_auc_score
+
+    right = np.asarray(correct, dtype=bool)
+    if right.all() or not right.any():
+        return float("nan")
+    return float(roc_auc_score(right, np.asarray(confidence, dtype=np.float64)))

@@ -1,4 +1,4 @@
-"""PNG figures of an annotation: query cells on the reference map, scores, confusion matrix."""
+"""PNG figures of an annotation: the query on the reference map, scores, confusion matrix, bars, clusters."""
 
 from __future__ import annotations
 
@@ -31,14 +31,37 @@ def _colours(labels: list[str]) -> dict[str, Any]:
     return out
 
 
+def save(fig: Any, path: Path) -> Path:
+    """Write a figure as PNG and close it."""
+    fig.savefig(path, dpi=110)
+    _pyplot().close(fig)
+    return path
+
+
+def png_bytes(fig: Any) -> bytes:
+    """A figure as PNG bytes (closed afterwards), for embedding in a report."""
+    import io
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110)
+    _pyplot().close(fig)
+    return buffer.getvalue()
+
+
 def plot_map(result: AnnotationResult, path: Path) -> Path | None:
     """Reference cells in grey, query cells placed among them and coloured by predicted label."""
+    fig = map_figure(result)
+    return None if fig is None else save(fig, path)
+
+
+def map_figure(result: AnnotationResult, *, size: tuple[float, float] = (15, 6.5)) -> Any:
+    """The figure of :func:`plot_map` (``size`` in inches), or None when the result has no reference map."""
     if result.umap is None or result.reference_map is None:
         return None
     plt = _pyplot()
     labels = result.table["label"].astype(str).to_numpy()
     colours = _colours(sorted(set(labels) | set(result.atlas_labels)))
-    fig, axes = plt.subplots(1, 2, figsize=(15, 6.5), sharex=True, sharey=True)
+    fig, axes = plt.subplots(1, 2, figsize=size, sharex=True, sharey=True)
     ref = result.reference_map
     for label, group in ref.groupby("label", observed=True):
         axes[0].scatter(group["x"], group["y"], s=3, color=colours.get(str(label), "grey"), label=str(label),
@@ -57,13 +80,16 @@ def plot_map(result: AnnotationResult, path: Path) -> Path | None:
         ax.set_xlabel("UMAP 1")
     axes[0].set_ylabel("UMAP 2")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return fig
 
 
 def plot_scores(result: AnnotationResult, path: Path) -> Path:
     """Histograms of the vote share and (when present) the novelty of every query cell."""
+    return save(scores_figure(result), path)
+
+
+def scores_figure(result: AnnotationResult) -> Any:
+    """The figure of :func:`plot_scores`."""
     plt = _pyplot()
     columns = [c for c in ("score", "margin", "novelty") if c in result.table.columns]
     fig, axes = plt.subplots(1, len(columns), figsize=(4.5 * len(columns), 3.8))
@@ -78,13 +104,16 @@ def plot_scores(result: AnnotationResult, path: Path) -> Path:
         axes[0].legend(frameon=False)
     fig.suptitle(f"{len(result.table):,} cells, {result.n_unassigned:,} Unassigned")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return fig
 
 
 def plot_confusion(predicted: Any, truth: Any, path: Path, *, title: str = "") -> Path:
     """Row-normalised confusion matrix: true labels down, predicted labels across."""
+    return save(confusion_figure(predicted, truth, title=title), path)
+
+
+def confusion_figure(predicted: Any, truth: Any, *, title: str = "") -> Any:
+    """The figure of :func:`plot_confusion`."""
     plt = _pyplot()
     table = pd.crosstab(pd.Series(np.asarray(truth, dtype=str), name="true"),
                         pd.Series(np.asarray(predicted, dtype=str), name="predicted"))
@@ -105,9 +134,45 @@ def plot_confusion(predicted: Any, truth: Any, path: Path, *, title: str = "") -
     ax.set_title(title or "Share of each true label (row) by predicted label")
     fig.colorbar(image, ax=ax, fraction=0.03)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return fig
+
+
+def bar_figure(counts: pd.Series, *, xlabel: str, title: str = "") -> Any:
+    """Horizontal bars, one per index value in the given order from the top, each labelled with its count."""
+    plt = _pyplot()
+    counts = counts.iloc[::-1]
+    fig, ax = plt.subplots(figsize=(7, 0.45 * len(counts) + 1.2))
+    bars = ax.barh([str(i) for i in counts.index], counts.to_numpy(), color="#4477aa")
+    ax.bar_label(bars, labels=[f"{int(v):,}" for v in counts.to_numpy()], padding=3, fontsize=9)
+    ax.set_xlabel(xlabel)
+    ax.set_xlim(0, max(float(counts.max()), 1.0) * 1.15)
+    ax.spines[["top", "right"]].set_visible(False)
+    if title:
+        ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
+def cluster_quality_figure(clusters: pd.DataFrame) -> Any:
+    """One point per query cluster: mean neighbour similarity across, mean score up, area by cells,
+    red when the cluster matches no atlas label; each labelled with its id."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    sizes = 20 + 400 * clusters["cells"] / max(float(clusters["cells"].max()), 1.0)
+    novel = clusters.get("novel", pd.Series(False, index=clusters.index)).to_numpy(dtype=bool)
+    ax.scatter(clusters["mean_similarity"], clusters["mean_score"], s=sizes,
+               c=np.where(novel, "#cc3311", "#4477aa"), alpha=0.7, linewidths=0)
+    for name, row in clusters.iterrows():
+        ax.annotate(str(name), (row["mean_similarity"], row["mean_score"]), fontsize=9, xytext=(5, 4),
+                    textcoords="offset points")
+    ax.set_xlabel("mean similarity to the atlas neighbours")
+    ax.set_ylabel("mean score")
+    low = float(clusters["mean_score"].min())
+    ax.set_ylim(max(0.0, low - 0.1 * (1.0 - low) - 0.02), 1.0 + 0.1 * (1.0 - low) + 0.01)
+    ax.spines[["top", "right"]].set_visible(False)
+    ax.set_title("Query clusters (red: matches no atlas label; area: cells)")
+    fig.tight_layout()
+    return fig
 
 
 def write_plots(result: AnnotationResult, folder: Path, *, truth: Any = None) -> list[Path]:

@@ -44,6 +44,9 @@ VERSIONS = "versions"
 CATALOGUE = "atlas.duckdb"
 LOCK = ".lock"
 ID_SHIFT = 32
+# obs columns of a reference that name the donor a cell came from, the first present one wins
+# (the cells' ``metadata`` keeps every obs column but the label; see builders/writer.py).
+DONOR_KEYS = ("donor", "donor_id", "individual", "ind", "patient", "subject", "sample", "batch")
 
 
 def cell_ids(dataset_id: int, n: int) -> np.ndarray:
@@ -132,6 +135,32 @@ class Atlas:
                 raise AtlasError(f"atlas version {self.path} has no cells")
             self._cells = pd.concat(frames, ignore_index=True).set_index("cell_id")
         return self._cells if columns is None else self._cells[columns]
+
+    def cell_metadata(self, ids: Any) -> pd.DataFrame:
+        """The reference's own obs columns of the cells ``ids`` (index: cell id, one row per distinct
+        id found): ``metadata`` (a dict of the stored values) and ``donor`` (the value of the first
+        of :data:`DONOR_KEYS` the data set recorded, else ""). Only the parts whose cell-id range holds
+        a wanted id are read, and only the wanted rows of them."""
+        import pyarrow.parquet as pq
+
+        wanted = np.unique(np.asarray(ids, dtype=np.int64).ravel())
+        wanted = wanted[wanted >= 0]
+        found: dict[int, dict[str, Any]] = {}
+        for part in self.cell_parts() if len(wanted) else []:
+            file = pq.ParquetFile(part)
+            if "metadata" not in file.schema_arrow.names:
+                continue
+            low, high = _id_range(file)
+            inside = wanted[(wanted >= low) & (wanted <= high)]
+            if not len(inside):
+                continue
+            table = pq.read_table(part, columns=["cell_id", "metadata"], filters=[("cell_id", "in", inside.tolist())])
+            for cell, text in zip(table.column("cell_id").to_pylist(), table.column("metadata").to_pylist(), strict=True):
+                found[int(cell)] = json.loads(text) if text else {}
+        frame = pd.DataFrame({"metadata": pd.Series(found, dtype=object)})
+        frame["donor"] = [donor_of(meta) for meta in frame["metadata"]]
+        frame.index = frame.index.astype(np.int64).rename("cell_id")
+        return frame
 
     def cell_parts(self) -> list[Path]:
         return sorted((self.path / "cells").rglob("*.parquet"))
@@ -237,6 +266,28 @@ class Atlas:
                 f"not {model_id!r}; query with the atlas's own model or rebuild the atlas with --model {model_id}"
             )
             raise ModelMismatchError(message)
+
+
+def _id_range(file: Any) -> tuple[int, int]:
+    """The smallest and largest cell id of a cells Parquet file, from its row-group statistics."""
+    column = file.schema_arrow.get_field_index("cell_id")
+    low, high = np.iinfo(np.int64).max, np.iinfo(np.int64).min
+    for group in range(file.metadata.num_row_groups):
+        stats = file.metadata.row_group(group).column(column).statistics
+        if stats is None or not stats.has_min_max:
+            return np.iinfo(np.int64).min, np.iinfo(np.int64).max
+        low, high = min(low, int(stats.min)), max(high, int(stats.max))
+    return low, high
+
+
+def donor_of(metadata: dict[str, Any]) -> str:
+    """The donor a reference cell came from: the first of :data:`DONOR_KEYS` (any case) with a value, else ""."""
+    lowered = {str(key).lower(): value for key, value in metadata.items()}
+    for key in DONOR_KEYS:
+        value = str(lowered.get(key, "")).strip()
+        if value and value.lower() not in ("nan", "none"):
+            return value
+    return ""
 
 
 def open_atlas(path: str | Path, *, version: int | None = None) -> Atlas:

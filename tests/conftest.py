@@ -84,3 +84,38 @@ def panel_genes(n: int) -> list[str]:
     coding = table.loc[table["gene_type"] == "protein-coding", "symbol"] if "gene_type" in table else table["symbol"]
     extra = [s for s in coding if s not in HUMAN_GENES and s.isalnum()]
     return (HUMAN_GENES + extra)[:n]
+
+
+@pytest.fixture(scope="session")
+def pbmc_parts(data_path):
+    """pbmc3k split into a reference and a stratified 400-cell query (seeded)."""
+    from sklearn.model_selection import train_test_split
+
+    from screader_db.inputs import read_h5ad
+
+    adata = read_h5ad(data_path("pbmc3k"))
+    labels = adata.obs["celltype"].astype(str).to_numpy()
+    train, test = train_test_split(np.arange(adata.n_obs), test_size=400, random_state=0, stratify=labels)
+    return adata[np.sort(train)].copy(), adata[np.sort(test)].copy()
+
+
+@pytest.fixture(scope="session")
+def pbmc_split(pbmc_parts, tmp_path_factory):
+    """An atlas of the pbmc3k reference part (default settings), the query and the query's .h5ad path."""
+    from screader_db.builders.atlas import build_atlas
+
+    reference, query = pbmc_parts
+    root = tmp_path_factory.mktemp("pbmc") / "atlas"
+    build_atlas(reference, root, label_key="celltype", dataset_name="pbmc3k")
+    path = root.parent / "query.h5ad"
+    query.write_h5ad(path)
+    return root, query, path
+
+
+@pytest.fixture(scope="session")
+def pbmc_result(pbmc_split):
+    """The pbmc3k query annotated against the pbmc3k atlas."""
+    from screader_db import annotate
+
+    root, query, _ = pbmc_split
+    return annotate(query, root)

@@ -113,3 +113,24 @@ def test_summary_counts_unassigned_per_label(atlas):
     if result.n_unassigned:
         assert summary.index[-1] == "Unassigned"
         assert summary["unassigned"].sum() == result.n_unassigned
+
+
+
+def test_neighbours_carry_the_donor_the_reference_recorded(atlas, counts_adata):
+    result = annotate(make_counts(n_cells=30, seed=12), atlas, k=5)
+    frame = result.neighbours(3)
+    rows = result.neighbour_ids[3] & 0xFFFFFFFF  # the low bits of a cell id are its row in its data set
+    assert list(frame["reference_cell"]) == list(counts_adata.obs_names[rows])
+    assert list(frame["donor"]) == list(counts_adata.obs["donor"].astype(str).iloc[rows])
+
+
+def test_a_result_from_a_server_has_scores_but_no_neighbours():
+    from screader_db.errors import AtlasError
+    from screader_db.payloads import result_from_payload, result_payload
+
+    result = result_from_payload({"cells": [{"cell": "c0", "label": "a", "score": 0.75, "score_a": 0.75, "score_b": 0.25}],
+                                  "labels": ["a", "b"], "info": {"score_labels": ["a", "b"]}})
+    assert result.label_scores.loc["c0"].tolist() == [0.75, 0.25]
+    assert result_payload(result)["cells"][0]["score_b"] == 0.25
+    with pytest.raises(AtlasError, match=r"^this result does not carry its atlas and neighbours"):
+        result.neighbours(0)

@@ -3,33 +3,14 @@ command's outputs (annotated .h5ad, table, PNGs) open in scanpy and an image rea
 
 import anndata as ad
 import matplotlib
-import numpy as np
 import pandas as pd
-import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
 from screader_db import annotate
-from screader_db.builders.atlas import build_atlas
 from screader_db.cli import app
-from screader_db.inputs import read_h5ad
 
 matplotlib.use("Agg")
-
-
-@pytest.fixture(scope="module")
-def pbmc_split(data_path, tmp_path_factory):
-    from sklearn.model_selection import train_test_split
-
-    adata = read_h5ad(data_path("pbmc3k"))
-    labels = adata.obs["celltype"].astype(str).to_numpy()
-    train, test = train_test_split(np.arange(adata.n_obs), test_size=400, random_state=0, stratify=labels)
-    reference, query = adata[np.sort(train)].copy(), adata[np.sort(test)].copy()
-    root = tmp_path_factory.mktemp("pbmc") / "atlas"
-    build_atlas(reference, root, label_key="celltype", dataset_name="pbmc3k")
-    path = root.parent / "query.h5ad"
-    query.write_h5ad(path)
-    return root, query, path
 
 
 def test_ensembl_ids_annotate_like_symbols(pbmc_split):
@@ -58,7 +39,7 @@ def test_query_outputs_open_in_scanpy_and_as_images(pbmc_split, tmp_path):
                                       "--plots", str(plots), "--truth-key", "celltype"])
     assert result.exit_code == 0, result.output
     annotated = ad.read_h5ad(out)
-    assert annotated.n_obs == query.n_obs and "X_umap" in annotated.obsm
+    assert annotated.n_obs == query.n_obs and {"X_umap", "screader_scores", "screader_neighbours"} <= set(annotated.obsm)
     assert annotated.obs["screader_label"].notna().all()
     sc.pl.umap(annotated, color="screader_label", show=False)
     figure = matplotlib.pyplot.gcf()

@@ -22,7 +22,8 @@ from screader_db.server import create_app
 
 LIMIT = 400_000
 http = httpx.Client(timeout=120)
-ROW_COLUMNS = ["cell", "label", "score", "confidence", "margin", "second_label", "mean_similarity", "raw_label", "knn_label"]
+ROW_COLUMNS = ["cell", "label", "score", "confidence", "vote_confidence", "margin", "second_label", "mean_similarity", "raw_label",
+               "knn_label", "unassigned_reason", "score_type0", "score_type1", "score_type2"]
 
 
 @pytest.fixture(scope="module")

@@ -82,3 +82,10 @@ def test_failed_build_leaves_the_previous_version(counts_adata, tmp_path, monkey
     assert store.current_version(tmp_path / "a") == 1
     assert not list((tmp_path / "a" / "versions").glob(".staging-*"))
     assert len(store.open_atlas(tmp_path / "a").cells()) == counts_adata.n_obs
+
+
+def test_the_donor_is_the_first_donor_column_the_reference_recorded():
+    assert store.donor_of({"Sample": "s1", "donor_id": "d7", "n_genes": "812"}) == "d7"
+    assert store.donor_of({"SAMPLE": "s1"}) == "s1"
+    assert store.donor_of({"donor": "nan", "batch": "b2"}) == "b2"
+    assert store.donor_of({"n_genes": "812"}) == ""
