@@ -7,6 +7,7 @@ bounded by the results, not by the expression matrix.
 
 from __future__ import annotations
 
+import math
 import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -18,8 +19,9 @@ import pandas as pd
 from screader_db import store
 from screader_db.calibration import confidence_of
 from screader_db.confidence import agreement, combine
-from screader_db.errors import GeneOverlapError, ScreaderError, ScreaderWarning
+from screader_db.errors import GeneOverlapError, InputDataError, ScreaderError, ScreaderWarning
 from screader_db.genes import GeneMapping, looks_like_ensembl
+from screader_db.information import CellInformation, min_detected
 from screader_db.inputs import (
     CHUNK,
     ExpressionSource,
@@ -34,7 +36,7 @@ from screader_db.inputs import (
 )
 from screader_db.metrics import UNASSIGNED
 from screader_db.progress import SILENT, Reporter
-from screader_db.results import LOW_MARGIN, LOW_SCORE, NOVEL_POPULATION, SCORE_PREFIX, AnnotationResult
+from screader_db.results import EMPTY, LOW_MARGIN, LOW_SCORE, NOVEL_POPULATION, SCORE_PREFIX, AnnotationResult
 from screader_db.vote import decide, propagate, query_graph, tally
 
 MIN_OVERLAP = 0.2
@@ -288,13 +290,70 @@ def _placement(opened: store.Atlas, sims: np.ndarray, ids: np.ndarray) -> np.nda
 
 def _unassigned_reasons(table: pd.DataFrame, *, min_score: float, min_margin: float) -> np.ndarray:
     """Why each Unassigned cell is Unassigned ("" for labelled cells), the first rule that applies:
-    its population matched no atlas label, its score was below ``min_score``, its margin below ``min_margin``."""
+    its population matched no atlas label, its score was below ``min_score``, its margin below ``min_margin``.
+    (Empty cells, reason ``empty``, are set aside before; see :func:`_with_empty_cells`.)"""
     unassigned = (table["label"] == UNASSIGNED).to_numpy()
     novel = table["novel"].to_numpy(dtype=bool) if "novel" in table else np.zeros(len(table), dtype=bool)
     low_score = (table["score"] < min_score).to_numpy()
     low_margin = (table["margin"] < min_margin).to_numpy()
     reason = np.select([novel, low_score, low_margin], [NOVEL_POPULATION, LOW_SCORE, LOW_MARGIN], default="")
     return np.where(unassigned, reason, "").astype(object)
+
+
+def _empty_cells(query: PreparedQuery, floor: int, *, chunk: int, reporter: Reporter) -> np.ndarray:
+    """Cells too empty to label (:mod:`screader_db.information`); refuses a query with no other cells."""
+    n = query.source.n_cells
+    information = CellInformation(n, query.plan.matched)
+    with reporter.task("Checking which cells carry information", n, "cells") as advance:
+        for start, block in query.chunks(chunk):
+            information.add(start, block)
+            advance(block.shape[0])
+    empty = information.empty(floor)
+    if empty.all():
+        message = (f"all {n:,} query cells are empty: each detects fewer than {floor} of the atlas's genes or has the "
+                   "same value on all of them. Check that the file holds expression (--layer, --use-raw) and that its "
+                   "genes are named as the atlas's are (--gene-key)")
+        raise InputDataError(message)
+    return empty
+
+
+def _with_empty_cells(table: pd.DataFrame, arrays: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None],
+                      empty: np.ndarray, names: pd.Index) -> tuple[pd.DataFrame, tuple[Any, ...]]:
+    """The results of the informative cells with the empty ones put back in their places: Unassigned
+    (reason ``empty``, confidence 0), no neighbours, zero scores and vectors, no map position."""
+    n, rows = len(empty), np.flatnonzero(~empty)
+    columns: dict[str, Any] = {}
+    for column in table.columns:
+        values = table[column]
+        if isinstance(values.dtype, pd.CategoricalDtype):
+            codes = np.full(n, -1, dtype=values.cat.codes.dtype)
+            codes[rows] = values.cat.codes.to_numpy()
+            columns[column] = pd.Categorical.from_codes(codes, categories=values.cat.categories)
+            continue
+        present = values.to_numpy()
+        fill: Any = {"label": UNASSIGNED, "unassigned_reason": EMPTY}.get(column, "" if present.dtype == object else 0)
+        columns[column] = np.full(n, fill, dtype=present.dtype)
+        columns[column][rows] = present
+    full: list[np.ndarray | None] = []
+    for values, fill in zip(arrays, (0.0, 0.0, -1, np.nan), strict=True):
+        if values is None:
+            full.append(None)
+            continue
+        out = np.full((n, *values.shape[1:]), fill, dtype=values.dtype)
+        out[rows] = values
+        full.append(out)
+    return pd.DataFrame(columns, index=names), tuple(full)
+
+
+def _check_options(k: int, min_score: float | None, min_margin: float, novelty_cutoff: float | None) -> None:
+    """Refuse option values that cannot work (no neighbours, NaN cut-offs), in the CLI's message style.
+    Cut-offs outside [0, 1] are allowed here: above 1 sets every cell aside, below 0 none."""
+    rules = [("k", k, k >= 1, "at least 1"), ("min_score", min_score, min_score is None or not math.isnan(min_score), "a number"),
+             ("min_margin", min_margin, not math.isnan(min_margin), "a number"),
+             ("novelty_cutoff", novelty_cutoff, novelty_cutoff is None or math.isfinite(novelty_cutoff), "a finite number")]
+    for name, value, good, rule in rules:
+        if not good:
+            raise ScreaderError(f"{name} must be {rule}; got {value}")
 
 
 def annotate(adata: Any, atlas: str | Path | store.Atlas, *, k: int | None = None, layer: str | None = None,
@@ -331,6 +390,7 @@ def annotate(adata: Any, atlas: str | Path | store.Atlas, *, k: int | None = Non
     opened.check_model(model)
     defaults = opened.annotation_defaults()
     k = int(defaults["k"] if k is None else k)
+    _check_options(k, min_score, min_margin, novelty_cutoff)
     power = float(defaults["power"] if power is None else power)
     propagation = float(defaults["propagation"] if propagation is None else propagation)
     column = LEVELS[level]
@@ -345,6 +405,9 @@ def annotate(adata: Any, atlas: str | Path | store.Atlas, *, k: int | None = Non
     answering = fit_to_panel(query, opened, datasets=datasets, reporter=reporter)
     query, embedder, index, scores = answering.query, answering.embedder, answering.index, answering.scores
     min_score = float(scores.get("min_score", 0.0) if min_score is None else min_score)
+    whole, floor = query, min_detected(scores)
+    empty = _empty_cells(query, floor, chunk=chunk, reporter=reporter)
+    query = replace(query, source=query.source.subset(np.flatnonzero(~empty))) if empty.any() else query
     vectors = embed_query(query, embedder, center=center, chunk=chunk, reporter=reporter)
     from screader_db.index import search
 
@@ -417,10 +480,15 @@ def annotate(adata: Any, atlas: str | Path | store.Atlas, *, k: int | None = Non
         "input_scale_evidence": query.evidence,
         "min_score": float(min_score), "min_margin": float(min_margin), "level": level, "power": power, "propagation": propagation,
         "novelty": info_novelty, "score_labels": list(vocabulary),
+        "empty_cells": int(empty.sum()), "min_detected_genes": floor,
         "layer": layer or "", "use_raw": bool(use_raw), "gene_key": gene_key or "",
     }
     if majority_voting:
         info["clustering"] = algorithm
+    umap = _placement(opened, sims, ids)
+    if empty.any():
+        names = pd.Index([str(i) for i in whole.source.obs.index])
+        table, (vectors, sims, ids, umap) = _with_empty_cells(table, (vectors, sims, ids, umap), empty, names)
     return AnnotationResult(table=table, embeddings=vectors, neighbour_ids=ids, neighbour_similarities=sims,
-                            atlas_labels=vocabulary, info=info, umap=_placement(opened, sims, ids),
+                            atlas_labels=vocabulary, info=info, umap=umap,
                             reference_map=_reference_map(opened, column), atlas=opened)

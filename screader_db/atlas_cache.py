@@ -4,6 +4,8 @@ Checking the pointer is one ``readlink``, so the server picks up a new version (
 set added or removed) on the next request without a restart. A version is opened once and kept
 while it is among the last few used; a request holds on to the :class:`~screader_db.store.Atlas`
 it started with, so a version switch never changes the atlas under a running annotation.
+A version is verified against its recorded checksums when it is first opened (unless ``verify``
+is off), so a damaged version is refused before it answers anything.
 """
 
 from __future__ import annotations
@@ -20,12 +22,12 @@ KEEP = 2
 class AtlasCache:
     """Opened versions of the atlas at ``root``, newest use last; thread-safe."""
 
-    def __init__(self, root: str | Path, *, keep: int = KEEP) -> None:
+    def __init__(self, root: str | Path, *, keep: int = KEEP, verify: bool = True) -> None:
         self.root = Path(root)
         self.keep = max(keep, 1)
+        self.verify = verify
         self._opened: OrderedDict[int, store.Atlas] = OrderedDict()
         self._lock = threading.Lock()
-        self._gates: dict[int, threading.Lock] = {}
 
     def current(self) -> store.Atlas:
         """The atlas's current version, opened (metadata only) on first use."""
@@ -35,34 +37,19 @@ class AtlasCache:
             if found is not None:
                 self._opened.move_to_end(number)
                 return found
-        opened = store.open_atlas(self.root, version=number)
+        opened = store.open_atlas(self.root, version=number, verify=self.verify)
         with self._lock:
             found = self._opened.setdefault(number, opened)
             self._opened.move_to_end(number)
             while len(self._opened) > self.keep:
-                old, _ = self._opened.popitem(last=False)
-                self._gates.pop(old, None)
+                self._opened.popitem(last=False)
             return found
 
     def ready(self, atlas: store.Atlas) -> store.Atlas:
-        """``atlas`` with its embedder, index and cell table loaded (once, whichever thread asks first)."""
-        if _loaded(atlas):
-            return atlas
-        with self._lock:
-            gate = self._gates.setdefault(atlas.version, threading.Lock())
-        with gate:
-            if not _loaded(atlas):
-                atlas.cells()
-                atlas.layout()
-                atlas.embedder  # noqa: B018 - properties that load on first access
-                atlas.index  # noqa: B018
-        return atlas
+        """``atlas`` with every part a query uses loaded (once, whichever thread asks first)."""
+        return atlas.load()
 
     @property
     def versions_open(self) -> list[int]:
         with self._lock:
             return list(self._opened)
-
-
-def _loaded(atlas: store.Atlas) -> bool:
-    return atlas._index is not None and atlas._embedder is not None and atlas._cells is not None

@@ -15,6 +15,8 @@ from typing import Any
 
 import pandas as pd
 
+from screader_db.integrity import reading
+
 SCHEMA = {
     "builds": "build_id VARCHAR, version INTEGER, created_at TIMESTAMP, action VARCHAR, builder_version VARCHAR, "
               "screader_db_version VARCHAR, model_id VARCHAR, model_sha VARCHAR, encoder_key VARCHAR, method VARCHAR, "
@@ -71,19 +73,22 @@ def read_table(path: str | Path, name: str) -> pd.DataFrame:
     """One catalogue table as a DataFrame (read-only connection)."""
     import duckdb
 
-    con = duckdb.connect(str(path), read_only=True)
-    try:
-        return con.execute(f"SELECT * FROM {name}").df()
-    finally:
-        con.close()
+    with reading(Path(path), "the catalogue"):
+        con = duckdb.connect(str(path), read_only=True)
+        try:
+            return con.execute(f"SELECT * FROM {name}").df()
+        finally:
+            con.close()
 
 
 def read_tables(path: str | Path) -> dict[str, pd.DataFrame]:
     """Every catalogue table (except files and provenance, which each version writes anew)."""
     import duckdb
 
-    con = duckdb.connect(str(path), read_only=True)
-    try:
-        return {name: con.execute(f"SELECT * FROM {name}").df() for name in SCHEMA if name not in ("files", "provenance")}
-    finally:
-        con.close()
+    with reading(Path(path), "the catalogue"):
+        con = duckdb.connect(str(path), read_only=True)
+        try:
+            return {name: con.execute(f"SELECT * FROM {name}").df() for name in SCHEMA
+                    if name not in ("files", "provenance")}
+        finally:
+            con.close()

@@ -5,6 +5,7 @@ Every command turns library errors into ``Error: ...`` on stderr and exit code 1
 
 from __future__ import annotations
 
+import math
 import os
 import warnings
 from collections.abc import Iterator
@@ -15,6 +16,7 @@ from typing import Annotated, Any
 import typer
 
 from screader_db.errors import ScreaderError, ScreaderWarning
+from screader_db.server_limits import ServerLimits
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -61,6 +63,21 @@ def _guard() -> Iterator[None]:
                     err.print(f"[yellow]Warning:[/yellow] {item.message}", highlight=False, soft_wrap=True)
 
 
+def _in_range(option: str, value: float | None, *, low: float | None = None, high: float | None = None) -> None:
+    """Refuse an option value outside [low, high], NaN or infinite, in one message style."""
+    if value is None or (math.isfinite(value) and (low is None or value >= low) and (high is None or value <= high)):
+        return
+    if low is not None and high is not None:
+        rule = f"from {low:g} to {high:g}"
+    elif low is not None:
+        rule = f"at least {low:g}"
+    elif high is not None:
+        rule = f"at most {high:g}"
+    else:
+        rule = "a finite number"
+    raise ScreaderError(f"{option} must be {rule}; got {value:g}")
+
+
 def _data_path(value: str) -> str:
     """A path, or the name of a data set in the manifest (fetched on first use)."""
     from screader_db.fetch import resolve_dataset
@@ -77,6 +94,9 @@ def _reporter(quiet: bool) -> Any:
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or stage messages.")]
 Wait = Annotated[float, typer.Option(help="Seconds to wait for another writer's lock before giving up.")]
 AtlasOption = Annotated[Path, typer.Option(help="Atlas folder.")]
+Verify = Annotated[bool, typer.Option("--verify/--no-verify", help="Check the atlas's files against the sha256 each "
+                                                                   "version recorded (hashed once, then cached); "
+                                                                   "--no-verify skips it at your own risk.")]
 
 
 @app.command()
@@ -292,6 +312,7 @@ def query(
                                                   "log10 (log(1+x) in that base) or linear (CPM, TPM).")] = "auto",
     model: Annotated[str | None, typer.Option(help="Refuse unless the atlas was built with this gene model.")] = None,
     version: Annotated[int | None, typer.Option(help="Atlas version to read (default: current).")] = None,
+    verify: Verify = True,
     overwrite: Annotated[bool, typer.Option(help="Replace existing output files.")] = False,
     quiet: Quiet = False,
 ) -> None:
@@ -302,17 +323,26 @@ def query(
     with _guard():
         from screader_db.annotation import annotate
         from screader_db.console import out, table
-        from screader_db.errors import OutputExistsError
         from screader_db.inputs import read_h5ad
+        from screader_db.outputs import Output, check_outputs, staged
 
-        for target in (out_path, table_path, report):
-            if target is not None and target.exists() and not overwrite:
-                raise OutputExistsError(f"{target} exists; pass --overwrite to replace it")
-        adata = read_h5ad(_data_path(query_file))
+        _in_range("--k", k, low=1)
+        _in_range("--min-score", min_score, low=0, high=1)
+        _in_range("--min-margin", min_margin, low=0, high=1)
+        _in_range("--novelty-cutoff", novelty_cutoff)
+        outputs = [Output(path, option, folder=option == "--plots",
+                          suffixes=(".csv", ".tsv", ".txt", ".parquet") if option == "--table" else ())
+                   for option, path in (("--out", out_path), ("--table", table_path), ("--report", report), ("--plots", plots))
+                   if path is not None]
+        check_outputs(outputs, overwrite=overwrite)
+        adata = read_h5ad(_data_path(query_file), backed=True)
         if truth_key and truth_key not in adata.obs.columns:
             raise ScreaderError(f"--truth-key {truth_key!r} is not an obs column; columns present: "
                                 f"{', '.join(map(str, adata.obs.columns))}")
-        result = annotate(adata, atlas, k=k, layer=layer, use_raw=use_raw, gene_key=gene_key, species=species,
+        from screader_db.store import open_atlas
+
+        opened = open_atlas(atlas, version=version, verify=verify)
+        result = annotate(adata, opened, k=k, layer=layer, use_raw=use_raw, gene_key=gene_key, species=species,
                           model=model, min_score=min_score, min_margin=min_margin, level=level,
                           majority_voting=majority_voting,
                           datasets=_split(datasets), labels=_split(labels), exclude_labels=_split(exclude_labels),
@@ -338,21 +368,26 @@ def query(
             agree = result.agreement(adata.obs[truth_key])
             out.print(f"Agreement with {truth_key} on {agree.n_scored:,} cells whose label the atlas knows: "
                       f"accuracy {agree.accuracy:.3f}, macro-F1 {agree.macro_f1:.3f}", highlight=False)
-        if table_path is not None:
-            result.write_table(table_path, overwrite=overwrite)
-            out.print(f"Per-cell table: {table_path}", highlight=False)
-        if plots is not None:
-            written = result.plot(plots, truth=adata.obs[truth_key] if truth_key else None)
-            out.print(f"Plots: {', '.join(str(p) for p in written)}", highlight=False)
-        if report is not None:
-            from screader_db.report import write_report
+        truth = adata.obs[truth_key] if truth_key else None
+        written: list[str] = []
+        with staged(outputs) as temporary:
+            if table_path is not None:
+                result.write_table(temporary[table_path], overwrite=True)
+                written.append(f"Per-cell table: {table_path}")
+            if plots is not None:
+                pictures = result.plot(temporary[plots], truth=truth)
+                written.append(f"Plots: {', '.join(str(plots / p.name) for p in pictures)}")
+            if report is not None:
+                from screader_db.report import write_report
 
-            write_report(result, adata, report, truth=adata.obs[truth_key] if truth_key else None, overwrite=overwrite,
-                         layer=layer, use_raw=use_raw, gene_key=gene_key)
-            out.print(f"Report: {report}", highlight=False)
-        if out_path is not None:
-            _write_h5ad(result.to_adata(adata), out_path)
-            out.print(f"Annotated AnnData: {out_path}", highlight=False)
+                write_report(result, adata, temporary[report], truth=truth, overwrite=True, layer=layer, use_raw=use_raw,
+                             gene_key=gene_key)
+                written.append(f"Report: {report}")
+            if out_path is not None:
+                result.to_adata(adata).write_h5ad(temporary[out_path])
+                written.append(f"Annotated AnnData: {out_path}")
+        for line in written:
+            out.print(line, highlight=False)
 
 
 @app.command()
@@ -429,15 +464,10 @@ def _split(values: list[str] | None) -> list[str] | None:
     return [part.strip() for value in values for part in value.split(",") if part.strip()]
 
 
-def _write_h5ad(adata: Any, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp.h5ad")
-    adata.write_h5ad(tmp)
-    tmp.replace(path)
-
-
 @app.command()
 def info(atlas: Annotated[Path, typer.Option(help="Atlas folder.")],
-         version: Annotated[int | None, typer.Option(help="Version to describe (default: current).")] = None) -> None:
+         version: Annotated[int | None, typer.Option(help="Version to describe (default: current).")] = None,
+         verify: Verify = True) -> None:
     """Describe an atlas: version, model, genes, data sets, cells, index and size on disk.
 
     Example: `screader-db info --atlas atlases/pancreas`
@@ -447,7 +477,7 @@ def info(atlas: Annotated[Path, typer.Option(help="Atlas folder.")],
         from screader_db.console import out, table
         from screader_db.store import list_versions, open_atlas
 
-        opened = open_atlas(atlas, version=version)
+        opened = open_atlas(atlas, version=version, verify=verify)
         prov = opened.provenance
         index = opened.info.get("index", {})
         rows = [
@@ -627,6 +657,9 @@ def sql_command(
     out_path: Annotated[Path | None, typer.Option("--out", help="Write every row to .csv, .tsv or .parquet instead of printing.")] = None,
     max_rows: Annotated[int, typer.Option(help="Rows to print; the rest are counted.")] = 40,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing --out file.")] = False,
+    timeout: Annotated[float, typer.Option(help="Seconds the statement may run, rows read included (0 = no limit).")] = 60.0,
+    max_spill_gb: Annotated[float, typer.Option(help="Disk the statement may spill to, in GB, inside the atlas's .tmp "
+                                                     "folder.")] = 4.0,
 ) -> None:
     """Run one read-only SQL statement (DuckDB) over an atlas version.
 
@@ -638,11 +671,15 @@ def sql_command(
     """
     with _guard():
         from screader_db.console import out, table
+        from screader_db.outputs import Output, check_outputs
         from screader_db.sql import AtlasSQL, check_output, head, write_result
 
         if out_path is not None:
+            check_outputs([Output(out_path, "--out")], overwrite=overwrite)
             check_output(out_path, overwrite=overwrite)
-        with AtlasSQL(atlas, version=version) as db:
+        _in_range("--timeout", timeout, low=0)
+        _in_range("--max-spill-gb", max_spill_gb, low=0)
+        with AtlasSQL(atlas, version=version, timeout=timeout, max_spill_bytes=int(max_spill_gb * 1e9)) as db:
             rows = db.reader(statement)
             if out_path is not None:
                 written = write_result(rows, out_path, overwrite=overwrite)
@@ -672,46 +709,75 @@ def _sql_value(value: Any, width: int = 60) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
+
+def _listen(host: str, port: int) -> Any:
+    """A socket listening on ``host``:``port``, or the reason it cannot be had as a ScreaderError."""
+    import socket
+
+    listening = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        listening.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listening.bind((host, port))
+        listening.listen(2048)
+        return listening
+    except OSError as exc:
+        listening.close()
+        raise ScreaderError(f"cannot listen on {host}:{port}: {exc.strerror or exc}; pick another --port "
+                            "(0 = any free port) or --host") from exc
+
 @app.command()
 def serve(
     atlas: Annotated[Path, typer.Option(help="Atlas folder to serve (its current version, followed as it changes).")],
     host: Annotated[str, typer.Option(help="Address to listen on; 127.0.0.1 serves this machine only.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on (0 = any free port).")] = 8000,
-    token_file: Annotated[Path | None, typer.Option(help="File holding the token that allows adding and removing data "
-                                                         "sets (default: $SCREADER_DB_TOKEN; none = read-only).")] = None,
-    max_upload_mb: Annotated[float, typer.Option(help="Largest request body accepted, in MB.")] = 512.0,
+    token_file: Annotated[Path | None, typer.Option(help="File holding the tokens that allow adding and removing data "
+                                                         "sets, one a line, each alone or after a name and a space "
+                                                         "(changes are recorded under the name; default: "
+                                                         "$SCREADER_DB_TOKEN; none = read-only).")] = None,
+    max_upload_mb: Annotated[float, typer.Option(help="Largest .h5ad upload accepted, in MB (streamed to disk).")] = 512.0,
+    max_json_mb: Annotated[float, typer.Option(help="Largest JSON counts body accepted, in MB (parsed in memory at about "
+                                                    "47 times its size).")] = ServerLimits.max_json_bytes / 1e6,
+    max_cells: Annotated[int, typer.Option(help="Most cells one request may declare.")] = ServerLimits.max_cells,
+    max_values: Annotated[int, typer.Option(help="Most cells × genes one request may declare.")] = ServerLimits.max_values,
+    max_connections: Annotated[int, typer.Option(help="Most open connections; more are answered 503 and closed "
+                                                      "(lowered to what the file limit allows).")] = ServerLimits.max_connections,
+    header_timeout: Annotated[float, typer.Option(help="Seconds a client has to send a request's headers.")] = ServerLimits.header_timeout,
+    verify: Verify = True,
     log_level: Annotated[str, typer.Option(help="uvicorn log level: critical, error, warning, info or debug.")] = "info",
 ) -> None:
     """Serve an atlas over HTTP: annotate cells, list data sets and versions, add or remove data sets.
 
     Reading is open to anyone who can reach the address; adding and removing data sets needs the
     header `Authorization: Bearer <token>`. A new atlas version is served without a restart.
-    OpenAPI docs at /docs.
+    The current version is opened and checked before the server starts: a missing or damaged
+    atlas is an error, not a server that answers 503. OpenAPI docs at /docs.
 
     Example: `SCREADER_DB_TOKEN=secret screader-db serve --atlas atlases/pancreas --port 8000`
     """
     with _guard():
-        from screader_db import store
         from screader_db.console import err
-        from screader_db.server import TOKEN_ENV, create_app
+        from screader_db.http_connections import server_config
+        from screader_db.server import API_USER, TOKEN_ENV, create_app, read_tokens
 
-        number = store.current_version(atlas)
-        token = _read_token(token_file) if token_file is not None else os.environ.get(TOKEN_ENV) or None
-        if max_upload_mb <= 0:
-            raise ScreaderError(f"--max-upload-mb must be above 0, got {max_upload_mb}")
-        application = create_app(atlas, token=token, max_upload_bytes=int(max_upload_mb * 1_000_000))
-        writing = "enabled (token set)" if token else f"disabled (set {TOKEN_ENV} or --token-file to enable)"
-        err.print(f"Serving {atlas} (version {number}); adding and removing data sets {writing}; docs at /docs",
-                  highlight=False, soft_wrap=True)
+        _in_range("--port", port, low=0, high=65535)
+        for option, number in (("--max-cells", max_cells), ("--max-values", max_values), ("--max-connections", max_connections)):
+            _in_range(option, number, low=1)
+        for option, amount in (("--max-upload-mb", max_upload_mb), ("--max-json-mb", max_json_mb),
+                               ("--header-timeout", header_timeout)):
+            if not amount > 0 or amount == float("inf"):
+                raise ScreaderError(f"{option} must be above 0; got {amount:g}")
+        from_env = os.environ.get(TOKEN_ENV)
+        tokens = read_tokens(token_file) if token_file is not None else ({API_USER: from_env} if from_env else None)
+        limits = ServerLimits(max_upload_bytes=int(max_upload_mb * 1e6), max_json_bytes=int(max_json_mb * 1e6),
+                              max_cells=max_cells, max_values=max_values, max_connections=max_connections,
+                              header_timeout=header_timeout)
+        application = create_app(atlas, token=tokens, limits=limits, verify=verify, preload=True)
+        version = application.state.atlas.current().version
+        writing = "enabled (token set)" if tokens else f"disabled (set {TOKEN_ENV} or --token-file to enable)"
+        if port:
+            _listen(host, port).close()  # a port in use is one Error line here, not uvicorn's exit 3
+        err.print(f"Serving {atlas} (version {version}); adding and removing data sets {writing}; at most "
+                  f"{limits.connection_cap():,} connections; docs at /docs", highlight=False, soft_wrap=True)
         import uvicorn
 
-        uvicorn.run(application, host=host, port=port, log_level=log_level)
-
-
-def _read_token(path: Path) -> str:
-    if not path.is_file():
-        raise ScreaderError(f"--token-file {path} does not exist; write the token into it (one line)")
-    token = path.read_text().strip()
-    if not token:
-        raise ScreaderError(f"--token-file {path} is empty; write the token into it (one line)")
-    return token
+        uvicorn.Server(server_config(application, host=host, port=port, limits=limits, log_level=log_level)).run()

@@ -27,6 +27,14 @@ class AtlasError(ScreaderError):
     """The atlas is missing, damaged, of an incompatible format or locked."""
 
 
+class AtlasDamagedError(AtlasError):
+    """A file of an atlas version is missing, unreadable, or not the file its version recorded (sha256)."""
+
+    def __init__(self, message: str, *, file: str) -> None:
+        super().__init__(message)
+        self.file = file
+
+
 class ModelMismatchError(AtlasError):
     """The atlas was built with another gene-embedding model than the one asked for."""
 
@@ -49,6 +57,14 @@ class ModelError(ScreaderError):
 
 class OutputExistsError(ScreaderError):
     """An output path exists and overwriting was not allowed."""
+
+
+class OutputPathError(ScreaderError):
+    """An output cannot be written where asked: a missing or read-only folder, or a file where a folder is (or the reverse)."""
+
+
+class RequestTooLargeError(ScreaderError):
+    """A request to the server declares more cells or values than the server's limits allow."""
 
 
 class SqlError(ScreaderError):

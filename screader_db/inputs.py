@@ -9,7 +9,7 @@ whole.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,7 @@ import scipy.sparse as sp
 
 from screader_db.errors import InputDataError
 from screader_db.genes import GeneMapping, GeneResolver, default_resolver, looks_like_ensembl
+from screader_db.matrix_rows import check_structure, read_rows
 
 TARGET_SUM = 1e4
 CHUNK = 10_000
@@ -65,13 +66,18 @@ def _duplicates(names: list[str]) -> list[str]:
 class ExpressionSource:
     """The chosen matrix of an AnnData (in memory or backed), read in row chunks.
 
-    ``keep`` (sorted row positions) restricts the source to some of the matrix's rows.
+    ``keep`` (sorted row positions) restricts the source to some of the matrix's rows. ``where``
+    names the matrix (``X``, ``layers/NAME``, ``raw/X``) and ``origin`` its file, when known, for
+    messages; every block's structure is checked as it is read (:mod:`screader_db.matrix_rows`).
     """
 
     matrix: Any
     names: list[str]
     obs: pd.DataFrame
     keep: np.ndarray | None = None
+    where: str = "X"
+    origin: str | None = None
+    checked: bool = field(default=False, repr=False)
 
     @property
     def n_cells(self) -> int:
@@ -84,22 +90,22 @@ class ExpressionSource:
     def subset(self, keep: np.ndarray) -> ExpressionSource:
         """The same source restricted to the rows ``keep`` (positions in this source)."""
         rows = keep if self.keep is None else self.keep[keep]
-        return ExpressionSource(matrix=self.matrix, names=self.names, obs=self.obs.iloc[keep], keep=np.asarray(rows))
+        return replace(self, obs=self.obs.iloc[keep], keep=np.asarray(rows))
+
+    def _block(self, start: int, stop: int) -> sp.csr_matrix:
+        if not self.checked:
+            check_structure(self.matrix, where=self.where, origin=self.origin)
+            self.checked = True
+        return read_rows(self.matrix, start, stop, where=self.where, origin=self.origin)
 
     def rows(self, start: int, stop: int) -> sp.csr_matrix:
         if self.keep is None:
-            block = self.matrix[start:stop]
-        else:
-            wanted = self.keep[start:stop]
-            low = int(wanted[0]) if len(wanted) else 0
-            high = int(wanted[-1]) + 1 if len(wanted) else 0
-            block = self.matrix[low:high]
-            if hasattr(block, "to_memory"):
-                block = block.to_memory()
-            block = sp.csr_matrix(block)[wanted - low]
-        if hasattr(block, "to_memory"):
-            block = block.to_memory()
-        return sp.csr_matrix(block, dtype=np.float32)
+            return self._block(start, stop)
+        wanted = self.keep[start:stop]
+        if not len(wanted):
+            return sp.csr_matrix((0, self.n_genes), dtype=np.float32)
+        low, high = int(wanted[0]), int(wanted[-1]) + 1
+        return sp.csr_matrix(self._block(low, high)[wanted - low])
 
     def chunks(self, size: int = CHUNK) -> Iterator[tuple[int, sp.csr_matrix]]:
         for start in range(0, self.n_cells, size):
@@ -114,15 +120,15 @@ def open_expression(adata: Any, *, layer: str | None = None, use_raw: bool = Fal
     if use_raw:
         if adata.raw is None:
             raise InputDataError("the file has no .raw; leave out --use-raw to read .X")
-        matrix, var = adata.raw.X, adata.raw.var
+        matrix, var, where = adata.raw.X, adata.raw.var, "raw/X"
     elif layer:
         if layer not in adata.layers:
             known = ", ".join(adata.layers.keys()) or "none"
             message = f"layer {layer!r} is not in the file; layers present: {known}"
             raise InputDataError(message)
-        matrix, var = adata.layers[layer], adata.var
+        matrix, var, where = adata.layers[layer], adata.var, f"layers/{layer}"
     else:
-        matrix, var = adata.X, adata.var
+        matrix, var, where = adata.X, adata.var, "X"
     if matrix is None:
         raise InputDataError("the file has no expression matrix in .X; pass --layer or --use-raw")
     if matrix.shape[0] == 0:
@@ -144,7 +150,9 @@ def open_expression(adata: Any, *, layer: str | None = None, use_raw: bool = Fal
             "(adata.var_names_make_unique()) or pass --gene-key with a column of unique names"
         )
         raise InputDataError(message)
-    return ExpressionSource(matrix=matrix, names=names, obs=adata.obs)
+    origin = getattr(adata, "filename", None)
+    return ExpressionSource(matrix=matrix, names=names, obs=adata.obs, where=where,
+                            origin=None if origin is None else str(origin))
 
 
 def check_values(X: sp.csr_matrix) -> None:

@@ -6,6 +6,9 @@ import datetime as dt
 import getpass
 import importlib.metadata
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any
 
 PACKAGES = ("screader-db", "numpy", "scipy", "anndata", "pyarrow", "duckdb", "faiss-cpu", "faiss-gpu-cu12",
@@ -31,11 +34,28 @@ def new_build_id() -> str:
     return uuid.uuid4().hex[:16]
 
 
+_acting_as: ContextVar[str | None] = ContextVar("screader_db_acting_as", default=None)
+
+
 def user() -> str:
+    """Who makes a change: the name set by :func:`acting_as` (the server's caller), else the OS user."""
+    named = _acting_as.get()
+    if named:
+        return named
     try:
         return getpass.getuser()
     except (KeyError, OSError):
         return "unknown"
+
+
+@contextmanager
+def acting_as(name: str) -> Iterator[None]:
+    """Record changes made inside the block (in this thread or task) as made by ``name``."""
+    token = _acting_as.set(name)
+    try:
+        yield
+    finally:
+        _acting_as.reset(token)
 
 
 def describe(values: dict[str, Any]) -> dict[str, Any]:

@@ -18,7 +18,7 @@ import pandas as pd
 
 from screader_db.errors import OutputExistsError
 from screader_db.metrics import UNASSIGNED
-from screader_db.results import LOW_MARGIN, LOW_SCORE, NOVEL_POPULATION, AnnotationResult
+from screader_db.results import EMPTY, LOW_MARGIN, LOW_SCORE, NOVEL_POPULATION, AnnotationResult
 
 TOP_GENES = 10
 SECTIONS = {"summary": "Summary", "unassigned": "Unassigned by reason", "novel-clusters": "Novel clusters",
@@ -74,7 +74,8 @@ def render_report(result: AnnotationResult, adata: Any, *, truth: Any = None, la
     body = [
         _section("summary", "How many cells got which label, and what the annotation read and used.",
                  _summary(result, truth)),
-        _section("unassigned", "A cell is Unassigned for the first rule that applies: its query cluster matches no "
+        _section("unassigned", "A cell is Unassigned for the first rule that applies: it detects too few of the "
+                 "atlas's genes, or has the same value on all of them (empty), its query cluster matches no "
                  "atlas label (novel population), its score is below the cut-off (low score), or its lead over the "
                  "runner-up label is below the margin cut-off (low margin). The best label is what such cells would "
                  "have been called.", _unassigned(result)),
@@ -156,7 +157,8 @@ def _summary(result: AnnotationResult, truth: Any) -> str:
         ("Gene panel", panel_text),
         ("Novelty check", _novelty_text(info.get("novelty") or {})),
         ("Unassigned rules", f"score below {float(info.get('min_score', 0)):.3f}, margin below "
-                             f"{float(info.get('min_margin', 0)):.3f}, or a novel population"),
+                             f"{float(info.get('min_margin', 0)):.3f}, a novel population, or empty (fewer than "
+                             f"{int(info.get('min_detected_genes', 0))} atlas genes detected, or constant values)"),
     ]
     if truth is not None:
         agree = result.agreement(truth)
@@ -188,7 +190,7 @@ def _unassigned(result: AnnotationResult) -> str:
     left = table[table["label"] == UNASSIGNED]
     reasons = left["unassigned_reason"].astype(str) if "unassigned_reason" in left else pd.Series("", index=left.index)
     rows = []
-    for reason in (NOVEL_POPULATION, LOW_SCORE, LOW_MARGIN):
+    for reason in (EMPTY, NOVEL_POPULATION, LOW_SCORE, LOW_MARGIN):
         chosen = left[reasons == reason]
         best = chosen["raw_label"].astype(str).value_counts().head(3)
         rows.append({"reason": reason, "cells": len(chosen), "share of all cells": len(chosen) / max(len(table), 1),

@@ -15,7 +15,7 @@ from screader_db.metrics import UNASSIGNED, Agreement, agreement
 PREFIX = "screader_"
 SCORE_PREFIX = "score_"  # table columns score_<label>: each label's final vote share
 # Why a cell is Unassigned (table column ``unassigned_reason``), in the order the rules are checked.
-NOVEL_POPULATION, LOW_SCORE, LOW_MARGIN = "novel population", "low score", "low margin"
+EMPTY, NOVEL_POPULATION, LOW_SCORE, LOW_MARGIN = "empty", "novel population", "low score", "low margin"
 # obsm / uns keys written by AnnotationResult.to_adata
 SCORES_KEY, NEIGHBOURS_KEY, SIMILARITY_KEY = "screader_scores", "screader_neighbours", "screader_neighbour_similarity"
 
@@ -74,7 +74,9 @@ class AnnotationResult:
     """Per-cell labels and confidences, the neighbours they came from, and the cell vectors.
 
     ``table`` has one row per query cell (index = the query's obs names) with the columns
-    ``label``, ``score`` (weight share of the winning label), ``margin`` (to the runner-up),
+    ``label``, ``score`` (weight share of the winning label), ``confidence`` (how likely the label
+    is right, :mod:`screader_db.confidence`), ``vote_confidence`` (the score's calibrated
+    confidence on the reference alone), ``margin`` (to the runner-up),
     ``second_label``, ``mean_similarity``, ``raw_label`` (the winner before abstention),
     ``unassigned_reason`` and one ``score_<label>`` column per atlas label (its vote share).
     ``atlas`` is the opened atlas the cells were annotated against (for :meth:`neighbours`).

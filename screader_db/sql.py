@@ -10,11 +10,20 @@ a query can read nothing but the atlas and cannot undo either setting.
 Only one SELECT-type statement runs per call (SELECT, WITH, FROM, VALUES, DESCRIBE, SHOW,
 SUMMARIZE, EXPLAIN of a SELECT, and a few PRAGMAs that only read). Everything else is refused
 from DuckDB's own parse of the statement before it runs.
+
+A statement runs for at most ``timeout`` seconds, rows read included: DuckDB has no statement
+timeout of its own, so a watchdog thread interrupts the connection. What does not fit in memory
+spills to a folder inside the atlas's scratch area (``ATLAS/.tmp/sql-*``, removed on close), at
+most ``max_spill_bytes`` of it, never to the working folder.
 """
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,6 +31,7 @@ from typing import Any
 from screader_db import store
 from screader_db.catalogue import SCHEMA
 from screader_db.errors import InputDataError, OutputExistsError, SqlError
+from screader_db.integrity import reading
 
 VECTOR_VIEW = "cell_vectors"
 VECTOR_COLUMNS = ("cell_id", "dataset", "embedding")
@@ -30,6 +40,9 @@ READ_PRAGMAS = frozenset({"table_info", "show", "show_tables", "show_tables_expa
                           "platform", "database_size", "storage_info", "functions", "collations"})
 ALLOWED = "SELECT, WITH, FROM, VALUES, DESCRIBE, SHOW, SUMMARIZE, EXPLAIN of a SELECT, read-only PRAGMAs"
 BATCH = 10_000
+TIMEOUT = 60.0
+MAX_SPILL_BYTES = 4_000_000_000
+SPILL_PREFIX = "sql-"
 _LEADING = re.compile(r"\A(?:\s+|--[^\n]*(?:\n|$)|/\*.*?\*/)*", re.S)
 _EXPLAIN = re.compile(r"EXPLAIN\s+(?:ANALY[SZ]E\s+)?(?:\([^)]*\)\s*)?", re.I)
 _PRAGMA = re.compile(r"PRAGMA\s+(\w+)", re.I)
@@ -112,33 +125,42 @@ class AtlasSQL:
 
         with AtlasSQL("atlases/lab") as db:
             frame = db.frame("SELECT label, count(*) FROM cells GROUP BY 1")
+
+    ``timeout`` (seconds; None: no limit) bounds each statement, ``max_spill_bytes`` what it may
+    spill to disk.
     """
 
-    def __init__(self, atlas: str | Path | store.Atlas, *, version: int | None = None) -> None:
+    def __init__(self, atlas: str | Path | store.Atlas, *, version: int | None = None, timeout: float | None = TIMEOUT,
+                 max_spill_bytes: int = MAX_SPILL_BYTES) -> None:
         import duckdb
 
         opened = atlas if isinstance(atlas, store.Atlas) else store.open_atlas(atlas, version=version)
         self.atlas = opened
+        self.timeout = timeout if timeout and timeout > 0 else None
         catalogue = opened.path / store.CATALOGUE
         if not catalogue.is_file():
             message = f"atlas version {opened.path} has no {store.CATALOGUE}; rebuild it with `screader-db build --overwrite`"
             raise SqlError(message)
+        self.spill = _spill_folder(opened.root)
         self.con = duckdb.connect(":memory:")
         try:
-            self._setup(catalogue)
+            self._setup(catalogue, max_spill_bytes)
         except BaseException:
-            self.con.close()
+            self.close()
             raise
 
-    def _setup(self, catalogue: Path) -> None:
+    def _setup(self, catalogue: Path, max_spill_bytes: int) -> None:
         con = self.con
-        con.execute("ATTACH ? AS atlas (READ_ONLY)", [str(catalogue)])
-        present = {row[0] for row in con.execute(
-            "SELECT table_name FROM duckdb_tables() WHERE database_name = 'atlas'").fetchall()}
+        with reading(catalogue, "the catalogue"):
+            con.execute("ATTACH ? AS atlas (READ_ONLY)", [str(catalogue)])
+            present = {row[0] for row in con.execute(
+                "SELECT table_name FROM duckdb_tables() WHERE database_name = 'atlas'").fetchall()}
         for name in SCHEMA:
             if name in present:
                 con.execute(f'CREATE VIEW "{name}" AS SELECT * FROM atlas.main."{name}"')
         con.register(VECTOR_VIEW, self._vectors())
+        con.execute("SET temp_directory = ?", [str(self.spill) if self.spill is not None else ""])
+        con.execute(f"SET max_temp_directory_size = '{max(int(max_spill_bytes), 0)}B'")
         for setting in ("autoinstall_known_extensions=false", "autoload_known_extensions=false",
                         "enable_external_access=false", "lock_configuration=true"):
             con.execute(f"SET {setting}")
@@ -162,11 +184,13 @@ class AtlasSQL:
         import duckdb
 
         check_read_only(self.con, sql)
+        watchdog = _Watchdog(self.con, self.timeout)
         try:
             stream = self.con.sql(sql).to_arrow_reader(batch_size)
         except duckdb.Error as err:
-            raise _failure(err) from err
-        return Rows(stream)
+            watchdog.stop()
+            raise _failure(err, watchdog) from err
+        return Rows(stream, watchdog)
 
     def table(self, sql: str) -> Any:
         """The whole result as one Arrow table."""
@@ -180,7 +204,10 @@ class AtlasSQL:
         return self.table(sql).to_pandas()
 
     def close(self) -> None:
-        self.con.close()
+        if getattr(self, "con", None) is not None:
+            self.con.close()
+        if self.spill is not None:
+            shutil.rmtree(self.spill, ignore_errors=True)
 
     def __enter__(self) -> AtlasSQL:
         return self
@@ -189,9 +216,64 @@ class AtlasSQL:
         self.close()
 
 
-def _failure(err: BaseException) -> SqlError:
+def _spill_folder(root: Path) -> Path | None:
+    """A fresh spill folder in the atlas's scratch area (None where the atlas folder is read-only:
+    then nothing spills); folders left by processes that are gone are removed first."""
+    area = store.temp_area(root)
+    try:
+        area.mkdir(exist_ok=True)
+        for old in area.glob(f"{SPILL_PREFIX}*"):
+            if not _running(old.name.split("-")[1]):
+                shutil.rmtree(old, ignore_errors=True)
+        folder = area / f"{SPILL_PREFIX}{os.getpid()}-{time.time_ns()}"
+        folder.mkdir()
+    except OSError:
+        return None
+    return folder
+
+
+def _running(pid: str) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except (ValueError, ProcessLookupError):
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class _Watchdog:
+    """Interrupts a DuckDB connection ``seconds`` after it is made, unless stopped first."""
+
+    def __init__(self, con: Any, seconds: float | None) -> None:
+        self.con = con
+        self.seconds = seconds
+        self.fired = False
+        self._timer = threading.Timer(seconds, self._fire) if seconds else None
+        if self._timer is not None:
+            self._timer.daemon = True
+            self._timer.start()
+
+    def _fire(self) -> None:
+        self.fired = True
+        self.con.interrupt()
+
+    def stop(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+
+
+def _failure(err: BaseException, watchdog: _Watchdog | None = None) -> SqlError:
     import duckdb
 
+    if watchdog is not None and watchdog.fired and isinstance(err, duckdb.InterruptException):
+        message = (f"the statement ran past its time limit of {watchdog.seconds:g} s and was stopped; narrow it (a WHERE "
+                   "clause, a LIMIT, fewer joins), or allow it longer with --timeout SECONDS")
+        return SqlError(message)
+    if isinstance(err, duckdb.OutOfMemoryException):
+        message = ("the query needs more memory, and more spill space on disk, than it may use; narrow it (a WHERE "
+                   "clause, a LIMIT, fewer joins)")
+        return SqlError(message)
     if isinstance(err, duckdb.PermissionException):
         message = (f"the query tried to reach something outside the atlas ({_first_lines(err)}); `sql` reads only "
                    f"the atlas: query the views {', '.join(VIEWS)}")
@@ -202,9 +284,10 @@ def _failure(err: BaseException) -> SqlError:
 class Rows:
     """Record batches of a result with their schema; DuckDB errors met while reading become SqlError."""
 
-    def __init__(self, stream: Any) -> None:
+    def __init__(self, stream: Any, watchdog: _Watchdog | None = None) -> None:
         self.schema = stream.schema
         self._stream = stream
+        self._watchdog = watchdog
 
     def __iter__(self) -> Iterator[Any]:
         import duckdb
@@ -212,12 +295,16 @@ class Rows:
         try:
             yield from self._stream
         except duckdb.Error as err:
-            raise _failure(err) from err
+            raise _failure(err, self._watchdog) from err
+        finally:
+            if self._watchdog is not None:
+                self._watchdog.stop()
 
 
-def run_sql(atlas: str | Path | store.Atlas, sql: str, *, version: int | None = None) -> Any:
+def run_sql(atlas: str | Path | store.Atlas, sql: str, *, version: int | None = None,
+            timeout: float | None = TIMEOUT) -> Any:
     """Run one read-only statement against an atlas version; the result as a pandas DataFrame."""
-    with AtlasSQL(atlas, version=version) as db:
+    with AtlasSQL(atlas, version=version, timeout=timeout) as db:
         return db.frame(sql)
 
 

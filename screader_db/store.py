@@ -15,10 +15,17 @@ Layout::
         expression/<dataset>/part-*.parquet   the reference expression, for panel re-fits
         panels/<key>/                   panel indexes added by queries (see builders/panel.py)
         atlas.duckdb                    catalogue: builds, datasets, cells, genes, files, provenance
+      .tmp/                             readers' scratch: the verified-files cache, `sql` spill folders
 
 A writer builds the next version in a temporary folder, then renames it into ``versions/`` and
 only then moves the ``current`` pointer, so a crash at any point leaves the last complete
 version in place and readers, who never lock, never see a partial one.
+
+A version's files are checked against the sha256 its ``VERSION.json`` records when it is first
+opened in a process (see :mod:`screader_db.integrity`). An opened :class:`Atlas` is shared by
+threads: each heavy part is read once, under the atlas's lock, and published only when finished
+(a cell table's index with its hash table built), so readers see nothing half-made and never
+make pandas build its lazy index structures from several threads at once.
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -37,12 +45,14 @@ import numpy as np
 import pandas as pd
 
 from screader_db.errors import AtlasError, ModelMismatchError
+from screader_db.integrity import reading, verify_version
 
 FORMAT = "screader-atlas-1"
 CURRENT = "current"
 VERSIONS = "versions"
 CATALOGUE = "atlas.duckdb"
 LOCK = ".lock"
+TMP = ".tmp"
 ID_SHIFT = 32
 # obs columns of a reference that name the donor a cell came from, the first present one wins
 # (the cells' ``metadata`` keeps every obs column but the label; see builders/writer.py).
@@ -60,6 +70,11 @@ def dataset_of(ids: np.ndarray) -> np.ndarray:
 
 def version_name(number: int) -> str:
     return f"{number:06d}"
+
+
+def temp_area(path: str | Path) -> Path:
+    """The atlas's scratch folder for readers (not created here)."""
+    return Path(path) / TMP
 
 
 def is_atlas(path: str | Path) -> bool:
@@ -85,9 +100,20 @@ def current_version(path: str | Path) -> int:
     return int(Path(os.readlink(pointer)).name)
 
 
+def _settled(index: pd.Index) -> pd.Index:
+    """``index`` with pandas's lazy lookup structures built now, in this one thread: its hash table
+    (``get_indexer``), uniqueness and monotonicity. Built lazily by several threads at once, the
+    hash table can be seen half-filled ("cannot reindex on an axis with duplicate labels")."""
+    if len(index):
+        index.get_indexer(index[:1])
+    _ = index.is_unique, index.is_monotonic_increasing, index.inferred_type
+    return index
+
+
 @dataclass
 class Atlas:
-    """One version of an atlas, opened for reading. Heavy parts load on first use."""
+    """One version of an atlas, opened for reading. Heavy parts load on first use, once, under a
+    lock, and are shared read-only by every thread that uses the atlas."""
 
     root: Path
     version: int
@@ -99,6 +125,7 @@ class Atlas:
     _profiles: Any = field(default=None, repr=False)  # (profiles, calibration), False when absent, None unread
     _expression_genes: dict[tuple[str, ...] | None, list[str]] = field(default_factory=dict, repr=False)
     panels: dict[tuple[str, ...], Any] = field(default_factory=dict, repr=False)  # panel indexes opened so far
+    _lock: threading.RLock = field(default_factory=threading.RLock, repr=False, compare=False)
 
     @property
     def path(self) -> Path:
@@ -118,23 +145,43 @@ class Atlas:
 
     def cells(self, columns: list[str] | None = None) -> pd.DataFrame:
         """Cell metadata (no embeddings) of every dataset, indexed by cell id."""
-        if self._cells is None:
-            import pyarrow.parquet as pq
+        found = self._cells
+        if found is None:
+            with self._lock:
+                if self._cells is None:
+                    self._cells = self._read_cells()
+                found = self._cells
+        return found if columns is None else found[columns]
 
-            wanted = ["cell_id", "dataset", "barcode", "label", "label_harmonised", "ontology_id"]
-            frames = []
-            for part in self.cell_parts():
+    def _read_cells(self) -> pd.DataFrame:
+        import pyarrow.parquet as pq
+
+        wanted = ["cell_id", "dataset", "barcode", "label", "label_harmonised", "ontology_id"]
+        frames = []
+        for part in self.cell_parts():
+            with reading(part, "cells"):
                 present = set(pq.read_schema(part).names)
                 frame = pq.read_table(part, columns=[c for c in wanted if c in present]).to_pandas()
-                if "label_harmonised" not in frame:
-                    frame["label_harmonised"] = frame["label"]
-                if "ontology_id" not in frame:
-                    frame["ontology_id"] = ""
-                frames.append(frame)
-            if not frames:
-                raise AtlasError(f"atlas version {self.path} has no cells")
-            self._cells = pd.concat(frames, ignore_index=True).set_index("cell_id")
-        return self._cells if columns is None else self._cells[columns]
+            if "label_harmonised" not in frame:
+                frame["label_harmonised"] = frame["label"]
+            if "ontology_id" not in frame:
+                frame["ontology_id"] = ""
+            frames.append(frame)
+        if not frames:
+            raise AtlasError(f"atlas version {self.path} has no cells")
+        cells = pd.concat(frames, ignore_index=True).set_index("cell_id")
+        _settled(cells.index)
+        return cells
+
+    def load(self) -> Atlas:
+        """Read every part a query uses now (cells, map, embedder, index, label profiles), so that
+        damage shows at once and the first queries do not wait for it."""
+        self.cells()
+        self.layout()
+        self.embedder  # noqa: B018 - properties that load on first access
+        self.index  # noqa: B018
+        self.profiles()
+        return self
 
     def cell_metadata(self, ids: Any) -> pd.DataFrame:
         """The reference's own obs columns of the cells ``ids`` (index: cell id, one row per distinct
@@ -147,16 +194,18 @@ class Atlas:
         wanted = wanted[wanted >= 0]
         found: dict[int, dict[str, Any]] = {}
         for part in self.cell_parts() if len(wanted) else []:
-            file = pq.ParquetFile(part)
-            if "metadata" not in file.schema_arrow.names:
-                continue
-            low, high = _id_range(file)
-            inside = wanted[(wanted >= low) & (wanted <= high)]
-            if not len(inside):
-                continue
-            table = pq.read_table(part, columns=["cell_id", "metadata"], filters=[("cell_id", "in", inside.tolist())])
-            for cell, text in zip(table.column("cell_id").to_pylist(), table.column("metadata").to_pylist(), strict=True):
-                found[int(cell)] = json.loads(text) if text else {}
+            with reading(part, "cells"):
+                file = pq.ParquetFile(part)
+                if "metadata" not in file.schema_arrow.names:
+                    continue
+                low, high = _id_range(file)
+                inside = wanted[(wanted >= low) & (wanted <= high)]
+                if not len(inside):
+                    continue
+                table = pq.read_table(part, columns=["cell_id", "metadata"], filters=[("cell_id", "in", inside.tolist())])
+                for cell, text in zip(table.column("cell_id").to_pylist(), table.column("metadata").to_pylist(),
+                                      strict=True):
+                    found[int(cell)] = json.loads(text) if text else {}
         frame = pd.DataFrame({"metadata": pd.Series(found, dtype=object)})
         frame["donor"] = [donor_of(meta) for meta in frame["metadata"]]
         frame.index = frame.index.astype(np.int64).rename("cell_id")
@@ -170,12 +219,13 @@ class Atlas:
 
         ids, blocks = [], []
         for part in self.cell_parts():
-            if name not in pq.read_schema(part).names:
-                return None
-            table = pq.read_table(part, columns=["cell_id", name])
-            column = table.column(name).combine_chunks()
-            ids.append(table.column("cell_id").to_numpy())
-            blocks.append(column.flatten().to_numpy(zero_copy_only=False).reshape(-1, column.type.list_size))
+            with reading(part, "cells"):
+                if name not in pq.read_schema(part).names:
+                    return None
+                table = pq.read_table(part, columns=["cell_id", name])
+                column = table.column(name).combine_chunks()
+                ids.append(table.column("cell_id").to_numpy())
+                blocks.append(column.flatten().to_numpy(zero_copy_only=False).reshape(-1, column.type.list_size))
         if not ids:
             return None
         return np.concatenate(ids), np.concatenate(blocks).astype(np.float32)
@@ -195,7 +245,12 @@ class Atlas:
                 return None
             import pyarrow.parquet as pq
 
-            self._layout = pq.read_table(path).to_pandas().set_index("cell_id")
+            with self._lock:
+                if self._layout is None:
+                    with reading(path, "the reference map"):
+                        frame = pq.read_table(path).to_pandas().set_index("cell_id")
+                    _settled(frame.index)
+                    self._layout = frame
         return self._layout
 
     def expression_genes(self, datasets: list[str] | None = None) -> list[str]:
@@ -205,7 +260,9 @@ class Atlas:
         if key not in self._expression_genes:
             from screader_db.stored_expression import StoredExpression
 
-            self._expression_genes[key] = StoredExpression(self.path, datasets=datasets).genes()
+            with self._lock:
+                if key not in self._expression_genes:
+                    self._expression_genes[key] = StoredExpression(self.path, datasets=datasets).genes()
         return self._expression_genes[key]
 
     @property
@@ -213,7 +270,11 @@ class Atlas:
         if self._embedder is None:
             from screader_db.cell_embedding import CellEmbedder
 
-            self._embedder = CellEmbedder.load(self.path / "embedder.safetensors")
+            path = self.path / "embedder.safetensors"
+            with self._lock:
+                if self._embedder is None:
+                    with reading(path, "the cell embedder"):
+                        self._embedder = CellEmbedder.load(path)
         return self._embedder
 
     @property
@@ -221,13 +282,19 @@ class Atlas:
         if self._index is None:
             from screader_db.index import load_index
 
-            self._index, _ = load_index(self.path / "index.faiss")
+            path = self.path / "index.faiss"
+            with self._lock:
+                if self._index is None:
+                    with reading(path, "the FAISS index"):
+                        self._index, _ = load_index(path)
         return self._index
 
     def profiles(self) -> tuple[Any, dict[str, Any]] | None:
         """Reference label profiles and the novelty calibration, if the atlas has them (read once)."""
         if self._profiles is None:
-            self._profiles = self._read_profiles() or False
+            with self._lock:
+                if self._profiles is None:
+                    self._profiles = self._read_profiles() or False
         return self._profiles or None
 
     def _read_profiles(self) -> tuple[Any, dict[str, Any]] | None:
@@ -238,14 +305,15 @@ class Atlas:
 
         from screader_db.novelty import LabelProfiles
 
-        table = pq.read_table(path)
-        meta = table.schema.metadata or {}
-        column = table.column("profile").combine_chunks()
-        means = column.flatten().to_numpy(zero_copy_only=False).reshape(len(table), column.type.list_size)
-        profiles = LabelProfiles(labels=table.column("label").to_pylist(), genes=json.loads(meta[b"screader_db.genes"]),
-                                 means=means.astype(np.float64), counts=table.column("n_cells").to_numpy(),
-                                 datasets=table.column("dataset").to_pylist())
-        return profiles, json.loads(meta.get(b"screader_db.novelty", b"{}"))
+        with reading(path, "the label profiles"):
+            table = pq.read_table(path)
+            meta = table.schema.metadata or {}
+            column = table.column("profile").combine_chunks()
+            means = column.flatten().to_numpy(zero_copy_only=False).reshape(len(table), column.type.list_size)
+            profiles = LabelProfiles(labels=table.column("label").to_pylist(), genes=json.loads(meta[b"screader_db.genes"]),
+                                     means=means.astype(np.float64), counts=table.column("n_cells").to_numpy(),
+                                     datasets=table.column("dataset").to_pylist())
+            return profiles, json.loads(meta.get(b"screader_db.novelty", b"{}"))
 
     def annotation_defaults(self) -> dict[str, Any]:
         """k, vote power and propagation the atlas was built to be queried with."""
@@ -290,8 +358,13 @@ def donor_of(metadata: dict[str, Any]) -> str:
     return ""
 
 
-def open_atlas(path: str | Path, *, version: int | None = None) -> Atlas:
-    """Open an atlas (its current version unless ``version`` is given) for reading."""
+def open_atlas(path: str | Path, *, version: int | None = None, verify: bool = True) -> Atlas:
+    """Open an atlas (its current version unless ``version`` is given) for reading.
+
+    With ``verify`` (the default) every file of the version is checked against the sha256 its
+    ``VERSION.json`` records, the first time this process opens it (see
+    :mod:`screader_db.integrity`); a damaged or changed file is refused with an
+    :class:`~screader_db.errors.AtlasDamagedError` naming it."""
     root = Path(path)
     number = current_version(root) if version is None else version
     folder = root / VERSIONS / version_name(number)
@@ -311,6 +384,8 @@ def open_atlas(path: str | Path, *, version: int | None = None) -> Atlas:
             "Rebuild the atlas with this version of screader-db"
         )
         raise AtlasError(message)
+    if verify:
+        verify_version(folder, dict(info.get("files", {})), cache_dir=temp_area(root))
     return Atlas(root=root, version=number, info=info)
 
 

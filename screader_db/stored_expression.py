@@ -22,6 +22,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import scipy.sparse as sp
 
+from screader_db.integrity import reading
+
 FOLDER = "expression"
 FORMAT = "expression-1"
 GENES_KEY = b"screader_db.genes"
@@ -64,20 +66,22 @@ def has_expression(version: Path) -> bool:
 
 
 def part_genes(path: Path) -> list[str]:
-    meta = pq.read_schema(path).metadata or {}
-    return list(json.loads(meta[GENES_KEY]))
+    with reading(path, "stored expression"):
+        meta = pq.read_schema(path).metadata or {}
+        return list(json.loads(meta[GENES_KEY]))
 
 
 def read_part(path: Path) -> tuple[np.ndarray, sp.csr_matrix, list[str]]:
     """(cell ids, log-normalised rows over the part's genes, the part's genes)."""
-    table = pq.read_table(path)
     genes = part_genes(path)
-    gene = table.column("gene").combine_chunks()
-    value = table.column("value").combine_chunks()
-    indptr = gene.offsets.to_numpy().astype(np.int64)
-    indices = gene.flatten().to_numpy().astype(np.int32)
-    data = value.flatten().to_numpy().astype(np.float32)
-    X = sp.csr_matrix((data, indices, indptr), shape=(len(table), len(genes)))
+    with reading(path, "stored expression"):
+        table = pq.read_table(path)
+        gene = table.column("gene").combine_chunks()
+        value = table.column("value").combine_chunks()
+        indptr = gene.offsets.to_numpy().astype(np.int64)
+        indices = gene.flatten().to_numpy().astype(np.int32)
+        data = value.flatten().to_numpy().astype(np.float32)
+        X = sp.csr_matrix((data, indices, indptr), shape=(len(table), len(genes)))
     return table.column("cell_id").to_numpy(), X, genes
 
 
@@ -93,7 +97,10 @@ class StoredExpression:
 
     def __post_init__(self) -> None:
         self.files = parts(self.version, self.datasets)
-        self.counts = [pq.read_metadata(p).num_rows for p in self.files]
+        self.counts = []
+        for path in self.files:
+            with reading(path, "stored expression"):
+                self.counts.append(pq.read_metadata(path).num_rows)
 
     @property
     def n_cells(self) -> int:
@@ -109,7 +116,11 @@ class StoredExpression:
     def ids(self) -> np.ndarray:
         if not self.files:
             return np.zeros(0, dtype=np.int64)
-        return np.concatenate([pq.read_table(p, columns=["cell_id"]).column("cell_id").to_numpy() for p in self.files])
+        found = []
+        for path in self.files:
+            with reading(path, "stored expression"):
+                found.append(pq.read_table(path, columns=["cell_id"]).column("cell_id").to_numpy())
+        return np.concatenate(found)
 
     def blocks(self, target: list[str]) -> Iterator[tuple[np.ndarray, sp.csr_matrix]]:
         """(cell ids, linear values over ``target``) of every part in order (see :func:`linear_part`)."""

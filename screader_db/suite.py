@@ -20,6 +20,8 @@ on all tasks but one and scores the choice on that one.
 
 from __future__ import annotations
 
+import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -310,37 +312,63 @@ class Hidden:
 RULES = MethodSpec("marker (default), Unassigned rules on", model=NONE, method="marker", options=ABSTENTION)
 
 
+def _hidden_tasks(sources: dict[str, Any], directions: tuple[tuple[str, str], ...], min_cells: int,
+                  choose: Callable[[list[str], str], list[list[str]]]) -> list[tuple[str, str, Any, Any, list[str]]]:
+    """(task, name, reference without the hidden labels, query, hidden labels) for every group of
+    labels ``choose(labels the query has at least min_cells of, direction)`` returns."""
+    found = []
+    for ref, qry in directions:
+        reference, query = sources[ref], sources[qry]
+        counts = query.obs[LABEL].astype(str).value_counts()
+        present = [label for label in sorted(set(reference.obs[LABEL].astype(str))) if counts.get(label, 0) >= min_cells]
+        for group in choose(present, f"{ref} -> {qry}"):
+            kept = reference[~reference.obs[LABEL].astype(str).isin(group)].copy()
+            found.append((f"{ref} -> {qry}", f"{ref} -> {qry} without {', '.join(group)}", kept, query, group))
+    return found
+
+
+def _run_hidden(found: list[tuple[str, str, Any, Any, list[str]]], *, seed: int, spec: MethodSpec,
+                reporter: Any) -> list[Hidden]:
+    """Build each atlas without its hidden labels, annotate with the Unassigned rules on, and measure
+    the hidden cells that come back Unassigned and the other cells the raw vote got right that are set aside."""
+    from screader_db.evaluation import UNASSIGNED, evaluate
+    from screader_db.progress import SILENT
+
+    tasks = [Task(name, kept, query, LABEL, LABEL, seed, reference_key=name) for _, name, kept, query, _ in found]
+    result = evaluate(tasks, [spec], reporter=reporter or SILENT)
+    hidden = {name: (task, group) for task, name, _, _, group in found}
+    rows = []
+    for record in result.rows:
+        task, group = hidden[record["task"]]
+        truth = result.truths[record["task"]]
+        predicted = result.predictions[(record["task"], spec.name)]
+        mask = np.isin(truth, group)
+        rows.append(Hidden(task=task, label=", ".join(group), cells=int(mask.sum()),
+                           caught=float((predicted[mask] == UNASSIGNED).mean()),
+                           right_set_aside=float(record.get("right_set_aside_share", 0.0))))
+    return rows
+
+
 def hide_each_label(sources: dict[str, Any], *, directions: tuple[tuple[str, str], ...] = DIRECTIONS,
                     min_cells: int = 10, seed: int = 0, spec: MethodSpec = RULES,
                     reporter: Any = None) -> list[Hidden]:
     """For each direction and each reference label with at least ``min_cells`` query cells: build the
     atlas without it, annotate with the Unassigned rules on, and measure the hidden type's cells that
     come back Unassigned and the other cells the raw vote got right that are set aside."""
-    from screader_db.evaluation import UNASSIGNED, evaluate
-    from screader_db.progress import SILENT
+    found = _hidden_tasks(sources, directions, min_cells, lambda labels, _: [[label] for label in labels])
+    return _run_hidden(found, seed=seed, spec=spec, reporter=reporter)
 
-    tasks, hidden = [], {}
-    for ref, qry in directions:
-        reference, query = sources[ref], sources[qry]
-        counts = query.obs[LABEL].astype(str).value_counts()
-        for label in sorted(set(reference.obs[LABEL].astype(str))):
-            if counts.get(label, 0) < min_cells:
-                continue
-            name = f"{ref} -> {qry} without {label}"
-            kept = reference[reference.obs[LABEL].astype(str) != label].copy()
-            tasks.append(Task(name, kept, query, LABEL, LABEL, seed, reference_key=f"{ref} - {label}"))
-            hidden[name] = (f"{ref} -> {qry}", label)
-    result = evaluate(tasks, [spec], reporter=reporter or SILENT)
-    rows = []
-    for record in result.rows:
-        task, label = hidden[record["task"]]
-        truth = result.truths[record["task"]]
-        predicted = result.predictions[(record["task"], spec.name)]
-        mask = truth == label
-        rows.append(Hidden(task=task, label=label, cells=int(mask.sum()),
-                           caught=float((predicted[mask] == UNASSIGNED).mean()),
-                           right_set_aside=float(record.get("right_set_aside_share", 0.0))))
-    return rows
+
+def hide_half(sources: dict[str, Any], *, directions: tuple[tuple[str, str], ...] = DIRECTIONS,
+              min_cells: int = 10, seed: int = 0, spec: MethodSpec = RULES, reporter: Any = None) -> list[Hidden]:
+    """For each direction: half of the reference labels the query has (a seeded draw, rounded down)
+    hidden at once, measured as :func:`hide_each_label` measures one."""
+    def draw(labels: list[str], direction: str) -> list[list[str]]:
+        rng = np.random.default_rng([seed, zlib.crc32(direction.encode())])
+        return [sorted(rng.choice(labels, size=len(labels) // 2, replace=False).tolist())]
+
+    found = _hidden_tasks(sources, directions, min_cells, draw)
+    return _run_hidden(found, seed=seed, spec=spec, reporter=reporter)
 
 
 def hidden_markdown(rows: list[Hidden]) -> str:
@@ -353,4 +381,12 @@ def hidden_markdown(rows: list[Hidden]) -> str:
         worst = group.loc[group["caught"].idxmin()]
         lines.append(f"| {task} | {len(group)} | {group['caught'].median():.1%} | {worst['label']} ({worst['caught']:.1%}) | "
                      f"{group['right_set_aside'].median():.2%} |")
+    return "\n".join(lines)
+
+
+def half_markdown(rows: list[Hidden]) -> str:
+    """Per task: the labels hidden together, their cells, the share set aside, and the present types' loss."""
+    lines = ["| task | labels hidden together | their query cells | of them Unassigned | present types' right calls set aside |",
+             "|---|---|---|---|---|"]
+    lines += [f"| {r.task} | {r.label} | {r.cells:,} | {r.caught:.1%} | {r.right_set_aside:.2%} |" for r in rows]
     return "\n".join(lines)

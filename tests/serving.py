@@ -11,6 +11,8 @@ from pathlib import Path
 from conftest import make_counts
 
 from screader_db.builders.atlas import BuildSettings, build_atlas
+from screader_db.http_connections import server_config
+from screader_db.server_limits import ServerLimits
 
 SETTINGS = BuildSettings(model="random:16", method="genept", n_genes=50, layout="none")
 TOKEN = "test-token-0123456789"
@@ -23,11 +25,14 @@ def small_atlas(root: Path, *, n_cells: int = 200, seed: int = 0, overwrite: boo
 
 
 @contextmanager
-def running(app: object, *, start_timeout: float = 30.0) -> Iterator[str]:
-    """Serve ``app`` on 127.0.0.1 (a free port) in a background thread; yields the base URL."""
+def running(app: object, *, limits: ServerLimits | None = None, start_timeout: float = 30.0) -> Iterator[str]:
+    """Serve ``app`` on 127.0.0.1 (a free port) in a background thread, configured as ``serve`` does;
+    yields the base URL."""
     import uvicorn
 
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="off"))
+    config = server_config(app, host="127.0.0.1", port=0, limits=limits or ServerLimits(), log_level="warning")
+    config.lifespan = "off"
+    server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + start_timeout

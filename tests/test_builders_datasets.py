@@ -96,3 +96,70 @@ def test_second_writer_is_refused_while_the_lock_is_held(two_sets):
     root, _, _second = two_sets
     with store.writer_lock(root), pytest.raises(AtlasError, match="another process is writing to the atlas"):
         remove_dataset(root, "second", wait=0.1)
+
+
+@pytest.mark.parametrize("name", ["-rf", "naïve", "a" * 101, "x" * 300, "a/b", "..", "with space", ""])
+def test_data_set_names_follow_the_rule_the_message_states(two_sets, name):
+    root, _, second = two_sets
+    shown = name if len(name) <= 40 else f"{name[:40]}... ({len(name)} characters)"
+    rule = f"{shown!r} cannot name a data set: use 1 to 100 letters, digits, '-', '_' or '.' (ASCII), not starting with '-'"
+    with pytest.raises(AtlasError) as raised:
+        add_dataset(root, second, label_key="cell_type", name=name)
+    assert str(raised.value) == rule
+    assert store.open_atlas(root).version == 2
+
+
+def test_good_names_and_build_names(tmp_path):
+    with pytest.raises(AtlasError, match=r"'-rf' cannot name a data set"):
+        build_atlas(make_counts(n_cells=60), tmp_path / "a", label_key="cell_type", dataset_name="-rf", settings=SETTINGS)
+    odd = tmp_path / "my data.h5ad"
+    make_counts(n_cells=60).write_h5ad(odd)
+    with pytest.raises(AtlasError, match=r"'my data' cannot name a data set.*; the name comes from the file name, so give one"):
+        build_atlas(odd, tmp_path / "b", label_key="cell_type", settings=SETTINGS)
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+    built = build_atlas(odd, tmp_path / "c", label_key="cell_type", dataset_name="My-data_v1.2", settings=SETTINGS)
+    assert [d["name"] for d in built.datasets] == ["My-data_v1.2"]
+
+
+def _every_sixth_unlabelled():
+    """300 generated cells, every sixth (50) without a label."""
+    reference = make_counts(n_cells=300, seed=3)
+    labels = reference.obs["cell_type"].astype(object)
+    labels.iloc[::6] = np.nan
+    reference.obs["cell_type"] = labels
+    return reference
+
+
+def test_cells_without_a_label_are_counted_in_a_warning(tmp_path):
+    from screader_db.errors import ScreaderWarning
+
+    reference = _every_sixth_unlabelled()
+    root = tmp_path / "atlas"
+    with pytest.warns(ScreaderWarning, match=r"^50 of 300 cells have no 'cell_type' label \(NaN or empty\) and were left "
+                                             r"out of the atlas$"):
+        built = build_atlas(reference, root, label_key="cell_type", dataset_name="first", settings=SETTINGS)
+    assert built.info["n_cells"] == 250
+    extra = make_counts(n_cells=60, seed=4)
+    extra.obs["cell_type"] = extra.obs["cell_type"].astype(object)
+    extra.obs.iloc[:7, extra.obs.columns.get_loc("cell_type")] = ""
+    with pytest.warns(ScreaderWarning, match=r"^7 of 60 cells have no 'cell_type' label"):
+        add_dataset(root, extra, label_key="cell_type", name="extra")
+
+
+def test_build_and_add_on_the_command_line_warn_about_missing_labels(tmp_path):
+    from typer.testing import CliRunner
+
+    from screader_db.cli import app
+
+    reference = _every_sixth_unlabelled()
+    path = tmp_path / "ref.h5ad"
+    reference.write_h5ad(path)
+    result = CliRunner().invoke(app, ["build", "--reference", str(path), "--label-key", "cell_type", "--atlas",
+                                      str(tmp_path / "atlas"), "--model", "random:16", "--method", "genept", "--n-genes", "50",
+                                      "--layout", "none", "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert "Warning: 50 of 300 cells have no 'cell_type' label (NaN or empty)" in " ".join(result.output.split())
+    result = CliRunner().invoke(app, ["add", str(path), "--atlas", str(tmp_path / "atlas"), "--name", "-rf",
+                                      "--label-key", "cell_type", "--quiet"])
+    assert result.exit_code == 1
+    assert " ".join(result.output.split()).startswith("Error: '-rf' cannot name a data set")

@@ -180,3 +180,108 @@ def test_a_partial_panel_is_answered_with_a_warning(tmp_path):
     assert result.exit_code == 0, result.output
     assert "Warning: the query has" in result.output and "panel index" in " ".join(result.output.split())
     assert out.exists()
+
+
+def _files(folder):
+    return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*"))
+
+
+OPTION_CASES = [
+    (["--k", "0"], "Error: --k must be at least 1; got 0"),
+    (["--k", "-5"], "Error: --k must be at least 1; got -5"),
+    (["--min-score", "-1"], "Error: --min-score must be from 0 to 1; got -1"),
+    (["--min-score", "1.5"], "Error: --min-score must be from 0 to 1; got 1.5"),
+    (["--min-margin", "2"], "Error: --min-margin must be from 0 to 1; got 2"),
+    (["--min-margin", "nan"], "Error: --min-margin must be from 0 to 1; got nan"),
+    (["--novelty-cutoff", "nan"], "Error: --novelty-cutoff must be a finite number; got nan"),
+    (["--novelty-cutoff", "inf"], "Error: --novelty-cutoff must be a finite number; got inf"),
+]
+
+
+@pytest.mark.parametrize(("args", "message"), OPTION_CASES, ids=lambda v: " ".join(v) if isinstance(v, list) else "")
+def test_option_values_are_checked_before_anything_is_read(args, message, tmp_path):
+    # neither the query nor the atlas exists: the option is refused first
+    result = runner.invoke(app, ["query", str(tmp_path / "absent.h5ad"), "--atlas", str(tmp_path / "nowhere"), *args,
+                                 "--table", str(tmp_path / "t.csv"), "--quiet"])
+    assert result.exit_code == 1, result.output
+    assert " ".join(result.output.split()) == message
+    assert _files(tmp_path) == []
+
+
+def test_library_options_that_cannot_work_are_refused(atlas):
+    from screader_db import annotate
+    from screader_db.errors import ScreaderError
+
+    query = make_counts(n_cells=20)
+    with pytest.raises(ScreaderError, match=r"^k must be at least 1; got 0$"):
+        annotate(query, atlas, k=0)
+    with pytest.raises(ScreaderError, match=r"^novelty_cutoff must be a finite number; got nan$"):
+        annotate(query, atlas, novelty_cutoff=float("nan"))
+
+
+def test_serve_port_out_of_range(tmp_path):
+    result = runner.invoke(app, ["serve", "--atlas", str(tmp_path / "nowhere"), "--port", "99999"])
+    assert result.exit_code == 1, result.output
+    assert " ".join(result.output.split()) == "Error: --port must be from 0 to 65535; got 99999"
+
+
+def _output_cases(tmp_path):
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "plain.txt").write_text("a file")
+    missing = tmp_path / "missing"
+    return [
+        (["--out", str(missing / "a.h5ad")], f"Error: --out {missing}/a.h5ad: the folder {missing} does not exist"),
+        (["--table", str(missing / "t.csv")], f"Error: --table {missing}/t.csv: the folder {missing} does not exist"),
+        (["--report", str(missing / "r.html")], f"Error: --report {missing}/r.html: the folder {missing} does not exist"),
+        (["--plots", str(missing / "deeper" / "plots")], f"Error: --plots {missing}/deeper/plots: the folder "
+                                                         f"{missing}/deeper does not exist"),
+        (["--plots", str(tmp_path / "plain.txt")], f"Error: --plots {tmp_path}/plain.txt is a file; --plots takes a folder"),
+        (["--out", str(tmp_path / "folder")], f"Error: --out {tmp_path}/folder is a folder; --out takes a file name"),
+        (["--out", str(tmp_path / "folder"), "--overwrite"], f"Error: --out {tmp_path}/folder is a folder"),
+        (["--table", str(tmp_path / "t.xlsx")], "Error: --table " f"{tmp_path}/t.xlsx: unknown format '.xlsx'; use .csv"),
+        (["--out", str(tmp_path / "same.h5ad"), "--report", str(tmp_path / "same.h5ad")],
+         f"Error: --out and --report both name {tmp_path}/same.h5ad"),
+    ]
+
+
+@pytest.mark.parametrize("case", range(9))
+def test_output_paths_are_checked_before_the_query_is_read(case, tmp_path):
+    args, message = _output_cases(tmp_path)[case]
+    before = _files(tmp_path)
+    # the query does not exist: the output path is refused before it would be read
+    result = runner.invoke(app, ["query", str(tmp_path / "absent.h5ad"), "--atlas", str(tmp_path / "nowhere"), *args,
+                                 "--quiet"])
+    text = " ".join(result.output.split())
+    assert result.exit_code == 1, text
+    assert text.startswith(message), text
+    assert _files(tmp_path) == before
+
+
+def test_a_failing_output_leaves_no_other_output(atlas, tmp_path):
+    query = _write(make_counts(n_cells=30, seed=2), tmp_path / "q.h5ad")
+    (tmp_path / "plots" / "scores.png").mkdir(parents=True)  # a folder where a plot is to go
+    result = runner.invoke(app, ["query", str(query), "--atlas", str(atlas), "--table", str(tmp_path / "t.csv"),
+                                 "--out", str(tmp_path / "a.h5ad"), "--plots", str(tmp_path / "plots"), "--quiet"])
+    text = " ".join(result.output.split())
+    assert result.exit_code == 1, text
+    assert f"Error: --plots: {tmp_path}/plots/scores.png is a folder" in text
+    assert _files(tmp_path) == ["plots", "plots/scores.png", "q.h5ad"]
+
+
+def test_outputs_are_written_together(atlas, tmp_path):
+    query = _write(make_counts(n_cells=30, seed=2), tmp_path / "q.h5ad")
+    result = runner.invoke(app, ["query", str(query), "--atlas", str(atlas), "--table", str(tmp_path / "t.csv"),
+                                 "--out", str(tmp_path / "a.h5ad"), "--plots", str(tmp_path / "plots"),
+                                 "--report", str(tmp_path / "r.html"), "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert f"Plots: {tmp_path}/plots/" in result.output
+    assert [p for p in _files(tmp_path) if not p.startswith("plots/")] == ["a.h5ad", "plots", "q.h5ad", "r.html", "t.csv"]
+    assert ad.read_h5ad(tmp_path / "a.h5ad").n_obs == 30
+
+
+def test_sql_out_into_a_missing_folder(atlas, tmp_path):
+    target = tmp_path / "missing" / "rows.csv"
+    result = runner.invoke(app, ["sql", "SELECT * FROM cells", "--atlas", str(atlas), "--out", str(target)])
+    assert result.exit_code == 1, result.output
+    assert " ".join(result.output.split()).startswith(f"Error: --out {target}: the folder {tmp_path}/missing does not exist")
+    assert _files(tmp_path) == []

@@ -8,6 +8,7 @@ import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -18,7 +19,10 @@ from typer.testing import CliRunner
 
 from screader_db import annotate
 from screader_db.cli import app as cli_app
+from screader_db.errors import AtlasError
 from screader_db.server import create_app
+from screader_db.server_limits import ServerLimits
+from screader_db.store import open_atlas
 
 LIMIT = 400_000
 http = httpx.Client(timeout=120)
@@ -33,7 +37,7 @@ def atlas(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def url(atlas):
-    with running(create_app(atlas, token=TOKEN, max_upload_bytes=LIMIT)) as base:
+    with running(create_app(atlas, token=TOKEN, limits=ServerLimits(max_upload_bytes=LIMIT, max_json_bytes=LIMIT))) as base:
         yield base
 
 
@@ -125,7 +129,7 @@ def test_annotate_restricted_to_some_atlas_cells(url, atlas, query):
      "the uploaded file 'bad.h5ad' is not an .h5ad file (no HDF5 signature); save it with AnnData's write_h5ad"),
     ({"files": {"other": ("x.h5ad", b"x")}}, 422, "no file in the form: send the .h5ad as multipart/form-data field 'file'"),
     ({"content": b"hello", "headers": {"content-type": "text/plain"}}, 415, "unsupported content type 'text/plain'"),
-    ({"params": {"k": 0}, "json": {"genes": ["INS"], "counts": [[1]]}}, 422,
+    ({"params": {"k": 0}, "json": {"genes": ["INS"], "counts": [[1]]}}, 400,
      "invalid request: query.k: Input should be greater than or equal to 1"),
     ({"params": {"level": "cluster"}, "json": {"genes": ["INS"], "counts": [[1]]}}, 400,
      "level must be one of label, harmonised, got 'cluster'"),
@@ -152,15 +156,16 @@ def test_write_endpoints_need_the_token(url, atlas):
     with running(create_app(atlas)) as read_only:
         refused = http.delete(f"{read_only}/datasets/synthetic", headers={"Authorization": f"Bearer {TOKEN}"})
     assert refused.status_code == 403
-    assert refused.json()["error"].startswith("writing is disabled on this server: start it with SCREADER_DB_TOKEN")
+    assert refused.json()["error"].startswith("writing is disabled on this server: its operator can start it with "
+                                              "SCREADER_DB_TOKEN set or with a token file")
 
 
 def test_oversized_bodies_are_refused_with_413(url, query):
     big = b"x" * (LIMIT + 1)
     declared = http.post(f"{url}/annotate", content=big, headers={"content-type": "application/json"})
     assert declared.status_code == 413
-    assert declared.json()["error"].startswith("the request body is larger than this server's limit of 0.4 MB "
-                                               "(it has 0.4 MB); send fewer cells per request")
+    assert declared.json()["error"] == ("the JSON body is larger than this server's limit of 0.4 MB (it has 0.4 MB); "
+                                        "send fewer cells per request, or send them as an .h5ad upload")
 
     def chunks():
         for _ in range(LIMIT // 50_000 + 2):
@@ -169,7 +174,7 @@ def test_oversized_bodies_are_refused_with_413(url, query):
     streamed = http.post(f"{url}/annotate", content=chunks(), headers={"content-type": "application/json"})
     assert streamed.request.headers.get("content-length") is None
     assert streamed.status_code == 413
-    assert streamed.json()["error"].startswith("the request body is larger than this server's limit of 0.4 MB;")
+    assert streamed.json()["error"].startswith("the JSON body is larger than this server's limit of 0.4 MB;")
     upload = http.post(f"{url}/annotate", files={"file": ("big.h5ad", big)})
     assert upload.status_code == 413
     _, path = query
@@ -294,3 +299,236 @@ def test_sql_and_serve_help_import_nothing_heavy():
             "print(json.dumps([m for m in ('duckdb', 'fastapi', 'uvicorn', 'httpx', 'anndata') if m in sys.modules]))")
     out = subprocess.run([sys.executable, "-c", "import json; " + code], capture_output=True, text=True, check=True)
     assert json.loads(out.stdout) == []
+
+
+def _h5py_query(path, n_obs, n_vars, *, nnz=10):
+    """An .h5ad written with h5py whose CSR X declares ``n_obs`` × ``n_vars`` but holds a few values."""
+    import h5py
+
+    with h5py.File(path, "w") as handle:
+        handle.attrs.update({"encoding-type": "anndata", "encoding-version": "0.1.0"})
+        X = handle.create_group("X")
+        X.attrs.update({"encoding-type": "csr_matrix", "encoding-version": "0.1.0", "shape": (n_obs, n_vars)})
+        X.create_dataset("data", data=np.ones(nnz, dtype=np.float32))
+        X.create_dataset("indices", data=np.arange(nnz, dtype=np.int32))
+        X.create_dataset("indptr", data=np.concatenate([[0], np.full(n_obs, nnz)]).astype(np.int64))
+        for name, n in (("obs", n_obs), ("var", n_vars)):
+            group = handle.create_group(name)
+            group.attrs.update({"encoding-type": "dataframe", "encoding-version": "0.2.0", "_index": "_index"})
+            group.attrs.create("column-order", np.array([], dtype=h5py.string_dtype()))
+            group.create_dataset("_index", data=np.array([f"{name}{i}" for i in range(n)], dtype=object),
+                                 dtype=h5py.string_dtype())
+    return path
+
+
+@pytest.fixture
+def uploads(tmp_path, monkeypatch):
+    """The folder the in-thread server's uploads (and Starlette's spooled form files) go to."""
+    import tempfile
+
+    folder = tmp_path / "tmp"
+    folder.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(folder))
+    return folder
+
+
+def test_requests_declaring_more_than_the_limits_are_refused_with_413(atlas, query, tmp_path, uploads):
+    limits = ServerLimits(max_cells=1000, max_values=1000 * 60)
+    adata, path = query
+    with running(create_app(atlas, limits=limits)) as base:
+        huge = _h5py_query(tmp_path / "huge.h5ad", 100_000, 14_877)
+        began = time.monotonic()
+        response = http.post(f"{base}/annotate", files={"file": ("huge.h5ad", huge.read_bytes())})
+        assert response.status_code == 413 and time.monotonic() - began < 5
+        assert response.json()["error"] == ("the uploaded file 'huge.h5ad' declares 100,000 cells; this server annotates "
+                                            "at most 1,000 cells per request. Send the cells in several requests")
+        wide = _h5py_query(tmp_path / "wide.h5ad", 500, 200)
+        response = http.post(f"{base}/annotate", files={"file": ("wide.h5ad", wide.read_bytes())})
+        assert response.status_code == 413
+        assert response.json()["error"].startswith("the uploaded file 'wide.h5ad' declares 500 cells × 200 genes = "
+                                                   "100,000 values; this server accepts at most 60,000 per request")
+        many = {"genes": list(adata.var_names), "counts": [[0] * adata.n_vars] * 1500}
+        response = http.post(f"{base}/annotate", json=many)
+        assert response.status_code == 413
+        assert response.json()["error"].startswith("the JSON body holds about 75,")
+        fits = {"genes": list(adata.var_names), "counts": adata.X.toarray().tolist()}
+        assert http.post(f"{base}/annotate", json=fits).status_code == 200
+        with open(path, "rb") as handle:
+            assert http.post(f"{base}/annotate", files={"file": ("query.h5ad", handle)}).status_code == 200
+    assert list(uploads.iterdir()) == []
+
+
+def test_failed_requests_leave_no_upload_behind(atlas, query, tmp_path, uploads):
+    adata, _ = query
+    few = adata[:, :2].copy()
+    few.write_h5ad(tmp_path / "few.h5ad")
+    with running(create_app(atlas, token=TOKEN)) as base:
+        failing = [
+            http.post(f"{base}/annotate", files={"file": ("bad.h5ad", b"\x89HDF\r\n\x1a\n" + b"x" * 5000)}),
+            http.post(f"{base}/annotate", files={"file": ("few.h5ad", (tmp_path / "few.h5ad").read_bytes())}),
+            http.post(f"{base}/annotate", params={"model": "minilm"},
+                      files={"file": ("few.h5ad", (tmp_path / "few.h5ad").read_bytes())}),
+            http.post(f"{base}/datasets", headers={"Authorization": f"Bearer {TOKEN}"}, data={"name": "x", "label_key": "nope"},
+                      files={"file": ("few.h5ad", (tmp_path / "few.h5ad").read_bytes())}),
+        ]
+    assert [r.status_code for r in failing] == [422, 422, 409, 422], [r.text for r in failing]
+    assert all("screader-upload" not in r.text and str(tmp_path) not in r.text for r in failing)
+    assert list(uploads.iterdir()) == []
+
+
+@pytest.fixture(scope="module")
+def wide_atlas(tmp_path_factory):
+    """Enough cells that pandas takes a while to build a cell index's hash table."""
+    return small_atlas(tmp_path_factory.mktemp("wide") / "atlas", n_cells=20_000, seed=4)
+
+
+def test_fresh_servers_answer_simultaneous_uploads_without_errors(wide_atlas, tmp_path):
+    make_counts(n_cells=20, seed=6).write_h5ad(tmp_path / "q.h5ad")
+    content = (tmp_path / "q.h5ad").read_bytes()
+    start = threading.Barrier(16)
+
+    def one(base):
+        start.wait()
+        return http.post(f"{base}/annotate", files={"file": ("q.h5ad", content)})
+
+    answers = []
+    for _ in range(10):
+        with running(create_app(wide_atlas)) as base, ThreadPoolExecutor(16) as pool:
+            answers += list(pool.map(one, [base] * 16))
+    assert [r.status_code for r in answers] == [200] * 160, next(r.text for r in answers if r.status_code != 200)
+    assert len({json.dumps(r.json()["cells"]) for r in answers}) == 1
+    make_counts(n_cells=50, seed=12).write_h5ad(tmp_path / "extra.h5ad")
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    with running(create_app(wide_atlas, token=TOKEN)) as base, ThreadPoolExecutor(16) as pool:
+        added = http.post(f"{base}/datasets", headers=auth, data={"name": "extra", "label_key": "cell_type"},
+                          files={"file": ("extra.h5ad", (tmp_path / "extra.h5ad").read_bytes())})
+        assert added.status_code == 201, added.text
+        after_add = list(pool.map(one, [base] * 16))
+        assert http.delete(f"{base}/datasets/extra", headers=auth).status_code == 200
+        after_remove = list(pool.map(one, [base] * 16))
+    assert [r.status_code for r in after_add + after_remove] == [200] * 32
+    assert {r.json()["info"]["atlas_version"] for r in after_add} == {2}
+    assert {r.json()["info"]["atlas_version"] for r in after_remove} == {3}
+
+
+
+def test_options_are_400_and_data_is_422_in_api_words(url):
+    payload = {"genes": ["INS"], "counts": [[1]]}
+    cases = [({"level": "bogus"}, 400, "level must be one of label, harmonised, got 'bogus'"),
+             ({"species": "klingon"}, 400, "species must be one of human, mouse or auto, got 'klingon'"),
+             ({"input_scale": "bogus"}, 400, "unknown input scale 'bogus'; choose one of auto, counts, ln, log2, log10, linear"),
+             ({"k": 0}, 400, "invalid request: query.k:"),
+             ({"min_score": "nan"}, 400, "invalid request: query.min_score:"),
+             ({"datasets": "nope"}, 400, "the atlas has no data set 'nope'; known: synthetic"),
+             ({"exclude_labels": ["type0", "type1", "type2"]}, 400,
+              "no atlas cells are left after datasets/labels/exclude_labels; loosen the filters")]
+    for params, status, message in cases:
+        response = http.post(f"{url}/annotate", params=params, json=payload)
+        assert (response.status_code, response.json()["error"][: len(message)]) == (status, message), response.text
+    ensembl = {"genes": [f"ENSG{i:011d}" for i in range(60)], "counts": [[1] * 60]}
+    response = http.post(f"{url}/annotate", json=ensembl, params={"species": "human"})
+    assert response.status_code == 422
+    assert "--" not in response.json()["error"] and "gene_key" in response.json()["error"], response.text
+
+
+def test_anonymous_callers_see_no_server_paths(tmp_path, query):
+    root = small_atlas(tmp_path / "lab")
+    extra = tmp_path / "cells from a lab.h5ad"
+    make_counts(n_cells=80, seed=11).write_h5ad(extra)
+    _, path = query
+    with running(create_app(root, token={"alice": TOKEN, "bob": "another-token-9876543210"})) as base:
+        health = http.get(f"{base}/health").json()
+        assert health["atlas"] == "lab"
+        added = http.post(f"{base}/datasets", headers={"Authorization": f"Bearer {TOKEN}"},
+                          files={"file": (extra.name, extra.read_bytes())}, data={"name": "extra", "label_key": "cell_type"})
+        assert added.status_code == 201, added.text
+        shown = {d["name"]: d for d in http.get(f"{base}/datasets").json()["datasets"]}
+        assert shown["extra"]["source_file"] == "cells from a lab.h5ad" and shown["extra"]["added_by"] == "alice"
+        recorded = {d["name"]: d for d in open_atlas(root).datasets}["extra"]
+        assert recorded["source_file"] == "cells from a lab.h5ad", "the atlas records the upload's name, not a temporary path"
+        with open(path, "rb") as handle:
+            answer = http.post(f"{base}/annotate", files={"file": ("query.h5ad", handle)}).json()
+        assert answer["info"]["atlas"] == "lab"
+        texts = [http.get(f"{base}/{p}").text for p in ("health", "datasets", "versions", "openapi.json")]
+        assert all(str(tmp_path) not in text for text in [*texts, json.dumps(answer)])
+    with running(create_app(tmp_path / "gone")) as base:
+        missing = http.get(f"{base}/health")
+    assert missing.status_code == 503
+    assert missing.json()["error"] == "no atlas at gone: the folder does not exist"
+
+
+def test_a_damaged_atlas_is_refused_at_start_and_answered_503_after(tmp_path, query):
+    root = small_atlas(tmp_path / "atlas")
+    index = next((root / "versions").glob("*/index.faiss"))
+    data = bytearray(index.read_bytes())
+    data[len(data) // 2 : len(data) // 2 + 16] = bytes(16)
+    index.write_bytes(bytes(data))
+    started = CliRunner().invoke(cli_app, ["serve", "--atlas", str(root), "--port", "0"])
+    text = " ".join(started.output.split())
+    assert started.exit_code == 1 and "Error: the atlas file 000001/index.faiss does not match the sha256" in text
+    with pytest.raises(AtlasError, match="000001/index.faiss does not match"):
+        create_app(root, preload=True)
+    _, path = query
+    with running(create_app(root)) as base:
+        response = http.post(f"{base}/annotate", files={"file": ("q.h5ad", path.read_bytes())})
+        health = http.get(f"{base}/health")
+    assert response.status_code == health.status_code == 503
+    assert response.json()["error"].startswith("the atlas served here is damaged (the atlas file 000001/index.faiss does "
+                                               "not match the sha256 recorded when it was written")
+    assert str(tmp_path) not in response.text and "--" not in response.text
+    with running(create_app(root, verify=False, preload=True)) as base:
+        assert http.get(f"{base}/health").status_code == 200
+
+
+def test_a_json_body_at_the_limit_is_parsed_off_the_event_loop_within_its_memory_bound(atlas):
+    status = Path("/proc/self/status")
+    if not status.is_file():
+        pytest.skip("needs /proc to read the server's peak memory")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    command = [sys.executable, "-c", "from screader_db.cli import app; app()", "serve", "--atlas", str(atlas),
+               "--port", "0", "--max-json-mb", "8"]
+    server = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        base = _wait_for_address(server)
+        warm = make_counts(n_cells=20, seed=1)
+        warm_up = {"genes": list(warm.var_names), "counts": warm.X.toarray().tolist()}
+        assert http.post(f"{base}/annotate", json=warm_up).status_code == 200
+        genes = [f"GENE{i}" for i in range(4000)]
+        body = json.dumps({"genes": genes, "counts": [[0] * 4000] * 990}, separators=(",", ":")).encode()
+        assert 7_900_000 < len(body) < 8_000_000
+        before = _memory(server.pid)
+        sent = ThreadPoolExecutor(1).submit(http.post, f"{base}/annotate", content=body,
+                                            headers={"content-type": "application/json"})
+        slowest, posted = 0.0, time.monotonic()
+        while not sent.done():
+            began = time.monotonic()
+            assert http.get(f"{base}/health").status_code == 200
+            slowest = max(slowest, time.monotonic() - began)
+            time.sleep(0.05)
+        assert sent.result().status_code == 422
+        # parsed on the event loop, /health would wait about as long as the whole request took
+        assert slowest < max(1.0, 0.5 * (time.monotonic() - posted)), slowest
+        assert _memory(server.pid)["VmHWM"] - before["VmRSS"] < 47 * len(body)
+    finally:
+        server.terminate()
+        server.wait(timeout=20)
+
+
+def _memory(pid):
+    found = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        name, _, value = line.partition(":")
+        if name in ("VmRSS", "VmHWM"):
+            found[name] = int(value.split()[0]) * 1024
+    return found
+
+
+def test_serving_on_a_port_in_use_is_one_error_line(tmp_path):
+    import socket
+
+    root = small_atlas(tmp_path / "atlas")
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        result = CliRunner().invoke(cli_app, ["serve", "--atlas", str(root), "--port", str(port)])
+    assert result.exit_code == 1, result.output
+    assert f"Error: cannot listen on 127.0.0.1:{port}: Address already in use; pick another --port" in " ".join(result.output.split())

@@ -2,6 +2,7 @@
 
 import hashlib
 import re
+import time
 from pathlib import Path
 
 import duckdb
@@ -193,3 +194,28 @@ def test_sql_command(atlas, tmp_path):
     assert missing.exit_code == 1 and "Error: no atlas at" in missing.output
     helped = runner.invoke(app, ["sql", "--help"])
     assert helped.exit_code == 0 and "Example:" in helped.output
+
+
+CROSS_JOIN = "SELECT sum(hash(a.barcode || b.barcode || c.barcode || d.barcode)) FROM cells a, cells b, cells c, cells d"
+
+
+def test_a_statement_past_its_time_limit_is_stopped(atlas):
+    began = time.monotonic()
+    with pytest.raises(SqlError, match=r"the statement ran past its time limit of 1 s and was stopped; narrow it"):
+        run_sql(atlas, CROSS_JOIN, timeout=1)
+    assert time.monotonic() - began < 10
+    result = runner.invoke(app, ["sql", CROSS_JOIN, "--atlas", str(atlas), "--timeout", "0.5"])
+    text = " ".join(result.output.split())
+    assert result.exit_code == 1 and "Error: the statement ran past its time limit of 0.5 s" in text
+    assert run_sql(atlas, "SELECT count(*) AS n FROM cells", timeout=1)["n"].tolist() == [200]
+
+
+def test_spills_go_to_the_atlas_scratch_area_with_a_cap(atlas, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with AtlasSQL(atlas, max_spill_bytes=50_000_000) as db:
+        folder, cap = db.con.execute("SELECT current_setting('temp_directory'), "
+                                     "current_setting('max_temp_directory_size')").fetchone()
+        assert Path(folder).parent == atlas / ".tmp" and Path(folder).name.startswith("sql-")
+        assert Path(folder).is_dir() and cap in ("47.6 MiB", "50.0 MB")
+    assert not Path(folder).exists()
+    assert not (tmp_path / ".tmp").exists()

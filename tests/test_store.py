@@ -89,3 +89,57 @@ def test_the_donor_is_the_first_donor_column_the_reference_recorded():
     assert store.donor_of({"SAMPLE": "s1"}) == "s1"
     assert store.donor_of({"donor": "nan", "batch": "b2"}) == "b2"
     assert store.donor_of({"n_genes": "812"}) == ""
+
+
+@pytest.fixture(scope="module")
+def wide_atlas(tmp_path_factory):
+    """Enough cells that pandas takes a while to build a cell index's hash table (the race's window)."""
+    from conftest import make_counts
+
+    return _build(make_counts(n_cells=20_000, seed=8), tmp_path_factory.mktemp("wide") / "a").root
+
+
+def test_a_freshly_opened_atlas_is_shared_by_many_threads_at_once(wide_atlas):
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    import numpy as np
+    import pandas as pd
+
+    failures = []
+
+    def lookup(opened, start):
+        start.wait()
+        cells = opened.cells(["label"])
+        codes = pd.Series(np.arange(len(cells)), index=cells.index)
+        try:
+            codes.reindex(cells.index.to_numpy()[::7])
+        except ValueError as err:
+            failures.append(str(err))
+
+    for _ in range(10):
+        opened, start = store.open_atlas(wide_atlas), threading.Barrier(24)
+        with ThreadPoolExecutor(24) as pool:
+            list(pool.map(lookup, [opened] * 24, [start] * 24))
+    assert failures == []
+
+
+def test_many_threads_annotate_with_one_freshly_opened_atlas(wide_atlas):
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from conftest import make_counts
+
+    from screader_db import annotate
+
+    query = make_counts(n_cells=30, seed=9)
+    expected = annotate(query, wide_atlas).table["label"].tolist()
+
+    def one(opened, start):
+        start.wait()
+        return annotate(query.copy(), opened).table["label"].tolist()
+
+    for _ in range(3):
+        opened, start = store.open_atlas(wide_atlas), threading.Barrier(8)
+        with ThreadPoolExecutor(8) as pool:
+            assert list(pool.map(one, [opened] * 8, [start] * 8)) == [expected] * 8

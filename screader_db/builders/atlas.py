@@ -26,6 +26,7 @@ from screader_db.builders.writer import (
     dataset_records,
     drafting,
     finish,
+    refuse_existing,
     write_dataset,
     write_expression,
     write_layout,
@@ -34,10 +35,11 @@ from screader_db.builders.writer import (
 from screader_db.calibration import score_calibration
 from screader_db.cell_embedding import LEARNED_METHODS, MARKER_METHODS, TEXT_METHODS, CellEmbedder, fit_embedder
 from screader_db.checksums import sha256_text
-from screader_db.errors import OutputExistsError, ScreaderError
+from screader_db.errors import ScreaderError
 from screader_db.features import variable_from_moments
 from screader_db.gene_vectors import GeneEmbeddings, write_gene_embeddings
 from screader_db.genes import GeneResolver
+from screader_db.information import detection_floor
 from screader_db.inputs import CHUNK
 from screader_db.markers import eta_squared, markers_per_label, select_markers
 from screader_db.novelty import LabelProfiles, calibrate
@@ -123,15 +125,8 @@ def build_atlas(reference: Any, atlas: str | Path, *, label_key: str, dataset_na
         raise ScreaderError("--dask needs the reference as an .h5ad path that every worker can read")
     mapping_table = read_label_map(label_map) if isinstance(label_map, str | Path) else label_map
     root = Path(atlas)
-    if store.is_atlas(root) and not overwrite:
-        message = (
-            f"an atlas already exists at {root}; pass --overwrite to replace it with a new version "
-            "(old versions are kept), or choose another --atlas folder"
-        )
-        raise OutputExistsError(message)
-    if root.exists() and not store.is_atlas(root) and any(p.name not in (store.VERSIONS, store.LOCK) for p in root.iterdir()):
-        message = f"{root} exists and is not an atlas; choose an empty or new folder for --atlas"
-        raise OutputExistsError(message)
+    if not overwrite or not store.is_atlas(root):
+        refuse_existing(root)  # early, and again under the writer lock before the version is written
     resolver = GeneResolver()
     ref = open_reference(reference, label_key=label_key, name=dataset_name, layer=layer, use_raw=use_raw,
                          gene_key=gene_key, species=species, resolver=resolver)
@@ -155,7 +150,7 @@ def build_atlas(reference: Any, atlas: str | Path, *, label_key: str, dataset_na
     if dask is None:
         vectors = ref.embed(embedder, mean=mean, chunk=chunk, reporter=reporter)
         return write_version(root, [(ref, vectors)], embedder, emb, settings, reporter=reporter, action="build",
-                             wait=wait, chunk=chunk, profiles=(profiles, calibration))
+                             wait=wait, chunk=chunk, profiles=(profiles, calibration), new=not overwrite)
 
     def on_dask(draft: Draft) -> np.ndarray:
         from screader_db.builders.distributed import embed_with_dask
@@ -165,7 +160,7 @@ def build_atlas(reference: Any, atlas: str | Path, *, label_key: str, dataset_na
                                folder=draft.staging, provenance=draft.provenance_json(), chunk=chunk, reporter=reporter)
 
     return write_version(root, [(ref, on_dask)], embedder, emb, settings, reporter=reporter, action="build", wait=wait,
-                         chunk=chunk, profiles=(profiles, calibration))
+                         chunk=chunk, profiles=(profiles, calibration), new=not overwrite)
 
 
 @dataclass
@@ -201,16 +196,18 @@ def fit_method(stats: ReferenceStats, labels: np.ndarray, settings: BuildSetting
 
 def calibrate_scores(fitted: Fitted, stats: ReferenceStats, settings: BuildSettings) -> dict[str, Any]:
     """The score-to-confidence map and default score cut-off, from a split of the reference sample
-    (:func:`screader_db.calibration.score_calibration`), refitting the method the same way."""
+    (:func:`screader_db.calibration.score_calibration`), refitting the method the same way; and the
+    fewest detected atlas genes a query cell needs to be labelled (:mod:`screader_db.information`)."""
+    floor = detection_floor(stats.sample[:, fitted.chosen])
     if settings.method in LEARNED_METHODS:
         return {"calibrated": False, "min_score": 0.0,
-                "reason": "learned methods are not trained twice to calibrate their scores"}
+                "reason": "learned methods are not trained twice to calibrate their scores", **floor}
 
     def refit(X: Any, labels: np.ndarray) -> CellEmbedder:
         return fit_embedder(settings.method, X, fitted.genes, **{**fitted.fit, "labels": labels, "mean": None})
 
-    return score_calibration(refit, stats.sample[:, fitted.chosen], fitted.fit["labels"], k=settings.k,
-                             power=settings.vote_power, seed=settings.seed)
+    return {**score_calibration(refit, stats.sample[:, fitted.chosen], fitted.fit["labels"], k=settings.k,
+                                power=settings.vote_power, seed=settings.seed), **floor}
 
 
 def _train_learned(X: Any, genes: list[str], fit: dict[str, Any], settings: BuildSettings, reporter: Reporter,
@@ -282,15 +279,17 @@ def atlas_provenance(settings: BuildSettings, embedder: CellEmbedder, emb: GeneE
 def write_version(root: Path, refs: list[tuple[ReferenceSource, np.ndarray | Callable[[Draft], np.ndarray]]],
                   embedder: CellEmbedder, emb: GeneEmbeddings | None, settings: BuildSettings, *, reporter: Reporter,
                   action: str, wait: float = 0.0, chunk: int = CHUNK,
-                  profiles: tuple[LabelProfiles, dict[str, Any]] | None = None) -> store.Atlas:
+                  profiles: tuple[LabelProfiles, dict[str, Any]] | None = None, new: bool = False) -> store.Atlas:
     """Write a complete new version from the given data sets and publish it.
 
     A data set's vectors are given, or computed inside the draft by a function that also writes
-    its cell parts there (the Dask build).
+    its cell parts there (the Dask build). With ``new``, the folder must not hold an atlas yet
+    (checked under the writer lock).
     """
     from screader_db.index import build_index, save_index
 
-    with drafting(root, action=action, provenance=atlas_provenance(settings, embedder, emb), wait=wait) as draft:
+    with drafting(root, action=action, provenance=atlas_provenance(settings, embedder, emb), wait=wait,
+                  new=new) as draft:
         provenance = draft.provenance
         reporter.message("Writing the atlas")
         all_ids, all_vectors, cell_frames, dataset_rows = [], [], [], []

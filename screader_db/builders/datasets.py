@@ -21,7 +21,6 @@ from screader_db.errors import AtlasError, OutputExistsError
 from screader_db.progress import SILENT, Reporter
 
 SHARED_FILES = ("genes.parquet", "gene_embeddings.parquet", "embedder.safetensors")
-RESERVED_NAMES = ("", ".", "..")
 
 
 def _carry(draft: Draft, previous: store.Atlas, skip_dataset: str | None = None) -> None:
@@ -37,9 +36,9 @@ def _carry(draft: Draft, previous: store.Atlas, skip_dataset: str | None = None)
 
 
 def _check_name(name: str, existing: list[str]) -> None:
-    if name in RESERVED_NAMES or "/" in name or "\\" in name:
-        message = f"{name!r} cannot name a data set; use letters, digits, '-', '_' or '.'"
-        raise AtlasError(message)
+    from screader_db.builders.reference import check_dataset_name
+
+    check_dataset_name(name)
     if name in existing:
         message = (f"the atlas already has a data set named {name!r}; remove it first "
                    f"(`screader-db remove {name}`) or choose another --name")
@@ -61,9 +60,12 @@ def _placement(previous: store.Atlas, vectors: np.ndarray, k: int = 15) -> np.nd
 
 def add_dataset(atlas: str | Path, reference: Any, *, label_key: str, name: str | None = None, layer: str | None = None,
                 use_raw: bool = False, gene_key: str | None = None, species: str = "auto",
-                label_map: str | Path | pd.DataFrame | None = None, wait: float = 0.0,
+                label_map: str | Path | pd.DataFrame | None = None, wait: float = 0.0, source_name: str | None = None,
                 reporter: Reporter = SILENT) -> store.Atlas:
-    """Add a labelled data set (an .h5ad path or AnnData) to the atlas as a new version."""
+    """Add a labelled data set (an .h5ad path or AnnData) to the atlas as a new version.
+
+    ``source_name``, when given, is recorded as the data set's source file instead of the path read
+    (an uploaded file's own name rather than the temporary copy the server read)."""
     from screader_db.builders.reference import open_reference
     from screader_db.index import load_index, save_index
     from screader_db.labelmap import read_label_map
@@ -77,6 +79,8 @@ def add_dataset(atlas: str | Path, reference: Any, *, label_key: str, name: str 
     ref = open_reference(reference, label_key=label_key, name=name, layer=layer, use_raw=use_raw, gene_key=gene_key,
                          species=species)
     _check_name(ref.name, [d["name"] for d in previous.datasets])
+    if source_name is not None:
+        ref.source_file = source_name
     ref.harmonise(mapping_table)
     vectors = ref.embed(embedder, reporter=reporter)
     found = previous.profiles()

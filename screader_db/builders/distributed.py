@@ -47,13 +47,12 @@ class PartTask:
 
 def embed_part(task: PartTask) -> tuple[int, np.ndarray]:
     """Run on a worker: read the chunk's rows, normalise, embed, write the part; return the vectors."""
-    from screader_db.inputs import ExpressionSource, check_values, normalise, open_expression, read_h5ad
+    from screader_db.inputs import check_values, normalise, open_expression, read_h5ad
 
     adata = read_h5ad(task.path, backed=True)
     try:
         full = open_expression(adata, layer=task.layer, use_raw=task.use_raw, gene_key=task.gene_key)
-        source = ExpressionSource(matrix=full.matrix, names=full.names, obs=full.obs, keep=task.rows)
-        block = source.rows(0, len(task.rows))
+        block = full.subset(task.rows).rows(0, len(task.rows))
     finally:
         if getattr(adata, "file", None) is not None:
             adata.file.close()

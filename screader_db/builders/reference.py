@@ -6,6 +6,8 @@ in row chunks for the statistics pass and again for the embedding pass.
 
 from __future__ import annotations
 
+import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from screader_db.checksums import sha256_file
-from screader_db.errors import InputDataError
+from screader_db.errors import AtlasError, InputDataError, ScreaderWarning
 from screader_db.genes import GeneMapping, GeneResolver
 from screader_db.inputs import (
     CHUNK,
@@ -29,6 +31,20 @@ from screader_db.inputs import (
     read_h5ad,
 )
 from screader_db.progress import SILENT, Reporter
+
+# A data set's name is a folder name in the atlas and a word in commands: ASCII letters, digits, '-', '_', '.'.
+NAME_RULE = re.compile(r"[A-Za-z0-9_.][A-Za-z0-9_.-]{0,99}")
+RESERVED_NAMES = (".", "..")
+
+
+def check_dataset_name(name: str, *, hint: str = "") -> None:
+    """Refuse a data set name that is not 1 to 100 letters, digits, '-', '_' or '.' (not starting with '-')."""
+    if NAME_RULE.fullmatch(name) and name not in RESERVED_NAMES:
+        return
+    shown = name if len(name) <= 40 else f"{name[:40]}... ({len(name)} characters)"
+    message = (f"{shown!r} cannot name a data set: use 1 to 100 letters, digits, '-', '_' or '.' (ASCII), "
+               f"not starting with '-'{hint}")
+    raise AtlasError(message)
 
 
 @dataclass
@@ -98,14 +114,17 @@ def open_reference(reference: Any, *, label_key: str, name: str | None = None, l
     ``input_scale`` names the scale of the values (:data:`screader_db.inputs.SCALES`); ``auto`` or
     None detects it from the first cells."""
     source_file, digest = "<AnnData>", ""
+    hint = ""
+    if name is None:
+        name = Path(reference).stem if isinstance(reference, str | Path) else "reference"
+        hint = "; the name comes from the file name, so give one"
+    check_dataset_name(name, hint=hint)
     if isinstance(reference, str | Path):
         path = Path(reference)
         adata = read_h5ad(path, backed=True)
         source_file, digest = str(path.resolve()), sha256_file(path)
-        default_name = path.stem
     else:
         adata = reference
-        default_name = "reference"
     if label_key not in adata.obs.columns:
         known = ", ".join(map(str, adata.obs.columns)) or "none"
         message = f"--label-key {label_key!r} is not an obs column of the reference; columns present: {known}"
@@ -117,10 +136,12 @@ def open_reference(reference: Any, *, label_key: str, name: str | None = None, l
         message = f"every cell's {label_key!r} is empty; choose another --label-key"
         raise InputDataError(message)
     if not keep.all():
+        warnings.warn(f"{int((~keep).sum()):,} of {len(keep):,} cells have no {label_key!r} label (NaN or empty) and "
+                      "were left out of the atlas", ScreaderWarning, stacklevel=2)
         source = source.subset(np.flatnonzero(keep))
         labels = labels[keep]
     mapping = map_genes(source, species=species, resolver=resolver)
     scale = input_scale_of(source, input_scale)
-    return ReferenceSource(name=name or default_name, label_key=label_key, labels=labels.astype(str), source=source,
+    return ReferenceSource(name=name, label_key=label_key, labels=labels.astype(str), source=source,
                            mapping=mapping, kind=scale.scale, source_file=source_file, source_sha256=digest,
                            evidence=scale.evidence)

@@ -23,6 +23,7 @@ import pyarrow.parquet as pq
 from screader_db import store
 from screader_db.catalogue import write_catalogue
 from screader_db.checksums import sha256_file
+from screader_db.errors import AtlasError, OutputExistsError
 from screader_db.progress import Reporter
 from screader_db.provenance import new_build_id, now, user
 
@@ -62,13 +63,32 @@ class Draft:
             shutil.copy2(source, target)
 
 
+def refuse_existing(root: Path) -> None:
+    """Refuse to build into a folder that holds an atlas, or anything but an atlas's lock and versions."""
+    if store.is_atlas(root):
+        message = (
+            f"an atlas already exists at {root}; pass --overwrite to replace it with a new version "
+            "(old versions are kept), or choose another --atlas folder"
+        )
+        raise OutputExistsError(message)
+    if root.exists() and any(p.name not in (store.VERSIONS, store.LOCK) for p in root.iterdir()):
+        message = f"{root} exists and is not an atlas; choose an empty or new folder for --atlas"
+        raise OutputExistsError(message)
+
+
 @contextmanager
-def drafting(root: Path, *, action: str, provenance: dict[str, Any], wait: float = 0.0) -> Iterator[Draft]:
-    """Hold the writer lock, give a fresh staging folder, publish it at the end (or discard it)."""
+def drafting(root: Path, *, action: str, provenance: dict[str, Any], wait: float = 0.0,
+             new: bool = False) -> Iterator[Draft]:
+    """Hold the writer lock, give a fresh staging folder, publish it at the end (or discard it).
+
+    With ``new``, the folder must not hold an atlas yet (:func:`refuse_existing`, checked under the
+    lock, so of two builds into one new folder only the first succeeds)."""
     root.mkdir(parents=True, exist_ok=True)
     build_id = new_build_id()
     stamped = {**provenance, "build_id": build_id, "created_at": now()}
     with store.writer_lock(root, wait=wait):
+        if new:
+            refuse_existing(root)
         store.clean_staging(root)
         staging = store.staging_dir(root)
         draft = Draft(root=root, staging=staging, build_id=build_id, action=action, provenance=stamped,
@@ -76,9 +96,26 @@ def drafting(root: Path, *, action: str, provenance: dict[str, Any], wait: float
         try:
             yield draft
             store.publish(root, staging, draft.number)
-        except BaseException:
+        except BaseException as exc:
             store.discard(staging)
+            failure = _write_failure(exc, draft.number)
+            if failure is not None:
+                raise failure from exc
             raise
+
+
+def _write_failure(exc: BaseException, number: int) -> AtlasError | None:
+    """A version that could not be written (disk full, file size limit, I/O error: an OSError, or
+    FAISS's or DuckDB's report of one) as an error saying that the atlas did not change."""
+    reported = type(exc).__module__.split(".")[0].lstrip("_") == "duckdb" or (
+        isinstance(exc, RuntimeError) and any(word in str(exc).lower() for word in ("write error", "fwrite", "read error")))
+    if not isinstance(exc, OSError) and not reported:
+        return None
+    reason = " ".join(str(exc).split()) or type(exc).__name__
+    before = f"the atlas stays at version {number - 1}" if number > 1 else "no atlas was made"
+    message = (f"could not write version {number} of the atlas ({reason}); nothing changed: {before}. "
+               "Free some disk space or fix the folder's permissions, then run the command again.")
+    return AtlasError(message)
 
 
 def _metadata(obs: pd.DataFrame, label_key: str) -> list[str]:
