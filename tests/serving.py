@@ -1,7 +1,12 @@
-"""Helpers for the server and client tests: small atlases, and uvicorn on 127.0.0.1 in a thread."""
+"""Helpers for the server and client tests: small atlases, uvicorn on 127.0.0.1 in a thread, and
+`screader-db serve` as a process of its own."""
 
 from __future__ import annotations
 
+import os
+import re
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -46,3 +51,35 @@ def running(app: object, *, limits: ServerLimits | None = None, start_timeout: f
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+
+
+@contextmanager
+def serve_process(atlas: Path, *options: str, timeout: float = 60.0,
+                  temp: Path | None = None) -> Iterator[tuple[str, subprocess.Popen]]:
+    """``screader-db serve --atlas ATLAS --port 0 OPTIONS`` in a process of its own (``temp``: its
+    TMPDIR); yields the base URL uvicorn reports on stderr and the process, which is stopped on exit."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), **({"TMPDIR": str(temp)} if temp else {})}
+    env.pop("SCREADER_DB_TOKEN", None)
+    command = [sys.executable, "-c", "from screader_db.cli import app; app()", "serve", "--atlas", str(atlas),
+               "--port", "0", *options]
+    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env=env)
+    found: list[str] = []
+
+    def read() -> None:
+        assert process.stderr is not None
+        for line in process.stderr:
+            match = re.search(r"running on (http://127\.0\.0\.1:\d+)", line)
+            if match:
+                found.append(match.group(1))
+
+    threading.Thread(target=read, daemon=True).start()
+    try:
+        deadline = time.monotonic() + timeout
+        while not found:
+            assert process.poll() is None, "the server exited"
+            assert time.monotonic() < deadline, "the server did not start"
+            time.sleep(0.05)
+        yield found[0], process
+    finally:
+        process.terminate()
+        process.wait(timeout=20)

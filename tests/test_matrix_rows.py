@@ -186,3 +186,21 @@ def test_the_server_answers_a_malformed_upload_with_422_and_keeps_serving(atlas,
         assert "gene index 100,000,000" in answer.json()["error"]
         assert str(tmp_path) not in answer.text
         assert client.get(f"{url}/health").status_code == 200
+
+
+def test_a_server_process_answers_a_malformed_upload_and_keeps_answering(atlas, tmp_path):
+    """Once a segfault in the sparse arithmetic: in a process of its own, the server must survive it."""
+    from serving import serve_process
+
+    path = tmp_path / "query.h5ad"
+    out_of_range_column(path)
+    uploads = tmp_path / "uploads"
+    uploads.mkdir()
+    with serve_process(atlas, temp=uploads) as (url, process), httpx.Client(timeout=60) as client:
+        with open(path, "rb") as handle:
+            answer = client.post(f"{url}/annotate", files={"file": ("query.h5ad", handle, "application/octet-stream")})
+        assert answer.status_code == 422, answer.text
+        assert "gene index 100,000,000" in answer.json()["error"]
+        assert client.get(f"{url}/health").status_code == 200
+        assert process.poll() is None
+        assert not list(uploads.iterdir()), "the upload was removed"

@@ -1,8 +1,6 @@
 """The HTTP server, over real HTTP on 127.0.0.1: annotation equals annotate(), auth, limits, version switches."""
 
 import json
-import os
-import re
 import subprocess
 import sys
 import threading
@@ -14,7 +12,7 @@ import httpx
 import numpy as np
 import pytest
 from conftest import make_counts
-from serving import TOKEN, running, small_atlas
+from serving import TOKEN, running, serve_process, small_atlas
 from typer.testing import CliRunner
 
 from screader_db import annotate
@@ -258,39 +256,11 @@ def test_serve_command(atlas, tmp_path):
     assert no_token.exit_code == 1 and "is empty; write the token into it" in " ".join(no_token.output.split())
     assert "Example:" in runner.invoke(cli_app, ["serve", "--help"]).output
     empty.write_text(TOKEN + "\n")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    env.pop(("SCREADER_DB_TOKEN"), None)
-    command = [sys.executable, "-c", "from screader_db.cli import app; app()", "serve", "--atlas", str(atlas),
-               "--port", "0", "--token-file", str(empty), "--max-upload-mb", "0.2"]
-    server = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env=env)
-    try:
-        base = _wait_for_address(server)
+    with serve_process(atlas, "--token-file", str(empty), "--max-upload-mb", "0.2") as (base, _):
         assert http.get(f"{base}/health").json()["status"] == "ok"
         assert http.post(f"{base}/annotate", content=b"x" * 200_001).status_code == 413
         unauthorised = http.delete(f"{base}/datasets/x", headers={"Authorization": "Bearer nope"})
         assert unauthorised.status_code == 401
-    finally:
-        server.terminate()
-        server.wait(timeout=20)
-
-
-def _wait_for_address(process, timeout=60.0):
-    """The address uvicorn reports on stderr ("Uvicorn running on http://127.0.0.1:PORT")."""
-    found: list[str] = []
-
-    def read():
-        for line in process.stderr:
-            match = re.search(r"running on (http://127\.0\.0\.1:\d+)", line)
-            if match:
-                found.append(match.group(1))
-
-    threading.Thread(target=read, daemon=True).start()
-    deadline = time.monotonic() + timeout
-    while not found:
-        assert process.poll() is None, "the server exited"
-        assert time.monotonic() < deadline, "the server did not start"
-        time.sleep(0.05)
-    return found[0]
 
 
 def test_sql_and_serve_help_import_nothing_heavy():
@@ -484,12 +454,7 @@ def test_a_json_body_at_the_limit_is_parsed_off_the_event_loop_within_its_memory
     status = Path("/proc/self/status")
     if not status.is_file():
         pytest.skip("needs /proc to read the server's peak memory")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    command = [sys.executable, "-c", "from screader_db.cli import app; app()", "serve", "--atlas", str(atlas),
-               "--port", "0", "--max-json-mb", "8"]
-    server = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env=env)
-    try:
-        base = _wait_for_address(server)
+    with serve_process(atlas, "--max-json-mb", "8") as (base, server):
         warm = make_counts(n_cells=20, seed=1)
         warm_up = {"genes": list(warm.var_names), "counts": warm.X.toarray().tolist()}
         assert http.post(f"{base}/annotate", json=warm_up).status_code == 200
@@ -509,9 +474,6 @@ def test_a_json_body_at_the_limit_is_parsed_off_the_event_loop_within_its_memory
         # parsed on the event loop, /health would wait about as long as the whole request took
         assert slowest < max(1.0, 0.5 * (time.monotonic() - posted)), slowest
         assert _memory(server.pid)["VmHWM"] - before["VmRSS"] < 47 * len(body)
-    finally:
-        server.terminate()
-        server.wait(timeout=20)
 
 
 def _memory(pid):

@@ -57,3 +57,42 @@ def test_memory_grows_with_chunks_not_with_the_file(files):
     bigger_chunks = _growth(large, folder / "a_chunks", 16_000)
     print(f"48k cells with 16,000-cell chunks: {bigger_chunks:.0f} MB")
     assert bigger_chunks > large_growth, (large_growth, bigger_chunks)
+
+
+QUERY_PROBE = textwrap.dedent("""
+    import json, sys, tracemalloc
+    from screader_db import annotate
+    from screader_db.cli import app
+    from screader_db.genes import default_resolver
+    default_resolver()
+    tracemalloc.start()
+    if sys.argv[3] == "command":
+        sys.argv = ["screader-db", "query", sys.argv[1], "--atlas", sys.argv[2], "-q"]
+        try:
+            app()
+        except SystemExit as done:
+            assert not done.code, done.code
+    else:
+        annotate(sys.argv[1], sys.argv[2])
+    _, peak = tracemalloc.get_traced_memory()
+    print(json.dumps({"peak_mb": peak / 2**20}))
+""")
+
+
+def _query_peak(path, atlas, how):
+    out = subprocess.run([sys.executable, "-c", QUERY_PROBE, str(path), str(atlas), how], capture_output=True, text=True,
+                         check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])["peak_mb"]
+
+
+def test_the_query_command_reads_the_query_as_annotate_reads_a_path(files):
+    import anndata as ad
+
+    folder, small, _ = files
+    _growth(small, folder / "a_query", 2000)  # an atlas to query
+    backed = ad.read_h5ad(small, backed="r")
+    matrix_mb = (backed.X.group["data"].size * 8 + backed.X.group["indices"].size * 4) / 2**20
+    backed.file.close()
+    command, library = _query_peak(small, folder / "a_query", "command"), _query_peak(small, folder / "a_query", "path")
+    # annotate(path) reads the file in chunks (a backed AnnData); the command once read it whole first
+    assert command < library + 0.5 * matrix_mb, (command, library, matrix_mb)

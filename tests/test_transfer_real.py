@@ -102,3 +102,36 @@ def test_confidence_separates_right_from_wrong_better_than_the_vote_across_speci
     shipped, vote = separation(table["confidence"], correct), separation(table["vote_confidence"], correct)
     # benchmarks/confidence.py on this task: 0.655 for the vote's confidence, 0.77 for the shipped one
     assert shipped >= vote + 0.05, (shipped, vote)
+
+
+@pytest.mark.parametrize("which", ["one donor", "first 300 mouse cells"])
+def test_small_queries_of_known_types_are_not_called_novel(baron, which):
+    root, mouse = baron
+    if which == "one donor":
+        human = load_sources(kang_cells=10)["baron_human"]
+        query = human[human.obs["donor"] == "human2"].copy()  # 450 cells of types the atlas has
+    else:
+        query = mouse[:300].copy()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ScreaderWarning)
+        result = annotate(query, root)
+    assert result.info["novelty"]["small_query_guard"]
+    truth = query.obs[LABEL].astype(str).to_numpy()
+    right = result.table["raw_label"].to_numpy() == truth
+    novel = result.table["novel"].to_numpy(dtype=bool)
+    assert (novel & right).sum() <= 0.01 * right.sum(), result.info["novelty"]
+
+
+def test_a_small_query_still_shows_a_type_the_atlas_lacks(tmp_path):
+    sources = load_sources(kang_cells=10)
+    human, mouse = sources["baron_human"], sources["baron_mouse"]
+    root = tmp_path / "no-ductal"
+    build_atlas(human[human.obs[LABEL].astype(str) != "pancreatic ductal cell"].copy(), root, label_key=LABEL,
+                settings=BuildSettings(layout="none", model="none", keep_expression=False))
+    query = mouse[np.random.default_rng(0).choice(mouse.n_obs, 450, replace=False)].copy()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ScreaderWarning)
+        result = annotate(query, root)
+    ductal = query.obs[LABEL].astype(str).to_numpy() == "pancreatic ductal cell"
+    assert result.info["novelty"]["small_query_guard"]
+    assert result.table["novel"].to_numpy(dtype=bool)[ductal].mean() >= 0.8
