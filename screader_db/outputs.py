@@ -42,6 +42,12 @@ def _probe(folder: Path, option: str, path: Path) -> None:
     os.unlink(name)
 
 
+def refuse_existing(path: Path, *, overwrite: bool) -> None:
+    """Refuse to replace an existing file unless ``overwrite`` (the one message for every output)."""
+    if path.exists() and not overwrite:
+        raise OutputExistsError(f"{path} exists; pass --overwrite to replace it")
+
+
 def check_output(output: Output, *, overwrite: bool) -> None:
     """Refuse an output whose folder is missing or not writable, a file where a folder is meant (or
     the reverse), an unknown file format, or an existing file without ``overwrite``."""
@@ -64,8 +70,7 @@ def check_output(output: Output, *, overwrite: bool) -> None:
         if output.suffixes and path.suffix.lower() not in output.suffixes:
             message = f"{option} {path}: unknown format {path.suffix or '(none)'!r}; use {', '.join(output.suffixes)}"
             raise OutputPathError(message)
-        if path.exists() and not overwrite:
-            raise OutputExistsError(f"{path} exists; pass --overwrite to replace it")
+        refuse_existing(path, overwrite=overwrite)
     _probe(parent, option, path)
 
 

@@ -16,8 +16,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from screader_db.errors import OutputExistsError
 from screader_db.metrics import UNASSIGNED
+from screader_db.outputs import refuse_existing
 from screader_db.results import EMPTY, LOW_MARGIN, LOW_SCORE, NOVEL_POPULATION, AnnotationResult
 
 TOP_GENES = 10
@@ -51,9 +51,7 @@ def write_report(result: AnnotationResult, adata: Any, path: str | Path, *, trut
     ``gene_key`` default to what the annotation read. An existing file is kept unless ``overwrite``.
     """
     target = Path(path)
-    if target.exists() and not overwrite:
-        message = f"{target} exists; pass --overwrite to replace it"
-        raise OutputExistsError(message)
+    refuse_existing(target, overwrite=overwrite)
     text = render_report(result, adata, truth=truth, layer=layer, use_raw=use_raw, gene_key=gene_key)
     tmp = target.with_name(f".{target.name}.tmp")
     tmp.write_text(text, encoding="utf-8")

@@ -9,8 +9,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from screader_db.errors import AtlasError, CellNotFoundError, InputDataError, OutputExistsError
+from screader_db.errors import AtlasError, CellNotFoundError, InputDataError
 from screader_db.metrics import UNASSIGNED, Agreement, agreement
+from screader_db.outputs import refuse_existing
 
 PREFIX = "screader_"
 SCORE_PREFIX = "score_"  # table columns score_<label>: each label's final vote share
@@ -192,9 +193,7 @@ class AnnotationResult:
     def write_table(self, path: str | Path, *, overwrite: bool = False) -> Path:
         """Write the per-cell table as CSV, TSV or Parquet, chosen by the file extension."""
         target = Path(path)
-        if target.exists() and not overwrite:
-            message = f"{target} exists; pass --overwrite to replace it"
-            raise OutputExistsError(message)
+        refuse_existing(target, overwrite=overwrite)
         frame = self.table.rename_axis("cell").reset_index()
         tmp = target.with_name(f".{target.name}.tmp")
         suffix = target.suffix.lower()

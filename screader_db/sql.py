@@ -30,8 +30,9 @@ from typing import Any
 
 from screader_db import store
 from screader_db.catalogue import SCHEMA
-from screader_db.errors import InputDataError, OutputExistsError, SqlError
+from screader_db.errors import InputDataError, SqlError
 from screader_db.integrity import reading
+from screader_db.outputs import refuse_existing
 
 VECTOR_VIEW = "cell_vectors"
 VECTOR_COLUMNS = ("cell_id", "dataset", "embedding")
@@ -358,8 +359,7 @@ def check_output(target: Path, *, overwrite: bool) -> str:
     if suffix not in (".csv", ".tsv", ".parquet"):
         message = f"unknown output format {target.suffix!r} for {target}; use .csv, .tsv or .parquet"
         raise InputDataError(message)
-    if target.exists() and not overwrite:
-        raise OutputExistsError(f"{target} exists; pass --overwrite to replace it")
+    refuse_existing(target, overwrite=overwrite)
     return suffix
 
 
