@@ -6,6 +6,8 @@ STAMP := $(VENV)/.installed
 ATLAS ?= atlases/baron_human
 RESULTS ?= results
 PYTEST_ARGS ?= -m "not slow"
+# Every extra the run and the tests use; the base install (no extras) builds and annotates with the default method.
+EXTRAS ?= dev,llm,server,client,dask,layout
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
@@ -15,7 +17,7 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev]'
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[$(EXTRAS)]'
 	touch $(STAMP)
 
 setup: $(STAMP)

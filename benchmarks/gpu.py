@@ -4,7 +4,7 @@
     python benchmarks/gpu.py --cells 200000 --queries 2000 --cpu-train-cells 32   # a quick CPU-only look
 
 Search: ``--cells`` unit vectors (``--dim``), ``--queries`` queries, k = 10. Baseline: FAISS's
-exact ``IndexFlatIP`` on the CPU (every core). GPU: the atlas's torch exact searcher on CUDA
+exact inner-product search on the CPU (every core). GPU: the atlas's torch exact searcher on CUDA
 (fp16 scores, ids re-ranked as the library does), with how often its top-10 equals the CPU's.
 
 Hybrid: a LLaMA decoder shaped like SmolLM2-135M (30 layers, width 576, 9 heads) with random
@@ -32,21 +32,17 @@ def _timed(fn: Any) -> tuple[Any, float]:
 
 
 def search_rows(n: int, q: int, dim: int, cuda: bool) -> list[dict[str, Any]]:
-    import faiss
-
     from screader_db.cell_embedding import l2_normalise
-    from screader_db.index import TorchFlatSearcher, recall_at_k
+    from screader_db.index import CellIndex, TorchFlatSearcher, knn, recall_at_k
 
     rng = np.random.default_rng(0)
     vectors = l2_normalise(rng.standard_normal((n, dim)).astype(np.float32))
     queries = l2_normalise(vectors[rng.choice(n, q, replace=False)] + 0.3 * rng.standard_normal((q, dim)).astype(np.float32))
-    index = faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
-    index.add_with_ids(vectors, np.arange(n, dtype=np.int64))
-    (cpu_sims, cpu_ids), cpu_s = _timed(lambda: index.search(queries, 10))
+    (cpu_sims, cpu_ids), cpu_s = _timed(lambda: knn(queries, vectors, 10))
     rows = [{"what": f"exact search, {n:,} x {dim}, {q:,} queries", "device": "cpu (faiss Flat)", "seconds": cpu_s,
              "per_second": q / cpu_s, "unit": "queries"}]
     if cuda:
-        searcher = TorchFlatSearcher(index)
+        searcher = TorchFlatSearcher(CellIndex.build(vectors, np.arange(n, dtype=np.int64), kind="flat"))
         searcher.search(queries[:64], 10)  # warm-up: copies the vectors to the GPU, loads kernels
         (gpu_sims, gpu_ids), gpu_s = _timed(lambda: searcher.search(queries, 10))
         same = recall_at_k(gpu_ids, cpu_ids)
@@ -114,9 +110,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
 
-    from screader_db.index import torch_cuda
+    from screader_db.devices import cuda_available
 
-    cuda = torch_cuda()
+    cuda = cuda_available()
     rows = search_rows(args.cells, args.queries, args.dim, cuda)
     if args.train_cells:
         devices = {"cpu": args.cpu_train_cells, **({"cuda": args.train_cells} if cuda else {})}

@@ -154,10 +154,8 @@ def step_annotate(cfg: dict[str, Any]) -> dict[str, Any]:
 
 
 def step_recall(cfg: dict[str, Any]) -> dict[str, Any]:
-    import faiss
-
     from screader_db import store
-    from screader_db.index import recall_at_k, search
+    from screader_db.index import knn, recall_at_k, search_threads
 
     opened = store.open_atlas(cfg["atlas"])
     recorded = opened.info["index"]
@@ -165,24 +163,23 @@ def step_recall(cfg: dict[str, Any]) -> dict[str, Any]:
     began = time.perf_counter()
     ids, vectors = opened.embeddings()
     read_seconds = time.perf_counter() - began
-    exact = faiss.IndexFlatIP(vectors.shape[1])
-    exact.add(np.ascontiguousarray(vectors))
-    del vectors
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
     index = opened.index
     k = 10
-    search(index, queries[:10], k, use_gpu=False)  # warm-up
+    index.search(queries[:10], k, use_gpu=False)  # warm-up
     began = time.perf_counter()
-    _, found = search(index, queries, k, use_gpu=False)
+    _, found = index.search(queries, k, use_gpu=False)
     index_seconds = time.perf_counter() - began
     began = time.perf_counter()
-    _, truth_rows = exact.search(queries, k)
+    _, truth_rows = knn(queries, vectors, k)
     exact_seconds = time.perf_counter() - began
+    del vectors
     truth = ids[truth_rows]
     recall = recall_at_k(found, truth)
     return {"recall_at_10": recall, "queries": len(queries), "index_seconds": index_seconds,
             "exact_seconds": exact_seconds, "read_vectors_seconds": read_seconds,
             "nprobe": int(recorded.get("nprobe", 0)), "k_factor": recorded.get("k_factor"),
-            "threads": faiss.omp_get_max_threads()}
+            "threads": search_threads()}
 
 
 def step_celltypist(cfg: dict[str, Any]) -> dict[str, Any]:

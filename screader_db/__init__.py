@@ -15,6 +15,9 @@ _LAZY = {
     "ScreaderError": "screader_db.errors",
     "ScreaderWarning": "screader_db.errors",
     "Client": "screader_db.client",
+    "AnnotateOptions": "screader_db.options",
+    "ReadOptions": "screader_db.options",
+    "NeighbourFilter": "screader_db.options",
 }
 
 __all__ = ["__version__", *_LAZY]

@@ -7,8 +7,9 @@ bounded by the results, not by the expression matrix.
 
 from __future__ import annotations
 
-import math
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -20,24 +21,24 @@ from screader_db import store
 from screader_db.calibration import confidence_of
 from screader_db.confidence import agreement, combine
 from screader_db.errors import GeneOverlapError, InputDataError, ScreaderError, ScreaderWarning
+from screader_db.expression_stream import ExpressionStream
 from screader_db.genes import GeneMapping, looks_like_ensembl
 from screader_db.information import CellInformation, min_detected
 from screader_db.inputs import (
     CHUNK,
     ExpressionSource,
     GenePlan,
-    check_values,
     input_scale_of,
     map_genes,
-    normalise,
     open_expression,
     plan_genes,
     read_h5ad,
 )
 from screader_db.metrics import UNASSIGNED
+from screader_db.options import AnnotateOptions
 from screader_db.progress import SILENT, Reporter
 from screader_db.results import EMPTY, LOW_MARGIN, LOW_SCORE, NOVEL_POPULATION, SCORE_PREFIX, AnnotationResult
-from screader_db.vote import decide, propagate, query_graph, tally
+from screader_db.vote import Vote, decide, propagate, query_graph, tally
 
 MIN_OVERLAP = 0.2
 WARN_OVERLAP = 0.6
@@ -80,8 +81,19 @@ def _check_overlap(plan: GenePlan, n_atlas: int, names: list[str], mapping: Gene
 class PreparedQuery:
     """A query source with its gene mapping onto the atlas genes, checked and ready to stream.
 
-    ``library``, when set, is the plan whose genes the library sizes are taken over (a panel
-    query is normalised over the genes it shares with the atlas, as the panel's reference is).
+    Attributes
+    ----------
+    source : ExpressionSource
+        The query's chosen matrix (all cells, or those kept).
+    mapping : GeneMapping
+        Its genes as human symbols.
+    plan : GenePlan
+        How its genes become the atlas's (or a panel's) genes.
+    kind, evidence : str
+        The scale of its values and why (:func:`screader_db.inputs.input_scale_of`).
+    library : GenePlan or None
+        The genes library sizes are taken over, when not all (a panel query is normalised over
+        the genes it shares with the atlas, as the panel's reference is).
     """
 
     source: ExpressionSource
@@ -91,13 +103,42 @@ class PreparedQuery:
     library: GenePlan | None = None
     evidence: str = ""
 
+    @property
+    def stream(self) -> ExpressionStream:
+        """The query's cells as log-normalised chunks over :attr:`plan`'s genes."""
+        return ExpressionStream(self.source, self.plan, self.kind, library=self.library, evidence=self.evidence)
+
     def chunks(self, size: int = CHUNK) -> Any:
-        for start, block in self.source.chunks(size):
-            check_values(block)
-            yield start, normalise(block, self.kind, self.plan, library=self.library)
+        """(start, log-normalised block) for every ``size`` cells (:meth:`ExpressionStream.chunks`).
+
+        Parameters
+        ----------
+        size : int
+            Rows per chunk (default :data:`~screader_db.inputs.CHUNK`).
+
+        Returns
+        -------
+        Iterator of (int, scipy.sparse.csr_matrix)
+            Each chunk's first row and its float32 log1p(counts per 10,000) rows over :attr:`plan`'s
+            genes; a chunk with NaN, infinite or negative values raises
+            :class:`~screader_db.errors.InputDataError` when reached.
+        """
+        return self.stream.chunks(size)
 
     def onto(self, genes: list[str], library: list[str] | None = None) -> PreparedQuery:
-        """The same query mapped onto other atlas genes (library sizes over ``library`` genes if given)."""
+        """The same query mapped onto other atlas genes (library sizes over ``library`` genes if given).
+
+        Parameters
+        ----------
+        genes : list of str
+            The new target genes.
+        library : list of str or None
+            Genes the library sizes are taken over; None takes every query gene.
+
+        Returns
+        -------
+        PreparedQuery
+        """
         over = None if library is None else plan_genes(self.mapping.symbols, library)
         return replace(self, plan=plan_genes(self.mapping.symbols, genes), library=over)
 
@@ -105,9 +146,34 @@ class PreparedQuery:
 def prepare_query(adata: Any, genes: list[str], *, layer: str | None = None, use_raw: bool = False,
                   gene_key: str | None = None, species: str = "auto", check_overlap: bool = True,
                   input_scale: str | None = None) -> PreparedQuery:
-    """Open, map and check a query against the atlas genes (refusing too small an overlap unless
-    ``check_overlap`` is off: the caller answers a partial panel another way). ``input_scale`` names
-    the scale of the values (:data:`screader_db.inputs.SCALES`); ``auto`` or None detects it."""
+    """Open, map and check a query against the atlas genes.
+
+    Parameters
+    ----------
+    adata : AnnData
+        The query (in memory or backed).
+    genes : list of str
+        The atlas's genes.
+    layer, use_raw, gene_key, species
+        Which matrix and gene names are read, and how they map to human symbols.
+    check_overlap : bool
+        Refuse too small an overlap with ``genes``; off when the caller answers a partial panel
+        another way.
+    input_scale : str or None
+        The scale of the values (:data:`screader_db.inputs.SCALES`); ``auto`` or None tells it
+        (:func:`screader_db.inputs.input_scale_of`).
+
+    Returns
+    -------
+    PreparedQuery
+
+    Raises
+    ------
+    GeneOverlapError
+        Too few atlas genes are in the query (with ``check_overlap``).
+    InputDataError
+        The matrix, the genes or the values are not usable; the message says why.
+    """
     source = open_expression(adata, layer=layer, use_raw=use_raw, gene_key=gene_key)
     mapping = map_genes(source, species=species)
     plan = plan_genes(mapping.symbols, genes)
@@ -130,10 +196,39 @@ class Answering:
 
 def fit_to_panel(query: PreparedQuery, opened: store.Atlas, *, datasets: list[str] | None = None,
                  reporter: Reporter = SILENT) -> Answering:
-    """The atlas's own embedder and index, or, when the query lacks more than a few of the atlas's
-    genes, the atlas re-fitted on the genes both share (a panel index, fitted once and kept in the
-    atlas version, with its own score calibration; see :mod:`screader_db.builders.panel`). With
-    ``datasets``, the panel is fitted on those data sets' cells alone, as an atlas of them would be."""
+    """The atlas's own embedder and index, or a panel index when the query lacks more than a few of the atlas's genes.
+
+    A panel index is the atlas re-fitted on the genes both share, fitted once and kept in the atlas
+    version, with its own score calibration (see :mod:`screader_db.builders.panel`). It is used when
+    the query has fewer than :data:`PANEL_SHARE` of the atlas's genes, the atlas keeps reference
+    expression and its method is not a learned one; otherwise the atlas's own is used if the
+    overlap is large enough. Using a panel warns (:class:`~screader_db.errors.ScreaderWarning`).
+
+    Parameters
+    ----------
+    query : PreparedQuery
+        The query, mapped onto the atlas's genes.
+    opened : Atlas
+        The opened atlas; panels it fits or reads are kept in ``opened.panels`` for later queries.
+    datasets : list of str or None
+        Fit the panel on these data sets' cells alone, as an atlas of them would be; None: every data set.
+    reporter : Reporter
+        Receives the progress of a panel fit.
+
+    Returns
+    -------
+    Answering
+        The query (re-mapped onto the panel's genes, normalised over the shared genes, when a panel
+        is used), embedder, index, score calibration and the ``panel`` info entry.
+
+    Raises
+    ------
+    GeneOverlapError
+        Too few atlas genes are in the query for the atlas's own embedder, or fewer than
+        :data:`MIN_PANEL_GENES` shared genes for a panel.
+    AtlasError
+        A kept panel is unreadable or of another format.
+    """
     from screader_db.cell_embedding import LEARNED_METHODS
 
     embedder = opened.embedder
@@ -172,27 +267,61 @@ def fit_to_panel(query: PreparedQuery, opened: store.Atlas, *, datasets: list[st
 
 def embed_query(query: PreparedQuery, embedder: Any, *, center: str | None = None, chunk: int = CHUNK,
                 reporter: Reporter = SILENT) -> np.ndarray:
-    """Cell vectors of the whole query, centred the atlas's way (an extra pass when self-centred)."""
-    from screader_db.centring import stream_centre
+    """Cell vectors of the whole query, centred the atlas's way (an extra pass when self-centred).
 
-    n = query.source.n_cells
-    mode = embedder.centre_mode(n, center)
-    mean = stream_centre(embedder, mode, lambda: query.chunks(chunk), n, seed=int(embedder.params.get("seed", 0)))
-    vectors = np.empty((n, embedder.dim), dtype=np.float32)
-    with reporter.task("Embedding query cells", n, "cells") as advance:
-        for start, block in query.chunks(chunk):
-            vectors[start : start + block.shape[0]] = embedder.transform(block, mean=mean)
-            advance(block.shape[0])
-    return vectors
+    Parameters
+    ----------
+    query : PreparedQuery
+        The query, mapped onto the embedder's genes.
+    embedder : CellEmbedder
+        The atlas's (or a panel's) embedder.
+    center : str or None
+        How the query is centred (``query``, ``balanced``, ``reference``, ``auto``); None takes
+        the embedder's own.
+    chunk : int
+        Rows per chunk.
+    reporter : Reporter
+        Receives the progress.
+
+    Returns
+    -------
+    numpy.ndarray
+        float32, cells × ``embedder.dim``.
+    """
+    return query.stream.embed(embedder, center=center, chunk=chunk, description="Embedding query cells",
+                              reporter=reporter)
 
 
+# The label levels a query may vote at (the ``level`` option), and the atlas cells' column of each.
 LEVELS = {"label": "label", "harmonised": "label_harmonised"}
 MAP_SAMPLE = 50_000
 
 
 def restrict(cells: pd.DataFrame, column: str, *, datasets: list[str] | None, labels: list[str] | None,
              exclude_labels: list[str] | None) -> pd.Index | None:
-    """Cell ids allowed as neighbours, or None when every cell is."""
+    """The atlas cells allowed to vote.
+
+    Parameters
+    ----------
+    cells : pandas.DataFrame
+        Atlas cells with their ``dataset`` and label ``column``, indexed by cell id.
+    column : str
+        The label column of the chosen level (:data:`LEVELS`).
+    datasets, labels : list of str or None
+        Keep only cells of these data sets, and with these labels.
+    exclude_labels : list of str or None
+        Leave out cells with these labels.
+
+    Returns
+    -------
+    pandas.Index or None
+        The ids of the cells kept; None when no filter is given (every cell may vote).
+
+    Raises
+    ------
+    ScreaderError
+        A data set or label the atlas does not have, or filters that leave no cell.
+    """
     if not datasets and not labels and not exclude_labels:
         return None
     keep = pd.Series(True, index=cells.index)
@@ -231,11 +360,31 @@ def find_novel(query: PreparedQuery, opened: store.Atlas, *, chunk: int = CHUNK,
                datasets: list[str] | None = None, labels: list[str] | None = None,
                exclude_labels: list[str] | None = None,
                reporter: Reporter = SILENT) -> tuple[Any, dict[str, Any]] | None:
-    """Novel clusters of the query against the atlas's label profiles (None when the atlas has none,
-    the filters leave none, or the query is too small to cluster; no result, with the reason, when
-    the atlas's calibration switched the check off and no ``cutoff`` is given). ``datasets``, ``labels`` and
-    ``exclude_labels`` restrict the profiles the same way they restrict the neighbours."""
-    from screader_db.features import stream_moments, variable_from_moments
+    """Novel clusters of the query against the atlas's label profiles.
+
+    Parameters
+    ----------
+    query : PreparedQuery
+        The query (its informative cells).
+    opened : Atlas
+        The atlas, with its label profiles and novelty calibration.
+    chunk : int
+        Rows per chunk.
+    cutoff : float or None
+        The novelty cut-off; None takes the atlas's calibrated one.
+    datasets, labels, exclude_labels : list of str or None
+        Restrict the profiles the same way they restrict the neighbours.
+    reporter : Reporter
+        Receives the progress.
+
+    Returns
+    -------
+    tuple of (NoveltyResult or None, dict) or None
+        The result and its ``info`` entry; None when the atlas has no profiles, the filters
+        leave none, or the query is too small to cluster; no result, with the reason, when the
+        atlas's calibration switched the check off and no ``cutoff`` is given.
+    """
+    from screader_db.features import variable_from_moments
     from screader_db.novelty import DEFAULT_CUTOFF, N_VARIABLE, stream_detect
 
     found = opened.profiles()
@@ -250,17 +399,13 @@ def find_novel(query: PreparedQuery, opened: store.Atlas, *, chunk: int = CHUNK,
     profiles = _allowed_profiles(profiles, datasets, labels, exclude_labels)
     if not profiles.labels:
         return None
-    plan = plan_genes(query.mapping.symbols, profiles.genes)
-
-    def chunks() -> Any:
-        for start, block in query.source.chunks(chunk):
-            yield start, normalise(block, query.kind, plan)
-
+    # Profiles are log1p CP10k over every gene a cell measured: no panel library here.
+    stream = query.stream.over(plan_genes(query.mapping.symbols, profiles.genes))
     chosen = float(calibration.get("cutoff", DEFAULT_CUTOFF) if cutoff is None else cutoff)
     with reporter.task("Looking for populations the atlas lacks", n, "cells") as advance:
-        mean, var, detected = stream_moments(chunks())
-        variable = variable_from_moments(mean, var, detected, N_VARIABLE)
-        result = stream_detect(chunks, n, profiles.genes, variable, profiles, cutoff=chosen,
+        moments = stream.moments(chunk=chunk)
+        variable = variable_from_moments(*moments.mean_var(), moments.detected, N_VARIABLE)
+        result = stream_detect(lambda: stream.chunks(chunk), n, profiles.genes, variable, profiles, cutoff=chosen,
                                seed=int(opened.embedder.params.get("seed", 0)))
         advance(n)
     info = {"checked": True, "cutoff": chosen, "calibrated": bool(calibration.get("calibrated", False)),
@@ -302,10 +447,11 @@ def _unassigned_reasons(table: pd.DataFrame, *, min_score: float, min_margin: fl
 
 def _empty_cells(query: PreparedQuery, floor: int, *, chunk: int, reporter: Reporter) -> np.ndarray:
     """Cells too empty to label (:mod:`screader_db.information`); refuses a query with no other cells."""
-    n = query.source.n_cells
+    stream = query.stream
+    n = stream.n_cells
     information = CellInformation(n, query.plan.matched)
     with reporter.task("Checking which cells carry information", n, "cells") as advance:
-        for start, block in query.chunks(chunk):
+        for start, block in stream.chunks(chunk):
             information.add(start, block)
             advance(block.shape[0])
     empty = information.empty(floor)
@@ -345,122 +491,343 @@ def _with_empty_cells(table: pd.DataFrame, arrays: tuple[np.ndarray, np.ndarray,
     return pd.DataFrame(columns, index=names), tuple(full)
 
 
-def _check_options(k: int, min_score: float | None, min_margin: float, novelty_cutoff: float | None) -> None:
-    """Refuse option values that cannot work (no neighbours, NaN cut-offs), in the CLI's message style.
-    Cut-offs outside [0, 1] are allowed here: above 1 sets every cell aside, below 0 none."""
-    rules = [("k", k, k >= 1, "at least 1"), ("min_score", min_score, min_score is None or not math.isnan(min_score), "a number"),
-             ("min_margin", min_margin, not math.isnan(min_margin), "a number"),
-             ("novelty_cutoff", novelty_cutoff, novelty_cutoff is None or math.isfinite(novelty_cutoff), "a finite number")]
-    for name, value, good, rule in rules:
-        if not good:
-            raise ScreaderError(f"{name} must be {rule}; got {value}")
+def _listed(names: tuple[str, ...] | None) -> list[str] | None:
+    return list(names) if names else None
 
 
-def annotate(adata: Any, atlas: str | Path | store.Atlas, *, k: int | None = None, layer: str | None = None,
-             use_raw: bool = False, gene_key: str | None = None, species: str = "auto", model: str | None = None,
-             center: str | None = None, min_score: float | None = None, min_margin: float = 0.0, level: str = "label",
-             majority_voting: bool = False,
-             datasets: list[str] | None = None, labels: list[str] | None = None,
-             exclude_labels: list[str] | None = None, power: float | None = None, propagation: float | None = None,
-             novelty: bool = True, novelty_cutoff: float | None = None, version: int | None = None, chunk: int = CHUNK,
-             input_scale: str | None = None, reporter: Reporter = SILENT) -> AnnotationResult:
-    """Label every cell of ``adata`` (an AnnData, or an .h5ad path read in backed mode).
+@contextmanager
+def _query_data(adata: Any) -> Iterator[Any]:
+    """The query as an AnnData: a path is opened backed, and closed again afterwards."""
+    if not isinstance(adata, str | Path):
+        yield adata
+        return
+    opened = read_h5ad(adata, backed=True)
+    try:
+        yield opened
+    finally:
+        opened.file.close()
 
-    ``model``, when given, is the gene-embedding model the caller expects; an atlas built with
-    another one is refused. Cells whose vote share is below ``min_score`` (default: the atlas's
-    calibrated cut-off) or whose margin to the runner-up is below ``min_margin`` become
-    ``Unassigned``.
-    ``level`` is ``label`` (each data set's own labels) or ``harmonised`` (through the atlas's
-    label map). ``majority_voting`` adds the majority label of each query cluster beside the
-    per-cell label. ``datasets``, ``labels`` and ``exclude_labels`` restrict which atlas cells
-    may be neighbours (labels at the chosen level). ``k``, ``power`` (neighbour weight
-    max(cos, 0)^power) and ``propagation`` (smoothing over the query's own neighbour graph, 0 =
-    none) default to the atlas's annotation settings. With ``novelty`` (the default), query
-    clusters that match no reference label (see :mod:`screader_db.novelty`) become
-    ``Unassigned``; ``novelty_cutoff`` overrides the atlas's calibrated cut-off. ``input_scale``
-    names the scale of the query's values (counts, ln, log2, log10, linear; default: detected). The
-    input AnnData is not changed.
+
+@dataclass(frozen=True)
+class Plan:
+    """What an annotation votes with: the options, the atlas, its defaults filled in, and the
+    atlas cells that may vote.
+
+    Attributes
+    ----------
+    options : AnnotateOptions
+        The checked options.
+    atlas : Atlas
+        The opened atlas.
+    k, power, propagation : int, float, float
+        The vote's settings: the options', else the atlas's.
+    column : str
+        The atlas cells' label column at the chosen level (:data:`LEVELS`).
+    cells : pandas.DataFrame
+        Data set and label of every atlas cell that may vote, indexed by cell id.
+    allowed : pandas.Index or None
+        Their ids, when the neighbour filter leaves some out.
     """
-    if level not in LEVELS:
-        message = f"level must be one of {', '.join(LEVELS)}, got {level!r}"
-        raise ScreaderError(message)
-    if isinstance(adata, str | Path):
-        adata = read_h5ad(adata, backed=True)
-    opened = atlas if isinstance(atlas, store.Atlas) else store.open_atlas(atlas, version=version)
-    opened.check_model(model)
-    defaults = opened.annotation_defaults()
-    k = int(defaults["k"] if k is None else k)
-    _check_options(k, min_score, min_margin, novelty_cutoff)
-    power = float(defaults["power"] if power is None else power)
-    propagation = float(defaults["propagation"] if propagation is None else propagation)
-    column = LEVELS[level]
-    cells = opened.cells(["dataset", column])
-    allowed = restrict(cells, column, datasets=datasets, labels=labels, exclude_labels=exclude_labels)
-    if allowed is not None:
-        cells = cells.loc[allowed]
-    reporter.message("Reading the query")
-    query = prepare_query(adata, opened.embedder.genes, layer=layer, use_raw=use_raw, gene_key=gene_key, species=species,
-                          check_overlap=False, input_scale=input_scale)
-    matched = query.plan.matched
-    answering = fit_to_panel(query, opened, datasets=datasets, reporter=reporter)
-    query, embedder, index, scores = answering.query, answering.embedder, answering.index, answering.scores
-    min_score = float(scores.get("min_score", 0.0) if min_score is None else min_score)
-    whole, floor = query, min_detected(scores)
-    empty = _empty_cells(query, floor, chunk=chunk, reporter=reporter)
-    query = replace(query, source=query.source.subset(np.flatnonzero(~empty))) if empty.any() else query
-    vectors = embed_query(query, embedder, center=center, chunk=chunk, reporter=reporter)
-    from screader_db.index import search
+
+    options: AnnotateOptions
+    atlas: store.Atlas
+    k: int
+    power: float
+    propagation: float
+    column: str
+    cells: pd.DataFrame
+    allowed: pd.Index | None
+
+    @classmethod
+    def of(cls, atlas: str | Path | store.Atlas, options: AnnotateOptions) -> Plan:
+        """Open the atlas (unless given opened), check its model and version, and fill in its defaults.
+
+        Parameters
+        ----------
+        atlas : str, Path or Atlas
+            An atlas folder (opened at ``options.version``) or an opened atlas.
+        options : AnnotateOptions
+            Checked options.
+
+        Returns
+        -------
+        Plan
+
+        Raises
+        ------
+        ScreaderError
+            The atlas is missing, of another model or version, or the neighbour filter leaves no cell.
+        """
+        opened = atlas if isinstance(atlas, store.Atlas) else store.open_atlas(atlas, version=options.version)
+        if options.version is not None and options.version != opened.version:
+            message = (f"version {options.version} of the atlas at {opened.root} was asked for, but the atlas given is "
+                       f"version {opened.version}; open version {options.version}, or leave version out")
+            raise ScreaderError(message)
+        opened.check_model(options.model)
+        defaults = opened.annotation_defaults()
+        wanted = options.neighbours
+        column = LEVELS[wanted.level]
+        cells = opened.cells(["dataset", column])
+        allowed = restrict(cells, column, datasets=_listed(wanted.datasets), labels=_listed(wanted.labels),
+                           exclude_labels=_listed(wanted.exclude_labels))
+        return cls(options=options, atlas=opened, k=int(defaults["k"] if options.k is None else options.k),
+                   power=float(defaults["power"] if options.power is None else options.power),
+                   propagation=float(defaults["propagation"] if options.propagation is None else options.propagation),
+                   column=column, cells=cells if allowed is None else cells.loc[allowed], allowed=allowed)
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """The query ready to embed: mapped onto the index that answers it, its empty cells set aside.
+
+    Attributes
+    ----------
+    answering : Answering
+        The embedder, index and score calibration that answer the query (the atlas's or a panel's).
+    whole : PreparedQuery
+        Every query cell.
+    query : PreparedQuery
+        The cells that carry information: those labelled.
+    empty : numpy.ndarray
+        Per cell of ``whole``: too empty to label.
+    floor : int
+        The fewest detected atlas genes a cell needs.
+    matched : int
+        Query genes matched to the atlas's own genes.
+    min_score : float
+        The score cut-off: the option's, else the answering index's calibrated one.
+    """
+
+    answering: Answering
+    whole: PreparedQuery
+    query: PreparedQuery
+    empty: np.ndarray
+    floor: int
+    matched: int
+    min_score: float
+
+
+def prepare(plan: Plan, answering: Answering, *, matched: int, chunk: int = CHUNK,
+            reporter: Reporter = SILENT) -> Prepared:
+    """Set aside the query's cells too empty to label (:mod:`screader_db.information`).
+
+    Parameters
+    ----------
+    plan : Plan
+        The annotation's plan.
+    answering : Answering
+        What answers the query (:func:`fit_to_panel`).
+    matched : int
+        Query genes matched to the atlas's own genes.
+    chunk : int
+        Rows read per chunk.
+    reporter : Reporter
+        Receives the progress.
+
+    Returns
+    -------
+    Prepared
+
+    Raises
+    ------
+    InputDataError
+        Every query cell is empty.
+    """
+    whole, scores, min_score = answering.query, answering.scores, plan.options.min_score
+    floor = min_detected(scores)
+    empty = _empty_cells(whole, floor, chunk=chunk, reporter=reporter)
+    query = replace(whole, source=whole.source.subset(np.flatnonzero(~empty))) if empty.any() else whole
+    return Prepared(answering=answering, whole=whole, query=query, empty=empty, floor=floor, matched=matched,
+                    min_score=float(scores.get("min_score", 0.0) if min_score is None else min_score))
+
+
+@dataclass(frozen=True)
+class Neighbours:
+    """Each informative query cell's nearest atlas cells that may vote, and the query's novel populations.
+
+    Attributes
+    ----------
+    similarities, ids : numpy.ndarray
+        Cells × k cosine similarities and atlas cell ids (-1: none).
+    novel : tuple or None
+        :func:`find_novel`'s answer; None when the check was off or could not run.
+    """
+
+    similarities: np.ndarray
+    ids: np.ndarray
+    novel: tuple[Any, dict[str, Any]] | None
+
+
+def search_neighbours(plan: Plan, prepared: Prepared, vectors: np.ndarray, *, chunk: int = CHUNK,
+                      reporter: Reporter = SILENT) -> Neighbours:
+    """Search the index for every cell's ``k`` nearest atlas cells; meanwhile look for novel populations.
+
+    Parameters
+    ----------
+    plan : Plan
+        The annotation's plan (``k``, the cells allowed, the novelty options).
+    prepared : Prepared
+        The prepared query.
+    vectors : numpy.ndarray
+        The informative cells' vectors (:func:`embed_query`).
+    chunk : int
+        Rows read per chunk by the novelty check.
+    reporter : Reporter
+        Receives the progress.
+
+    Returns
+    -------
+    Neighbours
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    options, wanted = plan.options, plan.options.neighbours
+    allowed = None if plan.allowed is None else plan.allowed.to_numpy()
 
     def run_search() -> tuple[np.ndarray, np.ndarray]:
         with reporter.task("Searching the atlas", len(vectors), "cells") as advance:
-            found = search(index, vectors, k, allowed=None if allowed is None else allowed.to_numpy())
+            found = prepared.answering.index.search(vectors, plan.k, allowed=allowed)
             advance(len(vectors))
         return found
 
     # The novelty check reads only the query's expression, so it runs while FAISS searches (which
     # releases the GIL): on a large query the two together take little more than the search.
-    from concurrent.futures import ThreadPoolExecutor
-
     with ThreadPoolExecutor(max_workers=1) as pool:
         searching = pool.submit(run_search)
-        found_novel = None
-        if novelty:
-            own_level = level == "label"
-            found_novel = find_novel(query, opened, chunk=chunk, cutoff=novelty_cutoff, datasets=datasets,
-                                     labels=labels if own_level else None,
-                                     exclude_labels=exclude_labels if own_level else None, reporter=reporter)
+        novel = None
+        if options.novelty:
+            own_level = wanted.level == "label"
+            novel = find_novel(prepared.query, plan.atlas, chunk=chunk, cutoff=options.novelty_cutoff,
+                               datasets=_listed(wanted.datasets), labels=_listed(wanted.labels) if own_level else None,
+                               exclude_labels=_listed(wanted.exclude_labels) if own_level else None, reporter=reporter)
         sims, ids = searching.result()
+    return Neighbours(similarities=sims, ids=ids, novel=novel)
+
+
+@dataclass(frozen=True)
+class Votes:
+    """The neighbours' vote of every informative query cell.
+
+    Attributes
+    ----------
+    vocabulary : list of str
+        The labels that could win, sorted; label codes index it.
+    result : Vote
+        Final label shares (after propagation), winner, runner-up, margin and mean similarity.
+    knn_best : numpy.ndarray
+        Each cell's best label among its own neighbours, before propagation.
+    vote_confidence, confidence : numpy.ndarray
+        The score's calibrated confidence, and that combined with the query graph's agreement.
+    """
+
+    vocabulary: list[str]
+    result: Vote
+    knn_best: np.ndarray
+    vote_confidence: np.ndarray
+    confidence: np.ndarray
+
+
+def vote(plan: Plan, neighbours: Neighbours, vectors: np.ndarray, scores: dict[str, Any]) -> Votes:
+    """Tally the neighbours' labels (weight max(cos, 0)^power), smooth the shares over the query's
+    own neighbour graph, and decide each cell's label.
+
+    Parameters
+    ----------
+    plan : Plan
+        The annotation's plan (``power``, ``propagation``, the cells' labels).
+    neighbours : Neighbours
+        The search's answer.
+    vectors : numpy.ndarray
+        The informative cells' vectors (for the query graph).
+    scores : dict
+        The answering index's score calibration.
+
+    Returns
+    -------
+    Votes
+    """
+    cells, column, ids, sims = plan.cells, plan.column, neighbours.ids, neighbours.similarities
     vocabulary = sorted(cells[column].unique())
     code_of = {label: i for i, label in enumerate(vocabulary)}
     codes_by_id = pd.Series(cells[column].map(code_of).to_numpy(), index=cells.index)
     flat = ids.ravel()
     codes = np.where(flat >= 0, codes_by_id.reindex(flat).fillna(-1).to_numpy(), -1).astype(np.int64).reshape(ids.shape)
-    shares = tally(sims, codes, len(vocabulary), power=power)
+    shares = tally(sims, codes, len(vocabulary), power=plan.power)
     knn_best = np.asarray(vocabulary, dtype=object)[shares.argmax(axis=1)]
     graph = query_graph(vectors) if len(vectors) > 2 else None
-    if propagation > 0 and graph is not None:
-        shares = propagate(shares, graph, propagation)
-    vote = decide(shares, sims, codes)
-    vote_confidence = confidence_of(vote.score, scores)
-    confidence = vote_confidence if graph is None else combine(vote_confidence, agreement(graph, vote.best))
-    names_arr = np.asarray(vocabulary, dtype=object)
-    raw = names_arr[vote.best]
-    label = np.where((vote.score >= min_score) & (vote.margin >= min_margin), raw, UNASSIGNED)
-    second = np.where(vote.second >= 0, names_arr[np.clip(vote.second, 0, None)], "")
+    if plan.propagation > 0 and graph is not None:
+        shares = propagate(shares, graph, plan.propagation)
+    decided = decide(shares, sims, codes)
+    vote_confidence = confidence_of(decided.score, scores)
+    confidence = vote_confidence if graph is None else combine(vote_confidence, agreement(graph, decided.best))
+    return Votes(vocabulary=vocabulary, result=decided, knn_best=knn_best, vote_confidence=vote_confidence,
+                 confidence=confidence)
+
+
+@dataclass(frozen=True)
+class Labelled:
+    """The per-cell table of the informative cells, and what the novelty check and clustering found.
+
+    Attributes
+    ----------
+    table : pandas.DataFrame
+        The :class:`~screader_db.results.AnnotationResult` table's columns.
+    novelty : dict
+        The ``novelty`` entry of the result's info.
+    clustering : str or None
+        The majority-voting clustering algorithm, when it ran.
+    """
+
+    table: pd.DataFrame
+    novelty: dict[str, Any]
+    clustering: str | None
+
+
+def abstain(plan: Plan, prepared: Prepared, neighbours: Neighbours, votes: Votes, vectors: np.ndarray, *,
+            reporter: Reporter = SILENT) -> Labelled:
+    """Label each informative cell, or leave it Unassigned: a score below ``min_score``, a margin
+    below ``min_margin``, or a novel population; add majority labels when asked, and why each
+    Unassigned cell is.
+
+    Parameters
+    ----------
+    plan : Plan
+        The annotation's plan (``min_margin``, ``majority_voting``).
+    prepared : Prepared
+        The prepared query (its ``min_score`` and cells).
+    neighbours : Neighbours
+        The search's answer (its novel populations).
+    votes : Votes
+        The vote.
+    vectors : numpy.ndarray
+        The informative cells' vectors (for majority-voting clusters).
+    reporter : Reporter
+        Receives stage messages.
+
+    Returns
+    -------
+    Labelled
+    """
+    options, decided, min_score = plan.options, votes.result, prepared.min_score
+    names_arr = np.asarray(votes.vocabulary, dtype=object)
+    raw = names_arr[decided.best]
+    label = np.where((decided.score >= min_score) & (decided.margin >= options.min_margin), raw, UNASSIGNED)
+    second = np.where(decided.second >= 0, names_arr[np.clip(decided.second, 0, None)], "")
     table = pd.DataFrame({
-        "label": label.astype(object), "score": vote.score, "confidence": confidence, "vote_confidence": vote_confidence,
-        "margin": vote.margin, "second_label": second.astype(object),
-        "mean_similarity": vote.mean_similarity, "raw_label": raw.astype(object), "knn_label": knn_best,
-    }, index=pd.Index([str(i) for i in query.source.obs.index]))
+        "label": label.astype(object), "score": decided.score, "confidence": votes.confidence,
+        "vote_confidence": votes.vote_confidence, "margin": decided.margin, "second_label": second.astype(object),
+        "mean_similarity": decided.mean_similarity, "raw_label": raw.astype(object), "knn_label": votes.knn_best,
+    }, index=pd.Index([str(i) for i in prepared.query.source.obs.index]))
     info_novelty: dict[str, Any] = {"checked": False}
-    if found_novel is not None:
-        result, info_novelty = found_novel
+    if neighbours.novel is not None:
+        result, info_novelty = neighbours.novel
         if result is not None:
             table["label"] = np.where(result.novel, UNASSIGNED, table["label"].to_numpy())
             table["novelty_cluster"] = pd.Categorical(result.cluster.astype(str))
             table["cluster_match"] = result.match
             table["novel"] = result.novel
-    if majority_voting:
+    algorithm = None
+    if options.majority_voting:
         from screader_db.clusters import cluster_cells, majority_labels
 
         reporter.message("Clustering the query for majority voting")
@@ -469,26 +836,102 @@ def annotate(adata: Any, atlas: str | Path | store.Atlas, *, k: int | None = Non
         table["cluster"] = pd.Categorical(clusters.astype(str))
         table["majority_label"] = majority
         table["majority_share"] = share
-    table["unassigned_reason"] = _unassigned_reasons(table, min_score=min_score, min_margin=min_margin)
-    label_scores = pd.DataFrame(shares.astype(np.float32), index=table.index,
-                                columns=[SCORE_PREFIX + name for name in vocabulary])
-    table = pd.concat([table, label_scores], axis=1)
+    table["unassigned_reason"] = _unassigned_reasons(table, min_score=min_score, min_margin=options.min_margin)
+    label_scores = pd.DataFrame(decided.shares.astype(np.float32), index=table.index,
+                                columns=[SCORE_PREFIX + name for name in votes.vocabulary])
+    return Labelled(table=pd.concat([table, label_scores], axis=1), novelty=info_novelty, clustering=algorithm)
+
+
+def assemble(plan: Plan, prepared: Prepared, vectors: np.ndarray, neighbours: Neighbours, votes: Votes,
+             labelled: Labelled) -> AnnotationResult:
+    """The result: the table with the empty cells put back in their places, what was used, the
+    neighbours, the vectors and the query's place on the reference map.
+
+    Parameters
+    ----------
+    plan, prepared, vectors, neighbours, votes, labelled
+        The earlier stages' answers.
+
+    Returns
+    -------
+    AnnotationResult
+    """
+    opened, options, answering, query = plan.atlas, plan.options, prepared.answering, prepared.query
+    sims, ids, empty, read = neighbours.similarities, neighbours.ids, prepared.empty, options.read
     info = {
         "atlas": str(opened.root), "atlas_version": opened.version, "model_id": opened.model_id,
-        "method": embedder.method, "k": int(min(k, sims.shape[1])), "genes_matched": int(matched),
-        "genes_in_atlas": len(opened.embedder.genes), "panel": answering.panel, "species": query.mapping.species, "input_kind": query.kind,
-        "input_scale_evidence": query.evidence,
-        "min_score": float(min_score), "min_margin": float(min_margin), "level": level, "power": power, "propagation": propagation,
-        "novelty": info_novelty, "score_labels": list(vocabulary),
-        "empty_cells": int(empty.sum()), "min_detected_genes": floor,
-        "layer": layer or "", "use_raw": bool(use_raw), "gene_key": gene_key or "",
+        "method": answering.embedder.method, "k": int(min(plan.k, sims.shape[1])), "genes_matched": int(prepared.matched),
+        "genes_in_atlas": len(opened.embedder.genes), "panel": answering.panel, "species": query.mapping.species,
+        "input_kind": query.kind, "input_scale_evidence": query.evidence,
+        "min_score": float(prepared.min_score), "min_margin": float(options.min_margin), "level": options.neighbours.level,
+        "power": plan.power, "propagation": plan.propagation, "novelty": labelled.novelty,
+        "score_labels": list(votes.vocabulary), "empty_cells": int(empty.sum()), "min_detected_genes": prepared.floor,
+        "layer": read.layer or "", "use_raw": bool(read.use_raw), "gene_key": read.gene_key or "",
     }
-    if majority_voting:
-        info["clustering"] = algorithm
-    umap = _placement(opened, sims, ids)
+    if options.majority_voting:
+        info["clustering"] = labelled.clustering
+    table, umap = labelled.table, _placement(opened, sims, ids)
     if empty.any():
-        names = pd.Index([str(i) for i in whole.source.obs.index])
+        names = pd.Index([str(i) for i in prepared.whole.source.obs.index])
         table, (vectors, sims, ids, umap) = _with_empty_cells(table, (vectors, sims, ids, umap), empty, names)
     return AnnotationResult(table=table, embeddings=vectors, neighbour_ids=ids, neighbour_similarities=sims,
-                            atlas_labels=vocabulary, info=info, umap=umap,
-                            reference_map=_reference_map(opened, column), atlas=opened)
+                            atlas_labels=votes.vocabulary, info=info, umap=umap,
+                            reference_map=_reference_map(opened, plan.column), atlas=opened)
+
+
+def annotate(adata: Any, atlas: str | Path | store.Atlas, *, options: AnnotateOptions | None = None,
+             chunk: int = CHUNK, reporter: Reporter = SILENT, **flat_options: Any) -> AnnotationResult:
+    """Label every cell of a query against an atlas.
+
+    The stages, in order: plan (options and atlas defaults), read the query and choose what answers
+    it (:func:`prepare_query`, :func:`fit_to_panel`), :func:`prepare`, :func:`embed_query`,
+    :func:`search_neighbours`, :func:`vote`, :func:`abstain`, :func:`assemble`. The query is read
+    in chunks; the input AnnData is not changed.
+
+    Parameters
+    ----------
+    adata : AnnData, str or Path
+        The query: an AnnData (in memory or backed), or an .h5ad path, read in backed mode and
+        closed afterwards.
+    atlas : str, Path or Atlas
+        An atlas folder, or an opened atlas.
+    options : AnnotateOptions or None
+        The options (:mod:`screader_db.options`); None: every default.
+    chunk : int
+        Query cells read at a time (bounds memory).
+    reporter : Reporter
+        Receives progress and stage messages.
+    **flat_options
+        Options by their flat names (``k=20``, ``min_score=0.5``, ``datasets=["a"]``; see
+        :data:`screader_db.options.ANNOTATE_OPTIONS`), applied over ``options``.
+
+    Returns
+    -------
+    AnnotationResult
+        Labels, scores, neighbours, vectors and what was used.
+
+    Raises
+    ------
+    ScreaderError
+        An option that cannot work, an unknown option name, or a neighbour filter that leaves no cell.
+    InputDataError
+        The query cannot be read or labelled (the message says why); GeneOverlapError for too few shared genes.
+    AtlasError
+        The atlas is missing or damaged; ModelMismatchError when ``model`` is not the atlas's.
+    """
+    options = (options or AnnotateOptions()).updated(**flat_options)
+    options.check()
+    with _query_data(adata) as data:
+        plan = Plan.of(atlas, options)
+        read = options.read
+        reporter.message("Reading the query")
+        query = prepare_query(data, plan.atlas.embedder.genes, layer=read.layer, use_raw=read.use_raw,
+                              gene_key=read.gene_key, species=read.species, check_overlap=False,
+                              input_scale=read.input_scale)
+        answering = fit_to_panel(query, plan.atlas, datasets=_listed(options.neighbours.datasets), reporter=reporter)
+        prepared = prepare(plan, answering, matched=query.plan.matched, chunk=chunk, reporter=reporter)
+        vectors = embed_query(prepared.query, answering.embedder, center=options.center, chunk=chunk, reporter=reporter)
+        neighbours = search_neighbours(plan, prepared, vectors, chunk=chunk, reporter=reporter)
+        votes = vote(plan, neighbours, vectors, answering.scores)
+        labelled = abstain(plan, prepared, neighbours, votes, vectors, reporter=reporter)
+        return assemble(plan, prepared, vectors, neighbours, votes, labelled)

@@ -28,17 +28,31 @@ from screader_db.errors import (
     RequestTooLargeError,
     ScreaderError,
 )
+from screader_db.options import option_fields
 
 UPLOAD_PREFIX = "screader-upload-"
 # values a flag may be followed by in a library message, written as field=value over HTTP
 _VALUES = re.compile(r"(?:human|mouse|auto|counts|ln|log2|log10|linear|label|harmonised)(?:\|[a-z0-9]+)*")
 _FLAG = re.compile(r"--([a-z][a-z0-9-]*)(?: (\S+))?")
 _SENTENCE = re.compile(r"(?<=[.;])\s+")
-BOOLEAN_FIELDS = frozenset({"use_raw", "majority_voting"})
+# the boolean annotate options, written over HTTP as field=true|false
+BOOLEAN_FIELDS = frozenset(f.name for f in option_fields() if f.kind == "bool")
 
 
 def status_of(error: ScreaderError) -> int:
-    """The HTTP status a library error becomes."""
+    """The HTTP status a library error becomes.
+
+    Parameters
+    ----------
+    error : ScreaderError
+        The error raised while serving a request.
+
+    Returns
+    -------
+    int
+        413 :class:`RequestTooLargeError`; 409 :class:`ModelMismatchError` or :class:`OutputExistsError`;
+        503 any other :class:`AtlasError`; 422 :class:`InputDataError`; 400 anything else.
+    """
     if isinstance(error, RequestTooLargeError):
         return 413
     if isinstance(error, ModelMismatchError | OutputExistsError):
@@ -51,8 +65,25 @@ def status_of(error: ScreaderError) -> int:
 
 
 def api_wording(message: str, fields: Iterable[str]) -> str:
-    """``message`` with flags that are API ``fields`` named as fields, and the sentences that name
-    any other flag (remedies only the command line offers) left out."""
+    """``message`` with flags that are API ``fields`` named as fields, other flags' sentences left out.
+
+    The sentences that name any other flag (remedies only the command line offers), or that quote a
+    ``screader-db`` command, are left out.
+
+    Parameters
+    ----------
+    message : str
+        A library error message, worded for the command line.
+    fields : iterable of str
+        The API's field names (underscored): ``--gene-key`` becomes ``gene_key``, a boolean field
+        ``use_raw=true``, and a flag followed by a known value ``species=mouse``.
+
+    Returns
+    -------
+    str
+        The reworded message without trailing punctuation; when every sentence would be left out, the reworded
+        message whole.
+    """
     known = set(fields)
 
     def field(match: re.Match[str]) -> str:
@@ -76,7 +107,21 @@ def api_wording(message: str, fields: Iterable[str]) -> str:
 
 
 def without_paths(message: str, root: Path) -> str:
-    """``message`` with the atlas folder named by its name and upload folders left out."""
+    """``message`` with the atlas folder named by its name and upload folders left out.
+
+    Parameters
+    ----------
+    message : str
+        The message to clean.
+    root : Path
+        The atlas folder: its given, absolute and resolved forms become its last component (``atlas`` when
+        it has none).
+
+    Returns
+    -------
+    str
+        The message; ``<tempdir>/screader-upload-*/`` prefixes are removed, leaving the uploaded file's name.
+    """
     name = root.name or "atlas"
     for shown in sorted({str(root.resolve()), str(root.absolute()), str(root)}, key=len, reverse=True):
         if shown not in (".", ""):

@@ -20,7 +20,17 @@ KEEP = 2
 
 
 class AtlasCache:
-    """Opened versions of the atlas at ``root``, newest use last; thread-safe."""
+    """Opened versions of the atlas at ``root``, newest use last; thread-safe.
+
+    Parameters
+    ----------
+    root
+        The atlas folder.
+    keep
+        Versions kept open (at least 1).
+    verify
+        Check a version's files against their recorded checksums when it is first opened.
+    """
 
     def __init__(self, root: str | Path, *, keep: int = KEEP, verify: bool = True) -> None:
         self.root = Path(root)
@@ -30,7 +40,18 @@ class AtlasCache:
         self._lock = threading.Lock()
 
     def current(self) -> store.Atlas:
-        """The atlas's current version, opened (metadata only) on first use."""
+        """The atlas's current version, opened (metadata only) on first use.
+
+        Returns
+        -------
+        Atlas
+            The version the ``current`` pointer names now.
+
+        Raises
+        ------
+        AtlasError
+            The folder holds no atlas, or (``verify``) the version's files do not match their checksums.
+        """
         number = store.current_version(self.root)
         with self._lock:
             found = self._opened.get(number)
@@ -46,10 +67,22 @@ class AtlasCache:
             return found
 
     def ready(self, atlas: store.Atlas) -> store.Atlas:
-        """``atlas`` with every part a query uses loaded (once, whichever thread asks first)."""
+        """``atlas`` with every part a query uses loaded (once, whichever thread asks first).
+
+        Parameters
+        ----------
+        atlas
+            A version from :meth:`current`.
+
+        Returns
+        -------
+        Atlas
+            The same object, loaded (:attr:`~screader_db.store.Atlas.loaded`).
+        """
         return atlas.load()
 
     @property
     def versions_open(self) -> list[int]:
+        """Numbers of the versions kept open, least recently used first."""
         with self._lock:
             return list(self._opened)

@@ -9,7 +9,13 @@ ENV_HOME = "SCREADER_DB_HOME"
 
 
 def cache_home() -> Path:
-    """The cache root: ``$SCREADER_DB_HOME`` if set, else the platform's user cache folder."""
+    """The cache root: ``$SCREADER_DB_HOME`` if set, else the platform's user cache folder.
+
+    Returns
+    -------
+    Path
+        ``~`` expanded; not created here (:func:`cache_dir` creates folders under it).
+    """
     override = os.environ.get(ENV_HOME)
     if override:
         return Path(override).expanduser()
@@ -19,7 +25,18 @@ def cache_home() -> Path:
 
 
 def cache_dir(*parts: str) -> Path:
-    """A folder under the cache root, created on first use."""
+    """A folder under the cache root, created on first use.
+
+    Parameters
+    ----------
+    *parts : str
+        Path components under :func:`cache_home`; none gives the root itself.
+
+    Returns
+    -------
+    Path
+        The folder, created with its parents if missing.
+    """
     path = cache_home().joinpath(*parts)
     path.mkdir(parents=True, exist_ok=True)
     return path

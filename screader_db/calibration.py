@@ -24,10 +24,30 @@ import scipy.sparse as sp
 
 MAX_CORRECT_LOST = 0.01
 MIN_CONFIDENCE = 0.5
+HELD_OUT_SHARE = 0.3
 
 
-def split(labels: np.ndarray, *, share: float = 0.3, seed: int = 0) -> np.ndarray:
-    """Boolean mask of the held-out part: ``share`` of every label with at least 2 cells."""
+def split(labels: np.ndarray, *, share: float = HELD_OUT_SHARE, seed: int = 0) -> np.ndarray:
+    """The reference's stratified split into a stand-in atlas and a held-out stand-in query.
+
+    The one split rule of the package: the score calibration here and the novelty calibration
+    (:func:`screader_db.novelty.calibrate`) both hold out these cells.
+
+    Parameters
+    ----------
+    labels
+        Label of each cell.
+    share
+        Share of each label's cells held out (rounded, at least one); a label with a single cell
+        stays whole in the atlas part.
+    seed
+        Seed of the draw.
+
+    Returns
+    -------
+    numpy.ndarray
+        Boolean mask of the held-out cells.
+    """
     rng = np.random.default_rng(seed)
     test = np.zeros(len(labels), dtype=bool)
     for label in np.unique(labels):
@@ -41,12 +61,29 @@ def score_calibration(fit: Callable[[sp.csr_matrix, np.ndarray], Any], X: sp.csr
                       k: int = 15, power: float = 4.0, seed: int = 0) -> dict[str, Any]:
     """Confidence knots and the default score cut-off from a split of the reference sample.
 
-    ``fit(X_part, labels_part)`` returns an embedder fitted on those cells (columns of ``X``
-    follow its genes).
+    Parameters
+    ----------
+    fit
+        ``fit(X_part, labels_part)`` returns an embedder fitted on those cells (columns of ``X``
+        follow its genes).
+    X
+        The reference sample (cells × the embedder's genes).
+    labels
+        Label of each cell.
+    k, power
+        Neighbours and vote power of the held-out cells' votes.
+    seed
+        Seed of the split.
+
+    Returns
+    -------
+    dict
+        ``calibrated``, ``min_score`` and, when calibrated, the held-out accuracy, the cut-offs
+        considered and the ``score_knots`` / ``confidence_knots`` of the confidence map.
     """
-    import faiss
     from sklearn.isotonic import IsotonicRegression
 
+    from screader_db.index import knn
     from screader_db.vote import tally
 
     labels = np.asarray(labels).astype(str)
@@ -56,9 +93,7 @@ def score_calibration(fit: Callable[[sp.csr_matrix, np.ndarray], Any], X: sp.csr
     embedder = fit(X[~test], labels[~test])
     reference = embedder.transform(X[~test], mean=embedder.mean)
     query = embedder.transform(X[test])
-    index = faiss.IndexFlatIP(reference.shape[1])
-    index.add(np.ascontiguousarray(reference))
-    sims, rows = index.search(np.ascontiguousarray(query), min(k, len(reference)))
+    sims, rows = knn(query, reference, min(k, len(reference)))
     names = sorted(set(labels[~test]))
     codes = np.searchsorted(names, labels[~test])[rows]
     shares = tally(sims, codes, len(names), power=power)
@@ -85,7 +120,20 @@ def score_calibration(fit: Callable[[sp.csr_matrix, np.ndarray], Any], X: sp.csr
 
 
 def confidence_of(scores: np.ndarray, calibration: dict[str, Any]) -> np.ndarray:
-    """Calibrated confidence of vote shares (the shares themselves without a calibration)."""
+    """Calibrated confidence of vote shares.
+
+    Parameters
+    ----------
+    scores
+        Vote shares of the winning labels.
+    calibration
+        The atlas's score calibration (:func:`score_calibration`).
+
+    Returns
+    -------
+    numpy.ndarray
+        float32 confidences; the shares themselves when the atlas is not calibrated.
+    """
     if not calibration.get("calibrated"):
         return np.asarray(scores, dtype=np.float32)
     return np.interp(scores, calibration["score_knots"], calibration["confidence_knots"]).astype(np.float32)

@@ -50,14 +50,38 @@ _LOCK = threading.Lock()
 
 
 def l2_normalise(V: np.ndarray) -> np.ndarray:
-    """Rows scaled to unit length (zero rows stay zero)."""
+    """Rows scaled to unit length (zero rows stay zero).
+
+    Parameters
+    ----------
+    V : numpy.ndarray
+        (rows, dim) vectors.
+
+    Returns
+    -------
+    numpy.ndarray
+        float32, the same shape.
+    """
     norms = np.linalg.norm(V, axis=1, keepdims=True)
     norms[norms == 0] = 1.0
     return (V / norms).astype(np.float32)
 
 
 def whiten(E: np.ndarray, *, eps: float = 1e-3) -> np.ndarray:
-    """Gene vectors centred across genes and whitened (each direction gets equal variance)."""
+    """Gene vectors centred across genes and whitened (each direction gets equal variance).
+
+    Parameters
+    ----------
+    E : numpy.ndarray
+        (genes, dim) gene text vectors.
+    eps : float
+        Directions whose singular value is at most ``eps`` × the largest are dropped.
+
+    Returns
+    -------
+    numpy.ndarray
+        float32, genes × kept directions: the left singular vectors scaled by sqrt(genes).
+    """
     centred = E - E.mean(axis=0, keepdims=True)
     U, S, _ = np.linalg.svd(centred.astype(np.float64), full_matrices=False)
     keep = eps * S.max() < S
@@ -85,16 +109,38 @@ class CellEmbedder:
 
     @property
     def base_dim(self) -> int:
+        """Length of a cell vector before the prototype block (genes, projected directions, or the network's ``dim``)."""
         if self.method in LEARNED_METHODS:
             return int(self.params["dim"])
         return len(self.genes) if self.projection is None else int(self.projection.shape[1])
 
     @property
     def dim(self) -> int:
+        """Length of a cell vector: :attr:`base_dim` plus one per prototype label, if any."""
         return self.base_dim + (0 if self.prototypes is None else int(self.prototypes.shape[0]))
 
     def centre_mode(self, n_cells: int, center: str | None = None) -> str:
-        """How a batch of ``n_cells`` is centred: ``query``, ``balanced`` or ``reference``."""
+        """How a batch of ``n_cells`` is centred: ``query``, ``balanced`` or ``reference``.
+
+        Parameters
+        ----------
+        n_cells : int
+            Cells in the batch; with fewer than :data:`MIN_CELLS_SELF_CENTRE`, ``query`` and
+            ``balanced`` fall back to ``reference``.
+        center : str or None
+            One of :data:`CENTRES`; None takes the embedder's own (``auto`` if it has none);
+            ``auto`` means ``query``.
+
+        Returns
+        -------
+        str
+            The centring used.
+
+        Raises
+        ------
+        ScreaderError
+            ``center`` (or the stored one) is not one of :data:`CENTRES`.
+        """
         mode = center or self.params.get("center", "auto")
         if mode not in CENTRES:
             message = f"center must be one of {', '.join(CENTRES)}, got {mode!r}"
@@ -106,7 +152,21 @@ class CellEmbedder:
         return str(mode)
 
     def centre_of(self, X: sp.spmatrix | np.ndarray, mode: str) -> np.ndarray:
-        """The centring vector of a batch (its mean, its balanced mean or the reference's)."""
+        """The centring vector of a batch (its mean, its balanced mean or the reference's).
+
+        Parameters
+        ----------
+        X : scipy.sparse matrix or numpy.ndarray
+            (cells, genes) log expression, columns following ``genes``.
+        mode : str
+            ``reference`` (the stored :attr:`mean`), ``balanced``
+            (:func:`screader_db.centring.balanced_mean`) or anything else for the batch's plain mean.
+
+        Returns
+        -------
+        numpy.ndarray
+            float32 vector over the genes.
+        """
         if mode == "reference":
             return self.mean
         if mode == "balanced":
@@ -128,6 +188,28 @@ class CellEmbedder:
 
         ``mean`` is the centring vector to use (chunked queries pass the one of the whole
         query); otherwise it follows ``center`` on this batch.
+
+        Parameters
+        ----------
+        X : scipy.sparse matrix
+            (cells, genes) log-normalised expression, columns following ``genes``.
+        center : str or None
+            How the batch is centred (:meth:`centre_mode`); None takes the embedder's own.
+            Ignored when ``mean`` is given and by the learned methods, which do not centre.
+        mean : numpy.ndarray or None
+            The centring vector over the genes; None computes it from this batch (learned methods ignore it).
+        batch : int
+            Rows densified at a time.
+
+        Returns
+        -------
+        numpy.ndarray
+            float32, cells × :attr:`dim`.
+
+        Raises
+        ------
+        ScreaderError
+            ``X`` does not have one column per gene, or ``center`` is unknown.
         """
         if X.shape[1] != len(self.genes):
             message = f"expression has {X.shape[1]} columns, the embedder expects {len(self.genes)} genes"
@@ -161,7 +243,20 @@ class CellEmbedder:
         return out
 
     def learned(self) -> Any:
-        """The trained network of a learned method (rebuilt from ``state`` once, then kept)."""
+        """The trained network of a learned method (rebuilt from ``state`` once, then kept).
+
+        Returns
+        -------
+        LearnedModel
+            See :func:`screader_db.hybrid.restore`.
+
+        Raises
+        ------
+        ModelMismatchError
+            The decoder's files changed since training.
+        MissingExtraError
+            The ``llm`` extra is not installed.
+        """
         with _LOCK:
             if self._model is None:
                 from screader_db.hybrid import restore
@@ -171,7 +266,15 @@ class CellEmbedder:
             return self._model
 
     def save(self, path: str | Path, provenance: dict[str, Any] | None = None) -> None:
-        """Write as safetensors: arrays as tensors, genes and parameters as JSON metadata."""
+        """Write as safetensors: arrays as tensors, genes and parameters as JSON metadata.
+
+        Parameters
+        ----------
+        path : str or Path
+            The file written (replaced if it exists).
+        provenance : dict or None
+            JSON-serialisable build record stored in the metadata; None stores ``{}``.
+        """
         from safetensors.numpy import save_file
 
         tensors = {"mean": np.ascontiguousarray(self.mean, dtype=np.float32)}
@@ -192,6 +295,25 @@ class CellEmbedder:
 
     @classmethod
     def load(cls, path: str | Path) -> CellEmbedder:
+        """Read an embedder written by :meth:`save`.
+
+        Parameters
+        ----------
+        path : str or Path
+            The safetensors file.
+
+        Returns
+        -------
+        CellEmbedder
+            A learned method's network is rebuilt on first use (:meth:`learned`).
+
+        Raises
+        ------
+        AtlasError
+            The file is unreadable or of another embedder format.
+        ModelMismatchError
+            A hybrid embedder's decoder cannot be found or its sha256 differs.
+        """
         from safetensors import SafetensorError, safe_open
 
         try:
@@ -219,10 +341,49 @@ def fit_embedder(method: str, X: sp.spmatrix, genes: list[str], *, gene_vectors:
                  mean: np.ndarray | None = None, labels: np.ndarray | None = None, weights: np.ndarray | None = None,
                  params: dict[str, Any] | None = None, n_components: int = 50, seed: int = 0,
                  device: str | None = None, progress: Callable[[int], None] | None = None) -> CellEmbedder:
-    """Fit ``method`` on reference expression ``X`` (columns follow ``genes``; a sample of cells,
-    with their ``labels``, is enough). ``mean`` is the reference's centring vector when ``X`` is
-    only a sample; ``weights`` are per-gene weights (the marker methods' η²). Learned methods
-    train on ``device`` and report the cells they have trained on to ``progress``."""
+    """Fit ``method`` on reference expression ``X`` (a sample of cells, with their ``labels``, is enough).
+
+    Parameters
+    ----------
+    method : str
+        One of :data:`METHODS`.
+    X : scipy.sparse matrix
+        (cells, genes) log-normalised reference expression, columns following ``genes``.
+    genes : list of str
+        The atlas genes.
+    gene_vectors : numpy.ndarray or None
+        (genes, dim) gene text vectors; required by :data:`TEXT_METHODS`.
+    mean : numpy.ndarray or None
+        The reference's centring vector when ``X`` is only a sample; None centres on ``X``
+        (balanced mean for the marker methods, plain mean otherwise).
+    labels : numpy.ndarray or None
+        Label of each row; required by the marker and learned methods.
+    weights : numpy.ndarray or None
+        Per-gene weights (the marker methods' η²); None weighs genes equally.
+    params : dict or None
+        Settings stored with the embedder (``center``, ``gamma``, ``tau``, a learned method's
+        training settings), over the defaults.
+    n_components : int
+        Principal components of the ``pca`` method (at most min(cells, genes) - 1).
+    seed : int
+        Seed of the centring, the components and the training.
+    device : str or None
+        The torch device learned methods train on; None picks a GPU when there is one.
+    progress : callable or None
+        Learned methods call it with the cells trained on after each batch.
+
+    Returns
+    -------
+    CellEmbedder
+
+    Raises
+    ------
+    ScreaderError
+        An unknown method, missing or mismatched gene vectors, missing labels, or (learned
+        methods) fewer than 2 labels or an invalid setting.
+    MissingExtraError
+        A learned method without the ``llm`` extra installed.
+    """
     if method not in METHODS:
         message = f"unknown method {method!r}; choose one of {', '.join(METHODS)}"
         raise ScreaderError(message)

@@ -15,45 +15,36 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
+from screader_db.clusters import kmeans
+
 N_CLUSTERS = 20
 SAMPLE_CELLS = 20_000
 N_COMPONENTS = 30
 SEEDS = 5
 
 
-def _kmeans(points: np.ndarray, k: int, seed: int, *, iterations: int = 100, restarts: int = 3) -> np.ndarray:
-    """Cluster index of each point: k-means++ starts, Lloyd steps, best of ``restarts`` by inertia."""
-    rng = np.random.default_rng(seed)
-    n = len(points)
-    k = min(k, n)
-    sq = (points**2).sum(axis=1)
-    best_inertia, best = np.inf, np.zeros(n, dtype=np.int64)
-    for _ in range(restarts):
-        centres = [points[rng.integers(n)]]
-        distance = ((points - centres[0]) ** 2).sum(axis=1)
-        for _ in range(1, k):
-            total = distance.sum()
-            pick = rng.choice(n, p=distance / total) if total > 0 else rng.integers(n)
-            centres.append(points[pick])
-            distance = np.minimum(distance, ((points - centres[-1]) ** 2).sum(axis=1))
-        centre = np.stack(centres)
-        labels = np.zeros(n, dtype=np.int64)
-        for _ in range(iterations):
-            d = sq[:, None] - 2 * points @ centre.T + (centre**2).sum(axis=1)[None, :]
-            labels = d.argmin(axis=1)
-            updated = np.stack([points[labels == j].mean(axis=0) if (labels == j).any() else centre[j] for j in range(k)])
-            if np.allclose(updated, centre):
-                break
-            centre = updated
-        inertia = d[np.arange(n), labels].sum()
-        if inertia < best_inertia:
-            best_inertia, best = inertia, labels
-    return best
-
-
 def balanced_mean(X: sp.spmatrix | np.ndarray, *, n_clusters: int = N_CLUSTERS, n_components: int = N_COMPONENTS,
                   seeds: int = SEEDS, seed: int = 0) -> np.ndarray:
-    """Mean of the k-means centroids of the rows of ``X`` (averaged over ``seeds`` clusterings)."""
+    """Mean of the k-means centroids of the rows of ``X`` (averaged over ``seeds`` clusterings).
+
+    Parameters
+    ----------
+    X
+        (cells, genes) expression, sparse or dense.
+    n_clusters
+        Clusters per k-means; with no more cells than this, the plain mean is returned.
+    n_components
+        Principal components the cells are clustered on.
+    seeds
+        Clusterings averaged (seeds ``seed`` to ``seed + seeds - 1``).
+    seed
+        First seed.
+
+    Returns
+    -------
+    numpy.ndarray
+        float32 centring vector over the genes.
+    """
     dense = np.asarray(X.toarray() if sp.issparse(X) else X, dtype=np.float64)  # type: ignore[union-attr]
     if len(dense) <= n_clusters:
         return dense.mean(axis=0).astype(np.float32)
@@ -62,15 +53,36 @@ def balanced_mean(X: sp.spmatrix | np.ndarray, *, n_clusters: int = N_CLUSTERS, 
     points = centred @ vectors[:, ::-1][:, : min(n_components, dense.shape[1])]
     means = []
     for r in range(seeds):
-        labels = _kmeans(points, n_clusters, seed + r)
+        labels = kmeans(points, n_clusters, seed=seed + r)
         means.append(np.stack([dense[labels == j].mean(axis=0) for j in np.unique(labels)]).mean(axis=0))
     return np.mean(means, axis=0).astype(np.float32)
 
 
 def stream_centre(embedder: Any, mode: str, chunks: Callable[[], Iterator[tuple[int, sp.csr_matrix]]], n_cells: int, *,
                   sample_cells: int = SAMPLE_CELLS, seed: int = 0) -> np.ndarray:
-    """The centring vector of a batch read in chunks: the reference's, its mean, or its balanced
-    mean (from a seeded sample of at most ``sample_cells`` cells)."""
+    """The centring vector of a batch read in chunks.
+
+    Parameters
+    ----------
+    embedder
+        The cell embedder (its ``mean`` and ``genes``).
+    mode
+        ``reference`` (the embedder's own mean), ``query`` (the batch's mean) or otherwise the
+        batch's balanced mean (:func:`balanced_mean`).
+    chunks
+        Called with no argument, yields (first row, cells × genes block) over the batch.
+    n_cells
+        Cells in the batch.
+    sample_cells
+        Most cells the balanced mean is computed on (a seeded sample).
+    seed
+        Seed of the sample and the clusterings.
+
+    Returns
+    -------
+    numpy.ndarray
+        float32 centring vector over the embedder's genes.
+    """
     if mode == "reference":
         return np.asarray(embedder.mean, dtype=np.float32)
     if mode == "query":

@@ -16,6 +16,7 @@ from typing import Annotated, Any
 import typer
 
 from screader_db.errors import ScreaderError, ScreaderWarning
+from screader_db.options import ANNOTATE_OPTIONS, AnnotateOptions, option_help
 from screader_db.server_limits import ServerLimits
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -48,6 +49,8 @@ app.add_typer(build_app, name="build")
 @contextmanager
 def _guard() -> Iterator[None]:
     """Library errors become ``Error: ...`` and exit 1; project warnings become ``Warning: ...``."""
+    from rich.markup import escape
+
     from screader_db.console import err
 
     with warnings.catch_warnings(record=True) as caught:
@@ -55,12 +58,12 @@ def _guard() -> Iterator[None]:
         try:
             yield
         except ScreaderError as error:
-            err.print(f"[bold red]Error:[/bold red] {error}", highlight=False, soft_wrap=True)
+            err.print(f"[bold red]Error:[/bold red] {escape(str(error))}", highlight=False, soft_wrap=True)
             raise typer.Exit(1) from None
         finally:
             for item in caught:
                 if issubclass(item.category, ScreaderWarning):
-                    err.print(f"[yellow]Warning:[/yellow] {item.message}", highlight=False, soft_wrap=True)
+                    err.print(f"[yellow]Warning:[/yellow] {escape(str(item.message))}", highlight=False, soft_wrap=True)
 
 
 def _in_range(option: str, value: float | None, *, low: float | None = None, high: float | None = None) -> None:
@@ -284,70 +287,96 @@ def _gene_list(resolver: Any, genes: Path | None, reference: str | None, n_genes
     return [expr.genes[i] for i in highly_variable(expr.X, n_genes)]
 
 
+def _annotate_option(name: str, note: str = "") -> Any:
+    """The Typer option of the annotate option ``name``: its help is the option's own (:mod:`screader_db.options`)."""
+    return typer.Option(help=option_help(name) + note)
+
+
+def _annotate_options(values: dict[str, Any]) -> AnnotateOptions:
+    """The annotate options among a command's parameters (repeated and comma-separated lists flattened)."""
+    chosen = {name: values[name] for name in ANNOTATE_OPTIONS}
+    for name in ("datasets", "labels", "exclude_labels"):
+        chosen[name] = _split(chosen[name])
+    return AnnotateOptions.from_flat(**chosen)
+
+
+def _truth_labels(path: Path, key: str) -> Any:
+    """The query file's obs column ``key`` (the file read backed), refused when it has none."""
+    from screader_db.inputs import read_h5ad
+
+    adata = read_h5ad(path, backed=True)
+    try:
+        if key not in adata.obs.columns:
+            raise ScreaderError(f"--truth-key {key!r} is not an obs column; columns present: "
+                                f"{', '.join(map(str, adata.obs.columns))}")
+        return adata.obs[key]
+    finally:
+        adata.file.close()
+
+
+LIST_NOTE = " Repeat the option or comma-separate the names."
+
+
 @app.command()
 def query(
     query_file: Annotated[str, typer.Argument(metavar="QUERY", help="Query .h5ad (or a manifest data set name).")],
     atlas: Annotated[Path, typer.Option(help="Atlas folder made by `screader-db build`.")],
     out_path: Annotated[Path | None, typer.Option("--out", help="Annotated copy of the query (.h5ad).")] = None,
     table_path: Annotated[Path | None, typer.Option("--table", help="Per-cell results as .csv, .tsv or .parquet.")] = None,
-    k: Annotated[int, typer.Option(help="Number of nearest reference cells that vote.")] = 15,
     truth_key: Annotated[str | None, typer.Option(help="obs column with known labels: also print accuracy and macro-F1.")] = None,
-    min_score: Annotated[float | None, typer.Option(help="Vote share below which a cell is Unassigned (default: calibrated).")] = None,
-    min_margin: Annotated[float, typer.Option(help="Margin to the runner-up label below which a cell is Unassigned.")] = 0.0,
-    novelty: Annotated[bool, typer.Option(help="Make query clusters that match no atlas label Unassigned.")] = True,
-    novelty_cutoff: Annotated[float | None, typer.Option(help="Cluster match (robust SDs) below which it is novel.")] = None,
-    level: Annotated[str, typer.Option(help="label (each data set's own) or harmonised (through the atlas's label map).")] = "label",
-    majority_voting: Annotated[bool, typer.Option(help="Also report each query cluster's majority label (Leiden, or k-means).")] = False,
     plots: Annotated[Path | None, typer.Option(help="Folder for PNGs: query on the reference map, scores, confusion matrix.")] = None,
     report: Annotated[Path | None, typer.Option(help="One self-contained HTML report (.html): summary, Unassigned by "
                                                      "reason, novel clusters, mapping quality per cluster, scores.")] = None,
-    datasets: Annotated[list[str] | None, typer.Option(help="Only these atlas data sets may vote (repeat or comma-separate).")] = None,
-    labels: Annotated[list[str] | None, typer.Option(help="Only atlas cells with these labels may vote.")] = None,
-    exclude_labels: Annotated[list[str] | None, typer.Option(help="Atlas labels that never vote (e.g. 'cell', 'unknown').")] = None,
-    species: Annotated[str, typer.Option(help="human, mouse or auto (from the symbols' case).")] = "auto",
-    gene_key: Annotated[str | None, typer.Option(help="var column with gene symbols or Ensembl ids.")] = None,
-    layer: Annotated[str | None, typer.Option(help="Layer to read instead of .X.")] = None,
-    use_raw: Annotated[bool, typer.Option(help="Read .raw instead of .X.")] = False,
-    input_scale: Annotated[str, typer.Option(help="Scale of the values: auto (detected from the data), counts, ln, log2, "
-                                                  "log10 (log(1+x) in that base) or linear (CPM, TPM).")] = "auto",
-    model: Annotated[str | None, typer.Option(help="Refuse unless the atlas was built with this gene model.")] = None,
-    version: Annotated[int | None, typer.Option(help="Atlas version to read (default: current).")] = None,
+    k: Annotated[int | None, _annotate_option("k")] = None,
+    min_score: Annotated[float | None, _annotate_option("min_score")] = None,
+    min_margin: Annotated[float, _annotate_option("min_margin")] = 0.0,
+    novelty: Annotated[bool, _annotate_option("novelty")] = True,
+    novelty_cutoff: Annotated[float | None, _annotate_option("novelty_cutoff")] = None,
+    level: Annotated[str, _annotate_option("level")] = "label",
+    majority_voting: Annotated[bool, _annotate_option("majority_voting")] = False,
+    power: Annotated[float | None, _annotate_option("power")] = None,
+    propagation: Annotated[float | None, _annotate_option("propagation")] = None,
+    center: Annotated[str | None, _annotate_option("center")] = None,
+    datasets: Annotated[list[str] | None, _annotate_option("datasets", LIST_NOTE)] = None,
+    labels: Annotated[list[str] | None, _annotate_option("labels", LIST_NOTE)] = None,
+    exclude_labels: Annotated[list[str] | None, _annotate_option("exclude_labels", LIST_NOTE)] = None,
+    species: Annotated[str, _annotate_option("species")] = "auto",
+    gene_key: Annotated[str | None, _annotate_option("gene_key")] = None,
+    layer: Annotated[str | None, _annotate_option("layer")] = None,
+    use_raw: Annotated[bool, _annotate_option("use_raw")] = False,
+    input_scale: Annotated[str, _annotate_option("input_scale")] = "auto",
+    model: Annotated[str | None, _annotate_option("model")] = None,
+    version: Annotated[int | None, _annotate_option("version")] = None,
     verify: Verify = True,
     overwrite: Annotated[bool, typer.Option(help="Replace existing output files.")] = False,
     quiet: Quiet = False,
 ) -> None:
     """Annotate query cells: embed them the atlas's way, find nearest reference cells, vote.
 
+    The query is read in chunks, and its annotated copy (--out) is written without reading its
+    expression into memory.
+
     Example: `screader-db query cells.h5ad --atlas atlases/pancreas --out annotated.h5ad --table labels.csv --report report.html`
     """
     with _guard():
+        from screader_db.annotated_file import write_annotated
         from screader_db.annotation import annotate
         from screader_db.console import out, table
         from screader_db.inputs import read_h5ad
         from screader_db.outputs import Output, check_outputs, staged
+        from screader_db.store import open_atlas
 
-        _in_range("--k", k, low=1)
-        _in_range("--min-score", min_score, low=0, high=1)
-        _in_range("--min-margin", min_margin, low=0, high=1)
-        _in_range("--novelty-cutoff", novelty_cutoff)
+        options = _annotate_options(locals())
+        options.check(strict=True, flags=True)
         outputs = [Output(path, option, folder=option == "--plots",
                           suffixes=(".csv", ".tsv", ".txt", ".parquet") if option == "--table" else ())
                    for option, path in (("--out", out_path), ("--table", table_path), ("--report", report), ("--plots", plots))
                    if path is not None]
         check_outputs(outputs, overwrite=overwrite)
-        adata = read_h5ad(_data_path(query_file), backed=True)
-        if truth_key and truth_key not in adata.obs.columns:
-            raise ScreaderError(f"--truth-key {truth_key!r} is not an obs column; columns present: "
-                                f"{', '.join(map(str, adata.obs.columns))}")
-        from screader_db.store import open_atlas
-
+        path = Path(_data_path(query_file))
+        truth = _truth_labels(path, truth_key) if truth_key else None
         opened = open_atlas(atlas, version=version, verify=verify)
-        result = annotate(adata, opened, k=k, layer=layer, use_raw=use_raw, gene_key=gene_key, species=species,
-                          model=model, min_score=min_score, min_margin=min_margin, level=level,
-                          majority_voting=majority_voting,
-                          datasets=_split(datasets), labels=_split(labels), exclude_labels=_split(exclude_labels),
-                          novelty=novelty, novelty_cutoff=novelty_cutoff, version=version, input_scale=input_scale,
-                          reporter=_reporter(quiet))
+        result = annotate(path, opened, options=options, reporter=_reporter(quiet))
         summary = result.summary()
         rows = [[str(label), int(r.cells), float(r.share), float(r.mean_score), int(r.unassigned)]
                 for label, r in summary.iterrows()]
@@ -364,11 +393,10 @@ def query(
         if found.get("checked"):
             out.print(f"Novel populations: {found['novel_clusters']} of {found['clusters']} query clusters "
                       f"({found['novel_cells']:,} cells) match no atlas label (cut-off {found['cutoff']:.3f})", highlight=False)
-        if truth_key:
-            agree = result.agreement(adata.obs[truth_key])
+        if truth is not None:
+            agree = result.agreement(truth)
             out.print(f"Agreement with {truth_key} on {agree.n_scored:,} cells whose label the atlas knows: "
                       f"accuracy {agree.accuracy:.3f}, macro-F1 {agree.macro_f1:.3f}", highlight=False)
-        truth = adata.obs[truth_key] if truth_key else None
         written: list[str] = []
         with staged(outputs) as temporary:
             if table_path is not None:
@@ -380,11 +408,15 @@ def query(
             if report is not None:
                 from screader_db.report import write_report
 
-                write_report(result, adata, temporary[report], truth=truth, overwrite=True, layer=layer, use_raw=use_raw,
-                             gene_key=gene_key)
+                backed = read_h5ad(path, backed=True)
+                try:
+                    write_report(result, backed, temporary[report], truth=truth, overwrite=True, layer=layer,
+                                 use_raw=use_raw, gene_key=gene_key)
+                finally:
+                    backed.file.close()
                 written.append(f"Report: {report}")
             if out_path is not None:
-                result.to_adata(adata).write_h5ad(temporary[out_path])
+                write_annotated(result, path, temporary[out_path])
                 written.append(f"Annotated AnnData: {out_path}")
         for line in written:
             out.print(line, highlight=False)
@@ -756,6 +788,9 @@ def serve(
     """
     with _guard():
         from screader_db.console import err
+        from screader_db.extras import require
+
+        uvicorn = require("uvicorn", extra="server", purpose="screader-db serve")
         from screader_db.http_connections import server_config
         from screader_db.server import API_USER, TOKEN_ENV, create_app, read_tokens
 
@@ -778,6 +813,4 @@ def serve(
             _listen(host, port).close()  # a port in use is one Error line here, not uvicorn's exit 3
         err.print(f"Serving {atlas} (version {version}); adding and removing data sets {writing}; at most "
                   f"{limits.connection_cap():,} connections; docs at /docs", highlight=False, soft_wrap=True)
-        import uvicorn
-
         uvicorn.Server(server_config(application, host=host, port=port, limits=limits, log_level=log_level)).run()

@@ -1,7 +1,7 @@
 """A Python client for ``screader-db serve``: annotate cells against a lab's shared atlas over HTTP.
 
     client = Client("http://atlas-host:8000")
-    result = client.annotate(adata, k=15)       # an AnnotationResult: .to_frame(), .summary(), .labels
+    result = client.annotate(adata, k=15, min_margin=0.1)   # the options of screader_db.annotate; an AnnotationResult
 """
 
 from __future__ import annotations
@@ -13,22 +13,36 @@ from pathlib import Path
 from typing import Any
 
 from screader_db.errors import InputDataError, RemoteError
+from screader_db.extras import require
+from screader_db.options import AnnotateOptions
 from screader_db.results import AnnotationResult
 
 TIMEOUT = 300.0
+CLIENT = "the screader-db client"
 
 
 class Client:
-    """Talks to one screader-db server. ``token`` is needed only to add or remove data sets."""
+    """Talks to one screader-db server; use it as a context manager, or call :meth:`close`.
+
+    Parameters
+    ----------
+    url : str
+        The server's address (``http://atlas-host:8000``).
+    token : str or None
+        Needed only to add or remove data sets.
+    timeout : float
+        Seconds one request may take.
+    """
 
     def __init__(self, url: str, *, token: str | None = None, timeout: float = TIMEOUT) -> None:
-        import httpx
-
+        httpx = require("httpx", extra="client", purpose=CLIENT)
+        require("pydantic", extra="client", purpose=CLIENT)  # screader_db.payloads reads the server's answers with it
         self.url = url.rstrip("/")
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout)
 
     def close(self) -> None:
+        """Close the connections."""
         self._http.close()
 
     def __enter__(self) -> Client:
@@ -38,8 +52,7 @@ class Client:
         self.close()
 
     def _request(self, method: str, path: str, **kwargs: Any) -> Any:
-        import httpx
-
+        httpx = require("httpx", extra="client", purpose=CLIENT)
         try:
             response = self._http.request(method, path, **kwargs)
         except httpx.TransportError as err:
@@ -56,62 +69,165 @@ class Client:
         return response.json()
 
     def health(self) -> dict[str, Any]:
-        """Status, atlas version, model id and cell count of the served atlas."""
+        """The served atlas's status.
+
+        Returns
+        -------
+        dict
+            Status, atlas name and version, model id, method, cells, data sets and dimensions.
+        """
         return dict(self._request("GET", "/health"))
 
     def datasets(self) -> list[dict[str, Any]]:
-        """The reference data sets of the current version."""
+        """The reference data sets of the current version.
+
+        Returns
+        -------
+        list of dict
+            One per data set: name, cells, labels, species, when and by whom it was added.
+        """
         return list(self._request("GET", "/datasets")["datasets"])
 
     def versions(self) -> list[dict[str, Any]]:
-        """Every version of the atlas, oldest first (``current`` marks the one served)."""
+        """Every version of the atlas, oldest first.
+
+        Returns
+        -------
+        list of dict
+            One per version; ``current`` marks the one served.
+        """
         return list(self._request("GET", "/versions")["versions"])
 
-    def annotate(self, adata: Any, **options: Any) -> AnnotationResult:
-        """Label the cells of ``adata`` (an AnnData or an .h5ad path), uploaded as .h5ad.
+    def annotate(self, adata: Any, *, options: AnnotateOptions | None = None, **flat_options: Any) -> AnnotationResult:
+        """Label the cells of an AnnData or .h5ad file on the server, uploaded as .h5ad.
 
-        ``options`` are those of :func:`screader_db.annotate` the server accepts: ``k``,
-        ``min_score``, ``species``, ``level``, ``gene_key``, ``layer``, ``use_raw``,
-        ``majority_voting``, ``model``, ``datasets``, ``labels``, ``exclude_labels``. The result has the per-cell table, the atlas's labels
-        and info; its embeddings and neighbour arrays are empty (they stay on the server).
+        Parameters
+        ----------
+        adata : AnnData, str or Path
+            The query cells.
+        options : AnnotateOptions or None
+            The options of :func:`screader_db.annotate` (:mod:`screader_db.options`); the server
+            annotates against its current atlas version (``version`` pins it: another is refused).
+        **flat_options
+            Options by their flat names (``k=15``, ``min_margin=0.1``), applied over ``options``.
+
+        Returns
+        -------
+        AnnotationResult
+            The per-cell table, the atlas's labels and info; its embeddings and neighbour arrays
+            are empty (they stay on the server).
+
+        Raises
+        ------
+        ScreaderError
+            An unknown option name (nothing is sent).
+        RemoteError
+            The server refused the request or could not be reached; the message says why.
         """
         from screader_db.payloads import result_from_payload
 
+        params = annotate_params(options, **flat_options)
         with _as_h5ad(adata) as path, open(path, "rb") as handle:
-            payload = self._request("POST", "/annotate", params=_params(options),
+            payload = self._request("POST", "/annotate", params=params,
                                     files={"file": (path.name, handle, "application/octet-stream")})
         return result_from_payload(payload)
 
     def annotate_counts(self, counts: Any, *, genes: list[str], cells: list[str] | None = None,
-                        **options: Any) -> AnnotationResult:
-        """Label cells given as a cells × genes matrix (raw counts or log-normalised), sent as JSON."""
+                        options: AnnotateOptions | None = None, **flat_options: Any) -> AnnotationResult:
+        """Label cells given as a cells × genes matrix (raw counts or log-normalised), sent as JSON.
+
+        Parameters
+        ----------
+        counts : array-like or sparse matrix
+            Cells × genes values.
+        genes : list of str
+            The genes, one per column.
+        cells : list of str or None
+            The cell names, one per row (default: cell0, cell1, ...).
+        options, **flat_options
+            As for :meth:`annotate`.
+
+        Returns
+        -------
+        AnnotationResult
+            As for :meth:`annotate`.
+        """
         import numpy as np
 
         from screader_db.payloads import result_from_payload
 
+        params = annotate_params(options, **flat_options)
         matrix = counts.toarray() if hasattr(counts, "toarray") else np.asarray(counts)
         body = {"genes": [str(g) for g in genes], "counts": matrix.astype(float).tolist()}
         if cells is not None:
             body["cells"] = [str(c) for c in cells]
-        return result_from_payload(self._request("POST", "/annotate", params=_params(options), json=body))
+        return result_from_payload(self._request("POST", "/annotate", params=params, json=body))
 
     def add_dataset(self, adata: Any, *, name: str, label_key: str) -> dict[str, Any]:
-        """Add a labelled data set (AnnData or .h5ad path) to the atlas as a new version; needs the token."""
+        """Add a labelled data set to the atlas as a new version; needs the token.
+
+        Parameters
+        ----------
+        adata : AnnData, str or Path
+            The labelled cells.
+        name : str
+            The data set's name in the atlas.
+        label_key : str
+            The obs column of its labels.
+
+        Returns
+        -------
+        dict
+            The data set's name, the new version and its number of cells.
+        """
         with _as_h5ad(adata, stem=name) as path, open(path, "rb") as handle:
             return dict(self._request("POST", "/datasets", data={"name": name, "label_key": label_key},
                                       files={"file": (path.name, handle, "application/octet-stream")}))
 
     def remove_dataset(self, name: str) -> dict[str, Any]:
-        """Remove a data set from the atlas (a new version); needs the token."""
+        """Remove a data set from the atlas (a new version); needs the token.
+
+        Parameters
+        ----------
+        name : str
+            The data set's name.
+
+        Returns
+        -------
+        dict
+            The name removed, the new version and its number of cells.
+        """
         from urllib.parse import quote
 
         return dict(self._request("DELETE", f"/datasets/{quote(name, safe='')}"))
 
 
-def _params(options: dict[str, Any]) -> dict[str, Any]:
+def annotate_params(options: AnnotateOptions | None = None, **flat_options: Any) -> dict[str, Any]:
+    """The query parameters of ``POST /annotate`` for some annotate options.
+
+    Parameters
+    ----------
+    options : AnnotateOptions or None
+        The options; None: every default.
+    **flat_options
+        Options by their flat names (:data:`screader_db.options.ANNOTATE_OPTIONS`), applied over ``options``.
+
+    Returns
+    -------
+    dict
+        Every option that differs from its default (the server's default is the same), as text:
+        booleans ``true``/``false``, lists as repeated parameters.
+
+    Raises
+    ------
+    ScreaderError
+        A name that is no annotate option.
+    """
+    chosen = (options or AnnotateOptions()).updated(**flat_options).flat()
+    defaults = AnnotateOptions().flat()
     params: dict[str, Any] = {}
-    for key, value in options.items():
-        if value is None:
+    for key, value in chosen.items():
+        if value is None or value == defaults[key]:
             continue
         if isinstance(value, bool):
             params[key] = str(value).lower()

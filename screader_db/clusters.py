@@ -1,4 +1,9 @@
-"""Cluster-level smoothing: majority labels within clusters of query cells (reported beside, never instead)."""
+"""Clustering: the package's k-means, and majority labels within clusters of query cells.
+
+:func:`kmeans` serves the composition-balanced centring (:mod:`screader_db.centring`) and the
+novelty check (:mod:`screader_db.novelty`); :func:`cluster_cells` groups query cells for the
+cluster-level smoothing, reported beside the per-cell labels, never instead of them.
+"""
 
 from __future__ import annotations
 
@@ -8,10 +13,74 @@ import numpy as np
 import pandas as pd
 
 
+# Kept as written, not scikit-learn's KMeans, so that recorded centring vectors and novelty cut-offs stay the same.
+def kmeans(points: np.ndarray, k: int, *, seed: int = 0, iterations: int = 100, restarts: int = 3) -> np.ndarray:
+    """Cluster index of each point: k-means++ starts, Lloyd steps, best of ``restarts`` by inertia.
+
+    Parameters
+    ----------
+    points
+        (n, d) float array.
+    k
+        Clusters (at most ``n``).
+    seed
+        Seed of the starts.
+    iterations
+        Most Lloyd steps per start (fewer once the centres stop moving).
+    restarts
+        Starts tried.
+
+    Returns
+    -------
+    numpy.ndarray
+        int64 cluster of each point.
+    """
+    rng = np.random.default_rng(seed)
+    n = len(points)
+    k = min(k, n)
+    sq = (points**2).sum(axis=1)
+    best_inertia, best = np.inf, np.zeros(n, dtype=np.int64)
+    for _ in range(restarts):
+        centres = [points[rng.integers(n)]]
+        distance = ((points - centres[0]) ** 2).sum(axis=1)
+        for _ in range(1, k):
+            total = distance.sum()
+            pick = rng.choice(n, p=distance / total) if total > 0 else rng.integers(n)
+            centres.append(points[pick])
+            distance = np.minimum(distance, ((points - centres[-1]) ** 2).sum(axis=1))
+        centre = np.stack(centres)
+        labels = np.zeros(n, dtype=np.int64)
+        for _ in range(iterations):
+            d = sq[:, None] - 2 * points @ centre.T + (centre**2).sum(axis=1)[None, :]
+            labels = d.argmin(axis=1)
+            updated = np.stack([points[labels == j].mean(axis=0) if (labels == j).any() else centre[j] for j in range(k)])
+            if np.allclose(updated, centre):
+                break
+            centre = updated
+        inertia = d[np.arange(n), labels].sum()
+        if inertia < best_inertia:
+            best_inertia, best = inertia, labels
+    return best
+
+
 def cluster_cells(vectors: np.ndarray, *, resolution: float = 1.0, seed: int = 0, k: int = 15) -> tuple[np.ndarray, str]:
     """Cluster cells by their vectors: Leiden on a kNN graph when scanpy is installed, else k-means.
 
-    Returns the cluster of each cell and the algorithm used.
+    Parameters
+    ----------
+    vectors
+        (cells, dim) embedding of the cells.
+    resolution
+        Leiden resolution.
+    seed
+        Seed of the graph and the clustering.
+    k
+        Neighbours of the Leiden graph.
+
+    Returns
+    -------
+    clusters, algorithm
+        The cluster of each cell, and ``"leiden"``, ``"kmeans"`` or ``"none"`` (fewer than 3 cells).
     """
     n = len(vectors)
     if n < 3:
@@ -34,7 +103,21 @@ def cluster_cells(vectors: np.ndarray, *, resolution: float = 1.0, seed: int = 0
 
 
 def majority_labels(labels: Sequence[str], clusters: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Each cell's cluster majority label and the share of its cluster that holds that label."""
+    """Each cell's cluster majority label and the share of its cluster that holds that label.
+
+    Parameters
+    ----------
+    labels
+        Label of each cell.
+    clusters
+        Cluster of each cell.
+
+    Returns
+    -------
+    majority, share
+        Per cell: its cluster's most common label (ties: the first by name) and that label's
+        share of the cluster (float32).
+    """
     frame = pd.DataFrame({"label": np.asarray(labels, dtype=object), "cluster": clusters})
     counts = frame.groupby(["cluster", "label"], observed=True).size().rename("n").reset_index()
     counts = counts.sort_values(["cluster", "n", "label"], ascending=[True, False, True])

@@ -28,7 +28,20 @@ CLIP = 1e-3
 
 
 def agreement(graph: sp.csr_matrix, codes: np.ndarray) -> np.ndarray:
-    """Per cell: the weight share of its query neighbours (``graph``, row-normalised) labelled as it is."""
+    """Per cell: the weight share of its query neighbours (``graph``, row-normalised) labelled as it is.
+
+    Parameters
+    ----------
+    graph : scipy.sparse.csr_matrix, shape (n_cells, n_cells)
+        The query's kNN graph, each row's weights summing to 1 (a row with no neighbours gives 0).
+    codes : numpy.ndarray of int, shape (n_cells,)
+        Each cell's label code.
+
+    Returns
+    -------
+    numpy.ndarray of float, shape (n_cells,)
+        The sum of the weights of the neighbours sharing the cell's code, in [0, 1] for a row-normalised graph.
+    """
     codes = np.asarray(codes, dtype=np.int64)
     coo = graph.tocoo()
     same = codes[coo.row] == codes[coo.col]
@@ -36,7 +49,20 @@ def agreement(graph: sp.csr_matrix, codes: np.ndarray) -> np.ndarray:
 
 
 def combine(vote_confidence: np.ndarray, agreement_share: np.ndarray) -> np.ndarray:
-    """The confidence of :data:`VOTE_WEIGHT` · logit(vote confidence) + :data:`AGREEMENT_WEIGHT` · agreement."""
+    """The confidence of :data:`VOTE_WEIGHT` · logit(vote confidence) + :data:`AGREEMENT_WEIGHT` · agreement.
+
+    Parameters
+    ----------
+    vote_confidence : numpy.ndarray, shape (n_cells,)
+        The vote's calibrated confidence in [0, 1]; clipped to [:data:`CLIP`, 1 - :data:`CLIP`] before the logit.
+    agreement_share : numpy.ndarray, shape (n_cells,)
+        From :func:`agreement`.
+
+    Returns
+    -------
+    numpy.ndarray of float32, shape (n_cells,)
+        ``sigmoid(z)`` with :data:`INTERCEPT` added to ``z``; in (0, 1).
+    """
     p = np.clip(np.asarray(vote_confidence, dtype=np.float64), CLIP, 1 - CLIP)
     z = VOTE_WEIGHT * np.log(p / (1 - p)) + AGREEMENT_WEIGHT * np.asarray(agreement_share, dtype=np.float64) + INTERCEPT
     return (1.0 / (1.0 + np.exp(-z))).astype(np.float32)

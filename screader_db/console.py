@@ -23,11 +23,34 @@ class RichReporter(Reporter):
         self.quiet = quiet
 
     def message(self, text: str) -> None:
+        """Print a one-line note on stderr, after a dim bullet, unless quiet.
+
+        Parameters
+        ----------
+        text : str
+            The note; may hold rich markup.
+        """
         if not self.quiet:
             err.print(f"[dim]•[/dim] {text}")
 
     @contextmanager
     def task(self, description: str, total: int, unit: str = "items") -> Iterator[Advance]:
+        """A progress bar on stderr with count, rate, time elapsed and time left; nothing when quiet.
+
+        Parameters
+        ----------
+        description : str
+            Shown left of the bar.
+        total : int
+            The number of items when done.
+        unit : str
+            What an item is, shown in the rate (``1,234.5 cells/s``).
+
+        Yields
+        ------
+        Callable[[int], None]
+            Call with the number of items just finished (an increment).
+        """
         if self.quiet:
             yield lambda n: None
             return
@@ -46,7 +69,22 @@ class RichReporter(Reporter):
 
 
 def table(title: str, columns: list[str], rows: list[list[Any]]) -> Table:
-    """A rich table with right-aligned numbers."""
+    """A rich table with right-aligned numbers.
+
+    Parameters
+    ----------
+    title : str
+        Shown left-aligned above the table.
+    columns : list of str
+        Column headers; the first column is left-aligned, the others right-aligned.
+    rows : list of list
+        One list per row, in column order: floats are shown with 3 decimals, ints with thousands separators,
+        anything else as ``str``.
+
+    Returns
+    -------
+    rich.table.Table
+    """
     result = Table(title=title, title_justify="left")
     for i, name in enumerate(columns):
         result.add_column(name, justify="left" if i == 0 else "right")

@@ -25,11 +25,19 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from screader_db.cache import cache_dir
+from screader_db.checksums import sha256_path, tree_files
+from screader_db.devices import cuda_available
 from screader_db.errors import ModelError
+from screader_db.extras import require
+from screader_db.fetch import ensure
+from screader_db.manifest import get_entry
+from screader_db.outputs import atomic_write
 
 DEFAULT_MODEL = "minilm"
 PACKAGED_MODELS = ("minilm", "smollm2")
 LAST_TOKEN_PROMPT = 'This gene description: "{text}" means in one word:"'
+LLM = "running a language model (gene text models, the hybrid's decoder)"
 Progress = Callable[[int], None]
 
 
@@ -37,20 +45,53 @@ class Encoder(Protocol):
     """What every gene-text encoder provides."""
 
     @property
-    def model_id(self) -> str: ...
+    def model_id(self) -> str:
+        """What the model is (a Hugging Face id, a folder name or ``random:DIM:SEED``)."""
+        ...
 
     @property
-    def model_sha(self) -> str: ...
+    def model_sha(self) -> str:
+        """The sha256 of the bytes the model was loaded from."""
+        ...
 
     @property
-    def dim(self) -> int: ...
+    def dim(self) -> int:
+        """The width of the vectors."""
+        ...
 
     @property
-    def key(self) -> str: ...
+    def key(self) -> str:
+        """A hash of the model and its settings: the gene-embedding cache's key."""
+        ...
 
-    def settings(self) -> dict[str, Any]: ...
+    def settings(self) -> dict[str, Any]:
+        """The settings that change the vectors (kind, pooling, layer, ...), as recorded in provenance.
 
-    def encode(self, genes: Sequence[str], texts: Sequence[str], *, progress: Progress | None = None) -> np.ndarray: ...
+        Returns
+        -------
+        dict
+            JSON-serialisable settings, with at least ``kind``.
+        """
+        ...
+
+    def encode(self, genes: Sequence[str], texts: Sequence[str], *, progress: Progress | None = None) -> np.ndarray:
+        """Vectors of the genes' descriptions.
+
+        Parameters
+        ----------
+        genes
+            Gene symbols.
+        texts
+            One description per gene.
+        progress
+            Called with the number of genes done after each batch.
+
+        Returns
+        -------
+        numpy.ndarray
+            Genes × :attr:`dim` float32 vectors.
+        """
+        ...
 
 
 def _key(payload: dict[str, Any]) -> str:
@@ -63,17 +104,42 @@ def _offline() -> None:
 
 
 def pick_device(device: str | None = None) -> str:
-    """``cuda`` when a GPU is there and nothing else was asked for, else ``cpu``."""
+    """The torch device to run a language model on.
+
+    Parameters
+    ----------
+    device
+        A device asked for; returned as it is.
+
+    Returns
+    -------
+    str
+        ``device`` when given, else ``cuda`` when a GPU is there, else ``cpu``.
+
+    Raises
+    ------
+    MissingExtraError
+        When no device is given and torch (the ``llm`` extra) is not installed.
+    """
     if device:
         return device
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    require("torch", extra="llm", purpose=LLM)
+    return "cuda" if cuda_available() else "cpu"
 
 
 @dataclass
 class RandomEncoder:
-    """Gaussian vectors seeded by each gene symbol: the same gene always gets the same vector."""
+    """Gaussian vectors seeded by each gene symbol: the same gene always gets the same vector.
+
+    Parameters
+    ----------
+    dim
+        The width of the vectors.
+    seed
+        Mixed into every gene's seed.
+    model_sha
+        Recorded as the model's sha256 (there are no model bytes).
+    """
 
     dim: int = 384
     seed: int = 0
@@ -81,16 +147,41 @@ class RandomEncoder:
 
     @property
     def model_id(self) -> str:
+        """``random:DIM:SEED``."""
         return f"random:{self.dim}:{self.seed}"
 
     @property
     def key(self) -> str:
+        """A hash of :attr:`model_id`."""
         return _key({"model": self.model_id})
 
     def settings(self) -> dict[str, Any]:
+        """Kind, width and seed.
+
+        Returns
+        -------
+        dict
+            ``kind`` (``random``), ``dim`` and ``seed``.
+        """
         return {"kind": "random", "dim": self.dim, "seed": self.seed}
 
     def encode(self, genes: Sequence[str], texts: Sequence[str], *, progress: Progress | None = None) -> np.ndarray:
+        """Each gene's vector from its symbol alone (``texts`` are not read); see :meth:`Encoder.encode`.
+
+        Parameters
+        ----------
+        genes : sequence of str
+            Gene symbols; each vector is seeded by ``SEED:SYMBOL``.
+        texts : sequence of str
+            Not read.
+        progress : callable or None
+            Called once with the number of genes, at the end.
+
+        Returns
+        -------
+        numpy.ndarray
+            float32, genes × :attr:`dim`: standard normal draws divided by sqrt(:attr:`dim`).
+        """
         out = np.empty((len(genes), self.dim), dtype=np.float32)
         for i, gene in enumerate(genes):
             digest = hashlib.sha256(f"{self.seed}:{gene}".encode()).digest()
@@ -103,7 +194,19 @@ class RandomEncoder:
 
 @dataclass
 class SentenceEncoder:
-    """A sentence-transformers model read from a local folder."""
+    """A sentence-transformers model read from a local folder (the ``llm`` extra).
+
+    Parameters
+    ----------
+    path
+        The model folder (it has ``modules.json``).
+    model_id, model_sha
+        What the model is and the sha256 of its files.
+    device
+        The torch device (default: a GPU when there is one).
+    batch_size
+        Descriptions per batch.
+    """
 
     path: Path
     model_id: str
@@ -115,10 +218,10 @@ class SentenceEncoder:
     def _load(self) -> Any:
         if self._model is None:
             _offline()
-            from sentence_transformers import SentenceTransformer
-
+            sentence_transformers = require("sentence_transformers", extra="llm", purpose=LLM)
             try:
-                self._model = SentenceTransformer(str(self.path), device=pick_device(self.device), local_files_only=True)
+                self._model = sentence_transformers.SentenceTransformer(str(self.path), device=pick_device(self.device),
+                                                                        local_files_only=True)
             except (OSError, ValueError) as err:
                 message = f"cannot load the sentence-transformers model at {self.path}: {err}"
                 raise ModelError(message) from err
@@ -126,20 +229,53 @@ class SentenceEncoder:
 
     @property
     def dim(self) -> int:
+        """The model's embedding width (loads the model)."""
         model = self._load()
         getter = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
         return int(getter())
 
     @property
     def key(self) -> str:
+        """A hash of the model's sha256."""
         return _key({"model_sha": self.model_sha, "kind": "sentence"})
 
     def settings(self) -> dict[str, Any]:
+        """Kind, pooling and the model's maximum sequence length.
+
+        Returns
+        -------
+        dict
+            ``kind`` (``sentence-transformers``), ``pooling`` (``model``: the model's own) and
+            ``max_seq_length`` from ``sentence_bert_config.json`` (None without that file).
+        """
         config = self.path / "sentence_bert_config.json"
         length = json.loads(config.read_text()).get("max_seq_length") if config.is_file() else None
         return {"kind": "sentence-transformers", "pooling": "model", "max_seq_length": length}
 
     def encode(self, genes: Sequence[str], texts: Sequence[str], *, progress: Progress | None = None) -> np.ndarray:
+        """Vectors of the genes' descriptions; see :meth:`Encoder.encode`.
+
+        Parameters
+        ----------
+        genes : sequence of str
+            Gene symbols (not read: the vectors come from ``texts``).
+        texts : sequence of str
+            One description per gene, encoded longest first in batches of :attr:`batch_size`.
+        progress : callable or None
+            Called with the number of descriptions done after each batch.
+
+        Returns
+        -------
+        numpy.ndarray
+            float32, genes × :attr:`dim`, not normalised.
+
+        Raises
+        ------
+        MissingExtraError
+            When sentence-transformers or torch (the ``llm`` extra) is not installed.
+        ModelError
+            When the model cannot be loaded.
+        """
         model = self._load()
         order = np.argsort([-len(t) for t in texts], kind="stable")
         out = np.empty((len(texts), self.dim), dtype=np.float32)
@@ -155,12 +291,38 @@ class SentenceEncoder:
 
 @dataclass
 class CausalLMEncoder:
-    """Hidden states of a decoder-only language model (LLaMA family), pooled per description.
+    """Hidden states of a decoder-only language model (LLaMA family), pooled per description (the ``llm`` extra).
 
-    ``pooling`` is ``mean`` (over the description's tokens) or ``last`` (the final token of a
-    prompt that asks for a one-word summary). ``layer`` indexes ``hidden_states`` (``-1`` is the
-    last layer). On a GPU the model runs in bfloat16 (``dtype`` overrides); batches are sorted by
-    length so little padding is computed.
+    Batches are sorted by length so little padding is computed.
+
+    Parameters
+    ----------
+    path
+        The model folder, or the folder of the ``.gguf`` file.
+    model_id, model_sha
+        What the model is and the sha256 of its files.
+    gguf_file
+        The ``.gguf`` file's name in ``path`` (converted once into the cache).
+    pooling
+        ``mean`` (over the description's tokens) or ``last`` (the final token of a prompt that asks
+        for a one-word summary).
+    layer
+        Index into ``hidden_states`` (``-1`` is the last layer).
+    max_length
+        Tokens kept per description.
+    batch_size
+        Descriptions per batch.
+    device
+        The torch device (default: a GPU when there is one).
+    dtype
+        torch dtype name (default: bfloat16 on a GPU, float32 on the CPU).
+    prompt
+        The text around each description, with ``{text}`` where it goes (default per pooling).
+
+    Raises
+    ------
+    ModelError
+        When ``pooling`` is neither ``mean`` nor ``last``.
     """
 
     path: Path
@@ -186,28 +348,48 @@ class CausalLMEncoder:
 
     @property
     def key(self) -> str:
+        """A hash of the model's sha256 and :meth:`settings`."""
         return _key({"model_sha": self.model_sha, **self.settings()})
 
     def settings(self) -> dict[str, Any]:
+        """Kind, pooling, layer, maximum length and prompt.
+
+        Returns
+        -------
+        dict
+            ``kind`` (``causal-lm``), ``pooling``, ``layer``, ``max_length`` and ``prompt``.
+        """
         return {"kind": "causal-lm", "pooling": self.pooling, "layer": self.layer, "max_length": self.max_length,
                 "prompt": self.prompt}
 
     def load(self) -> tuple[Any, Any]:
-        """The model (eval mode, on its device) and its tokenizer, loaded once."""
+        """The model and its tokenizer, loaded once.
+
+        Returns
+        -------
+        model, tokenizer
+            The transformers model in eval mode on its device, and its tokenizer.
+
+        Raises
+        ------
+        MissingExtraError
+            When torch or transformers (the ``llm`` extra) is not installed.
+        ModelError
+            When the model cannot be read.
+        """
         return self._load()
 
     def _load(self) -> tuple[Any, Any]:
         if self._model is None:
             _offline()
-            import torch
-            from transformers import AutoModelForCausalLM, AutoTokenizer
-
+            torch = require("torch", extra="llm", purpose=LLM)
+            transformers = require("transformers", extra="llm", purpose=LLM)
             device = pick_device(self.device)
             source = self._local_folder()
             dtype = getattr(torch, self.dtype) if self.dtype else (torch.bfloat16 if device == "cuda" else torch.float32)
             try:
-                tokenizer = AutoTokenizer.from_pretrained(str(source), local_files_only=True)
-                model = AutoModelForCausalLM.from_pretrained(str(source), local_files_only=True, dtype=dtype)
+                tokenizer = transformers.AutoTokenizer.from_pretrained(str(source), local_files_only=True)
+                model = transformers.AutoModelForCausalLM.from_pretrained(str(source), local_files_only=True, dtype=dtype)
             except (OSError, ValueError) as err:
                 message = f"cannot load the causal language model at {source}: {err}"
                 raise ModelError(message) from err
@@ -222,46 +404,62 @@ class CausalLMEncoder:
         """The model as a transformers folder; a GGUF file is converted once into the cache."""
         if not self.gguf_file:
             return self.path
-        from screader_db.cache import cache_dir
-
         target = cache_dir("models") / f"gguf-{self.model_sha[:16]}"
         if (target / "config.json").is_file():
             return target
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
+        transformers = require("transformers", extra="llm", purpose=LLM)
+        require("gguf", extra="llm", purpose=f"reading the .gguf model {self.path / self.gguf_file}")
         try:
-            tokenizer = AutoTokenizer.from_pretrained(str(self.path), gguf_file=self.gguf_file)
-            model = AutoModelForCausalLM.from_pretrained(str(self.path), gguf_file=self.gguf_file)
+            tokenizer = transformers.AutoTokenizer.from_pretrained(str(self.path), gguf_file=self.gguf_file)
+            model = transformers.AutoModelForCausalLM.from_pretrained(str(self.path), gguf_file=self.gguf_file)
         except (OSError, ValueError, ImportError) as err:
             message = f"cannot read the GGUF model {self.path / self.gguf_file}: {err}"
             raise ModelError(message) from err
         from safetensors.torch import save_model
 
-        tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-        tmp.mkdir(parents=True, exist_ok=True)
-        model.config.save_pretrained(str(tmp))
-        config = json.loads((tmp / "config.json").read_text())
-        config.pop("quantization_config", None)
-        (tmp / "config.json").write_text(json.dumps(config, indent=2))
-        save_model(model, str(tmp / "model.safetensors"))
-        tokenizer.save_pretrained(str(tmp))
-        if target.exists():
-            import shutil
-
-            shutil.rmtree(tmp, ignore_errors=True)
-        else:
-            tmp.rename(target)
+        with atomic_write(target, tag=f".{os.getpid()}", keep_existing=True) as tmp:
+            tmp.mkdir(parents=True, exist_ok=True)
+            model.config.save_pretrained(str(tmp))
+            config = json.loads((tmp / "config.json").read_text())
+            config.pop("quantization_config", None)
+            (tmp / "config.json").write_text(json.dumps(config, indent=2))
+            save_model(model, str(tmp / "model.safetensors"))
+            tokenizer.save_pretrained(str(tmp))
         return target
 
     @property
     def dim(self) -> int:
+        """The model's hidden size (loads the model)."""
         model, _ = self._load()
         return int(model.config.hidden_size)
 
     def encode(self, genes: Sequence[str], texts: Sequence[str], *, progress: Progress | None = None) -> np.ndarray:
-        import torch
+        """Vectors of the genes' descriptions; see :meth:`Encoder.encode`.
 
+        Parameters
+        ----------
+        genes : sequence of str
+            Gene symbols (not read: the vectors come from ``texts``).
+        texts : sequence of str
+            One description per gene, put into :attr:`prompt`, cut to :attr:`max_length` tokens and
+            encoded longest first in batches of :attr:`batch_size`.
+        progress : callable or None
+            Called with the number of descriptions done after each batch.
+
+        Returns
+        -------
+        numpy.ndarray
+            float32, genes × the hidden size: layer :attr:`layer`'s hidden states, pooled per :attr:`pooling`.
+
+        Raises
+        ------
+        MissingExtraError
+            When torch or transformers (the ``llm`` extra) is not installed.
+        ModelError
+            When the model cannot be read.
+        """
         model, tokenizer = self._load()
+        torch = require("torch", extra="llm", purpose=LLM)
         device = next(model.parameters()).device
         prompts = [str(self.prompt).format(text=t) for t in texts]
         lengths = [len(tokenizer(p, truncation=True, max_length=self.max_length)["input_ids"]) for p in prompts]
@@ -290,9 +488,6 @@ class CausalLMEncoder:
 
 def _folder_sha(path: Path) -> str:
     """Tree hash of a model folder, remembered per (path, sizes, mtimes) so big models hash once."""
-    from screader_db.cache import cache_dir
-    from screader_db.checksums import sha256_path, tree_files
-
     files = [path] if path.is_file() else tree_files(path)
     stamp = _key({"path": str(path.resolve()), "files": [(str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files]})
     memo = cache_dir("model-hashes") / f"{stamp}.txt"
@@ -305,7 +500,30 @@ def _folder_sha(path: Path) -> str:
 
 def resolve_encoder(spec: str = DEFAULT_MODEL, *, pooling: str = "mean", layer: int = -1, device: str | None = None,
                     dtype: str | None = None, batch_size: int | None = None, max_length: int = 256) -> Encoder:
-    """Turn a model spec (see the module docstring) into an encoder; nothing is loaded yet."""
+    """Turn a model spec into an encoder; nothing is loaded yet.
+
+    Parameters
+    ----------
+    spec
+        ``minilm``, ``smollm2``, ``random:DIM[:SEED]``, a local model folder or a ``.gguf`` file
+        (see the module docstring).
+    pooling, layer, dtype, max_length
+        For causal language models (see :class:`CausalLMEncoder`).
+    device
+        The torch device (default: a GPU when there is one).
+    batch_size
+        Descriptions per batch (default: 32 for sentence models, 8 for causal ones).
+
+    Returns
+    -------
+    Encoder
+        A :class:`RandomEncoder`, :class:`SentenceEncoder` or :class:`CausalLMEncoder`.
+
+    Raises
+    ------
+    ModelError
+        When the spec names no model that can be found.
+    """
     if spec.startswith("random"):
         parts = spec.split(":")
         try:
@@ -316,9 +534,6 @@ def resolve_encoder(spec: str = DEFAULT_MODEL, *, pooling: str = "mean", layer: 
             raise ModelError(message) from err
         return RandomEncoder(dim=dim, seed=seed)
     if spec in PACKAGED_MODELS:
-        from screader_db.fetch import ensure
-        from screader_db.manifest import get_entry
-
         entry = get_entry(spec)
         path = ensure(spec)
         model_id = str(entry.extra.get("model_id", spec))

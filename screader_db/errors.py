@@ -55,6 +55,15 @@ class ModelError(ScreaderError):
     """A language model could not be found or loaded."""
 
 
+class MissingExtraError(ScreaderError):
+    """An optional dependency is not installed; the message names the extra that installs it."""
+
+    def __init__(self, message: str, *, extra: str, module: str) -> None:
+        super().__init__(message)
+        self.extra = extra
+        self.module = module
+
+
 class OutputExistsError(ScreaderError):
     """An output path exists and overwriting was not allowed."""
 

@@ -19,9 +19,9 @@ import numpy as np
 import pandas as pd
 
 from screader_db.errors import ScreaderError
+from screader_db.metrics import UNASSIGNED
 from screader_db.progress import SILENT, Reporter
 
-UNASSIGNED = "Unassigned"
 QUERY_OPTIONS = ("min_score", "min_margin", "power", "propagation", "center", "k", "novelty")
 FORCED = {"min_score": 0.0, "novelty": False}
 
@@ -45,6 +45,7 @@ class MethodSpec:
 
     @property
     def row(self) -> str:
+        """The summary row its results go to: ``group``, else ``name``."""
         return self.group or self.name
 
 
@@ -68,6 +69,7 @@ class Task:
 
     @property
     def shared_reference(self) -> str:
+        """The key atlases are shared under: ``<reference_key or name> seed <seed>``."""
         return f"{self.reference_key or self.name} seed {self.seed}"
 
 
@@ -80,9 +82,34 @@ PROJECT_METHODS = ("marker", "marker-text", "genept")
 def standard_specs(model: str = "minilm", *, methods: tuple[str, ...] = PROJECT_METHODS,
                    random_seeds: int = 3, baselines: bool = True, celltypist: bool = True, singler: bool = False,
                    abstention: bool = True) -> list[MethodSpec]:
-    """The project's methods (text ones with ``model`` and their random-vector twins), the
-    default with its Unassigned rules on, and the baselines: expression kNN and PCA-50 kNN with
-    the usual similarity-weighted vote, CellTypist and (``singler``) SingleR."""
+    """The project's methods, the default with its Unassigned rules on, and the baselines.
+
+    Text methods run with ``model`` and beside their random-vector twins; the baselines are
+    expression kNN and PCA-50 kNN with the usual similarity-weighted vote, CellTypist and
+    (``singler``) SingleR.
+
+    Parameters
+    ----------
+    model : str
+        The language model of the text methods; its dimension (384 for ``minilm`` and unknown models, 576 for
+        ``smollm2``) sizes the random twins.
+    methods : tuple of str
+        Atlas methods. Text methods (``marker-text``, ``genept``, ``hybrid``, ``adaptor``) get ``model`` and
+        random twins; the others are built without a model.
+    random_seeds : int
+        Random-vector twins per text method, averaged into one row ``<method> (random vectors)``.
+    baselines : bool
+        Add expression kNN and PCA-50 kNN (vote power 1, no propagation).
+    celltypist, singler : bool
+        Add these peers.
+    abstention : bool
+        Add the default method once more with the atlas's calibrated score cut-off and the novelty check on.
+
+    Returns
+    -------
+    list of MethodSpec
+        In the order above: each method (with its twins), then the baselines, then the peers.
+    """
     from screader_db.builders.atlas import DEFAULT_METHOD
     from screader_db.cell_embedding import TEXT_METHODS
 
@@ -114,7 +141,28 @@ def _dim(model: str) -> int:
 
 def split_tasks(adata: Any, *, label_key: str, seeds: int = 3, test_size: float = 0.2, name: str = "split",
                 min_cells: int = 2) -> list[Task]:
-    """Stratified reference/query splits (labels with fewer than ``min_cells`` cells stay in the reference)."""
+    """Stratified reference/query splits (labels with fewer than ``min_cells`` cells stay in the reference).
+
+    Parameters
+    ----------
+    adata : AnnData
+        The labelled data to split.
+    label_key : str
+        Its obs column of labels, used as both the reference labels and the query truth.
+    seeds : int
+        Number of splits; split ``s`` uses seed ``s``.
+    test_size : float
+        Share of the splittable cells held out as the query.
+    name : str
+        Task names are ``<name> seed <s>``.
+    min_cells : int
+        Labels with fewer cells are never held out.
+
+    Returns
+    -------
+    list of Task
+        One per seed, with copies of the reference and query cells (cells keep their order).
+    """
     from sklearn.model_selection import train_test_split
 
     labels = adata.obs[label_key].astype(str).to_numpy()
@@ -131,7 +179,18 @@ def split_tasks(adata: Any, *, label_key: str, seeds: int = 3, test_size: float 
 
 
 def query_panel(task: Task) -> list[str]:
-    """The human symbols the query measures: every method is fitted on reference genes in this panel."""
+    """The human symbols the query measures: every method is fitted on reference genes in this panel.
+
+    Parameters
+    ----------
+    task : Task
+        Its query's genes are mapped to human symbols (:func:`screader_db.inputs.map_genes`).
+
+    Returns
+    -------
+    list of str
+        Sorted, without repeats; genes that map to no symbol are left out.
+    """
     from screader_db.inputs import map_genes, open_expression
 
     return sorted({s for s in map_genes(open_expression(task.query)).symbols if s})
@@ -213,10 +272,28 @@ class Evaluation:
     truths: dict[str, np.ndarray] = field(default_factory=dict)
 
     def frame(self) -> pd.DataFrame:
+        """Every run's scores, one row per (task, method).
+
+        Returns
+        -------
+        pandas.DataFrame
+            Columns ``task``, ``method``, ``row``, ``seconds``, ``build_seconds``, ``labels`` (the reference's),
+            the :class:`~screader_db.metrics.Agreement` scores, and for atlas methods ``raw_right``,
+            ``right_set_aside``, ``right_set_aside_share``, ``panel``, ``input_kind`` (``train_seconds`` for
+            trained methods).
+        """
         return pd.DataFrame(self.rows)
 
     def summary(self) -> pd.DataFrame:
-        """Mean and spread (sd over tasks and seeds) of each method row."""
+        """Mean and spread (sd over tasks and seeds) of each method row.
+
+        Returns
+        -------
+        pandas.DataFrame
+            Indexed by ``row`` in order of first run: ``<metric>_mean`` and ``<metric>_sd`` (population sd, 0.0
+            for a single run) of ``accuracy``, ``macro_f1``, ``unassigned_rate``, ``assigned_precision`` and
+            ``seconds``, and ``runs``.
+        """
         frame = self.frame()
         metrics = ["accuracy", "macro_f1", "unassigned_rate", "assigned_precision", "seconds"]
         grouped = frame.groupby("row", sort=False)[metrics]
@@ -225,6 +302,19 @@ class Evaluation:
         return out
 
     def markdown(self, title: str = "") -> str:
+        """The summary as a Markdown table, one line per method row.
+
+        Parameters
+        ----------
+        title : str
+            A ``### title`` heading above the table; none when empty.
+
+        Returns
+        -------
+        str
+            Accuracy and macro-F1 as ``mean ± sd`` (the sd only for rows of several runs), Unassigned share,
+            precision of assigned cells, runs and mean seconds.
+        """
         summary = self.summary()
         lines = [f"### {title}", ""] if title else []
         lines += ["| method | accuracy | macro-F1 | Unassigned | precision of assigned | runs | seconds |",
@@ -239,12 +329,36 @@ class Evaluation:
         return "\n".join(lines)
 
     def per_class(self) -> pd.DataFrame:
-        """Per-class F1 of each method row (mean over runs)."""
+        """Per-class F1 of each method row (mean over runs).
+
+        Returns
+        -------
+        pandas.DataFrame
+            True labels (index) by method rows (columns); NaN where a row never scored a label.
+        """
         records = [{"row": r["row"], "label": label, "f1": f1} for r in self.rows for label, f1 in r["per_class_f1"].items()]
         return pd.DataFrame(records).pivot_table(index="label", columns="row", values="f1", aggfunc="mean", sort=False)
 
     def write(self, folder: str | Path, *, title: str = "", confusion_for: str | None = None) -> list[Path]:
-        """evaluation.md, evaluation.json and confusion.png (of ``confusion_for``, default the first method)."""
+        """evaluation.md, evaluation.json and confusion.png (of ``confusion_for``, default the first method).
+
+        Existing files of these names are replaced.
+
+        Parameters
+        ----------
+        folder : str or Path
+            Created with its parents if missing.
+        title : str
+            Heading of the Markdown table, and ``title`` in the JSON.
+        confusion_for : str or None
+            The method name (not the row) whose confusion matrix is drawn, on the first task it ran; only cells
+            whose true label the first run's reference has are drawn.
+
+        Returns
+        -------
+        list of Path
+            The files written; confusion.png only when there are runs.
+        """
         target = Path(folder)
         target.mkdir(parents=True, exist_ok=True)
         text = self.markdown(title) + "\n\nPer-class F1 (mean over runs):\n\n" + frame_markdown(self.per_class())
@@ -266,7 +380,18 @@ class Evaluation:
 
 
 def frame_markdown(frame: pd.DataFrame) -> str:
-    """A numeric DataFrame as a Markdown table (3 decimals)."""
+    """A numeric DataFrame as a Markdown table (3 decimals).
+
+    Parameters
+    ----------
+    frame : pandas.DataFrame
+        Numeric values; the index becomes the first column, headed by its name.
+
+    Returns
+    -------
+    str
+        The table, NaN shown as an empty cell.
+    """
     header = "| " + " | ".join([str(frame.index.name or ""), *map(str, frame.columns)]) + " |"
     lines = [header, "|" + "---|" * (len(frame.columns) + 1)]
     for index, row in frame.iterrows():
@@ -282,6 +407,31 @@ def evaluate(tasks: list[Task], specs: list[MethodSpec], *, k: int = 15, n_genes
     Atlas methods are built once per shared reference and queried the way a user queries
     (a partial gene panel through a panel index); ``seconds`` is the query time plus the build
     time where the atlas was built for this task.
+
+    Parameters
+    ----------
+    tasks : list of Task
+        The reference/query pairs.
+    specs : list of MethodSpec
+        The methods, e.g. from :func:`standard_specs`.
+    k : int
+        Neighbours of the atlas methods' vote.
+    n_genes : int
+        Genes the atlases are built on, and the variable genes the peers are trained on.
+    workdir : str, Path or None
+        Folder of the temporary atlases (None: the system's), removed at the end.
+    reporter : Reporter
+        Gets one message per (task, method).
+
+    Returns
+    -------
+    Evaluation
+
+    Raises
+    ------
+    ScreaderError
+        No task or no method; or any error of building, querying or of a peer (e.g. :class:`GeneOverlapError`,
+        a peer not installed).
     """
     from screader_db.metrics import agreement
 
@@ -318,7 +468,19 @@ def evaluate(tasks: list[Task], specs: list[MethodSpec], *, k: int = 15, n_genes
 
 
 def set_aside(predicted: np.ndarray, raw: np.ndarray, truth: np.ndarray) -> dict[str, Any]:
-    """How many cells the raw vote got right that the Unassigned rules set aside (count and share)."""
+    """How many cells the raw vote got right that the Unassigned rules set aside (count and share).
+
+    Parameters
+    ----------
+    predicted, raw, truth : numpy.ndarray, shape (n_cells,)
+        Final labels, the vote's labels before the Unassigned rules, and true labels.
+
+    Returns
+    -------
+    dict
+        ``raw_right`` (int), ``right_set_aside`` (int), and ``right_set_aside_share`` (float, of ``raw_right``;
+        0.0 when it is 0).
+    """
     right = raw == truth
     lost = right & (predicted == UNASSIGNED)
     return {"raw_right": int(right.sum()), "right_set_aside": int(lost.sum()),
@@ -333,6 +495,48 @@ def run_evaluation(*, reference: str | Path, label_key: str, query: str | Path |
 
     With ``query``: one transfer task (the random twin runs ``seeds`` times). Without it:
     ``seeds`` stratified splits of the reference holding out ``split`` (default 0.2) of it.
+
+    Parameters
+    ----------
+    reference : str or Path
+        An .h5ad file or a manifest data set name.
+    label_key : str
+        The reference's obs column of labels.
+    query : str, Path or None
+        An .h5ad file or a manifest data set name; None evaluates on splits of the reference.
+    truth_key : str or None
+        The query's obs column of true labels; None uses ``label_key``.
+    split : float
+        Share held out per split; 0 means 0.2.
+    seeds : int
+        Splits, or random-vector twins for a transfer task.
+    model : str
+        Language model of the text methods.
+    methods : str or None
+        Comma-separated atlas methods; None runs ``marker``, ``marker-text`` and ``genept``.
+    celltypist : bool
+        Run CellTypist beside them.
+    k : int
+        Neighbours of the vote.
+    n_genes : int
+        Genes the atlases are built on.
+    out : str, Path or None
+        Folder to write the result to (:meth:`Evaluation.write`); None writes nothing.
+    reporter : Reporter
+        Gets one message per (task, method).
+
+    Returns
+    -------
+    result : Evaluation
+    markdown : str
+        The summary table under a title naming the task, model, ``k`` and gene count.
+
+    Raises
+    ------
+    InputDataError
+        An input file is missing or not readable as AnnData.
+    ScreaderError
+        Fetching a manifest data set failed, or any error of :func:`evaluate`.
     """
     from screader_db.fetch import resolve_dataset
     from screader_db.inputs import read_h5ad

@@ -1,9 +1,10 @@
 """Why one cell got its label: its label scores, the reference cells that voted, and the markers.
 
 The evidence comes from an :class:`~screader_db.results.AnnotationResult`, from an AnnData that
-``to_adata`` wrote (``obsm['screader_scores']``, ``obsm['screader_neighbours']``,
-``uns['screader']``), or, for a query not yet annotated, from annotating the whole query (label
-propagation and the novelty check look at every cell, so one cell is never annotated alone).
+``to_adata`` wrote (``obsm['<key_added>_scores']``, ``obsm['<key_added>_neighbours']``,
+``uns['<key_added>']``, ``key_added="screader"`` by default), or, for a query not yet annotated,
+from annotating the whole query (label propagation and the novelty check look at every cell, so
+one cell is never annotated alone).
 
 Markers come from the atlas's label profiles (mean log expression per label): a label's markers
 are the genes whose mean in the label most exceeds their mean over the other labels, among the
@@ -20,18 +21,11 @@ import numpy as np
 import pandas as pd
 
 from screader_db import store
+from screader_db.annotation import annotate
 from screader_db.errors import AtlasMismatchError
+from screader_db.inputs import load_expression, read_h5ad
 from screader_db.progress import SILENT, Reporter
-from screader_db.results import (
-    NEIGHBOURS_KEY,
-    PREFIX,
-    SCORE_PREFIX,
-    SCORES_KEY,
-    SIMILARITY_KEY,
-    AnnotationResult,
-    cell_position,
-    neighbour_table,
-)
+from screader_db.results import KEY_ADDED, SCORE_PREFIX, AdataKeys, AnnotationResult, cell_position, neighbour_table
 
 TOP = 3
 N_MARKERS = 10
@@ -42,11 +36,21 @@ MARKER_COLUMNS = ["label", "gene", "marker_mean", "cell_value", "expressed"]
 class Explanation:
     """The evidence behind one cell's call.
 
-    ``scores``: the top labels and their vote shares (columns label, score), best first.
-    ``neighbours``: the reference cells that voted (see :func:`~screader_db.results.neighbour_table`).
-    ``markers``: for each top label, its reference markers (columns label, gene, marker_mean = mean
-    log expression in the reference label, cell_value = the cell's log1p CP10k, expressed).
-    ``call``: the cell's other per-cell values as annotated (score, confidence, margin, ...).
+    Attributes
+    ----------
+    cell
+        The cell's obs name.
+    label, raw_label, unassigned_reason
+        Its label, the winner before abstention, and why it is Unassigned ("" when it is not).
+    scores
+        The top labels and their vote shares (columns label, score), best first.
+    neighbours
+        The reference cells that voted (see :func:`~screader_db.results.neighbour_table`).
+    markers
+        For each top label, its reference markers (columns label, gene, marker_mean = mean log
+        expression in the reference label, cell_value = the cell's log1p CP10k, expressed).
+    call
+        The cell's other per-cell values as annotated (score, confidence, margin, ...).
     """
 
     cell: str
@@ -70,9 +74,24 @@ class _Evidence:
     info: dict[str, Any]
 
 
-def is_annotated(adata: Any) -> bool:
-    """Whether ``adata`` carries the label scores and neighbours that ``AnnotationResult.to_adata`` writes."""
-    return SCORES_KEY in adata.obsm and NEIGHBOURS_KEY in adata.obsm and "screader" in adata.uns
+def is_annotated(adata: Any, *, key_added: str = KEY_ADDED) -> bool:
+    """Whether ``adata`` carries the label scores and neighbours that ``AnnotationResult.to_adata`` writes.
+
+    Parameters
+    ----------
+    adata
+        An AnnData.
+    key_added
+        The prefix ``to_adata`` wrote under.
+
+    Returns
+    -------
+    bool
+        True when ``obsm['<key_added>_scores']``, ``obsm['<key_added>_neighbours']`` and
+        ``uns['<key_added>']`` are all there.
+    """
+    keys = AdataKeys(key_added)
+    return keys.scores in adata.obsm and keys.neighbours in adata.obsm and keys.uns in adata.uns
 
 
 def _check_version(annotated: Any, opened: store.Atlas, what: str) -> None:
@@ -96,22 +115,35 @@ def _from_result(result: AnnotationResult, cell: str | int, opened: store.Atlas)
                      result.neighbour_similarities[position], dict(result.info))
 
 
-def _from_adata(adata: Any, cell: str | int, opened: store.Atlas) -> _Evidence:
-    info = dict(adata.uns["screader"])
+def _from_adata(adata: Any, cell: str | int, opened: store.Atlas, keys: AdataKeys) -> _Evidence:
+    info = dict(adata.uns[keys.uns])
     _check_version(info.get("atlas_version"), opened, "the AnnData")
     position = cell_position(pd.Index(adata.obs_names.astype(str)), cell)
-    row = {str(c)[len(PREFIX):]: adata.obs[c].iloc[position] for c in adata.obs.columns if str(c).startswith(PREFIX)}
+    prefix = keys.obs_prefix
+    row = {str(c)[len(prefix):]: adata.obs[c].iloc[position] for c in adata.obs.columns if str(c).startswith(prefix)}
     labels = [str(v) for v in np.asarray(info.get("score_labels", []))]
-    scores = pd.Series(np.asarray(adata.obsm[SCORES_KEY][position], dtype=np.float32), index=labels)
+    scores = pd.Series(np.asarray(adata.obsm[keys.scores][position], dtype=np.float32), index=labels)
     return _Evidence(position, str(adata.obs_names[position]), row, scores,
-                     np.asarray(adata.obsm[NEIGHBOURS_KEY][position], dtype=np.int64),
-                     np.asarray(adata.obsm[SIMILARITY_KEY][position], dtype=np.float32), info)
+                     np.asarray(adata.obsm[keys.neighbours][position], dtype=np.int64),
+                     np.asarray(adata.obsm[keys.similarity][position], dtype=np.float32), info)
 
 
 def label_profiles(opened: store.Atlas, level: str = "label") -> pd.DataFrame | None:
-    """Labels × genes mean log expression of the atlas's reference (None when the atlas keeps no
-    profiles). A label kept by several data sets is their cell-weighted mean; at the ``harmonised``
-    level, labels are merged through the atlas's label map."""
+    """Labels × genes mean log expression of the atlas's reference.
+
+    Parameters
+    ----------
+    opened
+        The atlas.
+    level
+        ``label`` (the data sets' own labels) or ``harmonised`` (merged through the atlas's label map).
+
+    Returns
+    -------
+    pandas.DataFrame or None
+        One row per label (a label kept by several data sets is their cell-weighted mean), one
+        column per gene; None when the atlas keeps no profiles.
+    """
     found = opened.profiles()
     if found is None:
         return None
@@ -133,8 +165,25 @@ def label_profiles(opened: store.Atlas, level: str = "label") -> pd.DataFrame | 
 
 def label_markers(profiles: pd.DataFrame, labels: list[str], *, n_markers: int = N_MARKERS,
                   genes: set[str] | None = None) -> pd.DataFrame:
-    """The top ``n_markers`` genes of each of ``labels``: mean in the label minus the mean over the
-    other labels' means, among ``genes`` when given (columns label, gene, marker_mean, lead)."""
+    """The top marker genes of each of ``labels``, ranked by their lead over the other labels.
+
+    Parameters
+    ----------
+    profiles
+        Labels × genes mean log expression (:func:`label_profiles`).
+    labels
+        The labels to find markers for; labels not in ``profiles`` are skipped.
+    n_markers
+        Most markers per label.
+    genes
+        Only these genes (the ones the query measures); all when None.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Columns label, gene, marker_mean (the gene's mean in the label) and lead (that mean minus
+        the mean of the other labels' means); only genes with a positive lead.
+    """
     usable = profiles if genes is None else profiles.loc[:, [g for g in profiles.columns if g in genes]]
     rows = []
     n = len(usable)
@@ -153,10 +202,29 @@ def label_markers(profiles: pd.DataFrame, labels: list[str], *, n_markers: int =
 
 def cell_values(adata: Any, position: int, genes: list[str], *, info: dict[str, Any], layer: str | None = None,
                 use_raw: bool | None = None, gene_key: str | None = None) -> tuple[pd.Series, set[str]]:
-    """One cell's log1p CP10k over ``genes``, read on the scale the annotation detected, and the
-    genes the query measures. ``layer``, ``use_raw`` and ``gene_key`` default to what the annotation read."""
-    from screader_db.inputs import load_expression
+    """One cell's log1p CP10k over ``genes``, read on the scale the annotation detected.
 
+    Parameters
+    ----------
+    adata
+        The query.
+    position
+        The cell's row.
+    genes
+        Human gene symbols to read.
+    info
+        The annotation's info (:attr:`~screader_db.results.AnnotationResult.info`): species, input
+        scale, and the layer, raw and gene column it read.
+    layer, use_raw, gene_key
+        Override what the annotation read.
+
+    Returns
+    -------
+    values : pandas.Series
+        The cell's values, indexed by ``genes`` (0 for genes the query lacks).
+    measured : set of str
+        The symbols the query measures.
+    """
     layer = layer if layer is not None else (str(info.get("layer") or "") or None)
     use_raw = bool(info.get("use_raw", False)) if use_raw is None else use_raw
     gene_key = gene_key if gene_key is not None else (str(info.get("gene_key") or "") or None)
@@ -170,25 +238,53 @@ def cell_values(adata: Any, position: int, genes: list[str], *, info: dict[str, 
 
 def explain_cell(adata: Any, cell: str | int, atlas: str | Path | store.Atlas, *, result: AnnotationResult | None = None,
                  top: int = TOP, n_markers: int = N_MARKERS, version: int | None = None, layer: str | None = None,
-                 use_raw: bool | None = None, gene_key: str | None = None,
+                 use_raw: bool | None = None, gene_key: str | None = None, key_added: str = KEY_ADDED,
                  reporter: Reporter = SILENT) -> Explanation:
-    """The evidence behind the label of ``cell`` (an obs name or a position) of the query ``adata``.
+    """The evidence behind the label of one cell of a query.
 
-    The scores and neighbours come from ``result`` when given, else from ``adata`` when it was
-    written by ``AnnotationResult.to_adata`` (and annotated against this atlas version), else
-    from annotating all of ``adata`` now. ``top`` labels are shown with ``n_markers`` markers each.
+    Parameters
+    ----------
+    adata
+        The query, or the path of its .h5ad (read backed).
+    cell
+        An obs name or a position.
+    atlas
+        The atlas (a folder or an opened one) the query was annotated against.
+    result
+        The query's annotation. When None, the scores and neighbours come from ``adata`` if
+        ``to_adata`` wrote them there (under ``key_added``), else from annotating all of ``adata`` now.
+    top
+        How many labels to show.
+    n_markers
+        Markers shown per label.
+    version
+        The atlas version to open (default: the current one).
+    layer, use_raw, gene_key
+        Where the expression is read (default: what the annotation read).
+    key_added
+        The prefix ``to_adata`` wrote under.
+    reporter
+        Progress reporting when the query is annotated now.
+
+    Returns
+    -------
+    Explanation
+        The cell's label, top label scores, voting neighbours and markers.
+
+    Raises
+    ------
+    CellNotFoundError
+        When ``cell`` is not in the query.
+    AtlasMismatchError
+        When the annotation was made against another version of the atlas.
     """
-    from screader_db.inputs import read_h5ad
-
     if isinstance(adata, str | Path):
         adata = read_h5ad(adata, backed=True)
     opened = atlas if isinstance(atlas, store.Atlas) else store.open_atlas(atlas, version=version)
-    if result is None and is_annotated(adata):
-        evidence = _from_adata(adata, cell, opened)
+    if result is None and is_annotated(adata, key_added=key_added):
+        evidence = _from_adata(adata, cell, opened, AdataKeys(key_added))
     else:
         if result is None:
-            from screader_db.annotation import annotate
-
             result = annotate(adata, opened, layer=layer, use_raw=bool(use_raw), gene_key=gene_key, reporter=reporter)
         evidence = _from_result(result, cell, opened)
     level = str(evidence.info.get("level", "label"))

@@ -2,14 +2,24 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 import scipy.sparse as sp
 
 
 def gene_moments(X: sp.csr_matrix) -> tuple[np.ndarray, np.ndarray]:
-    """Per-gene mean and variance of a sparse matrix, without densifying it."""
+    """Per-gene mean and variance of a sparse matrix, without densifying it.
+
+    Parameters
+    ----------
+    X : scipy.sparse.csr_matrix, shape (n_cells, n_genes)
+        Cells by genes.
+
+    Returns
+    -------
+    mean : numpy.ndarray of float64, shape (n_genes,)
+    var : numpy.ndarray of float64, shape (n_genes,)
+        Unbiased (n - 1) variance, clipped at 0.
+    """
     n = X.shape[0]
     mean = np.asarray(X.mean(axis=0)).ravel().astype(np.float64)
     sq = X.copy()
@@ -24,6 +34,22 @@ def highly_variable(X_log: sp.csr_matrix, n_top: int = 3000, *, n_bins: int = 20
 
     Dispersion (variance / mean of the un-logged data) is z-scored within 20 bins of mean
     expression, so highly expressed genes do not win by their level alone.
+
+    Parameters
+    ----------
+    X_log : scipy.sparse.csr_matrix, shape (n_cells, n_genes)
+        Log-normalised (natural ``log1p``) expression; ``expm1`` gives the linear values.
+    n_top : int
+        How many genes to pick.
+    n_bins : int
+        Bins of log mean expression the dispersions are z-scored within.
+    min_cells : int
+        Genes detected in fewer cells are never picked.
+
+    Returns
+    -------
+    numpy.ndarray of int, sorted
+        Column indices; fewer than ``n_top`` when fewer genes are usable.
     """
     linear = X_log.copy()
     linear.data = np.expm1(linear.data)
@@ -34,7 +60,27 @@ def highly_variable(X_log: sp.csr_matrix, n_top: int = 3000, *, n_bins: int = 20
 
 def variable_from_moments(mean: np.ndarray, var: np.ndarray, detected: np.ndarray, n_top: int, *, n_bins: int = 20,
                           min_cells: int = 3) -> np.ndarray:
-    """The Seurat-flavour selection from per-gene linear mean, variance and detection counts."""
+    """The Seurat-flavour selection from per-gene linear mean, variance and detection counts.
+
+    Parameters
+    ----------
+    mean, var : numpy.ndarray, shape (n_genes,)
+        Per gene: mean and variance of the linear (un-logged) values.
+    detected : numpy.ndarray, shape (n_genes,)
+        Per gene: cells with a non-zero value.
+    n_top : int
+        How many genes to pick.
+    n_bins : int
+        Equal-width bins of ``log1p(mean)`` the log dispersions are z-scored within; a bin with one gene or no
+        spread scores its genes 1.
+    min_cells : int
+        Genes detected in fewer cells, or with zero dispersion, are never picked.
+
+    Returns
+    -------
+    numpy.ndarray of int, sorted
+        Indices of the highest-scoring genes; fewer than ``n_top`` when fewer genes are usable.
+    """
     with np.errstate(divide="ignore", invalid="ignore"):
         dispersion = np.where(mean > 0, var / mean, 0.0)
         dispersion[dispersion == 0] = np.nan
@@ -55,24 +101,3 @@ def variable_from_moments(mean: np.ndarray, var: np.ndarray, detected: np.ndarra
     chosen = order[: min(n_top, int(np.isfinite(score).sum()))]
     return np.sort(chosen)
 
-
-def stream_moments(blocks: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Linear-scale mean, variance and detection counts per gene over log-normalised row blocks."""
-    total = total_sq = detected = None
-    n = 0
-    for _, block in blocks:
-        linear = block.copy()
-        linear.data = np.expm1(linear.data).astype(np.float64)
-        part = np.asarray(linear.sum(axis=0)).ravel()
-        linear.data **= 2
-        part_sq = np.asarray(linear.sum(axis=0)).ravel()
-        hits = np.diff(block.tocsc().indptr).astype(np.float64)
-        total = part if total is None else total + part
-        total_sq = part_sq if total_sq is None else total_sq + part_sq
-        detected = hits if detected is None else detected + hits
-        n += block.shape[0]
-    if total is None or total_sq is None or detected is None:
-        raise ValueError("no rows to summarise")
-    mean = total / max(n, 1)
-    var = np.maximum((total_sq / max(n, 1) - mean**2) * n / max(n - 1, 1), 0.0)
-    return mean, var, detected

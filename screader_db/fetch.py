@@ -23,6 +23,7 @@ from screader_db.cache import cache_dir
 from screader_db.checksums import sha256_file, sha256_path, size_of
 from screader_db.errors import ChecksumError, FetchError
 from screader_db.manifest import Entry, get_entry, load_manifest
+from screader_db.outputs import atomic_write
 
 Progress = Callable[[str], None]
 ENV_ARCHIVES = "SCREADER_DB_ARCHIVES"
@@ -33,24 +34,65 @@ def _noop(_: str) -> None:
 
 
 def data_root() -> Path:
-    """Where verified files live: ``<cache>/data/<entry name>/<file>``."""
+    """Where verified files live: ``<cache>/data/<entry name>/<file>``.
+
+    Returns
+    -------
+    Path
+        ``<cache>/data``, created if missing (:func:`screader_db.cache.cache_dir`).
+    """
     return cache_dir("data")
 
 
 def cached_path(entry: Entry) -> Path:
-    """The path an entry has once fetched (it may not exist yet)."""
+    """The path an entry has once fetched (it may not exist yet).
+
+    Parameters
+    ----------
+    entry : Entry
+        A manifest entry.
+
+    Returns
+    -------
+    Path
+        ``<data root>/<entry name>/<entry basename>``.
+    """
     return data_root() / entry.name / entry.basename
 
 
 def bundled_path(entry: Entry) -> Path:
-    """The path of a file shipped inside the package."""
+    """The path of a file shipped inside the package.
+
+    Parameters
+    ----------
+    entry : Entry
+        A ``bundled`` manifest entry; its last member is the path inside the ``screader_db`` package.
+
+    Returns
+    -------
+    Path
+        Not checked to exist.
+    """
     import importlib.resources
 
     return Path(str(importlib.resources.files("screader_db").joinpath(*entry.member[-1].split("/"))))
 
 
 def verify(entry: Entry, path: Path) -> None:
-    """Raise :class:`ChecksumError` unless ``path`` hashes to the manifest's sha256."""
+    """Raise :class:`ChecksumError` unless ``path`` hashes to the manifest's sha256.
+
+    Parameters
+    ----------
+    entry : Entry
+        The manifest entry whose ``sha256`` is expected.
+    path : Path
+        A file, or a folder (hashed as a tree, :func:`screader_db.checksums.sha256_path`).
+
+    Raises
+    ------
+    ChecksumError
+        The hashes differ.
+    """
     found = sha256_path(path)
     if found != entry.sha256:
         message = (
@@ -65,6 +107,29 @@ def ensure(name: str, *, progress: Progress = _noop, force: bool = False) -> Pat
     """Return the verified local path of manifest entry ``name``, fetching it when needed.
 
     A cached copy that fails its checksum is discarded and fetched again.
+
+    Parameters
+    ----------
+    name : str
+        A manifest entry.
+    progress : callable
+        Called with one-line status messages; by default nothing is reported.
+    force : bool
+        Fetch again even when a verified copy is cached (a bundled entry is never fetched).
+
+    Returns
+    -------
+    Path
+        The cached file or folder (:func:`cached_path`), or for a bundled entry the file in the package.
+
+    Raises
+    ------
+    ScreaderError
+        ``name`` is not in the manifest.
+    ChecksumError
+        A bundled file, a downloaded archive or the extracted member does not have the recorded sha256.
+    FetchError
+        The download or the extraction failed.
     """
     entry = get_entry(name)
     if entry.kind == "bundled":
@@ -82,7 +147,27 @@ def ensure(name: str, *, progress: Progress = _noop, force: bool = False) -> Pat
 
 
 def ensure_all(names: list[str] | None = None, *, progress: Progress = _noop, force: bool = False) -> dict[str, Path]:
-    """Fetch several entries (all fetchable ones when ``names`` is empty)."""
+    """Fetch several entries (all fetchable ones when ``names`` is empty).
+
+    Parameters
+    ----------
+    names : list of str or None
+        Manifest entries; None or empty takes every entry that is not bundled and not marked ``default: false``.
+    progress : callable
+        Called with one-line status messages.
+    force : bool
+        Fetch again even when verified copies are cached.
+
+    Returns
+    -------
+    dict of str to Path
+        Each name to its verified path (:func:`ensure`).
+
+    Raises
+    ------
+    ScreaderError
+        A name is not in the manifest, or a fetch failed (:class:`ChecksumError`, :class:`FetchError`).
+    """
     manifest = load_manifest()
     wanted = names or [n for n, e in manifest.items() if e.kind != "bundled" and e.extra.get("default", True)]
     return {name: ensure(name, progress=progress, force=force) for name in wanted}
@@ -157,9 +242,8 @@ def _keep_archive(entry: Entry, archive: Path) -> None:
         return
     target = _archive_store() / archive.name
     if not target.exists():
-        tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-        shutil.copyfile(archive, tmp)
-        tmp.replace(target)
+        with atomic_write(target, tag=f".{os.getpid()}") as tmp:
+            shutil.copyfile(archive, tmp)
 
 
 def _fresh_download(entry: Entry, folder: Path) -> Path:
@@ -219,7 +303,24 @@ def _run(cmd: list[str], entry: Entry, tool: str, cwd: Path | None = None) -> No
 
 
 def extract_member(archive: Path, member: tuple[str, ...], dest: Path) -> None:
-    """Extract ``member`` (a path chain through nested archives) from ``archive`` to ``dest``."""
+    """Extract ``member`` (a path chain through nested archives) from ``archive`` to ``dest``.
+
+    Parameters
+    ----------
+    archive : Path
+        A zip or wheel, or a Debian ``.deb`` (its ``data.tar`` is searched).
+    member : tuple of str
+        Each name but the last is an archive inside the previous one; the last is a file, or a folder when it
+        ends in ``/``.
+    dest : Path
+        Where the file is written, or the folder created with the member's files under it.
+
+    Raises
+    ------
+    FetchError
+        The member path is empty, a name is not in its archive, the ``.deb`` is not a Debian package, or a
+        folder member holds an unsafe (``..``) path.
+    """
     data: bytes | None = None
     container: Path | bytes = archive
     for depth, name in enumerate(member):
@@ -298,7 +399,30 @@ def _deb_data_tar(deb: Path) -> tarfile.TarFile:
 
 
 def record(name: str, *, progress: Progress = _noop) -> dict[str, object]:
-    """Download an entry and measure its hashes and sizes (the maintainer's way to fill the manifest)."""
+    """Download an entry and measure its hashes and sizes (the maintainer's way to fill the manifest).
+
+    Nothing is verified or cached; the files are measured in a temporary folder under :func:`data_root`.
+
+    Parameters
+    ----------
+    name : str
+        A manifest entry.
+    progress : callable
+        Accepted for symmetry with :func:`ensure`; not called.
+
+    Returns
+    -------
+    dict
+        ``archive_sha256``, ``archive_size`` (bytes), ``sha256`` and ``size`` (bytes) of the extracted member, ready
+        for :func:`screader_db.manifest.record_entry`.
+
+    Raises
+    ------
+    ScreaderError
+        ``name`` is not in the manifest.
+    FetchError
+        The download or the extraction failed.
+    """
     entry = get_entry(name)
     with tempfile.TemporaryDirectory(prefix=".record-", dir=data_root()) as tmp:
         work = Path(tmp)
@@ -315,7 +439,23 @@ def record(name: str, *, progress: Progress = _noop) -> dict[str, object]:
 
 
 def resolve_dataset(value: str | Path) -> Path:
-    """A path as given, or the cached file of a manifest data set named ``value`` (fetched on first use)."""
+    """A path as given, or the cached file of a manifest data set named ``value`` (fetched on first use).
+
+    Parameters
+    ----------
+    value : str or Path
+        An existing path, or the name of a manifest entry whose role is ``dataset``.
+
+    Returns
+    -------
+    Path
+        The existing path, the fetched data set, or ``value`` as a path when it is neither (not checked here).
+
+    Raises
+    ------
+    ScreaderError
+        The manifest cannot be read, or fetching the data set failed (:class:`ChecksumError`, :class:`FetchError`).
+    """
     path = Path(value)
     if path.exists():
         return path

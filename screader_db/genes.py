@@ -7,7 +7,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 
-import numpy as np
 import pandas as pd
 
 from screader_db.errors import InputDataError
@@ -20,7 +19,19 @@ SPECIES = ("human", "mouse")
 
 @lru_cache(maxsize=1)
 def load_gene_table() -> pd.DataFrame:
-    """The human gene description table shipped with the package (checksum verified)."""
+    """The human gene description table shipped with the package, checked against its sha256.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per gene: ``symbol``, ``entrez_id``, ``gene_type``, ``full_name``, ``aliases``,
+        ``ensembl_ids``, ``go_mf``, ``go_bp``, ``go_cc``, ``description`` and ``text_sha256``.
+
+    Raises
+    ------
+    ChecksumError
+        The shipped file does not hash to the manifest's sha256.
+    """
     import pyarrow.parquet as pq
 
     from screader_db.fetch import ensure
@@ -35,6 +46,18 @@ def load_orthologs() -> dict[str, str]:
     That is the 1:1 orthologs plus the one-to-many ones seen from the mouse side (mouse Ins1 and
     Ins2 both map to human INS, and their counts are summed); mouse genes with several human
     orthologs are left unmapped.
+
+    Returns
+    -------
+    dict
+        Mouse symbol -> human symbol.
+
+    Raises
+    ------
+    FetchError
+        The ortholog table is not cached and cannot be downloaded.
+    ChecksumError
+        The downloaded table does not hash to the manifest's sha256.
     """
     from screader_db.fetch import ensure
 
@@ -45,7 +68,18 @@ def load_orthologs() -> dict[str, str]:
 
 
 def looks_like_ensembl(names: Sequence[str]) -> float:
-    """Share of names that look like Ensembl gene ids (ENSG..., ENSMUSG...)."""
+    """Share of names that look like Ensembl gene ids (ENSG..., ENSMUSG..., with or without a version).
+
+    Parameters
+    ----------
+    names
+        Gene names; the first 2,000 are looked at.
+
+    Returns
+    -------
+    float
+        Between 0 and 1; 0 for no names.
+    """
     if len(names) == 0:
         return 0.0
     sample = list(names[:2000])
@@ -53,7 +87,19 @@ def looks_like_ensembl(names: Sequence[str]) -> float:
 
 
 def detect_species(names: Sequence[str]) -> str:
-    """``mouse`` when most symbols are capitalised (Gcg), ``human`` when upper case (GCG)."""
+    """The species gene names come from, by their form.
+
+    Parameters
+    ----------
+    names
+        Gene names: symbols or Ensembl ids.
+
+    Returns
+    -------
+    str
+        ``mouse`` when most Ensembl ids are ENSMUSG or, for symbols, when most of the first 5,000
+        are capitalised (Gcg); ``human`` otherwise (GCG).
+    """
     letters = [str(n) for n in names[:5000] if re.search("[A-Za-z]{2}", str(n))]
     if looks_like_ensembl(names) > 0.5:
         return "mouse" if sum(str(n).startswith("ENSMUSG") for n in names[:2000]) > len(names[:2000]) / 2 else "human"
@@ -65,7 +111,21 @@ def detect_species(names: Sequence[str]) -> str:
 
 @dataclass
 class GeneMapping:
-    """How a data set's gene names were turned into human symbols."""
+    """How a data set's gene names were turned into human symbols.
+
+    Parameters
+    ----------
+    symbols
+        The human symbol of each input name, ``""`` where none is known.
+    species
+        The species the names were read as: ``human`` or ``mouse``.
+    n_input
+        Number of input names.
+    n_mapped
+        Number of names with a human symbol.
+    how
+        Names per way of mapping: ``symbol``, ``alias``, ``ensembl``, ``ortholog``, ``same-name``, ``unmapped``.
+    """
 
     symbols: list[str]
     species: str
@@ -75,11 +135,20 @@ class GeneMapping:
 
     @property
     def share(self) -> float:
+        """Share of the input names that map to a human symbol (0 for no names)."""
         return self.n_mapped / self.n_input if self.n_input else 0.0
 
 
 class GeneResolver:
-    """Map gene names (symbols, aliases, Ensembl ids, mouse symbols) to human symbols."""
+    """Map gene names (symbols, aliases, Ensembl ids, mouse symbols) to human symbols.
+
+    Parameters
+    ----------
+    table
+        The gene table (default: :func:`load_gene_table`).
+    orthologs
+        Mouse symbol -> human symbol (default: :func:`load_orthologs`, read on first use).
+    """
 
     def __init__(self, table: pd.DataFrame | None = None, orthologs: dict[str, str] | None = None) -> None:
         self.table = table if table is not None else load_gene_table()
@@ -96,6 +165,7 @@ class GeneResolver:
 
     @property
     def orthologs(self) -> dict[str, str]:
+        """Mouse symbol -> human symbol, read on first use."""
         if self._orthologs is None:
             self._orthologs = load_orthologs()
         return self._orthologs
@@ -114,7 +184,29 @@ class GeneResolver:
         return "", "unmapped"
 
     def map(self, names: Sequence[str], *, species: str = "auto") -> GeneMapping:
-        """Human symbols for ``names`` ('' where none is known)."""
+        """Human symbols for ``names``.
+
+        Human names are matched as symbols (in any case), then Ensembl ids (version dropped), then
+        aliases that name a single gene; mouse symbols through :attr:`orthologs`, else a human
+        symbol of the same name.
+
+        Parameters
+        ----------
+        names
+            Gene names of one species.
+        species
+            ``human``, ``mouse`` or ``auto`` (:func:`detect_species`).
+
+        Returns
+        -------
+        GeneMapping
+            The symbols (``""`` where none is known) and how each was found.
+
+        Raises
+        ------
+        InputDataError
+            ``species`` is not human, mouse or auto.
+        """
         names = [str(n) for n in names]
         chosen = detect_species(names) if species == "auto" else species
         if chosen not in SPECIES:
@@ -136,7 +228,18 @@ class GeneResolver:
         return GeneMapping(symbols=out, species=chosen, n_input=len(names), n_mapped=mapped, how=how)
 
     def descriptions(self, symbols: Sequence[str]) -> tuple[list[str], list[str]]:
-        """Descriptions and their sha256 for human symbols (a bare symbol where none is known)."""
+        """The description text of each human symbol and its sha256.
+
+        Parameters
+        ----------
+        symbols
+            Human gene symbols.
+
+        Returns
+        -------
+        tuple of list
+            The texts (``"SYMBOL: gene."`` for a symbol the table lacks) and their sha256 hex digests.
+        """
         indexed = self.table.set_index("symbol")
         texts, shas = [], []
         from screader_db.checksums import sha256_text
@@ -155,16 +258,11 @@ class GeneResolver:
 
 @lru_cache(maxsize=1)
 def default_resolver() -> GeneResolver:
-    """One resolver over the shipped tables, shared: its lookups are built once per process."""
+    """One resolver over the shipped tables, shared: its lookups are built once per process.
+
+    Returns
+    -------
+    GeneResolver
+        The same object on every call.
+    """
     return GeneResolver()
-
-
-def unique_positions(values: Sequence[str]) -> np.ndarray:
-    """Indices of the first occurrence of each non-empty value."""
-    seen: set[str] = set()
-    keep = []
-    for i, v in enumerate(values):
-        if v and v not in seen:
-            seen.add(v)
-            keep.append(i)
-    return np.asarray(keep, dtype=np.int64)

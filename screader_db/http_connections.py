@@ -38,6 +38,13 @@ class GuardedH11Protocol(H11Protocol):
     _header_deadline: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        """Accept a connection and start its header deadline, or answer 503 and close it beyond the cap.
+
+        Parameters
+        ----------
+        transport : asyncio.Transport
+            The new connection.
+        """
         super().connection_made(transport)
         if len(self.connections) > self.max_connections:
             transport.write(_busy(self.max_connections))
@@ -46,10 +53,18 @@ class GuardedH11Protocol(H11Protocol):
         self._arm()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        """Cancel the header deadline, then let uvicorn clean up.
+
+        Parameters
+        ----------
+        exc : Exception or None
+            Why the connection was lost; None for an ordinary close.
+        """
         self._disarm()
         super().connection_lost(exc)
 
     def on_response_complete(self) -> None:
+        """Restart the header deadline for the next request on a connection kept open."""
         super().on_response_complete()
         if not self.transport.is_closing():
             self._arm()
@@ -71,7 +86,27 @@ class GuardedH11Protocol(H11Protocol):
 
 
 def server_config(app: Any, *, host: str, port: int, limits: ServerLimits, log_level: str = "info") -> Any:
-    """The uvicorn configuration ``screader-db serve`` runs ``app`` with."""
+    """The uvicorn configuration ``screader-db serve`` runs ``app`` with.
+
+    Parameters
+    ----------
+    app : ASGI application
+        The server's app.
+    host : str
+        The address to bind.
+    port : int
+        The port to bind.
+    limits : ServerLimits
+        Gives the connection cap (:meth:`ServerLimits.connection_cap`), the header deadline, the
+        keep-alive and the header size limit.
+    log_level : str
+        uvicorn's log level.
+
+    Returns
+    -------
+    uvicorn.Config
+        With a :class:`GuardedH11Protocol` subclass carrying these limits as its ``http`` protocol.
+    """
     import uvicorn
 
     protocol = type("GuardedH11Protocol", (GuardedH11Protocol,),

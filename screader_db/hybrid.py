@@ -25,6 +25,8 @@ and its keys and values are reused for every batch.
 
 from __future__ import annotations
 
+import contextlib
+import inspect
 import math
 import time
 from collections.abc import Callable
@@ -34,9 +36,11 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
+from screader_db.cell_embedding import LEARNED_METHODS
+from screader_db.encoders import CausalLMEncoder, pick_device, resolve_encoder
 from screader_db.errors import ModelError, ModelMismatchError, ScreaderError
+from screader_db.extras import require
 
-LEARNED_METHODS = ("hybrid", "adaptor")
 DEFAULT_DECODER = "smollm2"
 DEFAULT_PROMPT = ("Below are the most highly expressed genes of one single cell, in decreasing order of expression. "
                   "They tell which type of cell it is:")
@@ -49,10 +53,29 @@ DEFAULTS: dict[str, dict[str, Any]] = {
                 "hidden": 256, "out_dim": 128, "loss": "ce", "scale": 16.0, "temperature": 0.1, "embed_batch": 2048},
 }
 Progress = Callable[[int], None]
+LEARNED = "the hybrid and adaptor methods"
 
 
 def method_settings(method: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The method's defaults updated with the given ``params`` (unknown keys are kept as they are)."""
+    """A learned method's settings: its defaults updated with ``params``.
+
+    Parameters
+    ----------
+    method
+        ``hybrid`` or ``adaptor``.
+    params
+        Settings to override (None values are ignored; unknown keys are kept as they are).
+
+    Returns
+    -------
+    dict
+        Every setting of :data:`DEFAULTS` for the method (and ``decoder`` and ``prompt`` for hybrid).
+
+    Raises
+    ------
+    ScreaderError
+        When the method is not learned, the loss is unknown or a count is below 1.
+    """
     if method not in LEARNED_METHODS:
         message = f"{method!r} is not a learned method; choose one of {', '.join(LEARNED_METHODS)}"
         raise ScreaderError(message)
@@ -71,7 +94,19 @@ def method_settings(method: str, params: dict[str, Any] | None = None) -> dict[s
 
 
 def training_cells(n_cells: int, settings: dict[str, Any]) -> int:
-    """How many cells one epoch draws (the progress total is this times the epochs)."""
+    """How many cells one epoch draws (the progress total is this times the epochs).
+
+    Parameters
+    ----------
+    n_cells
+        Cells available for training.
+    settings
+        The method's settings (``train_cells``).
+
+    Returns
+    -------
+    int
+    """
     return min(n_cells, int(settings["train_cells"]))
 
 
@@ -80,10 +115,20 @@ def training_cells(n_cells: int, settings: dict[str, Any]) -> int:
 
 
 def gene_tokens(X: sp.spmatrix | np.ndarray, n_top: int) -> tuple[np.ndarray, np.ndarray]:
-    """Each row's ``n_top`` highest-expressed columns, highest first: (indices, values).
+    """Each cell's gene tokens: its ``n_top`` highest-expressed genes, highest first.
 
-    Ties keep column order; a row with fewer expressed genes is padded with value 0 (index 0),
-    the padding always at the end. Values are the expression values themselves.
+    Parameters
+    ----------
+    X
+        Cells × atlas genes, log-normalised.
+    n_top
+        Tokens per cell.
+
+    Returns
+    -------
+    index, values
+        Cells × ``n_top`` column indices (int64) and their expression values (float32). Ties keep
+        column order; a cell with fewer expressed genes is padded at the end with value 0, index 0.
     """
     dense = np.asarray(X.toarray() if sp.issparse(X) else X, dtype=np.float32)  # type: ignore[union-attr]
     t = min(n_top, dense.shape[1])
@@ -98,7 +143,18 @@ def gene_tokens(X: sp.spmatrix | np.ndarray, n_top: int) -> tuple[np.ndarray, np
 
 
 def prepare_gene_vectors(vectors: np.ndarray) -> np.ndarray:
-    """Gene text vectors centred across genes and scaled to unit length (the token basis)."""
+    """The token basis: gene text vectors centred across genes and scaled to unit length.
+
+    Parameters
+    ----------
+    vectors
+        Genes × dim text vectors.
+
+    Returns
+    -------
+    numpy.ndarray
+        float32, the same shape.
+    """
     centred = np.asarray(vectors, dtype=np.float64)
     centred = centred - centred.mean(axis=0, keepdims=True)
     norms = np.linalg.norm(centred, axis=1, keepdims=True)
@@ -112,7 +168,21 @@ def prepare_gene_vectors(vectors: np.ndarray) -> np.ndarray:
 
 @dataclass
 class Decoder:
-    """A frozen causal language model's decoder stack with its tokenizer and provenance."""
+    """A frozen causal language model's decoder stack with its tokenizer and provenance.
+
+    Parameters
+    ----------
+    spec
+        The decoder as asked for (``smollm2``, a folder, a ``.gguf`` file).
+    model_id, model_sha
+        What the model is and the sha256 of its files.
+    model
+        The decoder stack (frozen, eval mode).
+    tokenizer
+        Its tokenizer.
+    device
+        The torch device it is on.
+    """
 
     spec: str
     model_id: str
@@ -123,13 +193,29 @@ class Decoder:
 
     @property
     def hidden_size(self) -> int:
+        """The width of the decoder's hidden states."""
         return int(self.model.config.hidden_size)
 
 
 def resolve_decoder(spec: str, *, device: str | None = None) -> Any:
-    """The encoder object behind a decoder spec (nothing loaded; its ``model_sha`` is known)."""
-    from screader_db.encoders import CausalLMEncoder, resolve_encoder
+    """The encoder behind a decoder spec; nothing is loaded, its ``model_sha`` is known.
 
+    Parameters
+    ----------
+    spec
+        ``smollm2``, a causal language model's folder or a ``.gguf`` file.
+    device
+        The torch device.
+
+    Returns
+    -------
+    CausalLMEncoder
+
+    Raises
+    ------
+    ModelError
+        When the spec is not a causal language model.
+    """
     encoder = resolve_encoder(spec, device=device)
     if not isinstance(encoder, CausalLMEncoder):
         message = (f"the hybrid method needs a causal language model as --decoder (smollm2, a LLaMA-family folder "
@@ -139,9 +225,28 @@ def resolve_decoder(spec: str, *, device: str | None = None) -> Any:
 
 
 def load_decoder(spec: str, *, device: str | None = None, expected_sha: str | None = None) -> Decoder:
-    """Load the decoder of ``spec`` frozen, in eval mode (bfloat16 weights on CUDA)."""
-    from screader_db.encoders import pick_device
+    """Load a decoder frozen, in eval mode (bfloat16 weights on CUDA).
 
+    Parameters
+    ----------
+    spec
+        ``smollm2``, a causal language model's folder or a ``.gguf`` file.
+    device
+        The torch device (default: a GPU when there is one).
+    expected_sha
+        Refuse a model whose files have another sha256.
+
+    Returns
+    -------
+    Decoder
+
+    Raises
+    ------
+    ModelMismatchError
+        When the sha256 differs from ``expected_sha``.
+    MissingExtraError
+        When the ``llm`` extra is not installed.
+    """
     device = pick_device(device)
     encoder = resolve_decoder(spec, device=device)
     if expected_sha is not None:
@@ -156,6 +261,20 @@ def load_decoder(spec: str, *, device: str | None = None, expected_sha: str | No
 
 
 def check_sha(spec: str, expected: str, found: str) -> None:
+    """Refuse a decoder whose files' sha256 is not the one the embedder was trained on.
+
+    Parameters
+    ----------
+    spec
+        The decoder spec, for the message.
+    expected, found
+        The recorded and the present sha256.
+
+    Raises
+    ------
+    ModelMismatchError
+        When they differ.
+    """
     if found != expected:
         message = (f"the atlas's hybrid embedder was trained on decoder {spec!r} with sha256 {expected[:16]}…, "
                    f"but the decoder found now has sha256 {found[:16]}…; restore the original model files or "
@@ -164,7 +283,18 @@ def check_sha(spec: str, expected: str, found: str) -> None:
 
 
 def check_decoder(params: dict[str, Any]) -> None:
-    """Refuse an embedder whose decoder's bytes changed since it was trained."""
+    """Refuse an embedder whose decoder's bytes changed since it was trained.
+
+    Parameters
+    ----------
+    params
+        The embedder's stored settings (``decoder``, ``decoder_sha``); nothing is checked without a decoder.
+
+    Raises
+    ------
+    ModelMismatchError
+        When the decoder cannot be found or its sha256 differs.
+    """
     spec = params.get("decoder")
     if not spec:
         return
@@ -177,7 +307,7 @@ def check_decoder(params: dict[str, Any]) -> None:
 
 
 # --------------------------------------------------------------------------------------------
-# the networks (torch is imported only when one is built)
+# the networks (torch is imported only when one is built; LearnedModel, the only way in, says which extra it needs)
 
 
 def _modules() -> dict[str, Any]:
@@ -256,31 +386,76 @@ def _modules() -> dict[str, Any]:
 
 
 def cache_tensors(cache: Any) -> list[tuple[Any, Any]]:
-    """Per layer (keys, values) of a transformers cache, across the library's cache APIs."""
+    """The (keys, values) of each layer of a transformers cache, across the library's cache APIs.
+
+    Parameters
+    ----------
+    cache
+        A transformers cache.
+
+    Returns
+    -------
+    list of (keys, values)
+    """
     if hasattr(cache, "layers"):
         return [(layer.keys, layer.values) for layer in cache.layers]
     return [(k, v) for k, v in cache.to_legacy_cache()]
 
 
 def cache_argument(model: Any) -> str:
-    """The forward argument that takes a cache: ``cache`` (transformers 5) or ``past_key_values``."""
-    import inspect
+    """The forward argument that takes a cache.
 
+    Parameters
+    ----------
+    model
+        A transformers model.
+
+    Returns
+    -------
+    str
+        ``cache`` (transformers 5) or ``past_key_values``.
+    """
     return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
 def new_cache(pairs: list[tuple[Any, Any]], n: int) -> Any:
-    """A fresh cache holding ``pairs`` for a batch of ``n`` (the forward pass appends to it)."""
-    from transformers import DynamicCache
+    """A fresh cache holding ``pairs`` for a batch of ``n`` (the forward pass appends to it).
 
+    Parameters
+    ----------
+    pairs
+        Per layer (keys, values) of one sequence (the prompt).
+    n
+        The batch size.
+
+    Returns
+    -------
+    transformers.DynamicCache
+    """
+    cache = require("transformers", extra="llm", purpose=LEARNED).DynamicCache
     expanded = [(k.expand(n, -1, -1, -1), v.expand(n, -1, -1, -1)) for k, v in pairs]
-    if hasattr(DynamicCache, "from_legacy_cache"):
-        return DynamicCache.from_legacy_cache(tuple(expanded))
-    return DynamicCache(ddp_cache_data=expanded)
+    if hasattr(cache, "from_legacy_cache"):
+        return cache.from_legacy_cache(tuple(expanded))
+    return cache(ddp_cache_data=expanded)
 
 
 def supcon_loss(z: Any, codes: Any, temperature: float) -> Any:
-    """Supervised contrastive loss (Khosla et al. 2020) of a batch of vectors with class codes."""
+    """Supervised contrastive loss (Khosla et al. 2020) of a batch of vectors with class codes.
+
+    Parameters
+    ----------
+    z
+        Batch × dim torch vectors.
+    codes
+        Their class codes (torch int64).
+    temperature
+        The softmax temperature.
+
+    Returns
+    -------
+    torch.Tensor
+        The mean loss over cells that have a positive in the batch (0 when none has).
+    """
     import torch
     from torch.nn import functional
 
@@ -299,14 +474,33 @@ def supcon_loss(z: Any, codes: Any, temperature: float) -> Any:
 
 
 class LearnedModel:
-    """A trained (or loaded) network ready to embed cells: gene vectors, weights, settings."""
+    """A trained (or loaded) network ready to embed cells: gene vectors, weights, settings.
+
+    Parameters
+    ----------
+    method
+        ``hybrid`` or ``adaptor``.
+    gene_vectors
+        Genes × dim token basis (:func:`prepare_gene_vectors`).
+    settings
+        The method's settings (:func:`method_settings`); ``dim`` (and for hybrid ``prompt_ids``
+        and ``token_scale``) are added.
+    n_classes
+        Labels the classification head scores.
+    device
+        The torch device (default: the decoder's, else a GPU when there is one).
+    decoder
+        The frozen decoder (hybrid only).
+
+    Raises
+    ------
+    MissingExtraError
+        When torch (the ``llm`` extra) is not installed.
+    """
 
     def __init__(self, method: str, gene_vectors: np.ndarray, settings: dict[str, Any], *, n_classes: int,
                  device: str | None = None, decoder: Decoder | None = None) -> None:
-        import torch
-
-        from screader_db.encoders import pick_device
-
+        torch = require("torch", extra="llm", purpose=LEARNED)
         self.method = method
         self.settings = settings
         self.device = decoder.device if decoder is not None else pick_device(device)
@@ -335,8 +529,6 @@ class LearnedModel:
         self.head.to(self.device)
 
     def _autocast(self) -> Any:
-        import contextlib
-
         import torch
 
         if self.method == "hybrid" and str(self.device).startswith("cuda"):
@@ -344,6 +536,23 @@ class LearnedModel:
         return contextlib.nullcontext()
 
     def forward(self, index: np.ndarray, value: np.ndarray) -> Any:
+        """The network's float32 output (not normalised) for cells given as gene tokens (:func:`gene_tokens`).
+
+        Runs under bfloat16 autocast for hybrid on a GPU; gradients are kept (wrap it in
+        ``torch.inference_mode`` to embed).
+
+        Parameters
+        ----------
+        index : numpy.ndarray
+            int64 cells × ``n_top`` gene column indices.
+        value : numpy.ndarray
+            float32 cells × ``n_top`` expression values of those genes.
+
+        Returns
+        -------
+        torch.Tensor
+            float32 cells × ``settings['dim']``, on the model's device.
+        """
         import torch
 
         idx = torch.as_tensor(index, device=self.device)
@@ -352,7 +561,22 @@ class LearnedModel:
             return self.net(self.genes, idx, val).float()
 
     def fit(self, X: sp.spmatrix, codes: np.ndarray, *, progress: Progress | None = None) -> dict[str, Any]:
-        """Train the projector (and the adaptor's MLP) and the head; returns what was done."""
+        """Train the projector (and the adaptor's MLP) and the head on labelled cells.
+
+        Parameters
+        ----------
+        X
+            Cells × atlas genes, log-normalised.
+        codes
+            Each cell's label code (0 to n_classes - 1).
+        progress
+            Called with the cells trained on after each batch.
+
+        Returns
+        -------
+        dict
+            ``train_loss`` (per epoch), ``train_seconds`` and ``train_steps``.
+        """
         import torch
         from torch.nn import functional
 
@@ -400,7 +624,20 @@ class LearnedModel:
                 "train_steps": steps}
 
     def embed(self, X: sp.spmatrix | np.ndarray, *, batch: int | None = None) -> np.ndarray:
-        """Unit-length float32 cell vectors of the rows of ``X`` (log-normalised, atlas genes)."""
+        """Unit-length cell vectors.
+
+        Parameters
+        ----------
+        X
+            Cells × atlas genes, log-normalised.
+        batch
+            Cells per forward pass (default: the method's ``embed_batch``, 8 times that on a GPU).
+
+        Returns
+        -------
+        numpy.ndarray
+            Cells × dim float32.
+        """
         import torch
         from torch.nn import functional
 
@@ -414,12 +651,30 @@ class LearnedModel:
         return out
 
     def state(self) -> dict[str, np.ndarray]:
-        """The trained weights as float32 arrays (``net.*`` and ``head.*``; never the decoder)."""
+        """The trained weights as float32 arrays.
+
+        Returns
+        -------
+        dict of str to numpy.ndarray
+            ``net.*`` and ``head.*`` parameters; never the decoder's.
+        """
         found = {f"net.{k}": v for k, v in self.net.state_dict().items()}
         found.update({f"head.{k}": v for k, v in self.head.state_dict().items()})
         return {k: np.ascontiguousarray(v.detach().float().cpu().numpy()) for k, v in found.items()}
 
     def load_state(self, state: dict[str, np.ndarray]) -> None:
+        """Put back weights from :meth:`state`.
+
+        Parameters
+        ----------
+        state
+            ``net.*`` and ``head.*`` arrays.
+
+        Raises
+        ------
+        ScreaderError
+            When they do not fit the network.
+        """
         import torch
 
         for prefix, module in (("net.", self.net), ("head.", self.head)):
@@ -435,9 +690,37 @@ class LearnedModel:
 
 def train(method: str, X: sp.spmatrix, labels: np.ndarray, gene_vectors: np.ndarray, *, params: dict[str, Any] | None = None,
           device: str | None = None, progress: Progress | None = None) -> tuple[LearnedModel, dict[str, Any]]:
-    """Train ``method`` on cells ``X`` (log-normalised, columns = atlas genes) with their labels.
+    """Train a learned method on labelled reference cells.
 
-    Returns the model and the settings to store (defaults, decoder provenance, training record).
+    Parameters
+    ----------
+    method
+        ``hybrid`` or ``adaptor``.
+    X
+        Cells × atlas genes, log-normalised.
+    labels
+        One label per cell (at least 2 distinct).
+    gene_vectors
+        Genes × dim gene text vectors.
+    params
+        Settings to override (:func:`method_settings`).
+    device
+        The torch device (default: a GPU when there is one).
+    progress
+        Called with the cells trained on after each batch.
+
+    Returns
+    -------
+    model : LearnedModel
+    settings : dict
+        What to store: the settings, decoder provenance, classes and the training record.
+
+    Raises
+    ------
+    ScreaderError
+        When there are fewer than 2 labels or a setting is invalid.
+    MissingExtraError
+        When the ``llm`` extra is not installed.
     """
     settings = method_settings(method, params)
     names = sorted(set(np.asarray(labels).astype(str).tolist()))
@@ -459,7 +742,32 @@ def train(method: str, X: sp.spmatrix, labels: np.ndarray, gene_vectors: np.ndar
 
 def restore(method: str, gene_vectors: np.ndarray, state: dict[str, np.ndarray], settings: dict[str, Any], *,
             device: str | None = None) -> LearnedModel:
-    """A stored model back from its weights (the decoder is loaded and its sha256 checked)."""
+    """A stored model back from its weights (the decoder is loaded and its sha256 checked).
+
+    Parameters
+    ----------
+    method
+        ``hybrid`` or ``adaptor``.
+    gene_vectors
+        The stored token basis.
+    state
+        The stored weights (:meth:`LearnedModel.state`).
+    settings
+        The stored settings (with ``classes``, and ``decoder`` and ``decoder_sha`` for hybrid).
+    device
+        The torch device.
+
+    Returns
+    -------
+    LearnedModel
+
+    Raises
+    ------
+    ModelMismatchError
+        When the decoder's files changed since training.
+    MissingExtraError
+        When the ``llm`` extra is not installed.
+    """
     decoder = None
     if method == "hybrid":
         decoder = load_decoder(str(settings["decoder"]), device=device, expected_sha=str(settings.get("decoder_sha", "")))

@@ -1,5 +1,10 @@
 """FAISS indexes over cell vectors: inner product on unit vectors, ids are the atlas cell ids.
 
+:class:`CellIndex` owns the atlas's FAISS object: it builds, searches, grows, shrinks, saves and
+loads it, and knows its kind from the moment it is made. :func:`knn` answers the one-off
+neighbour searches over vectors held in memory (the query's own graph, the reference map, the
+calibration split). No other module calls FAISS.
+
 Small atlases get an exact ``Flat`` index; large ones an IVF index (with an HNSW coarse quantiser
 once it has 2,048 lists or more) whose ``nprobe`` is chosen at build time to reach a recall target
 against exact search on a sample. Wide vectors (more than twice ``PCA_DIM``) get ``ivf-pca``: the
@@ -20,7 +25,9 @@ from typing import Any
 
 import numpy as np
 
+from screader_db.devices import cuda_available
 from screader_db.errors import AtlasError, ScreaderError
+from screader_db.extras import optional, require
 
 FLAT_LIMIT = 200_000
 # Coarse quantiser: exact below this many lists, HNSW from it on. Training (k-means over 40 points a
@@ -37,6 +44,9 @@ ADD_BLOCK = 100_000
 # (``exact_search``), several times faster than a Flat index's own search for large queries.
 BLAS_SEARCH_WORK = 200_000_000
 REFINE_FACTORS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128)
+# knn(..., approximate=True): IVF lists per √n and lists probed.
+APPROXIMATE_LISTS = 4
+APPROXIMATE_NPROBE = 8
 
 
 def _faiss() -> Any:
@@ -46,15 +56,46 @@ def _faiss() -> Any:
 
 
 def gpu_count() -> int:
-    """Number of GPUs faiss can use (0 with faiss-cpu)."""
+    """Number of GPUs faiss can use.
+
+    Returns
+    -------
+    int
+        0 with faiss-cpu or without a GPU.
+    """
     faiss = _faiss()
     get = getattr(faiss, "get_num_gpus", None)
     return int(get()) if get else 0
 
 
+def search_threads() -> int:
+    """Number of threads a FAISS search runs on.
+
+    Returns
+    -------
+    int
+        FAISS's OpenMP thread count.
+    """
+    return int(_faiss().omp_get_max_threads())
+
+
 @dataclass
 class IndexInfo:
-    """What kind of index was built, and how well it recalls exact search."""
+    """What kind of index was built, and how well it recalls exact search.
+
+    Attributes
+    ----------
+    kind
+        One of ``INDEX_KINDS`` but ``auto``.
+    n, dim
+        Cells and vector width.
+    nlist, nprobe
+        IVF lists, and lists probed per query (0 for ``flat``).
+    recall_at_10
+        recall@10 against exact search measured at build time (1 for ``flat``).
+    extra
+        Everything else recorded (quantiser, timings, ``k_factor``, ``bytes_per_cell``, ...).
+    """
 
     kind: str
     n: int
@@ -65,12 +106,41 @@ class IndexInfo:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
+        """The fields as one flat dict (``extra``'s keys beside the named ones), as the sidecar keeps them.
+
+        Returns
+        -------
+        dict
+            kind, n, dim, nlist, nprobe, recall_at_10 and every key of ``extra``.
+        """
         return {"kind": self.kind, "n": self.n, "dim": self.dim, "nlist": self.nlist, "nprobe": self.nprobe,
                 "recall_at_10": self.recall_at_10, **self.extra}
 
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> IndexInfo:
+        """The inverse of :meth:`to_dict`.
+
+        Parameters
+        ----------
+        values
+            A flat dict with at least ``kind``, ``n`` and ``dim``; keys other than the named fields go to ``extra``.
+
+        Returns
+        -------
+        IndexInfo
+        """
+        known = {k: values[k] for k in ("kind", "n", "dim", "nlist", "nprobe", "recall_at_10") if k in values}
+        return cls(**known, extra={k: v for k, v in values.items() if k not in known})
+
 
 def memory_bytes() -> int:
-    """Physical memory of this machine (0 when unknown)."""
+    """Physical memory of this machine.
+
+    Returns
+    -------
+    int
+        Bytes; 0 when unknown.
+    """
     import os
 
     try:
@@ -80,10 +150,30 @@ def memory_bytes() -> int:
 
 
 def choose_kind(n: int, requested: str = "auto", *, dim: int = 384) -> str:
-    """Exact Flat below ``FLAT_LIMIT`` cells; IVF above, with 8-bit codes once raw vectors would
-    take more than a quarter of the machine's memory, and PQ codes beyond twice that; otherwise
+    """The index kind for ``n`` vectors of width ``dim``.
+
+    Exact Flat below ``FLAT_LIMIT`` cells; IVF above, with 8-bit codes once raw vectors would take
+    more than a quarter of the machine's memory, and PQ codes beyond twice that; otherwise
     principal-component lists with exact re-ranking (``ivf-pca``) for vectors wider than
-    2 × ``PCA_DIM``."""
+    2 × ``PCA_DIM``.
+
+    Parameters
+    ----------
+    n, dim
+        Number and width of the vectors.
+    requested
+        One of ``INDEX_KINDS``; anything but ``auto`` is returned as it is.
+
+    Returns
+    -------
+    str
+        The kind.
+
+    Raises
+    ------
+    ScreaderError
+        ``requested`` is not a known kind.
+    """
     if requested not in INDEX_KINDS:
         message = f"unknown index kind {requested!r}; choose one of {', '.join(INDEX_KINDS)}"
         raise ScreaderError(message)
@@ -101,110 +191,89 @@ def choose_kind(n: int, requested: str = "auto", *, dim: int = 384) -> str:
 
 
 def n_lists(n: int) -> int:
-    """IVF lists: about 8·√N, at least 16, and at least 39 training points per list."""
+    """IVF lists for ``n`` cells: about 8·√N, at least 16, and at least 39 training points per list.
+
+    Parameters
+    ----------
+    n
+        Cells in the index.
+
+    Returns
+    -------
+    int
+    """
     return int(max(16, min(8 * math.sqrt(n), n // 39)))
 
 
-def build_index(vectors: np.ndarray, ids: np.ndarray, *, kind: str = "auto", recall_target: float = 0.95,
-                seed: int = 0) -> tuple[Any, IndexInfo]:
-    """Build an index over ``vectors`` (unit rows) with the given int64 ``ids``."""
+def knn(queries: np.ndarray, vectors: np.ndarray, k: int, *, metric: str = "ip", approximate: bool = False,
+        seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Top-``k`` neighbours of each query among the rows of ``vectors``, held in memory.
+
+    Parameters
+    ----------
+    queries, vectors
+        Float arrays of the same width (converted to contiguous float32).
+    k
+        Neighbours per query (at most ``len(vectors)``).
+    metric
+        ``"ip"`` (inner product, best first) or ``"l2"`` (squared Euclidean distance, nearest first).
+    approximate
+        Search an IVF index of ``APPROXIMATE_LISTS × √n`` lists, trained on a seeded sample of
+        ``vectors`` and probing ``APPROXIMATE_NPROBE`` of them, instead of every row (inner product only).
+    seed
+        Seed of the training sample.
+
+    Returns
+    -------
+    scores, rows
+        Arrays of shape (queries, k): similarities or distances, and row positions in ``vectors``
+        (-1 where an approximate search found fewer than ``k``).
+
+    Raises
+    ------
+    ScreaderError
+        An unknown ``metric``, or ``approximate`` with another metric than ``"ip"``.
+    """
     faiss = _faiss()
+    metrics = {"ip": faiss.METRIC_INNER_PRODUCT, "l2": faiss.METRIC_L2}
+    if metric not in metrics or (approximate and metric != "ip"):
+        message = f"unknown metric {metric!r} for knn; choose 'ip' or 'l2' ('ip' only when approximate)"
+        raise ScreaderError(message)
+    queries = np.ascontiguousarray(queries, dtype=np.float32)
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-    ids = np.ascontiguousarray(ids, dtype=np.int64)
+    if not approximate:
+        return faiss.knn(queries, vectors, k, metric=metrics[metric])
     n, dim = vectors.shape
-    chosen = choose_kind(n, kind, dim=dim)
-    if chosen == "flat" or n < 1000:
-        index = faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
-        index.add_with_ids(vectors, ids)
-        return index, IndexInfo("flat", n, dim)
-    nlist = n_lists(n)
-    hnsw = nlist >= HNSW_QUANTIZER_LISTS
+    nlist = int(APPROXIMATE_LISTS * np.sqrt(n))
+    index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT)
     rng = np.random.default_rng(seed)
-    train = vectors[np.sort(rng.choice(n, size=min(n, max(nlist * 40, 50_000)), replace=False))]
-    extra: dict[str, Any] = {"quantizer": "hnsw" if hnsw else "flat", "recall_target": recall_target}
-    if chosen == "ivf-pca" and dim > PCA_DIM:
-        index = _pca_refined(dim, nlist, hnsw)
-        _train_and_add(index, train, vectors, ids, extra)
-        del train
-        began = time.perf_counter()
-        nprobe, factor, recall = tune_refined(index, vectors, recall_target=recall_target, seed=seed)
-        extra["tune_seconds"] = round(time.perf_counter() - began, 1)
-        set_nprobe(index, nprobe, k_factor=factor)
-        extra.update({"pca_dim": PCA_DIM, "k_factor": factor, "target_met": bool(recall >= recall_target)})
-        return index, IndexInfo("ivf-pca", n, dim, nlist=nlist, nprobe=nprobe, recall_at_10=recall, extra=extra)
-    if chosen == "ivf-pca":
-        chosen = "ivf"  # vectors no wider than PCA_DIM: nothing to reduce, so a plain IVF
-    quantizer = faiss.IndexHNSWFlat(dim, 32, faiss.METRIC_INNER_PRODUCT) if hnsw else faiss.IndexFlatIP(dim)
-    if chosen == "ivf":
-        index = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
-    elif chosen == "ivf-sq8":
-        index = faiss.IndexIVFScalarQuantizer(quantizer, dim, nlist, faiss.ScalarQuantizer.QT_8bit,
-                                              faiss.METRIC_INNER_PRODUCT)
-    else:
-        m = max(d for d in range(1, min(dim, 64) + 1) if dim % d == 0)
-        index = faiss.IndexIVFPQ(quantizer, dim, nlist, m, 8, faiss.METRIC_INNER_PRODUCT)
-    _train_and_add(index, train, vectors, ids, extra)
-    del train
-    began = time.perf_counter()
-    nprobe, recall = tune_nprobe(index, vectors, ids, recall_target=recall_target, seed=seed)
-    extra["tune_seconds"] = round(time.perf_counter() - began, 1)
-    set_nprobe(index, nprobe)
-    return index, IndexInfo(chosen, n, dim, nlist=nlist, nprobe=nprobe, recall_at_10=recall, extra=extra)
+    index.train(vectors[np.sort(rng.choice(n, size=min(n, nlist * 40), replace=False))])
+    index.nprobe = APPROXIMATE_NPROBE
+    index.add(vectors)
+    return index.search(queries, k)
 
 
-def _train_and_add(index: Any, train: np.ndarray, vectors: np.ndarray, ids: np.ndarray, extra: dict[str, Any]) -> None:
-    """Train on ``train``, then add the vectors (in blocks, for lists of codes: a block's encoded
-    copy is all the extra memory adding takes). An HNSW coarse quantiser places each vector with ``ADD_EF_SEARCH``:
-    faiss's default (16) puts a share of them in the wrong list, which costs recall at every nprobe."""
-    began = time.perf_counter()
-    index.train(train)
-    extra["train_seconds"] = round(time.perf_counter() - began, 1)
-    parts = refined_parts(index)
-    ivf = parts[1] if parts is not None else index
-    quantizer = _faiss().downcast_index(ivf.quantizer)
-    if hasattr(quantizer, "hnsw"):
-        quantizer.hnsw.efSearch = max(int(quantizer.hnsw.efSearch), ADD_EF_SEARCH)
-    began = time.perf_counter()
-    # A re-ranking store grows one flat buffer: adding in blocks would copy it whenever it outgrew
-    # its capacity (twice its size for a moment), so it takes every vector at once.
-    block = len(vectors) if parts is not None else ADD_BLOCK
-    for start in range(0, len(vectors), block):
-        index.add_with_ids(vectors[start : start + block], ids[start : start + block])
-    extra["add_seconds"] = round(time.perf_counter() - began, 1)
+def pca_reduce(vectors: np.ndarray, dim: int, *, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The top ``dim`` principal components of ``vectors`` (FAISS's PCA, as ``ivf-pca`` uses).
 
+    Parameters
+    ----------
+    vectors
+        The rows the components are fitted on.
+    dim
+        Components kept.
+    queries
+        Further rows projected on the same components.
 
-def _pca_refined(dim: int, nlist: int, hnsw: bool) -> Any:
-    """IDMap2 → RefineFlat (full vectors) → PCA to ``PCA_DIM`` → IVF lists of 8-bit codes, all under
-    L2, which ranks unit vectors as inner product does (|x − q|² = 2 − 2 x·q); a centred PCA would
-    not. The 8-bit codes find the candidates as well as float ones and are four times faster to scan."""
-    coarse = f"IVF{nlist}_HNSW32" if hnsw else f"IVF{nlist}"
-    return _faiss().index_factory(dim, f"IDMap2,PCA{PCA_DIM},{coarse},SQ8,RFlat", _faiss().METRIC_L2)
-
-
-def refined_parts(index: Any) -> tuple[Any, Any] | None:
-    """(the IndexRefine, its IVF) of an ``ivf-pca`` index; None for other kinds."""
-    faiss = _faiss()
-    inner = faiss.downcast_index(index.index) if hasattr(index, "id_map") else index
-    if not isinstance(inner, faiss.IndexRefine):
-        return None
-    return inner, faiss.extract_index_ivf(inner.base_index)
-
-
-def set_nprobe(index: Any, nprobe: int, *, k_factor: int | None = None) -> None:
-    """Probe ``nprobe`` lists (and re-rank ``k_factor × k`` candidates, for ``ivf-pca``); an HNSW
-    coarse quantiser searches at least that wide (``efSearch``), since it returns only about
-    ``efSearch`` good lists however many are asked for."""
-    parts = refined_parts(index)
-    if parts is not None:
-        refine, index = parts
-        if k_factor is not None:
-            refine.k_factor = float(k_factor)
-    index.nprobe = int(nprobe)
-    quantizer = getattr(index, "quantizer", None)
-    if quantizer is not None:
-        found = _faiss().downcast_index(quantizer)
-        if hasattr(found, "hnsw"):
-            found.hnsw.efSearch = max(int(found.hnsw.efSearch), int(nprobe))
+    Returns
+    -------
+    reduced, reduced_queries
+        ``vectors`` and ``queries`` in the component space.
+    """
+    pca = _faiss().PCAMatrix(vectors.shape[1], dim)
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    pca.train(vectors)
+    return pca.apply(vectors), pca.apply(np.ascontiguousarray(queries, dtype=np.float32))
 
 
 def exact_search(queries: np.ndarray, vectors: np.ndarray, k: int, *, block: int = 65_536,
@@ -213,12 +282,22 @@ def exact_search(queries: np.ndarray, vectors: np.ndarray, k: int, *, block: int
 
     One matrix product per block of queries and rows (torch's when it is installed: its top-k
     is several times faster than a partition in numpy), so no second copy of the vectors is made.
+
+    Parameters
+    ----------
+    queries, vectors
+        Float rows of the same width.
+    k
+        Neighbours per query.
+    block, query_block
+        Rows of ``vectors`` and of ``queries`` per matrix product.
+
+    Returns
+    -------
+    sims, rows
+        Arrays of shape (queries, min(k, len(vectors))), best first.
     """
-    torch: Any
-    try:
-        import torch
-    except ImportError:
-        torch = None
+    torch = optional("torch")
     queries = np.ascontiguousarray(queries, dtype=np.float32)
     k = min(k, len(vectors))
     sims_out = np.empty((len(queries), k), dtype=np.float32)
@@ -250,7 +329,19 @@ def exact_search(queries: np.ndarray, vectors: np.ndarray, k: int, *, block: int
 
 
 def recall_at_k(found: np.ndarray, truth: np.ndarray) -> float:
-    """Mean share of each row of ``truth`` (the exact top k) that the same row of ``found`` holds."""
+    """Mean share of each row of ``truth`` (the exact top k) that the same row of ``found`` holds.
+
+    Parameters
+    ----------
+    found
+        Ids (or positions) found per query, any number of columns.
+    truth
+        The exact top-k ids (or positions) per query.
+
+    Returns
+    -------
+    float
+    """
     return float(np.mean([len(set(a) & set(b)) / truth.shape[1] for a, b in zip(found, truth, strict=True)]))
 
 
@@ -270,22 +361,6 @@ def _without_self(found: np.ndarray, own: np.ndarray, k: int) -> np.ndarray:
     return np.take_along_axis(found, order, axis=1)
 
 
-def tune_nprobe(index: Any, vectors: np.ndarray, ids: np.ndarray, *, recall_target: float, seed: int = 0,
-                sample: int = 1000, k: int = 10) -> tuple[int, float]:
-    """Smallest power-of-two nprobe (or every list) whose recall@k against exact search reaches the target,
-    and the recall measured with it."""
-    queries, rows, truth_pos = _tuning_queries(vectors, k, seed, sample)
-    truth = ids[truth_pos]
-    nprobe = 1
-    while True:
-        set_nprobe(index, nprobe)
-        _, found = index.search(queries, k + 1)
-        recall = recall_at_k(_without_self(found, ids[rows], k), truth)
-        if recall >= recall_target or nprobe >= index.nlist:
-            return nprobe, recall
-        nprobe = min(nprobe * 2, index.nlist)
-
-
 def _next_nprobe(nprobe: int) -> int:
     """The step after ``nprobe`` in 1, 2, 3, 4, 6, 8, 12, 16, …: powers of two and 1.5 × them."""
     if nprobe >= 2 and nprobe & (nprobe - 1) == 0:
@@ -293,117 +368,497 @@ def _next_nprobe(nprobe: int) -> int:
     return 1 << nprobe.bit_length()
 
 
-def tune_refined(index: Any, vectors: np.ndarray, *, recall_target: float, seed: int = 0, sample: int = 1000,
-                 k: int = TUNE_K) -> tuple[int, int, float]:
-    """The cheapest (nprobe, k_factor) of an ``ivf-pca`` index whose recall@k against exact search
-    reaches the target, and the recall the index measures with it.
+def _pca_refined(dim: int, nlist: int, hnsw: bool) -> Any:
+    """IDMap2 → RefineFlat (full vectors) → PCA to ``PCA_DIM`` → IVF lists of 8-bit codes, all under
+    L2, which ranks unit vectors as inner product does (|x − q|² = 2 − 2 x·q); a centred PCA would
+    not. The 8-bit codes find the candidates as well as float ones and are four times faster to scan."""
+    coarse = f"IVF{nlist}_HNSW32" if hnsw else f"IVF{nlist}"
+    return _faiss().index_factory(dim, f"IDMap2,PCA{PCA_DIM},{coarse},SQ8,RFlat", _faiss().METRIC_L2)
 
-    Cost per query, in bytes read: ``nprobe`` lists of ``PCA_DIM`` 8-bit codes a cell plus
-    ``k_factor × k`` float32 vectors re-ranked (at twice the price: they are read at random); it
-    tracks the measured search time. Every factor is tried from one base search per nprobe; nprobe
-    grows by steps of about ×1.4 (powers of two and 1.5 × them) until scanning alone costs more than
-    the best pair found. Where no pair reaches the target (cells whose nearest neighbours are
-    near-ties), nprobe stops growing once the largest pool's recall has gained less than
-    ``PLATEAU`` over two steps, and the largest pool at the first nprobe within ``PLATEAU`` of
-    the best recall seen is kept: more probing would cost much and find little.
+
+class CellIndex:
+    """The atlas's FAISS index over unit cell vectors, whose ids are the cell ids.
+
+    Made by :meth:`build` or :meth:`load`; its parts (the Flat store, the IVF lists, the
+    re-ranking stage of ``ivf-pca``) are found once, when it is made.
+
+    Parameters
+    ----------
+    index
+        The FAISS index object (``IndexIDMap2`` over a Flat or ``ivf-pca`` stack, or an IVF index).
+    info
+        What was built (kind, size, lists, probes, recall).
+    provenance
+        The provenance it was saved with, if any.
     """
-    parts = refined_parts(index)
-    if parts is None:
-        message = "tune_refined needs an ivf-pca index"
-        raise ScreaderError(message)
-    refine, ivf = parts
-    n, dim = vectors.shape
-    queries, rows, truth = _tuning_queries(vectors, k, seed, sample)
-    per_list = n / ivf.nlist
-    best: tuple[float, int, int] | None = None
-    widest: list[tuple[int, float]] = []  # (nprobe, recall with the largest pool)
-    nprobe = 1
-    while True:
-        set_nprobe(index, nprobe)
-        scan = nprobe * per_list * PCA_DIM
-        if best is not None and scan >= best[0]:
-            break
-        _, candidates = refine.base_index.search(queries, k * REFINE_FACTORS[-1] + 1)
-        candidates = _without_self(candidates, rows, k * REFINE_FACTORS[-1])
-        sims = np.full(candidates.shape, -np.inf, dtype=np.float32)
-        for row, found in enumerate(candidates):
-            valid = found >= 0
-            sims[row, valid] = vectors[found[valid]] @ queries[row]
-        for factor in REFINE_FACTORS:
-            pool = k * factor
-            top = np.argsort(-sims[:, :pool], axis=1, kind="stable")[:, :k]
-            recall = recall_at_k(np.take_along_axis(candidates[:, :pool], top, axis=1), truth)
-            if recall >= recall_target:
-                cost = scan + 2 * pool * dim * 4
-                if best is None or cost < best[0]:
-                    best = (cost, nprobe, factor)
+
+    def __init__(self, index: Any, info: IndexInfo, *, provenance: dict[str, Any] | None = None) -> None:
+        faiss = _faiss()
+        self._index = index
+        self._info = info
+        self._provenance = dict(provenance or {})
+        self._id_map = hasattr(index, "id_map")
+        inner = faiss.downcast_index(index.index) if self._id_map else index
+        self._refine: Any = None
+        self._ivf: Any = None
+        if isinstance(inner, faiss.IndexRefine):
+            self._refine, self._ivf = inner, faiss.extract_index_ivf(inner.base_index)
+        elif isinstance(inner, faiss.IndexIVF):
+            self._ivf = inner
+        self._flat = inner if isinstance(inner, faiss.IndexFlatIP) else None
+        if not info.kind:  # a sidecar that did not record it
+            info.kind = "ivf-pca" if self._refine is not None else "ivf" if self._ivf is not None else "flat"
+        self._gpu: Any = None  # the GPU searcher once asked for; False when there is none
+
+    def __repr__(self) -> str:
+        return f"CellIndex(kind={self.kind!r}, ntotal={self.ntotal}, dim={self.dim})"
+
+    @property
+    def kind(self) -> str:
+        """``flat``, ``ivf``, ``ivf-pca``, ``ivf-sq8`` or ``ivf-pq``."""
+        return self._info.kind
+
+    @property
+    def ntotal(self) -> int:
+        """Number of cells in the index."""
+        return int(self._index.ntotal)
+
+    @property
+    def dim(self) -> int:
+        """Width of the vectors."""
+        return int(self._index.d)
+
+    @property
+    def info(self) -> IndexInfo:
+        """What was built, as the sidecar records it."""
+        return self._info
+
+    @property
+    def provenance(self) -> dict[str, Any]:
+        """The provenance the index was saved or loaded with (empty before it is saved)."""
+        return dict(self._provenance)
+
+    @property
+    def nprobe(self) -> int:
+        """IVF lists probed per query (0 for a Flat index); setting it changes later searches and ``info``."""
+        return int(self._ivf.nprobe) if self._ivf is not None else 0
+
+    @nprobe.setter
+    def nprobe(self, value: int) -> None:
+        """Probe ``value`` IVF lists from now on; raises :class:`~screader_db.errors.ScreaderError` for a Flat index."""
+        if self._ivf is None:
+            message = f"a {self.kind} index has no lists to probe; nprobe applies to IVF indexes"
+            raise ScreaderError(message)
+        self._set_nprobe(int(value))
+        self._info.nprobe = int(value)
+
+    def ids(self) -> np.ndarray:
+        """The cell ids, in the order the index stores them.
+
+        Returns
+        -------
+        numpy.ndarray
+            int64 ids.
+        """
+        if self._id_map:
+            return _faiss().vector_to_array(self._index.id_map)
+        if self._ivf is not None:
+            message = "an IVF index does not list its ids in storage order; search it instead"
+            raise ScreaderError(message)
+        return np.arange(self.ntotal, dtype=np.int64)
+
+    @classmethod
+    def build(cls, vectors: np.ndarray, ids: np.ndarray, *, kind: str = "auto", recall_target: float = 0.95,
+              seed: int = 0) -> CellIndex:
+        """Build an index over ``vectors`` with the given cell ids.
+
+        Parameters
+        ----------
+        vectors
+            Unit rows (cells × dim).
+        ids
+            int64 cell id of each row.
+        kind
+            One of ``INDEX_KINDS``; ``auto`` chooses by size, width and memory (:func:`choose_kind`).
+        recall_target
+            recall@10 against exact search the IVF kinds are tuned to reach.
+        seed
+            Seed of the training and tuning samples.
+
+        Returns
+        -------
+        CellIndex
+
+        Raises
+        ------
+        ScreaderError
+            An unknown ``kind``.
+        """
+        faiss = _faiss()
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        ids = np.ascontiguousarray(ids, dtype=np.int64)
+        n, dim = vectors.shape
+        chosen = choose_kind(n, kind, dim=dim)
+        if chosen == "flat" or n < 1000:
+            index = faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
+            index.add_with_ids(vectors, ids)
+            return cls(index, IndexInfo("flat", n, dim))
+        nlist = n_lists(n)
+        hnsw = nlist >= HNSW_QUANTIZER_LISTS
+        rng = np.random.default_rng(seed)
+        train = vectors[np.sort(rng.choice(n, size=min(n, max(nlist * 40, 50_000)), replace=False))]
+        extra: dict[str, Any] = {"quantizer": "hnsw" if hnsw else "flat", "recall_target": recall_target}
+        if chosen == "ivf-pca" and dim > PCA_DIM:
+            built = cls(_pca_refined(dim, nlist, hnsw), IndexInfo("ivf-pca", n, dim, nlist=nlist, extra=extra))
+            built._train_and_add(train, vectors, ids)
+            del train
+            began = time.perf_counter()
+            nprobe, factor, recall = built._tune_refined(vectors, recall_target=recall_target, seed=seed)
+            extra["tune_seconds"] = round(time.perf_counter() - began, 1)
+            built._set_nprobe(nprobe, k_factor=factor)
+            extra.update({"pca_dim": PCA_DIM, "k_factor": factor, "target_met": bool(recall >= recall_target)})
+            built._info.nprobe, built._info.recall_at_10 = nprobe, recall
+            return built
+        if chosen == "ivf-pca":
+            chosen = "ivf"  # vectors no wider than PCA_DIM: nothing to reduce, so a plain IVF
+        quantizer = faiss.IndexHNSWFlat(dim, 32, faiss.METRIC_INNER_PRODUCT) if hnsw else faiss.IndexFlatIP(dim)
+        if chosen == "ivf":
+            index = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
+        elif chosen == "ivf-sq8":
+            index = faiss.IndexIVFScalarQuantizer(quantizer, dim, nlist, faiss.ScalarQuantizer.QT_8bit,
+                                                  faiss.METRIC_INNER_PRODUCT)
+        else:
+            m = max(d for d in range(1, min(dim, 64) + 1) if dim % d == 0)
+            index = faiss.IndexIVFPQ(quantizer, dim, nlist, m, 8, faiss.METRIC_INNER_PRODUCT)
+        built = cls(index, IndexInfo(chosen, n, dim, nlist=nlist, extra=extra))
+        built._train_and_add(train, vectors, ids)
+        del train
+        began = time.perf_counter()
+        nprobe, recall = built._tune_nprobe(vectors, ids, recall_target=recall_target, seed=seed)
+        extra["tune_seconds"] = round(time.perf_counter() - began, 1)
+        built._set_nprobe(nprobe)
+        built._info.nprobe, built._info.recall_at_10 = nprobe, recall
+        return built
+
+    def _train_and_add(self, train: np.ndarray, vectors: np.ndarray, ids: np.ndarray) -> None:
+        """Train on ``train``, then add the vectors (in blocks, for lists of codes: a block's encoded
+        copy is all the extra memory adding takes). An HNSW coarse quantiser places each vector with ``ADD_EF_SEARCH``:
+        faiss's default (16) puts a share of them in the wrong list, which costs recall at every nprobe."""
+        extra = self._info.extra
+        began = time.perf_counter()
+        self._index.train(train)
+        extra["train_seconds"] = round(time.perf_counter() - began, 1)
+        quantizer = _faiss().downcast_index(self._ivf.quantizer)
+        if hasattr(quantizer, "hnsw"):
+            quantizer.hnsw.efSearch = max(int(quantizer.hnsw.efSearch), ADD_EF_SEARCH)
+        began = time.perf_counter()
+        # A re-ranking store grows one flat buffer: adding in blocks would copy it whenever it outgrew
+        # its capacity (twice its size for a moment), so it takes every vector at once.
+        block = len(vectors) if self._refine is not None else ADD_BLOCK
+        for start in range(0, len(vectors), block):
+            self._index.add_with_ids(vectors[start : start + block], ids[start : start + block])
+        extra["add_seconds"] = round(time.perf_counter() - began, 1)
+
+    def _set_nprobe(self, nprobe: int, *, k_factor: int | None = None) -> None:
+        """Probe ``nprobe`` lists (and re-rank ``k_factor × k`` candidates, for ``ivf-pca``); an HNSW
+        coarse quantiser searches at least that wide (``efSearch``), since it returns only about
+        ``efSearch`` good lists however many are asked for."""
+        if self._refine is not None and k_factor is not None:
+            self._refine.k_factor = float(k_factor)
+        self._ivf.nprobe = int(nprobe)
+        found = _faiss().downcast_index(self._ivf.quantizer)
+        if hasattr(found, "hnsw"):
+            found.hnsw.efSearch = max(int(found.hnsw.efSearch), int(nprobe))
+        self._gpu = None  # a GPU copy would keep the old setting
+
+    def _tune_nprobe(self, vectors: np.ndarray, ids: np.ndarray, *, recall_target: float, seed: int = 0,
+                     sample: int = 1000, k: int = TUNE_K) -> tuple[int, float]:
+        """Smallest power-of-two nprobe (or every list) whose recall@k against exact search reaches the target,
+        and the recall measured with it."""
+        queries, rows, truth_pos = _tuning_queries(vectors, k, seed, sample)
+        truth = ids[truth_pos]
+        nlist = int(self._ivf.nlist)
+        nprobe = 1
+        while True:
+            self._set_nprobe(nprobe)
+            recall = self.recall(queries, truth, own=ids[rows])
+            if recall >= recall_target or nprobe >= nlist:
+                return nprobe, recall
+            nprobe = min(nprobe * 2, nlist)
+
+    def _tune_refined(self, vectors: np.ndarray, *, recall_target: float, seed: int = 0, sample: int = 1000,
+                      k: int = TUNE_K) -> tuple[int, int, float]:
+        """The cheapest (nprobe, k_factor) of an ``ivf-pca`` index whose recall@k against exact search
+        reaches the target, and the recall the index measures with it.
+
+        Cost per query, in bytes read: ``nprobe`` lists of ``PCA_DIM`` 8-bit codes a cell plus
+        ``k_factor × k`` float32 vectors re-ranked (at twice the price: they are read at random); it
+        tracks the measured search time. Every factor is tried from one base search per nprobe; nprobe
+        grows by steps of about ×1.4 (powers of two and 1.5 × them) until scanning alone costs more than
+        the best pair found. Where no pair reaches the target (cells whose nearest neighbours are
+        near-ties), nprobe stops growing once the largest pool's recall has gained less than
+        ``PLATEAU`` over two steps, and the largest pool at the first nprobe within ``PLATEAU`` of
+        the best recall seen is kept: more probing would cost much and find little.
+        """
+        refine, ivf = self._refine, self._ivf
+        n, dim = vectors.shape
+        queries, rows, truth = _tuning_queries(vectors, k, seed, sample)
+        per_list = n / ivf.nlist
+        best: tuple[float, int, int] | None = None
+        widest: list[tuple[int, float]] = []  # (nprobe, recall with the largest pool)
+        nprobe = 1
+        while True:
+            self._set_nprobe(nprobe)
+            scan = nprobe * per_list * PCA_DIM
+            if best is not None and scan >= best[0]:
                 break
-        widest.append((nprobe, recall))
-        plateau = best is None and len(widest) >= 3 and widest[-1][1] - widest[-3][1] < PLATEAU
-        if nprobe >= ivf.nlist or plateau:
-            break
-        nprobe = min(_next_nprobe(nprobe), ivf.nlist)
-    if best is not None:
-        _, nprobe, factor = best
-    else:
-        top_recall = max(r for _, r in widest)
-        nprobe, factor = next(p for p, r in widest if r >= top_recall - PLATEAU), REFINE_FACTORS[-1]
-    set_nprobe(index, nprobe, k_factor=factor)
-    _, found = refine.search(queries, k + 1)
-    return nprobe, factor, recall_at_k(_without_self(found, rows, k), truth)
+            _, candidates = refine.base_index.search(queries, k * REFINE_FACTORS[-1] + 1)
+            candidates = _without_self(candidates, rows, k * REFINE_FACTORS[-1])
+            sims = np.full(candidates.shape, -np.inf, dtype=np.float32)
+            for row, found in enumerate(candidates):
+                valid = found >= 0
+                sims[row, valid] = vectors[found[valid]] @ queries[row]
+            for factor in REFINE_FACTORS:
+                pool = k * factor
+                top = np.argsort(-sims[:, :pool], axis=1, kind="stable")[:, :k]
+                recall = recall_at_k(np.take_along_axis(candidates[:, :pool], top, axis=1), truth)
+                if recall >= recall_target:
+                    cost = scan + 2 * pool * dim * 4
+                    if best is None or cost < best[0]:
+                        best = (cost, nprobe, factor)
+                    break
+            widest.append((nprobe, recall))
+            plateau = best is None and len(widest) >= 3 and widest[-1][1] - widest[-3][1] < PLATEAU
+            if nprobe >= ivf.nlist or plateau:
+                break
+            nprobe = min(_next_nprobe(nprobe), ivf.nlist)
+        if best is not None:
+            _, nprobe, factor = best
+        else:
+            top_recall = max(r for _, r in widest)
+            nprobe, factor = next(p for p, r in widest if r >= top_recall - PLATEAU), REFINE_FACTORS[-1]
+        self._set_nprobe(nprobe, k_factor=factor)
+        _, found = refine.search(queries, k + 1)
+        return nprobe, factor, recall_at_k(_without_self(found, rows, k), truth)
 
+    def recall(self, queries: np.ndarray, truth: np.ndarray, *, own: np.ndarray | None = None) -> float:
+        """Recall of the index's own CPU search, with its current probes, against exact neighbours.
 
-def save_index(index: Any, info: IndexInfo, path: str | Path, provenance: dict[str, Any]) -> None:
-    """Write the index and a JSON sidecar (``<path>.json``) with its provenance and checksum."""
-    from screader_db.checksums import sha256_file
+        Parameters
+        ----------
+        queries
+            Unit query rows.
+        truth
+            The exact top-k cell ids of each query (k = its number of columns).
+        own
+            For queries that are cells of the index: their ids, which are not counted as found.
 
-    faiss = _faiss()
-    target = Path(path)
-    faiss.write_index(index, str(target))
-    info.extra["bytes_per_cell"] = round(target.stat().st_size / max(info.n, 1), 1)
-    sidecar = {"index": info.to_dict(), "provenance": provenance, "sha256": sha256_file(target),
-               "faiss_version": faiss.__version__}
-    Path(str(target) + ".json").write_text(json.dumps(sidecar, indent=2, sort_keys=True))
+        Returns
+        -------
+        float
+            Mean share of each row of ``truth`` that the search finds.
+        """
+        k = truth.shape[1]
+        queries = np.ascontiguousarray(queries, dtype=np.float32)
+        if own is None:
+            _, found = self._index.search(queries, k)
+        else:
+            _, found = self._index.search(queries, k + 1)
+            found = _without_self(found, np.asarray(own), k)
+        return recall_at_k(found, truth)
 
+    def gpu_searcher(self) -> Any | None:
+        """A GPU copy of the index (faiss-gpu, or torch for a Flat index), made on first use and kept.
 
-def load_index(path: str | Path, *, verify: bool = False) -> tuple[Any, dict[str, Any]]:
-    """Read an index and its sidecar; ``verify`` checks the file's sha256 first."""
-    faiss = _faiss()
-    target = Path(path)
-    try:
-        sidecar = json.loads(Path(str(target) + ".json").read_text())
-        if verify:
-            from screader_db.checksums import sha256_file
+        Returns
+        -------
+        object or None
+            Something with ``search(queries, k)``; None without a GPU, and for ``ivf-pca``
+            (re-ranking indexes stay on the CPU).
+        """
+        if self._gpu is None:
+            faiss = _faiss()
+            searcher: Any = False  # re-ranking indexes stay on the CPU
+            if self._refine is None and gpu_count() > 0:
+                searcher = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), 0, self._index)
+            elif self._refine is None and self._ivf is None and cuda_available():
+                searcher = TorchFlatSearcher(self)
+            self._gpu = searcher
+        return None if self._gpu is False else self._gpu
 
-            if sha256_file(target) != sidecar["sha256"]:
-                message = f"the index {target} does not match its recorded sha256; rebuild the atlas"
-                raise AtlasError(message)
-        index = faiss.read_index(str(target))
-    except (OSError, RuntimeError, ValueError, KeyError) as err:
-        message = f"cannot read the FAISS index {target}: {err}"
-        raise AtlasError(message) from err
-    recorded = sidecar.get("index", {})
-    nprobe = recorded.get("nprobe")
-    if nprobe and (hasattr(index, "nprobe") or refined_parts(index) is not None):
-        factor = recorded.get("k_factor")
-        set_nprobe(index, int(nprobe), k_factor=None if factor is None else int(factor))
-    return index, sidecar
+    def search(self, queries: np.ndarray, k: int, *, use_gpu: bool | None = None,
+               allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``k`` (similarities, ids) for each query row.
 
+        Parameters
+        ----------
+        queries
+            Unit rows, as the atlas's own vectors are.
+        k
+            Neighbours per query (at most the cells searched).
+        use_gpu
+            False keeps the search on the CPU; otherwise a GPU is used when present (faiss-gpu,
+            or torch for an exact Flat index).
+        allowed
+            Restrict the search to these cell ids, exactly (through a FAISS id selector; such
+            searches run on the CPU).
 
-_GPU_SEARCHERS: dict[int, tuple[Any, Any]] = {}
+        Returns
+        -------
+        sims, ids
+            Arrays of shape (queries, k), best first; ids are -1 where fewer were found.
+        """
+        faiss = _faiss()
+        queries = np.ascontiguousarray(queries, dtype=np.float32)
+        if self._refine is not None:
+            return self._search_refined(queries, k, allowed)
+        if allowed is not None:
+            selector = faiss.IDSelectorBatch(np.ascontiguousarray(allowed, dtype=np.int64))
+            k = min(k, len(allowed))
+            params = (faiss.SearchParametersIVF(sel=selector, nprobe=int(self._ivf.nprobe)) if self._ivf is not None
+                      else faiss.SearchParameters(sel=selector))
+            return self._index.search(queries, k, params=params)
+        k = min(k, self.ntotal)
+        if use_gpu is None or use_gpu:
+            searcher = self.gpu_searcher()
+            if searcher is not None:
+                return searcher.search(queries, k)
+        flat = self._flat
+        if flat is not None and len(queries) * flat.ntotal >= BLAS_SEARCH_WORK:
+            stored = faiss.rev_swig_ptr(flat.get_xb(), flat.ntotal * flat.d).reshape(flat.ntotal, flat.d)
+            sims, rows = exact_search(queries, stored, k)
+            return sims, self.ids()[rows] if self._id_map else rows
+        sims, ids = self._index.search(queries, k)
+        return sims, ids
 
+    def _search_refined(self, queries: np.ndarray, k: int, allowed: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        """Search an ``ivf-pca`` index: its L2 distances between unit rows become inner products, and
+        an ``allowed`` set of ids becomes a selector over the IVF's own row positions.
 
-def torch_cuda() -> bool:
-    """True when torch sees a CUDA GPU; torch is imported only on machines with an NVIDIA driver."""
-    import os
+        The re-ranking pool is the one tuned for recall@``TUNE_K`` (``k_factor × TUNE_K`` candidates)
+        whatever ``k``: the first ``TUNE_K`` of a larger ``k`` are then exactly as good, at the tuned cost.
+        """
+        faiss = _faiss()
+        refine, ivf = self._refine, self._ivf
+        id_map = self.ids()
+        k = min(k, self.ntotal)
+        lists = faiss.SearchParametersIVF(nprobe=int(ivf.nprobe))
+        if allowed is not None:
+            positions = np.flatnonzero(np.isin(id_map, allowed))
+            k = min(k, len(positions))
+            selector = faiss.IDSelectorBatch(positions)
+            lists.sel = selector
+        reduced = faiss.SearchParametersPreTransform(index_params=lists)
+        factor = max(1.0, (float(refine.k_factor) * TUNE_K + 0.5) / max(k, 1))  # + 0.5: faiss truncates k × factor
+        params = faiss.IndexRefineSearchParameters(k_factor=factor, base_index_params=reduced)
+        distances, rows = refine.search(queries, k, params=params)
+        found = rows >= 0
+        ids = np.where(found, id_map[np.where(found, rows, 0)], -1)
+        sims = np.where(found, 1.0 - distances / 2.0, -np.inf).astype(np.float32)
+        return sims, ids
 
-    if not os.path.exists("/proc/driver/nvidia/version") and not os.environ.get("CUDA_VISIBLE_DEVICES"):
-        return False
-    try:
-        import torch
-    except ImportError:
-        return False
-    return bool(torch.cuda.is_available())
+    def add(self, vectors: np.ndarray, ids: np.ndarray) -> None:
+        """Add cells to the index (into its trained lists, for the IVF kinds).
+
+        Parameters
+        ----------
+        vectors
+            Unit rows of the new cells.
+        ids
+            Their int64 cell ids.
+        """
+        self._index.add_with_ids(np.ascontiguousarray(vectors), ids)
+        self._info.n = self.ntotal
+        self._gpu = None
+
+    def remove(self, low: int, high: int) -> None:
+        """Remove the cells with ids in [low, high).
+
+        An ``ivf-pca`` index (whose re-ranking store cannot drop rows in place) is refilled with
+        the rest, keeping its trained PCA and lists.
+
+        Parameters
+        ----------
+        low, high
+            The id range removed (``high`` excluded).
+        """
+        faiss = _faiss()
+        if self._refine is None:
+            self._index.remove_ids(faiss.IDSelectorRange(low, high))
+        else:
+            ids = self.ids()
+            keep = np.flatnonzero((ids < low) | (ids >= high))
+            store = faiss.downcast_index(self._refine.refine_index)
+            vectors = store.reconstruct_batch(keep) if len(keep) else np.zeros((0, self.dim), dtype=np.float32)
+            self._index.reset()
+            if len(keep):
+                self._index.add_with_ids(np.ascontiguousarray(vectors), ids[keep])
+        self._info.n = self.ntotal
+        self._gpu = None
+
+    def save(self, path: str | Path, provenance: dict[str, Any]) -> None:
+        """Write the index and a JSON sidecar (``<path>.json``) with its info, provenance and checksum.
+
+        Parameters
+        ----------
+        path
+            The index file.
+        provenance
+            What it was built from (model, parameters, versions), kept in the sidecar.
+        """
+        from screader_db.checksums import sha256_file
+
+        faiss = _faiss()
+        target = Path(path)
+        faiss.write_index(self._index, str(target))
+        self._info.extra["bytes_per_cell"] = round(target.stat().st_size / max(self._info.n, 1), 1)
+        sidecar = {"index": self._info.to_dict(), "provenance": provenance, "sha256": sha256_file(target),
+                   "faiss_version": faiss.__version__}
+        Path(str(target) + ".json").write_text(json.dumps(sidecar, indent=2, sort_keys=True))
+        self._provenance = dict(provenance)
+
+    @classmethod
+    def load(cls, path: str | Path, *, verify: bool = False) -> CellIndex:
+        """Read an index and its sidecar, with the probes it was tuned with.
+
+        Parameters
+        ----------
+        path
+            The index file (its sidecar is ``<path>.json``).
+        verify
+            Check the file's sha256 against the sidecar's first.
+
+        Returns
+        -------
+        CellIndex
+
+        Raises
+        ------
+        AtlasError
+            The file or its sidecar cannot be read, or (``verify``) the checksum differs.
+        """
+        faiss = _faiss()
+        target = Path(path)
+        try:
+            sidecar = json.loads(Path(str(target) + ".json").read_text())
+            if verify:
+                from screader_db.checksums import sha256_file
+
+                if sha256_file(target) != sidecar["sha256"]:
+                    message = f"the index {target} does not match its recorded sha256; rebuild the atlas"
+                    raise AtlasError(message)
+            index = faiss.read_index(str(target))
+        except (OSError, RuntimeError, ValueError, KeyError) as err:
+            message = f"cannot read the FAISS index {target}: {err}"
+            raise AtlasError(message) from err
+        recorded = sidecar.get("index", {})
+        info = IndexInfo.from_dict({"kind": "", "n": int(index.ntotal), "dim": int(index.d), **recorded})
+        loaded = cls(index, info, provenance=sidecar.get("provenance"))
+        nprobe = recorded.get("nprobe")
+        if nprobe and loaded._ivf is not None:
+            factor = recorded.get("k_factor")
+            loaded._set_nprobe(int(nprobe), k_factor=None if factor is None else int(factor))
+        return loaded
 
 
 class TorchFlatSearcher:
@@ -411,19 +866,43 @@ class TorchFlatSearcher:
 
     The atlas vectors are copied to the GPU once (fp16 by default) and queries are searched in
     batches; results match the CPU Flat index up to fp16 rounding of near ties.
+
+    Parameters
+    ----------
+    index
+        A Flat :class:`CellIndex`.
+    dtype
+        torch dtype name of the copy on the GPU.
+    device
+        torch device.
     """
 
-    def __init__(self, index: Any, *, dtype: str = "float16", device: str = "cuda") -> None:
-        import torch
-
-        faiss = _faiss()
-        flat = faiss.downcast_index(index.index) if hasattr(index, "id_map") else index
-        vectors = flat.reconstruct_n(0, flat.ntotal)
-        self.ids = faiss.vector_to_array(index.id_map) if hasattr(index, "id_map") else np.arange(flat.ntotal)
+    def __init__(self, index: CellIndex, *, dtype: str = "float16", device: str = "cuda") -> None:
+        torch = require("torch", extra="llm", purpose="exact search on a GPU without faiss-gpu")
+        if index._flat is None:
+            message = f"the torch searcher copies a flat index; this one is {index.kind}"
+            raise ScreaderError(message)
+        vectors = index._flat.reconstruct_n(0, index._flat.ntotal)
+        self.ids = index.ids()
         self.device = device
         self.vectors = torch.from_numpy(vectors).to(device=device, dtype=getattr(torch, dtype))
 
     def search(self, queries: np.ndarray, k: int, *, batch: int = 8192) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``k`` (similarities, ids) of each query row, as :meth:`CellIndex.search`.
+
+        Parameters
+        ----------
+        queries
+            Unit float32 rows.
+        k
+            Neighbours per query.
+        batch
+            Queries per matrix product.
+
+        Returns
+        -------
+        sims, ids
+        """
         import torch
 
         k = min(k, self.vectors.shape[0])
@@ -436,101 +915,3 @@ class TorchFlatSearcher:
                 sims[start : start + batch] = top.values.float().cpu().numpy()
                 rows[start : start + batch] = top.indices.cpu().numpy()
         return sims, self.ids[rows]
-
-
-def gpu_searcher(index: Any) -> Any | None:
-    """A GPU copy of ``index`` (faiss-gpu, or torch for Flat indexes), cached per index; None without a GPU."""
-    key = id(index)
-    if key in _GPU_SEARCHERS:
-        return _GPU_SEARCHERS[key][1]
-    faiss = _faiss()
-    searcher: Any = None
-    if refined_parts(index) is not None:
-        return None  # re-ranking indexes stay on the CPU
-    if gpu_count() > 0:
-        searcher = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), 0, index)
-    elif torch_cuda() and not hasattr(faiss.downcast_index(getattr(index, "index", index)), "nlist"):
-        searcher = TorchFlatSearcher(index)
-    if searcher is not None:
-        _GPU_SEARCHERS[key] = (index, searcher)
-    return searcher
-
-
-def search(index: Any, queries: np.ndarray, k: int, *, use_gpu: bool | None = None,
-           allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Top-``k`` (similarities, ids) for each query row.
-
-    ``allowed`` restricts the search to those cell ids (exactly, through a FAISS id selector;
-    such searches run on the CPU). Otherwise a GPU is used when present (faiss-gpu, or torch
-    for exact Flat indexes) unless ``use_gpu`` is False. Queries are unit rows, as the atlas's
-    own vectors are.
-    """
-    faiss = _faiss()
-    queries = np.ascontiguousarray(queries, dtype=np.float32)
-    parts = refined_parts(index)
-    if parts is not None:
-        return _search_refined(index, parts, queries, k, allowed)
-    if allowed is not None:
-        selector = faiss.IDSelectorBatch(np.ascontiguousarray(allowed, dtype=np.int64))
-        k = min(k, len(allowed))
-        params = (faiss.SearchParametersIVF(sel=selector, nprobe=int(index.nprobe)) if hasattr(index, "nprobe")
-                  else faiss.SearchParameters(sel=selector))
-        return index.search(queries, k, params=params)
-    k = min(k, index.ntotal)
-    if use_gpu is None or use_gpu:
-        searcher = gpu_searcher(index)
-        if searcher is not None:
-            return searcher.search(queries, k)
-    flat = faiss.downcast_index(index.index) if hasattr(index, "id_map") else index
-    if isinstance(flat, faiss.IndexFlatIP) and len(queries) * flat.ntotal >= BLAS_SEARCH_WORK:
-        stored = faiss.rev_swig_ptr(flat.get_xb(), flat.ntotal * flat.d).reshape(flat.ntotal, flat.d)
-        sims, rows = exact_search(queries, stored, k)
-        return sims, faiss.vector_to_array(index.id_map)[rows] if hasattr(index, "id_map") else rows
-    sims, ids = index.search(queries, k)
-    return sims, ids
-
-
-def _search_refined(index: Any, parts: tuple[Any, Any], queries: np.ndarray, k: int,
-                    allowed: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-    """Search an ``ivf-pca`` index: its L2 distances between unit rows become inner products, and
-    an ``allowed`` set of ids becomes a selector over the IVF's own row positions.
-
-    The re-ranking pool is the one tuned for recall@``TUNE_K`` (``k_factor × TUNE_K`` candidates)
-    whatever ``k``: the first ``TUNE_K`` of a larger ``k`` are then exactly as good, at the tuned cost.
-    """
-    faiss = _faiss()
-    refine, ivf = parts
-    id_map = faiss.vector_to_array(index.id_map)
-    k = min(k, index.ntotal)
-    lists = faiss.SearchParametersIVF(nprobe=int(ivf.nprobe))
-    if allowed is not None:
-        positions = np.flatnonzero(np.isin(id_map, allowed))
-        k = min(k, len(positions))
-        selector = faiss.IDSelectorBatch(positions)
-        lists.sel = selector
-    reduced = faiss.SearchParametersPreTransform(index_params=lists)
-    factor = max(1.0, (float(refine.k_factor) * TUNE_K + 0.5) / max(k, 1))  # + 0.5: faiss truncates k × factor
-    params = faiss.IndexRefineSearchParameters(k_factor=factor, base_index_params=reduced)
-    distances, rows = refine.search(queries, k, params=params)
-    found = rows >= 0
-    ids = np.where(found, id_map[np.where(found, rows, 0)], -1)
-    sims = np.where(found, 1.0 - distances / 2.0, -np.inf).astype(np.float32)
-    return sims, ids
-
-
-def remove_id_range(index: Any, low: int, high: int) -> None:
-    """Remove the cells with ids in [low, high); an ``ivf-pca`` index (whose re-ranking store
-    cannot drop rows in place) is refilled with the rest, keeping its trained PCA and lists."""
-    faiss = _faiss()
-    parts = refined_parts(index)
-    if parts is None:
-        index.remove_ids(faiss.IDSelectorRange(low, high))
-        return
-    refine, _ = parts
-    ids = faiss.vector_to_array(index.id_map)
-    keep = np.flatnonzero((ids < low) | (ids >= high))
-    store = faiss.downcast_index(refine.refine_index)
-    vectors = store.reconstruct_batch(keep) if len(keep) else np.zeros((0, index.d), dtype=np.float32)
-    index.reset()
-    if len(keep):
-        index.add_with_ids(np.ascontiguousarray(vectors), ids[keep])

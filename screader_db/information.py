@@ -30,8 +30,19 @@ CONSTANT_CV = 0.1
 
 
 def detection_floor(sample: sp.spmatrix) -> dict[str, Any]:
-    """The calibration entries for a reference sample (cells × atlas genes): the floor of detected
-    atlas genes and the quantile it came from."""
+    """The calibration entries for a reference sample: the floor of detected atlas genes and its quantile.
+
+    Parameters
+    ----------
+    sample : scipy.sparse matrix
+        Reference cells × atlas genes, log-normalised.
+
+    Returns
+    -------
+    dict
+        ``min_detected_genes`` (the floor) and, for a non-empty sample, ``detected_genes_quantile``
+        (the quantile, its number of genes and the cells it was measured on).
+    """
     X = sp.csr_matrix(sample)
     if X.shape[0] == 0:
         return {"min_detected_genes": DEFAULT_MIN_DETECTED}
@@ -42,14 +53,34 @@ def detection_floor(sample: sp.spmatrix) -> dict[str, Any]:
 
 
 def min_detected(calibration: dict[str, Any]) -> int:
-    """The floor a calibration records, or the default for atlases built before it was measured."""
+    """The floor a calibration records, or the default for atlases built before it was measured.
+
+    Parameters
+    ----------
+    calibration : dict
+        The atlas's score calibration.
+
+    Returns
+    -------
+    int
+        The fewest atlas genes a cell must detect.
+    """
     return int(calibration.get("min_detected_genes", DEFAULT_MIN_DETECTED))
 
 
 class CellInformation:
-    """Per query cell: how many atlas genes it detects and how much its values over the ``measured``
-    atlas genes (those the query has) vary, filled block by block from log-normalised expression
-    over the atlas's genes (the genes the query lacks are zero columns)."""
+    """Per query cell: how many atlas genes it detects and how much its values over them vary.
+
+    Filled block by block from log-normalised expression over the atlas's genes (the genes the
+    query lacks are zero columns).
+
+    Parameters
+    ----------
+    n_cells : int
+        Cells in the query.
+    measured : int
+        Atlas genes the query has; the spread is taken over these.
+    """
 
     def __init__(self, n_cells: int, measured: int) -> None:
         self.measured = max(int(measured), 1)
@@ -57,6 +88,15 @@ class CellInformation:
         self.variation = np.zeros(n_cells, dtype=np.float64)
 
     def add(self, start: int, block: sp.csr_matrix) -> None:
+        """Measure the cells of ``block``, whose first row is cell ``start``.
+
+        Parameters
+        ----------
+        start : int
+            Position of the block's first cell.
+        block : scipy.sparse.csr_matrix
+            Log-normalised rows over the atlas's genes.
+        """
         n_genes = self.measured
         rows = slice(start, start + block.shape[0])
         self.detected[rows] = np.asarray((block > 0).sum(axis=1)).ravel()
@@ -66,5 +106,16 @@ class CellInformation:
         self.variation[rows] = np.divide(spread, mean, out=np.zeros_like(spread), where=mean > 0)
 
     def empty(self, floor: int) -> np.ndarray:
-        """Cells detecting fewer than ``floor`` atlas genes, or with (nearly) the same value on all of them."""
+        """Cells detecting fewer than ``floor`` atlas genes, or with (nearly) the same value on all of them.
+
+        Parameters
+        ----------
+        floor : int
+            The fewest atlas genes a cell must detect (:func:`min_detected`).
+
+        Returns
+        -------
+        numpy.ndarray
+            bool, one per cell.
+        """
         return (self.detected < floor) | (self.variation < CONSTANT_CV)

@@ -27,7 +27,24 @@ HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 
 
 def read_h5ad(path: str | Path, *, backed: bool = False) -> Any:
-    """Open an ``.h5ad`` file with a clear error for each way it can be wrong."""
+    """Open an ``.h5ad`` file with a clear error for each way it can be wrong.
+
+    Parameters
+    ----------
+    path : str or Path
+        The file.
+    backed : bool
+        Open it read-only in backed mode (matrices stay on disk).
+
+    Returns
+    -------
+    AnnData
+
+    Raises
+    ------
+    InputDataError
+        The file is missing, a folder, empty, not HDF5 or not readable as AnnData.
+    """
     import anndata as ad
 
     file = Path(path)
@@ -64,11 +81,23 @@ def _duplicates(names: list[str]) -> list[str]:
 
 @dataclass
 class ExpressionSource:
-    """The chosen matrix of an AnnData (in memory or backed), read in row chunks.
+    """The chosen matrix of an AnnData (in memory or backed), read in raw row chunks.
 
-    ``keep`` (sorted row positions) restricts the source to some of the matrix's rows. ``where``
-    names the matrix (``X``, ``layers/NAME``, ``raw/X``) and ``origin`` its file, when known, for
-    messages; every block's structure is checked as it is read (:mod:`screader_db.matrix_rows`).
+    Every block's structure is checked as it is read (:mod:`screader_db.matrix_rows`); values are
+    checked and normalised by :class:`screader_db.expression_stream.ExpressionStream`.
+
+    Parameters
+    ----------
+    matrix : array, sparse matrix or backed dataset
+        The values, cells × genes.
+    names : list of str
+        The gene names.
+    obs : pandas.DataFrame
+        The cells' metadata (of the kept rows).
+    keep : numpy.ndarray or None
+        Sorted row positions the source is restricted to; None keeps every row.
+    where, origin : str
+        The matrix's name (``X``, ``layers/NAME``, ``raw/X``) and its file, when known, for messages.
     """
 
     matrix: Any
@@ -81,14 +110,27 @@ class ExpressionSource:
 
     @property
     def n_cells(self) -> int:
+        """Number of (kept) cells."""
         return int(self.matrix.shape[0] if self.keep is None else len(self.keep))
 
     @property
     def n_genes(self) -> int:
+        """Number of genes (columns)."""
         return int(self.matrix.shape[1])
 
     def subset(self, keep: np.ndarray) -> ExpressionSource:
-        """The same source restricted to the rows ``keep`` (positions in this source)."""
+        """The same source restricted to the rows ``keep`` (sorted positions in this source).
+
+        Parameters
+        ----------
+        keep : numpy.ndarray
+            Sorted int row positions in this source (after any earlier restriction).
+
+        Returns
+        -------
+        ExpressionSource
+            Sharing the matrix; ``obs`` and ``keep`` restricted.
+        """
         rows = keep if self.keep is None else self.keep[keep]
         return replace(self, obs=self.obs.iloc[keep], keep=np.asarray(rows))
 
@@ -99,6 +141,25 @@ class ExpressionSource:
         return read_rows(self.matrix, start, stop, where=self.where, origin=self.origin)
 
     def rows(self, start: int, stop: int) -> sp.csr_matrix:
+        """Raw rows ``start:stop`` (positions in this source) as CSR.
+
+        The matrix's structure is checked on the first read (:func:`screader_db.matrix_rows.check_structure`).
+
+        Parameters
+        ----------
+        start, stop : int
+            The rows, ``stop`` exclusive, counted among the kept rows.
+
+        Returns
+        -------
+        scipy.sparse.csr_matrix
+            float32, (stop - start) × :attr:`n_genes`, values as stored (not checked or normalised).
+
+        Raises
+        ------
+        InputDataError
+            The matrix's structure is malformed or its values are not numbers.
+        """
         if self.keep is None:
             return self._block(start, stop)
         wanted = self.keep[start:stop]
@@ -108,13 +169,51 @@ class ExpressionSource:
         return sp.csr_matrix(self._block(low, high)[wanted - low])
 
     def chunks(self, size: int = CHUNK) -> Iterator[tuple[int, sp.csr_matrix]]:
+        """(start, raw rows) for every ``size`` cells, in row order (unchecked values, input scale).
+
+        Parameters
+        ----------
+        size : int
+            Rows per chunk (default :data:`CHUNK`).
+
+        Yields
+        ------
+        tuple of (int, scipy.sparse.csr_matrix)
+            The chunk's first row and its rows, as :meth:`rows` reads them.
+
+        Raises
+        ------
+        InputDataError
+            The matrix's structure is malformed or its values are not numbers.
+        """
         for start in range(0, self.n_cells, size):
             yield start, self.rows(start, min(start + size, self.n_cells))
 
 
 def open_expression(adata: Any, *, layer: str | None = None, use_raw: bool = False,
                     gene_key: str | None = None) -> ExpressionSource:
-    """Choose ``.X``, a layer or ``.raw`` and the gene names; checks shape and unique names."""
+    """Choose ``.X``, a layer or ``.raw`` and the gene names; checks shape and unique names.
+
+    Parameters
+    ----------
+    adata : AnnData
+        In memory or backed; not changed.
+    layer : str or None
+        Read this layer instead of ``.X``.
+    use_raw : bool
+        Read ``.raw.X`` (and ``.raw.var``) instead of ``.X``.
+    gene_key : str or None
+        A var column of gene names to use instead of the var index.
+
+    Returns
+    -------
+    ExpressionSource
+
+    Raises
+    ------
+    InputDataError
+        The matrix is missing or empty, the layer or column is unknown, or gene names repeat.
+    """
     if use_raw and layer:
         raise InputDataError("choose either a layer or .raw, not both")
     if use_raw:
@@ -156,7 +255,18 @@ def open_expression(adata: Any, *, layer: str | None = None, use_raw: bool = Fal
 
 
 def check_values(X: sp.csr_matrix) -> None:
-    """Refuse a matrix with no cells or genes, NaN or infinite values, or negative (scaled) values."""
+    """Refuse a matrix with no cells or genes, NaN or infinite values, or negative (scaled) values.
+
+    Parameters
+    ----------
+    X : scipy.sparse.csr_matrix
+        Raw values.
+
+    Raises
+    ------
+    InputDataError
+        Says which of these was found and how to fix it.
+    """
     if X.shape[0] == 0:
         raise InputDataError("the data has zero cells")
     if X.shape[1] == 0:
@@ -196,11 +306,19 @@ MIN_ROWS = 100
 
 @dataclass(frozen=True)
 class ScaleEvidence:
-    """The scale of an expression matrix and why: ``evidence`` is one line a person can check.
+    """The scale of an expression matrix and why.
 
-    ``integer_share`` is, per candidate inverse, the share of scored values that are integer
-    multiples of their cell's smallest nonzero value; ``library_cv`` the coefficient of variation
-    of the cells' totals under that inverse (NaN where the test could not be run).
+    Parameters
+    ----------
+    scale : str
+        One of :data:`SCALES`.
+    evidence : str
+        One line a person can check.
+    integer_share : dict of str to float
+        Per candidate inverse, the share of scored values that are integer multiples of their
+        cell's smallest nonzero value (NaN where the test could not be run).
+    library_cv : dict of str to float
+        Per candidate inverse, the coefficient of variation of the cells' totals.
     """
 
     scale: str
@@ -210,7 +328,23 @@ class ScaleEvidence:
 
 
 def scale_name(name: str) -> str:
-    """The canonical name of an input scale (``lognorm`` is ``ln``); refuses unknown names."""
+    """The canonical name of an input scale (``lognorm`` is ``ln``).
+
+    Parameters
+    ----------
+    name : str
+        A scale name or alias.
+
+    Returns
+    -------
+    str
+        One of :data:`SCALES`.
+
+    Raises
+    ------
+    InputDataError
+        The name is not a known scale.
+    """
     canonical = SCALE_ALIASES.get(name, name)
     if canonical not in SCALES:
         message = f"unknown input scale {name!r}; choose one of auto, {', '.join(SCALES)} (lognorm = ln)"
@@ -219,7 +353,20 @@ def scale_name(name: str) -> str:
 
 
 def unlog(values: np.ndarray, scale: str) -> np.ndarray:
-    """The linear values (counts times a per-cell factor) behind ``values`` on ``scale``."""
+    """The linear values (counts times a per-cell factor) behind ``values`` on ``scale``.
+
+    Parameters
+    ----------
+    values : numpy.ndarray
+        Values on ``scale``.
+    scale : str
+        One of :data:`SCALES` (or an alias).
+
+    Returns
+    -------
+    numpy.ndarray
+        ``values`` itself for ``counts`` and ``linear``, else its inverse log, in the same dtype.
+    """
     base = LOG_BASE.get(scale_name(scale), 0.0)
     if base == 0.0:
         return values
@@ -322,7 +469,20 @@ def detect_scale(X: sp.csr_matrix) -> ScaleEvidence:
     right inverse each cell's values are integer multiples of its smallest one; the wrong
     inverses give a share of integer ratios near chance. Values with no integer structure
     (TPM, ambient-corrected) are told by the inverse under which every cell has the same total.
-    Raises :class:`InputDataError` with the evidence when no scale fits clearly.
+
+    Parameters
+    ----------
+    X : scipy.sparse.csr_matrix
+        Checked values (see :func:`check_values`), rows are cells.
+
+    Returns
+    -------
+    ScaleEvidence
+
+    Raises
+    ------
+    InputDataError
+        No scale fits clearly; the message gives the evidence.
     """
     data = X.data
     if data.size == 0 or np.all(data == np.round(data)):
@@ -341,7 +501,24 @@ def detect_scale(X: sp.csr_matrix) -> ScaleEvidence:
 
 
 def input_scale_of(source: ExpressionSource, override: str | None = None) -> ScaleEvidence:
-    """Check the first rows of ``source`` and tell their scale, or take ``override`` (``auto``/None: detect)."""
+    """The one input-scale rule: check the first :data:`SCALE_SAMPLE` rows of ``source`` and tell their scale.
+
+    Parameters
+    ----------
+    source : ExpressionSource
+        The matrix.
+    override : str or None
+        A scale given by the user; ``auto`` or None detects it (:func:`detect_scale`).
+
+    Returns
+    -------
+    ScaleEvidence
+
+    Raises
+    ------
+    InputDataError
+        The first rows hold bad values, the override is unknown, or no scale fits.
+    """
     wanted = None if override in (None, "auto") else scale_name(str(override))
     sample = source.rows(0, min(source.n_cells, SCALE_SAMPLE))
     check_values(sample)
@@ -351,13 +528,43 @@ def input_scale_of(source: ExpressionSource, override: str | None = None) -> Sca
 
 
 def rows_in_block(rows: np.ndarray, start: int, size: int) -> np.ndarray:
-    """The sorted global ``rows`` that fall in the block starting at ``start``, as block-local rows."""
+    """The sorted global ``rows`` that fall in the block starting at ``start``, as block-local rows.
+
+    Parameters
+    ----------
+    rows : numpy.ndarray
+        Sorted global row positions.
+    start, size : int
+        The block's first row and its number of rows.
+
+    Returns
+    -------
+    numpy.ndarray
+        Positions within the block.
+    """
     return rows[(rows >= start) & (rows < start + size)] - start
 
 
 def sample_chunks(chunks: Callable[[], Iterator[tuple[int, sp.csr_matrix]]], n_cells: int, *, sample_cells: int,
                   seed: int = 0) -> sp.csr_matrix:
-    """A seeded sample of at most ``sample_cells`` cells (in row order) of a batch read in chunks."""
+    """A seeded sample of at most ``sample_cells`` cells (in row order) of a batch read in chunks.
+
+    Parameters
+    ----------
+    chunks : callable
+        Returns a fresh iterator of (start, block), such as :meth:`ExpressionStream.chunks`.
+    n_cells : int
+        Cells in the batch.
+    sample_cells : int
+        Most cells to sample.
+    seed : int
+        Seed of the draw.
+
+    Returns
+    -------
+    scipy.sparse.csr_matrix
+        The sampled rows.
+    """
     rng = np.random.default_rng(seed)
     rows = np.sort(rng.choice(n_cells, size=min(n_cells, sample_cells), replace=False))
     picked = []
@@ -370,7 +577,17 @@ def sample_chunks(chunks: Callable[[], Iterator[tuple[int, sp.csr_matrix]]], n_c
 
 @dataclass
 class GenePlan:
-    """How input genes become target columns: ``assign`` sums input genes into target genes."""
+    """How input genes become target columns.
+
+    Parameters
+    ----------
+    genes : list of str
+        The target genes (columns).
+    assign : scipy.sparse.csr_matrix
+        Input genes × target genes, ones where an input gene is summed into a target gene.
+    matched : int
+        Target genes at least one input gene maps to.
+    """
 
     genes: list[str]
     assign: sp.csr_matrix
@@ -378,7 +595,19 @@ class GenePlan:
 
 
 def plan_genes(symbols: list[str], target: list[str] | None = None) -> GenePlan:
-    """Map input columns (by human symbol, '' = unmapped) to ``target`` genes (default: all mapped)."""
+    """Map input columns (by human symbol, '' = unmapped) to ``target`` genes.
+
+    Parameters
+    ----------
+    symbols : list of str
+        Each input column's human symbol ('' when unmapped).
+    target : list of str or None
+        The target genes; None takes every mapped symbol, sorted.
+
+    Returns
+    -------
+    GenePlan
+    """
     genes = sorted({s for s in symbols if s}) if target is None else list(target)
     column = {g: i for i, g in enumerate(genes)}
     rows = [i for i, s in enumerate(symbols) if s in column]
@@ -394,6 +623,22 @@ def normalise(X: sp.csr_matrix, kind: str, plan: GenePlan, *, library: GenePlan 
     input genes, mapped or not, so normalisation matches what the cell was measured with, or over
     the genes of ``library`` when given (a panel: both sides normalised over the genes they share).
     Logged input is un-logged first (in its own base), so any earlier scale factor is replaced by 10,000.
+
+    Parameters
+    ----------
+    X : scipy.sparse.csr_matrix
+        Raw values on scale ``kind``.
+    kind : str
+        One of :data:`SCALES`.
+    plan : GenePlan
+        The output columns.
+    library : GenePlan or None
+        Genes the library sizes are taken over; None takes every input gene.
+
+    Returns
+    -------
+    scipy.sparse.csr_matrix
+        float32, sorted indices.
     """
     linear = X.copy()
     linear.data = unlog(linear.data, kind)
@@ -408,7 +653,26 @@ def normalise(X: sp.csr_matrix, kind: str, plan: GenePlan, *, library: GenePlan 
 
 
 def map_genes(source: ExpressionSource, *, species: str = "auto", resolver: GeneResolver | None = None) -> GeneMapping:
-    """Human symbols for the source's genes; refuses when none maps."""
+    """Human symbols for the source's genes.
+
+    Parameters
+    ----------
+    source : ExpressionSource
+        Its ``names`` are mapped.
+    species : str
+        ``human``, ``mouse`` or ``auto``.
+    resolver : GeneResolver or None
+        The resolver; None takes the default one.
+
+    Returns
+    -------
+    GeneMapping
+
+    Raises
+    ------
+    InputDataError
+        None of the names maps to a human symbol.
+    """
     mapping = (resolver or default_resolver()).map(source.names, species=species)
     if mapping.n_mapped == 0:
         hint = ""
@@ -425,7 +689,21 @@ def map_genes(source: ExpressionSource, *, species: str = "auto", resolver: Gene
 
 @dataclass
 class Expression:
-    """Log-normalised expression over human gene symbols, with how it was made."""
+    """Log-normalised expression over human gene symbols, with how it was made.
+
+    Parameters
+    ----------
+    X : scipy.sparse.csr_matrix
+        float32 log1p(counts per 10,000), cells × ``genes``.
+    genes : list of str
+        The columns.
+    obs : pandas.DataFrame
+        The cells' metadata (a copy).
+    kind, evidence : str
+        The input scale and why.
+    mapping : GeneMapping
+        How the input genes mapped to symbols.
+    """
 
     X: sp.csr_matrix
     genes: list[str]
@@ -436,6 +714,7 @@ class Expression:
 
     @property
     def n_cells(self) -> int:
+        """Number of cells."""
         return int(self.X.shape[0])
 
 
@@ -444,16 +723,36 @@ def load_expression(adata: Any, *, layer: str | None = None, use_raw: bool = Fal
                     chunk: int = CHUNK, input_scale: str | None = None) -> Expression:
     """Check, map and log-normalise a whole AnnData (which is not changed) into memory.
 
-    ``input_scale`` names the scale of the values (see :data:`SCALES`); ``auto`` or None detects it.
+    Parameters
+    ----------
+    adata : AnnData
+        In memory or backed.
+    layer, use_raw, gene_key, species, resolver
+        Which matrix and gene names are read, and how they map (:func:`open_expression`,
+        :func:`map_genes`).
+    target : list of str or None
+        The output genes; None takes every mapped gene.
+    chunk : int
+        Rows read at a time.
+    input_scale : str or None
+        The scale of the values (:data:`SCALES`); ``auto`` or None tells it (:func:`input_scale_of`).
+
+    Returns
+    -------
+    Expression
+
+    Raises
+    ------
+    InputDataError
+        The matrix, the genes or the values are not usable; the message says why.
     """
+    from screader_db.expression_stream import ExpressionStream
+
     source = open_expression(adata, layer=layer, use_raw=use_raw, gene_key=gene_key)
     mapping = map_genes(source, species=species, resolver=resolver)
     plan = plan_genes(mapping.symbols, target)
     scale = input_scale_of(source, input_scale)
-    blocks = []
-    for _, block in source.chunks(chunk):
-        check_values(block)
-        blocks.append(normalise(block, scale.scale, plan))
-    X = sp.csr_matrix(sp.vstack(blocks), dtype=np.float32)
+    stream = ExpressionStream(source, plan, scale.scale, evidence=scale.evidence)
+    X = sp.csr_matrix(sp.vstack([block for _, block in stream.chunks(chunk)]), dtype=np.float32)
     return Expression(X=X, genes=plan.genes, obs=source.obs.copy(), kind=scale.scale, mapping=mapping,
                       evidence=scale.evidence)

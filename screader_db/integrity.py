@@ -25,12 +25,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from screader_db import atlas_format
 from screader_db.checksums import sha256_file
 from screader_db.errors import AtlasDamagedError, ScreaderError
+from screader_db.outputs import atomic_write
 
-CACHE_FILE = "verified.json"
+CACHE_FILE = atlas_format.VERIFIED
 # folders whose files are found by listing them, so a file the version never listed would be read
-LISTED_FOLDERS = ("cells", "expression")
+LISTED_FOLDERS = (atlas_format.CELLS, atlas_format.EXPRESSION)
 
 _hashed: dict[tuple[int, int, int, int], str] = {}  # sha256 of the files hashed so far, by file identity
 _lock = threading.Lock()
@@ -50,9 +52,29 @@ def _damaged(folder: Path, relative: str, what: str) -> AtlasDamagedError:
 
 
 def verify_version(folder: Path, recorded: dict[str, str], *, cache_dir: Path | None = None) -> None:
-    """Refuse the version in ``folder`` unless every file in ``recorded`` (relative path -> sha256)
-    is there with that sha256 and no unlisted file sits in :data:`LISTED_FOLDERS`. Files verified
-    are remembered in this process and, when given, in ``cache_dir`` (inside the atlas folder)."""
+    """Refuse a version whose files are missing, changed, or joined by unlisted ones.
+
+    Files verified are remembered in this process and, when given, in ``cache_dir``.
+
+    Parameters
+    ----------
+    folder
+        The version folder.
+    recorded
+        Relative path -> sha256, as ``VERSION.json`` lists them.
+    cache_dir
+        The atlas's scratch folder (``ATLAS/.tmp``), where ``verified.json`` is kept.
+
+    Returns
+    -------
+    None
+
+    Raises
+    ------
+    AtlasDamagedError
+        A listed file is missing, unreadable or has another sha256, or a file in
+        :data:`LISTED_FOLDERS` is not listed.
+    """
     stored = _read_cache(cache_dir)
     learned: dict[str, list[str]] = {}
     for relative, digest in sorted(recorded.items()):
@@ -110,16 +132,33 @@ def _write_cache(cache_dir: Path, entries: dict[str, list[str]]) -> None:
     kept = {key: value for key, value in entries.items() if (cache_dir.parent / value[1]).exists()}
     try:
         cache_dir.mkdir(parents=True, exist_ok=True)
-        tmp = cache_dir / f".{CACHE_FILE}.{os.getpid()}.{threading.get_ident()}.tmp"
-        tmp.write_text(json.dumps(kept, sort_keys=True))
-        os.replace(tmp, cache_dir / CACHE_FILE)
+        with atomic_write(cache_dir / CACHE_FILE, tag=f".{os.getpid()}.{threading.get_ident()}") as tmp:
+            tmp.write_text(json.dumps(kept, sort_keys=True))
     except OSError:
         return
 
 
 @contextmanager
 def reading(path: Path, what: str = "") -> Iterator[None]:
-    """Failures while reading the atlas file ``path`` become an AtlasDamagedError naming it."""
+    """Turn a failure while reading an atlas file into an error naming the file.
+
+    Parameters
+    ----------
+    path
+        The file being read.
+    what
+        What it holds, for the message ("the label profiles").
+
+    Returns
+    -------
+    Iterator[None]
+        Yields once.
+
+    Raises
+    ------
+    AtlasDamagedError
+        The block raised anything but a :class:`~screader_db.errors.ScreaderError` (which passes).
+    """
     try:
         yield
     except ScreaderError:
@@ -134,11 +173,20 @@ def reading(path: Path, what: str = "") -> Iterator[None]:
 
 
 def in_version(path: Path) -> str:
-    """``path`` as ``NNNNNN/relative/path`` inside its version folder (the whole path outside one)."""
-    from screader_db.store import VERSIONS
+    """A file's path as messages name it.
 
+    Parameters
+    ----------
+    path
+        A file.
+
+    Returns
+    -------
+    str
+        ``NNNNNN/relative/path`` inside its version folder, the whole path outside one.
+    """
     for parent in path.parents:
-        if parent.parent.name == VERSIONS and parent.name.isdigit():
+        if parent.parent.name == atlas_format.VERSIONS and parent.name.isdigit():
             return f"{parent.name}/{path.relative_to(parent).as_posix()}"
     return str(path)
 

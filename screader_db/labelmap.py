@@ -18,7 +18,25 @@ REQUIRED = ("dataset", "label", "harmonised_label")
 
 
 def read_label_map(path: str | Path) -> pd.DataFrame:
-    """Read and check a label map file."""
+    """Read and check a label map file.
+
+    Parameters
+    ----------
+    path : str or Path
+        A CSV with columns ``dataset``, ``label``, ``harmonised_label`` and optionally ``ontology_id``; all
+        values are read as strings (empty cells stay empty strings).
+
+    Returns
+    -------
+    pandas.DataFrame
+        Columns ``dataset``, ``label``, ``harmonised_label``, ``ontology_id`` (``""`` when the file has none).
+
+    Raises
+    ------
+    InputDataError
+        The file does not exist, is not a readable CSV, lacks a required column, or maps a (dataset, label)
+        pair more than once.
+    """
     file = Path(path)
     if not file.is_file():
         message = f"label map {file} does not exist"
@@ -44,7 +62,24 @@ def read_label_map(path: str | Path) -> pd.DataFrame:
 
 
 def harmonise(labels: np.ndarray, dataset: str, label_map: pd.DataFrame | None) -> tuple[np.ndarray, np.ndarray]:
-    """Harmonised labels and ontology ids for one data set's labels."""
+    """Harmonised labels and ontology ids for one data set's labels.
+
+    Parameters
+    ----------
+    labels : numpy.ndarray
+        The data set's labels, shape (n_cells,).
+    dataset : str
+        Its name: rows for this data set take precedence over ``*`` rows for the same label.
+    label_map : pandas.DataFrame or None
+        From :func:`read_label_map`; None or empty keeps every label as it is.
+
+    Returns
+    -------
+    harmonised : numpy.ndarray of object, shape (n_cells,)
+        The mapped name, or the label itself when the map does not name it.
+    ontology : numpy.ndarray of object, shape (n_cells,)
+        The mapped ontology id, ``""`` where there is none.
+    """
     if label_map is None or label_map.empty:
         return labels.astype(object), np.full(len(labels), "", dtype=object)
     rows = label_map[label_map["dataset"].isin([dataset, "*"])]

@@ -11,17 +11,39 @@ import warnings
 
 import numpy as np
 
+from screader_db.errors import ScreaderWarning
+from screader_db.extras import missing_extra
+
 SAMPLE = 50_000
 PLACE_TEMPERATURE = 0.05
 
 
 def umap_layout(vectors: np.ndarray, *, seed: int = 0, n_neighbors: int = 15) -> np.ndarray:
-    """UMAP (cosine) of unit vectors; falls back to the first two principal components without umap-learn."""
+    """UMAP (cosine) of unit vectors, or their first two principal components without umap-learn.
+
+    Without umap-learn (the ``layout`` extra) a :class:`~screader_db.errors.ScreaderWarning` names the extra.
+
+    Parameters
+    ----------
+    vectors : numpy.ndarray
+        (cells, dim) unit rows.
+    seed : int
+        UMAP's random state.
+    n_neighbors : int
+        UMAP's neighbours (at most cells - 1).
+
+    Returns
+    -------
+    numpy.ndarray
+        float32 (cells, 2) coordinates; all zeros for fewer than 10 cells.
+    """
     if len(vectors) < 10:
         return np.zeros((len(vectors), 2), dtype=np.float32)
     try:
         import umap
-    except ImportError:
+    except ImportError as err:
+        note = missing_extra(err, extra="layout", purpose="the reference UMAP")
+        warnings.warn(f"{note}; the map shows the first two principal components instead", ScreaderWarning, stacklevel=2)
         centred = vectors - vectors.mean(axis=0)
         _, _, vt = np.linalg.svd(centred, full_matrices=False)
         return (centred @ vt[:2].T).astype(np.float32)
@@ -35,7 +57,18 @@ def umap_layout(vectors: np.ndarray, *, seed: int = 0, n_neighbors: int = 15) ->
 def place(similarities: np.ndarray, neighbour_positions: np.ndarray) -> np.ndarray:
     """Positions from neighbours: softmax(similarity / T)-weighted mean of their 2-D coordinates.
 
-    ``neighbour_positions`` has shape (cells, k, 2); neighbours without a position are NaN.
+    Parameters
+    ----------
+    similarities : numpy.ndarray
+        (cells, k) similarities of each cell to its neighbours.
+    neighbour_positions : numpy.ndarray
+        (cells, k, 2) the neighbours' coordinates; a neighbour without a position is NaN and gets no weight.
+
+    Returns
+    -------
+    numpy.ndarray
+        float32 (cells, 2); a cell none of whose neighbours has a position is placed at (0, 0).
+        T is :data:`PLACE_TEMPERATURE`.
     """
     sims = np.where(np.isnan(neighbour_positions[..., 0]), -np.inf, similarities.astype(np.float64))
     top = np.max(sims, axis=1, keepdims=True)
@@ -49,21 +82,37 @@ def place(similarities: np.ndarray, neighbour_positions: np.ndarray) -> np.ndarr
 
 
 def reference_layout(vectors: np.ndarray, *, seed: int = 0, sample: int = SAMPLE, k: int = 15) -> np.ndarray:
-    """A 2-D map of every reference cell: UMAP on a sample, the rest placed from its neighbours."""
+    """A 2-D map of every reference cell: UMAP on a sample, the rest placed from its neighbours.
+
+    Parameters
+    ----------
+    vectors
+        Unit rows of the reference cells.
+    seed
+        Seed of the sample and the UMAP.
+    sample
+        Most cells laid out by UMAP; the others are placed from their ``k`` nearest laid-out cells.
+    k
+        Neighbours a placed cell is positioned from (:func:`place`).
+
+    Returns
+    -------
+    numpy.ndarray
+        float32 (cells, 2) coordinates.
+    """
     n = len(vectors)
     if n <= sample:
         return umap_layout(vectors, seed=seed)
-    import faiss
+    from screader_db.index import knn
 
     rng = np.random.default_rng(seed)
     chosen = np.sort(rng.choice(n, size=sample, replace=False))
     coords = np.full((n, 2), np.nan, dtype=np.float32)
     coords[chosen] = umap_layout(vectors[chosen], seed=seed)
-    index = faiss.IndexFlatIP(vectors.shape[1])
-    index.add(np.ascontiguousarray(vectors[chosen]))
+    laid_out = np.ascontiguousarray(vectors[chosen], dtype=np.float32)
     rest = np.setdiff1d(np.arange(n), chosen)
     for start in range(0, len(rest), 50_000):
         rows = rest[start : start + 50_000]
-        sims, pos = index.search(np.ascontiguousarray(vectors[rows]), k)
+        sims, pos = knn(vectors[rows], laid_out, k)
         coords[rows] = place(sims, coords[chosen][pos])
     return coords

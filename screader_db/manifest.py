@@ -36,11 +36,6 @@ class Entry:
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
-    def is_folder(self) -> bool:
-        """True when the entry is a folder (a model directory) rather than a file."""
-        return self.member[-1].endswith("/")
-
-    @property
     def basename(self) -> str:
         """Name of the file or folder once it is in the cache."""
         return self.member[-1].rstrip("/").rsplit("/", 1)[-1]
@@ -52,7 +47,14 @@ class Entry:
 
 
 def manifest_path() -> Path:
-    """Where the manifest is read from: the installed package, else the source tree."""
+    """Where the manifest is read from: the installed package, else the source tree.
+
+    Returns
+    -------
+    Path
+        ``data_manifest.yaml`` inside the installed ``screader_db`` package if it is there, else at the repository
+        top (which may not exist).
+    """
     packaged = importlib.resources.files("screader_db").joinpath(MANIFEST_NAME)
     if packaged.is_file():
         return Path(str(packaged))
@@ -77,7 +79,24 @@ def _entry(name: str, raw: dict[str, Any]) -> Entry:
 
 
 def load_manifest(path: str | Path | None = None) -> dict[str, Entry]:
-    """Read the manifest into entries keyed by name."""
+    """Read the manifest into entries keyed by name.
+
+    Parameters
+    ----------
+    path : str, Path or None
+        A manifest YAML file; None reads :func:`manifest_path`.
+
+    Returns
+    -------
+    dict of str to Entry
+        In file order; keys an entry does not define as fields go to its ``extra``.
+
+    Raises
+    ------
+    ScreaderError
+        The file is unreadable or not YAML, has no ``entries`` mapping, or an entry lacks a required key or has
+        an unknown ``kind``.
+    """
     import yaml
 
     source = Path(path) if path else manifest_path()
@@ -94,7 +113,24 @@ def load_manifest(path: str | Path | None = None) -> dict[str, Entry]:
 
 
 def get_entry(name: str, manifest: dict[str, Entry] | None = None) -> Entry:
-    """One entry by name, with the list of known names when it is not there."""
+    """One entry by name, with the list of known names when it is not there.
+
+    Parameters
+    ----------
+    name : str
+        The entry's name.
+    manifest : dict of str to Entry or None
+        Entries already loaded; None loads the default manifest (:func:`load_manifest`).
+
+    Returns
+    -------
+    Entry
+
+    Raises
+    ------
+    ScreaderError
+        ``name`` is not in the manifest (the message lists the known names), or the manifest cannot be read.
+    """
     entries = manifest if manifest is not None else load_manifest()
     if name not in entries:
         message = f"{name!r} is not in the data manifest; known names: {', '.join(sorted(entries))}"
@@ -103,7 +139,25 @@ def get_entry(name: str, manifest: dict[str, Entry] | None = None) -> Entry:
 
 
 def record_entry(name: str, values: dict[str, Any], path: str | Path | None = None) -> None:
-    """Write measured hashes and sizes of one entry back into the manifest file."""
+    """Write measured hashes and sizes of one entry back into the manifest file.
+
+    The file is rewritten whole (through a ``.tmp`` file beside it, then renamed): its ``#`` comment lines
+    are kept at the top, other formatting is YAML's.
+
+    Parameters
+    ----------
+    name : str
+        The entry to update.
+    values : dict
+        Keys to set on the entry (``sha256``, ``size``, ``archive_sha256``...), replacing any it has.
+    path : str, Path or None
+        The manifest file; None writes :func:`manifest_path`.
+
+    Raises
+    ------
+    ScreaderError
+        ``name`` is not an entry of the file.
+    """
     import yaml
 
     source = Path(path) if path else manifest_path()

@@ -22,7 +22,22 @@ SCAN = 10_000_000  # stored entries checked at a time when a CSC matrix is check
 
 
 def malformed(where: str, origin: str | None, fault: str) -> InputDataError:
-    """The error for a matrix whose structure is broken: which matrix, of which file, and what is wrong."""
+    """The error for a matrix whose structure is broken: which matrix, of which file, and what is wrong.
+
+    Parameters
+    ----------
+    where : str
+        The matrix's name in its AnnData (``X``, ``layers/counts``, ``raw/X``).
+    origin : str or None
+        The file it was read from; None for a matrix in memory (the remedy offered differs).
+    fault : str
+        What is wrong, as a clause.
+
+    Returns
+    -------
+    InputDataError
+        Not raised here.
+    """
     if origin:
         message = (f"the expression matrix {where} of {origin} is malformed: {fault}. The file is damaged or was "
                    "written by a faulty tool; write it again from a good copy (AnnData's write_h5ad)")
@@ -55,9 +70,29 @@ def _stored(matrix: Any) -> tuple[str, Any, Any, Any] | None:
 
 
 def check_structure(matrix: Any, *, where: str, origin: str | None) -> None:
-    """Whole-matrix checks: numeric values, one-dimensional integer index arrays of consistent
-    lengths, ``indptr`` from 0 to the number of stored values. A CSC matrix, whose row blocks touch
-    every stored value, is checked whole here (bounds and order too)."""
+    """Whole-matrix checks: numeric values, index arrays, and ``indptr`` from 0 to the stored values.
+
+    The index arrays must be one-dimensional integer arrays of consistent lengths. A CSC matrix,
+    whose row blocks touch every stored value, is checked whole here (bounds and order too), in
+    blocks of :data:`SCAN` stored entries; CSR rows are checked as :func:`read_rows` reads them.
+    A dense matrix is only checked for a numeric dtype.
+
+    Parameters
+    ----------
+    matrix : array-like, scipy sparse matrix or backed sparse dataset
+        The expression matrix, cells by genes.
+    where : str
+        Its name in its AnnData (``X``, ``layers/counts``...), for messages.
+    origin : str or None
+        The file it was read from, for messages; None for a matrix in memory.
+
+    Raises
+    ------
+    InputDataError
+        Values that are not numbers, or a broken sparse structure (a missing array, wrong dimensions or
+        lengths, non-integer indices, ``indptr`` not running from 0 to the number of stored values; for CSC
+        also a decreasing ``indptr`` or a row index out of range).
+    """
     dtype = getattr(matrix, "dtype", None)
     try:
         stored = _stored(matrix)
@@ -123,8 +158,32 @@ def _check_bounds(indices: np.ndarray, pointers: np.ndarray, start: int, offset:
 
 
 def read_rows(matrix: Any, start: int, stop: int, *, where: str = "X", origin: str | None = None) -> sp.csr_matrix:
-    """Rows ``start:stop`` as a float32 CSR matrix, their structure checked first (call
-    :func:`check_structure` once per matrix before)."""
+    """Rows ``start:stop`` as a float32 CSR matrix, their structure checked first.
+
+    Call :func:`check_structure` once per matrix before. A CSR matrix (in memory or backed) is read
+    from its stored arrays, only the block's slice of them; any other matrix is sliced and converted.
+
+    Parameters
+    ----------
+    matrix : array-like, scipy sparse matrix or backed sparse dataset
+        The expression matrix, cells by genes.
+    start, stop : int
+        The rows to read, ``stop`` exclusive.
+    where : str
+        Its name in its AnnData, for messages.
+    origin : str or None
+        The file it was read from, for messages; None for a matrix in memory.
+
+    Returns
+    -------
+    scipy.sparse.csr_matrix of float32, shape (stop - start, n_genes)
+
+    Raises
+    ------
+    InputDataError
+        For a CSR matrix: ``indptr`` decreases within the block or points past the stored values, or a
+        column index is out of range.
+    """
     stored = _stored(matrix)
     if stored is not None and stored[0] == "csr":
         _, indptr, indices, data = stored

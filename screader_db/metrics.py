@@ -26,6 +26,13 @@ class Agreement:
     labels: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, object]:
+        """The scores as a plain dict, for JSON.
+
+        Returns
+        -------
+        dict
+            Every field but ``labels``, under its field name.
+        """
         return {"accuracy": self.accuracy, "macro_f1": self.macro_f1, "n_cells": self.n_cells,
                 "n_scored": self.n_scored, "unassigned_rate": self.unassigned_rate,
                 "assigned_precision": self.assigned_precision, "per_class_f1": self.per_class_f1}
@@ -37,6 +44,19 @@ def agreement(predicted: Sequence[str] | Any, truth: Sequence[str] | Any, known:
     Cells whose true label the reference does not have are left out (they cannot be right).
     Macro-F1 averages over the true labels present among the scored cells; an ``Unassigned``
     prediction counts as wrong for accuracy and recall, and is left out of precision.
+
+    Parameters
+    ----------
+    predicted, truth : sequence of str
+        One label per cell, in the same order; values are compared as ``str``.
+    known : sequence of str or None
+        The labels the reference has; None scores every cell.
+
+    Returns
+    -------
+    Agreement
+        ``n_cells`` counts every cell, ``n_scored`` the cells kept; ``assigned_precision`` is the accuracy over
+        cells not ``Unassigned``. With no cell kept, every score is 0.0.
     """
     pred = np.asarray([str(p) for p in predicted], dtype=object)
     true = np.asarray([str(t) for t in truth], dtype=object)
@@ -68,8 +88,24 @@ def agreement(predicted: Sequence[str] | Any, truth: Sequence[str] | Any, known:
 
 
 def calibration_error(confidence: Any, correct: Any, *, bins: int = 10) -> float:
-    """Expected calibration error: over equal-width confidence bins, the cell-weighted mean gap
-    between the bin's mean confidence and its share of correct labels."""
+    """Expected calibration error: over equal-width confidence bins, the cell-weighted mean gap.
+
+    The gap of a bin is between its mean confidence and its share of correct labels.
+
+    Parameters
+    ----------
+    confidence : array-like of float, shape (n_cells,)
+        Confidences in [0, 1]; 1.0 falls in the top bin.
+    correct : array-like of bool, shape (n_cells,)
+        Whether each cell's label is right.
+    bins : int
+        Number of bins over [0, 1].
+
+    Returns
+    -------
+    float
+        In [0, 1]; 0.0 for no cells.
+    """
     conf = np.asarray(confidence, dtype=np.float64)
     right = np.asarray(correct, dtype=np.float64)
     which = np.clip((conf * bins).astype(np.int64), 0, bins - 1)
@@ -79,7 +115,20 @@ def calibration_error(confidence: Any, correct: Any, *, bins: int = 10) -> float
 
 
 def separation(confidence: Any, correct: Any) -> float:
-    """AUROC of ``confidence`` for right against wrong labels (NaN when all are right or all wrong)."""
+    """AUROC of ``confidence`` for right against wrong labels (NaN when all are right or all wrong).
+
+    Parameters
+    ----------
+    confidence : array-like of float, shape (n_cells,)
+        Higher should mean more likely right.
+    correct : array-like of bool, shape (n_cells,)
+        Whether each cell's label is right.
+
+    Returns
+    -------
+    float
+        AUROC in [0, 1] (0.5 is chance), or NaN.
+    """
     from sklearn.metrics import roc_auc_score
 
     right = np.asarray(correct, dtype=bool)

@@ -54,12 +54,35 @@ class LabelProfiles:
     datasets: list[str] = field(default_factory=list)
 
     def subset(self, keep: np.ndarray) -> LabelProfiles:
+        """The profiles of some labels only, over the same genes.
+
+        Parameters
+        ----------
+        keep : numpy.ndarray
+            bool, one per label: True keeps the label.
+
+        Returns
+        -------
+        LabelProfiles
+            The kept labels' names, means, counts and data sets (if recorded), in their order.
+        """
         datasets = [d for d, k in zip(self.datasets, keep, strict=True) if k] if self.datasets else []
         return LabelProfiles([lab for lab, k in zip(self.labels, keep, strict=True) if k], self.genes, self.means[keep],
                              self.counts[keep], datasets)
 
     def extend(self, other: LabelProfiles) -> LabelProfiles:
-        """These profiles and another data set's, over these genes (genes it lacks count as 0)."""
+        """These profiles and another data set's, over these genes (genes it lacks count as 0).
+
+        Parameters
+        ----------
+        other : LabelProfiles
+            The other data set's profiles; its genes that are not among these are dropped.
+
+        Returns
+        -------
+        LabelProfiles
+            These labels followed by ``other``'s, over ``self.genes``.
+        """
         index = {g: i for i, g in enumerate(other.genes)}
         means = np.zeros((len(other.labels), len(self.genes)))
         for j, gene in enumerate(self.genes):
@@ -69,6 +92,18 @@ class LabelProfiles:
                              np.concatenate([self.counts, other.counts]), self.datasets + other.datasets)
 
     def restrict(self, genes: list[str]) -> np.ndarray:
+        """The mean profiles over some of the genes.
+
+        Parameters
+        ----------
+        genes : list of str
+            Genes to keep, in the order wanted; each must be one of ``self.genes`` (KeyError otherwise).
+
+        Returns
+        -------
+        numpy.ndarray
+            labels × ``len(genes)`` means.
+        """
         index = {g: i for i, g in enumerate(self.genes)}
         return self.means[:, [index[g] for g in genes]]
 
@@ -85,13 +120,40 @@ class NoveltyResult:
 
 
 def n_clusters_for(n_cells: int) -> int:
-    """Over-cluster a little so that a small novel population gets a cluster of its own."""
+    """Over-cluster a little so that a small novel population gets a cluster of its own.
+
+    Parameters
+    ----------
+    n_cells : int
+        Cells to cluster.
+
+    Returns
+    -------
+    int
+        Clusters to ask for: ``round(sqrt(n_cells) / 2)``, clipped to 4–60.
+    """
     return int(np.clip(round(np.sqrt(n_cells) / 2), 4, 60))
 
 
-def cluster_cells(X: np.ndarray, *, n_clusters: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """k-means on principal components: (labels, centroids in PC space, PC loadings with the mean first row)."""
-    from screader_db.centring import _kmeans
+def cluster_on_components(X: np.ndarray, *, n_clusters: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Cluster the rows of ``X`` with k-means (:func:`screader_db.clusters.kmeans`) on their principal components.
+
+    Parameters
+    ----------
+    X
+        (cells, genes) dense expression.
+    n_clusters
+        Clusters asked for.
+    seed
+        Seed of the components and the clustering.
+
+    Returns
+    -------
+    labels, centroids, loadings
+        Cluster of each row, centroids in component space, and the components with the mean as first row
+        (what :func:`assign` places further rows with).
+    """
+    from screader_db.clusters import kmeans
 
     mean = X.mean(axis=0)
     centred = X - mean
@@ -102,13 +164,28 @@ def cluster_cells(X: np.ndarray, *, n_clusters: int, seed: int = 0) -> tuple[np.
     else:
         vt = np.eye(centred.shape[1])
     points = centred @ vt.T
-    labels = _kmeans(points, n_clusters, seed)
+    labels = kmeans(points, n_clusters, seed=seed)
     centroids = np.stack([points[labels == j].mean(axis=0) for j in range(labels.max() + 1)])
     return labels, centroids, np.vstack([mean, vt])
 
 
 def assign(X: np.ndarray, centroids: np.ndarray, loadings: np.ndarray) -> np.ndarray:
-    """Nearest centroid of each row (in the PC space the centroids live in)."""
+    """Nearest centroid of each row (in the PC space the centroids live in).
+
+    Parameters
+    ----------
+    X : numpy.ndarray
+        (cells, genes) dense expression over the genes the centroids were fitted on.
+    centroids : numpy.ndarray
+        (clusters, components) centroids, as :func:`cluster_on_components` returns them.
+    loadings : numpy.ndarray
+        The mean followed by the components, as :func:`cluster_on_components` returns them.
+
+    Returns
+    -------
+    numpy.ndarray
+        int64 index of the nearest centroid (squared Euclidean distance) of each row.
+    """
     points = (X - loadings[0]) @ loadings[1:].T
     d = (points**2).sum(axis=1)[:, None] - 2 * points @ centroids.T + (centroids**2).sum(axis=1)[None, :]
     return d.argmin(axis=1)
@@ -119,6 +196,18 @@ def best_matches(cluster_means: np.ndarray, label_means: np.ndarray) -> tuple[np
 
     Each side is centred on the mean of its own profiles first, so correlations compare how a
     population differs from the others, not the data sets' overall levels.
+
+    Parameters
+    ----------
+    cluster_means : numpy.ndarray
+        (clusters, genes) mean profiles of the query's clusters.
+    label_means : numpy.ndarray
+        (labels, genes) mean profiles of the reference labels, over the same genes.
+
+    Returns
+    -------
+    best, correlation : numpy.ndarray
+        Per cluster: the row index in ``label_means`` of its best label, and that Pearson correlation.
     """
     a = cluster_means - cluster_means.mean(axis=0)
     b = label_means - label_means.mean(axis=0)
@@ -131,18 +220,58 @@ def best_matches(cluster_means: np.ndarray, label_means: np.ndarray) -> tuple[np
 
 
 def weighted_median(values: np.ndarray, weights: np.ndarray) -> float:
+    """The weighted median of some values.
+
+    Parameters
+    ----------
+    values : numpy.ndarray
+        1-D values.
+    weights : numpy.ndarray
+        Non-negative weight of each value (here the cells of each cluster).
+
+    Returns
+    -------
+    float
+        The smallest value at which the cumulative weight, in sorted order, reaches half the total.
+    """
     order = np.argsort(values)
     cumulative = np.cumsum(weights[order])
     return float(values[order][np.searchsorted(cumulative, cumulative[-1] / 2)])
 
 
 def relative_match(best: np.ndarray, sizes: np.ndarray) -> np.ndarray:
-    """Best correlations divided by their cell-weighted median over the clusters."""
+    """Best correlations divided by their cell-weighted median over the clusters.
+
+    Parameters
+    ----------
+    best : numpy.ndarray
+        Best correlation of each cluster (:func:`best_matches`).
+    sizes : numpy.ndarray
+        Cells in each cluster.
+
+    Returns
+    -------
+    numpy.ndarray
+        The relative match of each cluster (the median is floored at 1e-6).
+    """
     return best / max(weighted_median(best, sizes), 1e-6)
 
 
 def match_scores(relative: np.ndarray, sizes: np.ndarray) -> np.ndarray:
-    """Relative matches in robust standard deviations below (negative) or above the median."""
+    """Relative matches in robust standard deviations below (negative) or above the median.
+
+    Parameters
+    ----------
+    relative : numpy.ndarray
+        Relative match of each cluster (:func:`relative_match`).
+    sizes : numpy.ndarray
+        Cells in each cluster; median and median absolute deviation are weighted by them.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(relative - median) / max(1.4826 × MAD, MAD_FLOOR)`` of each cluster.
+    """
     centre = weighted_median(relative, sizes)
     spread = 1.4826 * weighted_median(np.abs(relative - centre), sizes)
     return (relative - centre) / max(spread, MAD_FLOOR)
@@ -150,9 +279,29 @@ def match_scores(relative: np.ndarray, sizes: np.ndarray) -> np.ndarray:
 
 def detect(X_variable: np.ndarray, genes: list[str], profiles: LabelProfiles, *, cutoff: float = DEFAULT_CUTOFF,
            seed: int = 0) -> NoveltyResult:
-    """Novel clusters of a query given as a dense matrix over variable genes (all held in memory)."""
+    """Novel clusters of a query given as a dense matrix over variable genes (all held in memory).
+
+    Parameters
+    ----------
+    X_variable : numpy.ndarray
+        (cells, genes) dense log expression of the query over its variable genes.
+    genes : list of str
+        Name of each column of ``X_variable``; all must be among ``profiles.genes``.
+    profiles : LabelProfiles
+        The reference labels' mean profiles.
+    cutoff : float
+        Clusters scoring below it (robust standard deviations, :func:`match_scores`) are novel;
+        default :data:`DEFAULT_CUTOFF`.
+    seed : int
+        Seed of the clustering.
+
+    Returns
+    -------
+    NoveltyResult
+        Per cell, with the per-cluster figures in ``details``.
+    """
     n = len(X_variable)
-    labels, _, _ = cluster_cells(X_variable, n_clusters=n_clusters_for(n), seed=seed)
+    labels, _, _ = cluster_on_components(X_variable, n_clusters=n_clusters_for(n), seed=seed)
     return _judge(labels, X_variable, genes, profiles, cutoff)
 
 
@@ -160,6 +309,20 @@ def cluster_sums(cluster: np.ndarray, X: np.ndarray, k: int) -> np.ndarray:
     """Per-cluster sums of the rows of ``X`` (``k`` × columns), as one sparse product.
 
     The same sums as ``np.add.at`` over the rows, at a small fraction of its time.
+
+    Parameters
+    ----------
+    cluster : numpy.ndarray
+        int cluster of each row, in ``0 .. k - 1``.
+    X : numpy.ndarray
+        (rows, columns) dense values.
+    k : int
+        Clusters; a cluster with no row sums to 0.
+
+    Returns
+    -------
+    numpy.ndarray
+        float64, ``k`` × columns.
     """
     onehot = sp.csr_matrix((np.ones(len(cluster)), (cluster, np.arange(len(cluster)))), shape=(k, len(cluster)))
     return np.asarray(onehot @ np.asarray(X, dtype=np.float64))
@@ -202,13 +365,41 @@ def _judge(cluster: np.ndarray, X: np.ndarray | None, genes: list[str], profiles
 def stream_detect(chunks: Callable[[], Iterator[tuple[int, sp.csr_matrix]]], n_cells: int, genes: list[str],
                   variable: np.ndarray, profiles: LabelProfiles, *, cutoff: float = DEFAULT_CUTOFF, seed: int = 0,
                   sample_cells: int = SAMPLE_CELLS) -> NoveltyResult:
-    """:func:`detect` for a query read in chunks (columns follow ``genes``; ``variable`` indexes them):
-    cluster a sample, assign every cell to its nearest cluster, sum profiles per cluster."""
+    """:func:`detect` for a query read in chunks: cluster a sample, assign every cell to its nearest cluster.
+
+    Columns of the chunks follow ``genes``; ``variable`` indexes them. Profiles are summed per
+    cluster while the cells are assigned, so only one chunk is held dense at a time.
+
+    Parameters
+    ----------
+    chunks : callable
+        Returns a fresh iterator of (start row, csr block) over the query, e.g. :meth:`ExpressionStream.chunks`.
+    n_cells : int
+        Cells in the query.
+    genes : list of str
+        Name of each column of the blocks.
+    variable : numpy.ndarray
+        int column indices of the variable genes clustered and compared; their names must be among
+        ``profiles.genes``.
+    profiles : LabelProfiles
+        The reference labels' mean profiles.
+    cutoff : float
+        Clusters scoring below it (robust standard deviations) are novel; default :data:`DEFAULT_CUTOFF`.
+    seed : int
+        Seed of the sample and the clustering.
+    sample_cells : int
+        Most cells clustered (default :data:`SAMPLE_CELLS`); the rest are only assigned.
+
+    Returns
+    -------
+    NoveltyResult
+        Per cell, with the per-cluster figures in ``details``.
+    """
     from screader_db.inputs import sample_chunks
 
     picked = sample_chunks(chunks, n_cells, sample_cells=sample_cells, seed=seed)
     sample = np.asarray(picked[:, variable].todense(), dtype=np.float64)
-    _, centroids, loadings = cluster_cells(sample, n_clusters=n_clusters_for(n_cells), seed=seed)
+    _, centroids, loadings = cluster_on_components(sample, n_clusters=n_clusters_for(n_cells), seed=seed)
     cluster = np.empty(n_cells, dtype=np.int64)
     sums = np.zeros((len(centroids), len(variable)))
     for start, block in chunks():
@@ -223,29 +414,49 @@ def calibrate(sample: sp.csr_matrix, labels: np.ndarray, genes: list[str], *, se
               min_label_cells: int = 20, max_known_loss: float = KNOWN_LOSS) -> dict[str, Any]:
     """Choose the cut-off on the reference alone.
 
-    The sample is split 70/30. Each label with at least ``min_label_cells`` cells is hidden in turn
-    from the 70% part (whose label profiles stand in for the atlas); the 30% part, clustered, stands
-    in for the query. The cut-off is the highest one (at most ``MAX_CUTOFF``) that leaves at most
-    ``max_known_loss`` of the known cells unassigned, averaged over the hidden labels; the share
-    of hidden cells caught is reported beside it. When that share is below ``MIN_CAUGHT`` the
-    reference's labels are too alike for the check to find a missing one, and the check is
-    switched off for the atlas (``enabled`` false): it would cost known cells and catch little.
+    The sample is split 70/30 (:func:`screader_db.calibration.split`). Each label with at least
+    ``min_label_cells`` cells is hidden in turn from the 70% part (whose label profiles stand in
+    for the atlas); the 30% part, clustered, stands in for the query. The cut-off is the highest
+    one (at most ``MAX_CUTOFF``) that leaves at most ``max_known_loss`` of the known cells
+    unassigned, averaged over the hidden labels; the share of hidden cells caught is reported
+    beside it. When that share is below ``MIN_CAUGHT`` the reference's labels are too alike for
+    the check to find a missing one, and the check is switched off for the atlas (``enabled``
+    false): it would cost known cells and catch little.
+
+    Parameters
+    ----------
+    sample : scipy.sparse.csr_matrix
+        (cells, genes) log expression of a sample of the reference.
+    labels : numpy.ndarray
+        Label of each row of ``sample``.
+    genes : list of str
+        Name of each column of ``sample``.
+    seed : int
+        Seed of the split and the clustering.
+    min_label_cells : int
+        Fewest cells a label needs to be hidden in turn.
+    max_known_loss : float
+        Largest mean share of known cells the cut-off may leave unassigned (default :data:`KNOWN_LOSS`).
+
+    Returns
+    -------
+    dict
+        ``cutoff``, ``calibrated``, and either ``reason`` (too few labels or held-out cells:
+        ``cutoff`` is :data:`DEFAULT_CUTOFF`) or ``enabled``, ``known_unassigned``, ``hidden_caught``,
+        ``labels_hidden``, ``grid`` and the ``known_loss_curve`` and ``caught_curve`` over it.
     """
+    from screader_db.calibration import split
     from screader_db.features import highly_variable
 
-    rng = np.random.default_rng(seed)
     labels = np.asarray(labels).astype(str)
-    test = np.zeros(len(labels), dtype=bool)
-    for label in np.unique(labels):
-        members = np.flatnonzero(labels == label)
-        test[rng.choice(members, size=round(0.3 * len(members)), replace=False)] = True
+    test = split(labels, seed=seed)
     candidates = [label for label in np.unique(labels) if (labels == label).sum() >= min_label_cells]
     if len(candidates) < 3 or test.sum() < 50:
         return {"cutoff": DEFAULT_CUTOFF, "calibrated": False, "reason": "too few labelled cells to calibrate"}
     variable = highly_variable(sample[test], min(N_VARIABLE, sample.shape[1]))
     query = np.asarray(sample[test][:, variable].todense(), dtype=np.float64)
     train = sample[~test]
-    cluster, _, _ = cluster_cells(query, n_clusters=n_clusters_for(len(query)), seed=seed)
+    cluster, _, _ = cluster_on_components(query, n_clusters=n_clusters_for(len(query)), seed=seed)
     sums = cluster_sums(cluster, query, int(cluster.max()) + 1)
     grid = np.round(np.arange(-8.0, MAX_CUTOFF + 0.01, 0.25), 2)
     known_loss = np.zeros((len(candidates), len(grid)))

@@ -5,6 +5,7 @@ path first, so a wrong one fails in a second instead of after the whole run. Eac
 written under a temporary name in its target's folder and, only when every one of them was
 written, all are renamed into place; when one fails, the temporary files are removed and no
 output is left (the renames themselves cannot fail half-way on one file system, short of a crash).
+:func:`atomic_write` does the same for one file or folder that a library function writes.
 """
 
 from __future__ import annotations
@@ -22,8 +23,19 @@ from screader_db.errors import OutputExistsError, OutputPathError
 
 @dataclass(frozen=True)
 class Output:
-    """One output: its path, the option that named it (for messages), whether it is a folder of
-    files (created when missing, its files replaced) and the file name endings it accepts."""
+    """One output file or folder of a command.
+
+    Parameters
+    ----------
+    path
+        Where it goes.
+    option
+        The option that named it, for messages.
+    folder
+        A folder of files (created when missing, its files replaced) rather than one file.
+    suffixes
+        The file name endings it accepts (any when empty).
+    """
 
     path: Path
     option: str
@@ -43,14 +55,50 @@ def _probe(folder: Path, option: str, path: Path) -> None:
 
 
 def refuse_existing(path: Path, *, overwrite: bool) -> None:
-    """Refuse to replace an existing file unless ``overwrite`` (the one message for every output)."""
+    """Refuse to replace an existing file unless ``overwrite`` (the one message for every output).
+
+    Parameters
+    ----------
+    path
+        The output.
+    overwrite
+        Whether replacing is allowed.
+
+    Returns
+    -------
+    None
+
+    Raises
+    ------
+    OutputExistsError
+        ``path`` exists and ``overwrite`` is false.
+    """
     if path.exists() and not overwrite:
         raise OutputExistsError(f"{path} exists; pass --overwrite to replace it")
 
 
 def check_output(output: Output, *, overwrite: bool) -> None:
-    """Refuse an output whose folder is missing or not writable, a file where a folder is meant (or
-    the reverse), an unknown file format, or an existing file without ``overwrite``."""
+    """Refuse an output that cannot be written where it is meant to go.
+
+    Parameters
+    ----------
+    output
+        The output.
+    overwrite
+        Whether an existing file may be replaced.
+
+    Returns
+    -------
+    None
+
+    Raises
+    ------
+    OutputPathError
+        Its folder is missing or not writable, a file is where a folder is meant (or the
+        reverse), or its file format is unknown.
+    OutputExistsError
+        The file exists and ``overwrite`` is false.
+    """
     path, option = output.path, output.option
     parent = path.parent
     if not parent.exists():
@@ -75,7 +123,26 @@ def check_output(output: Output, *, overwrite: bool) -> None:
 
 
 def check_outputs(outputs: list[Output], *, overwrite: bool) -> None:
-    """:func:`check_output` for each output, and no two of them at the same path."""
+    """:func:`check_output` for each output, and no two of them at the same path.
+
+    Parameters
+    ----------
+    outputs
+        The outputs.
+    overwrite
+        Whether existing files may be replaced.
+
+    Returns
+    -------
+    None
+
+    Raises
+    ------
+    OutputPathError
+        As :func:`check_output`, or two outputs name one path.
+    OutputExistsError
+        As :func:`check_output`.
+    """
     seen: dict[Path, str] = {}
     for output in outputs:
         check_output(output, overwrite=overwrite)
@@ -123,8 +190,24 @@ def _move(temporary: Path, output: Output) -> None:
 
 @contextmanager
 def staged(outputs: list[Output]) -> Iterator[dict[Path, Path]]:
-    """Temporary paths to write the outputs to (by target path); moved into place when the block
-    ends without error, removed when it raises."""
+    """Temporary paths to write several outputs to, all moved into place when the block ends
+    without error and all removed when it raises.
+
+    Parameters
+    ----------
+    outputs
+        The outputs.
+
+    Returns
+    -------
+    Iterator[dict]
+        Yields once: target path -> temporary path (a file path, or a created folder).
+
+    Raises
+    ------
+    OutputPathError
+        A target became a folder (or, for a folder output, a file) while the block ran; nothing is moved.
+    """
     temporary: dict[Path, Path] = {}
     try:
         for output in outputs:
@@ -137,3 +220,38 @@ def staged(outputs: list[Output]) -> Iterator[dict[Path, Path]]:
     finally:
         for path in temporary.values():
             _remove(path)
+
+
+@contextmanager
+def atomic_write(target: str | Path, *, tag: str = "", keep_existing: bool = False) -> Iterator[Path]:
+    """A temporary path beside ``target`` to write a file or folder to, moved onto ``target`` when
+    the block ends without error and removed when it raises.
+
+    Readers of ``target`` see the old file or the whole new one, never a part. Nothing is created
+    at the temporary path: the block writes a file there or makes a folder.
+
+    Parameters
+    ----------
+    target
+        The final path; its folder must exist.
+    tag
+        Inserted in the temporary name ``.<name><tag>.tmp``: a process or thread id where several
+        may write the same target at once.
+    keep_existing
+        When ``target`` exists once the block ends, keep it and drop what the block wrote (a cache
+        entry another process finished first).
+
+    Returns
+    -------
+    Iterator[Path]
+        The temporary path, yielded once.
+    """
+    final = Path(target)
+    temporary = final.with_name(f".{final.name}{tag}.tmp")
+    try:
+        yield temporary
+        if not (keep_existing and final.exists()):
+            os.replace(temporary, final)
+    finally:
+        if temporary.exists() or temporary.is_symlink():
+            _remove(temporary)

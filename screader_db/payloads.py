@@ -8,14 +8,29 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, Field, ValidationError
 
 from screader_db.errors import InputDataError
+from screader_db.extras import missing_extra
 from screader_db.results import AnnotationResult
+
+try:
+    from pydantic import BaseModel, Field, ValidationError
+except ImportError as err:
+    raise missing_extra(err, extra="server", purpose="the server's JSON payloads") from err
 
 
 class CountsRequest(BaseModel):
-    """Cells × genes expression: raw counts, or log-normalised values."""
+    """The JSON body of ``POST /annotate``: cells × genes expression, raw counts or log-normalised values.
+
+    Parameters
+    ----------
+    genes : list of str
+        Gene symbols (or Ensembl ids), one per column.
+    cells : list of str or None
+        Cell names, one per row.
+    counts : list of list of float
+        One row per cell.
+    """
 
     genes: list[str] = Field(description="gene symbols (or Ensembl ids), one per column of counts")
     cells: list[str] | None = Field(default=None, description="cell names, one per row (default: cell0, cell1, ...)")
@@ -23,7 +38,23 @@ class CountsRequest(BaseModel):
 
 
 def parse_counts(body: bytes) -> CountsRequest:
-    """Parse and check a JSON counts request; every mistake becomes an InputDataError that says what to send."""
+    """Parse and check a JSON counts request.
+
+    Parameters
+    ----------
+    body : bytes
+        The request body.
+
+    Returns
+    -------
+    CountsRequest
+
+    Raises
+    ------
+    InputDataError
+        The body is not such a request, or its rows, genes and cell names do not fit together;
+        the message says what to send.
+    """
     try:
         request = CountsRequest.model_validate_json(body)
     except ValidationError as err:
@@ -44,7 +75,18 @@ def parse_counts(body: bytes) -> CountsRequest:
 
 
 def counts_adata(request: CountsRequest) -> Any:
-    """An AnnData (sparse float32 matrix) of a counts request."""
+    """The AnnData of a counts request.
+
+    Parameters
+    ----------
+    request : CountsRequest
+        A checked request (:func:`parse_counts`).
+
+    Returns
+    -------
+    anndata.AnnData
+        A sparse float32 matrix; cells named ``cell0``, ``cell1``, ... unless the request names them.
+    """
     import anndata as ad
     import scipy.sparse as sp
 
@@ -63,7 +105,20 @@ def _column(values: pd.Series) -> list[Any]:
 
 
 def result_payload(result: AnnotationResult) -> dict[str, Any]:
-    """``{"cells": [{"cell": ..., "label": ..., ...}, ...], "labels": [...], "info": {...}}``."""
+    """The JSON answer of ``POST /annotate``.
+
+    Parameters
+    ----------
+    result : AnnotationResult
+        The annotation.
+
+    Returns
+    -------
+    dict
+        ``{"cells": [{"cell": ..., "label": ..., ...}, ...], "labels": [...], "info": {...}}``: one
+        row per cell with every column of the result's table (NaN as null), the atlas's labels and
+        the info as JSON values.
+    """
     frame = result.table.rename_axis("cell").reset_index()
     columns = {name: _column(frame[name]) for name in frame.columns}
     rows = [dict(zip(columns, values, strict=True)) for values in zip(*columns.values(), strict=True)]
@@ -72,7 +127,18 @@ def result_payload(result: AnnotationResult) -> dict[str, Any]:
 
 
 def result_from_payload(payload: dict[str, Any]) -> AnnotationResult:
-    """An AnnotationResult from the server's JSON: the per-cell table, labels and info (no vectors)."""
+    """The AnnotationResult of the server's JSON answer.
+
+    Parameters
+    ----------
+    payload : dict
+        As :func:`result_payload` makes it.
+
+    Returns
+    -------
+    AnnotationResult
+        The per-cell table, labels and info; no vectors or neighbours (they stay on the server).
+    """
     frame = pd.DataFrame.from_records(payload["cells"])
     if "cell" in frame:
         frame = frame.set_index("cell")

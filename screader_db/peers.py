@@ -20,7 +20,29 @@ def _celltypist() -> Any:
 
 
 def celltypist_train(reference: Any, *, label_key: str, seed: int = 0, feature_selection: bool = False) -> Any:
-    """A CellTypist model trained on the reference (log1p CP10k over human symbols)."""
+    """A CellTypist model trained on the reference (log1p CP10k over human symbols).
+
+    Parameters
+    ----------
+    reference : AnnData
+        ``X`` log1p(counts per 10,000), var names human symbols.
+    label_key : str
+        The obs column of the labels (read as strings).
+    seed : int
+        Seeds numpy's global random state before training.
+    feature_selection : bool
+        CellTypist's two-pass training on its selected genes.
+
+    Returns
+    -------
+    celltypist.models.Model
+        Trained with ``max_iter=500`` on one job; CellTypist's output and warnings are silenced.
+
+    Raises
+    ------
+    ScreaderError
+        CellTypist is not installed (the ``eval`` extra).
+    """
     import contextlib
     import io
 
@@ -34,7 +56,26 @@ def celltypist_train(reference: Any, *, label_key: str, seed: int = 0, feature_s
 
 
 def celltypist_label(model: Any, query: Any, *, majority_voting: bool = False) -> np.ndarray:
-    """Labels of the query cells (log1p CP10k over human symbols) from a trained CellTypist model."""
+    """Labels of the query cells (log1p CP10k over human symbols) from a trained CellTypist model.
+
+    Parameters
+    ----------
+    model : celltypist.models.Model
+        From :func:`celltypist_train`.
+    query : AnnData
+        ``X`` log1p(counts per 10,000), var names human symbols; only ``X`` and the names are passed on.
+    majority_voting : bool
+        Take CellTypist's over-cluster majority labels instead of its per-cell predictions.
+
+    Returns
+    -------
+    numpy.ndarray of str, shape (n_cells,)
+
+    Raises
+    ------
+    ScreaderError
+        CellTypist is not installed (the ``eval`` extra).
+    """
     import contextlib
     import io
 
@@ -55,6 +96,28 @@ def celltypist_predict(reference: Any, query: Any, *, label_key: str, seed: int 
 
     Both inputs are AnnData objects whose ``X`` is log1p(counts per 10,000) and whose var
     names are human symbols, as :func:`screader_db.inputs.load_expression` makes them.
+
+    Parameters
+    ----------
+    reference, query : AnnData
+        The training and the query cells.
+    label_key : str
+        The reference's obs column of labels.
+    seed : int
+        Seed of the training (:func:`celltypist_train`).
+    feature_selection : bool
+        CellTypist's two-pass training on its selected genes.
+    majority_voting : bool
+        Take CellTypist's over-cluster majority labels.
+
+    Returns
+    -------
+    numpy.ndarray of str, shape (n_query_cells,)
+
+    Raises
+    ------
+    ScreaderError
+        CellTypist is not installed (the ``eval`` extra).
     """
     model = celltypist_train(reference, label_key=label_key, seed=seed, feature_selection=feature_selection)
     return celltypist_label(model, query, majority_voting=majority_voting)
@@ -65,6 +128,27 @@ def celltypist_best(reference: Any, query: Any, *, label_key: str, seed: int = 0
 
     The choice is made on a stratified 80/20 split of the reference alone, then the model is
     trained on the whole reference; the query's labels are never looked at.
+
+    Parameters
+    ----------
+    reference, query : AnnData
+        As :func:`celltypist_predict` takes them. Labels with a single cell are kept in the training part
+        of the split; feature selection is only tried with more than 600 genes.
+    label_key : str
+        The reference's obs column of labels.
+    seed : int
+        Seed of the split and of the training.
+
+    Returns
+    -------
+    labels : numpy.ndarray of str, shape (n_query_cells,)
+    chosen : dict
+        ``feature_selection`` (bool, the setting used) and ``split_macro_f1`` (setting to macro-F1 on the split).
+
+    Raises
+    ------
+    ScreaderError
+        CellTypist is not installed (the ``eval`` extra).
     """
     from sklearn.model_selection import train_test_split
 
@@ -88,8 +172,29 @@ def celltypist_best(reference: Any, query: Any, *, label_key: str, seed: int = 0
 
 
 def singler_predict(reference: Any, query: Any, *, label_key: str, threads: int = 2) -> np.ndarray:
-    """SingleR (rank correlation against the reference's label profiles, with fine-tuning) on
-    log1p CP10k AnnData over the same genes, as :func:`celltypist_predict` takes them."""
+    """SingleR (rank correlation against the reference's label profiles, with fine-tuning).
+
+    It runs on log1p CP10k AnnData over the same genes, as :func:`celltypist_predict` takes them.
+
+    Parameters
+    ----------
+    reference, query : AnnData
+        ``X`` log1p(counts per 10,000), var names human symbols; genes are matched by name.
+    label_key : str
+        The reference's obs column of labels (read as strings).
+    threads : int
+        Threads SingleR uses.
+
+    Returns
+    -------
+    numpy.ndarray of str, shape (n_query_cells,)
+        SingleR's ``best`` label (after fine-tuning) of each query cell.
+
+    Raises
+    ------
+    ScreaderError
+        SingleR is not installed (the ``eval`` extra).
+    """
     import scipy.sparse as sp
 
     try:

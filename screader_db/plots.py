@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -32,16 +33,38 @@ def _colours(labels: list[str]) -> dict[str, Any]:
 
 
 def save(fig: Any, path: Path) -> Path:
-    """Write a figure as PNG and close it."""
+    """Write a figure as PNG and close it.
+
+    Parameters
+    ----------
+    fig
+        A matplotlib figure.
+    path
+        The PNG file.
+
+    Returns
+    -------
+    Path
+        ``path``.
+    """
     fig.savefig(path, dpi=110)
     _pyplot().close(fig)
     return path
 
 
 def png_bytes(fig: Any) -> bytes:
-    """A figure as PNG bytes (closed afterwards), for embedding in a report."""
-    import io
+    """A figure as PNG bytes (closed afterwards), for embedding in a report.
 
+    Parameters
+    ----------
+    fig
+        A matplotlib figure.
+
+    Returns
+    -------
+    bytes
+        The PNG file's bytes.
+    """
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=110)
     _pyplot().close(fig)
@@ -49,13 +72,39 @@ def png_bytes(fig: Any) -> bytes:
 
 
 def plot_map(result: AnnotationResult, path: Path) -> Path | None:
-    """Reference cells in grey, query cells placed among them and coloured by predicted label."""
+    """Write the map: reference cells by label, and query cells placed among them, coloured by predicted label.
+
+    Parameters
+    ----------
+    result
+        An annotation.
+    path
+        The PNG file.
+
+    Returns
+    -------
+    Path or None
+        ``path``, or None (nothing written) when the atlas has no reference map.
+    """
     fig = map_figure(result)
     return None if fig is None else save(fig, path)
 
 
 def map_figure(result: AnnotationResult, *, size: tuple[float, float] = (15, 6.5)) -> Any:
-    """The figure of :func:`plot_map` (``size`` in inches), or None when the result has no reference map."""
+    """The figure of :func:`plot_map`.
+
+    Parameters
+    ----------
+    result
+        An annotation.
+    size
+        Width and height in inches.
+
+    Returns
+    -------
+    matplotlib.figure.Figure or None
+        None when the result has no reference map.
+    """
     if result.umap is None or result.reference_map is None:
         return None
     plt = _pyplot()
@@ -84,14 +133,37 @@ def map_figure(result: AnnotationResult, *, size: tuple[float, float] = (15, 6.5
 
 
 def plot_scores(result: AnnotationResult, path: Path) -> Path:
-    """Histograms of the vote share and (when present) the novelty of every query cell."""
+    """Write histograms of the vote share (score) and margin of every query cell.
+
+    Parameters
+    ----------
+    result
+        An annotation.
+    path
+        The PNG file.
+
+    Returns
+    -------
+    Path
+        ``path``.
+    """
     return save(scores_figure(result), path)
 
 
 def scores_figure(result: AnnotationResult) -> Any:
-    """The figure of :func:`plot_scores`."""
+    """The figure of :func:`plot_scores`.
+
+    Parameters
+    ----------
+    result
+        An annotation.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
     plt = _pyplot()
-    columns = [c for c in ("score", "margin", "novelty") if c in result.table.columns]
+    columns = [c for c in ("score", "margin") if c in result.table.columns]
     fig, axes = plt.subplots(1, len(columns), figsize=(4.5 * len(columns), 3.8))
     axes = np.atleast_1d(axes)
     for ax, column in zip(axes, columns, strict=True):
@@ -108,12 +180,39 @@ def scores_figure(result: AnnotationResult) -> Any:
 
 
 def plot_confusion(predicted: Any, truth: Any, path: Path, *, title: str = "") -> Path:
-    """Row-normalised confusion matrix: true labels down, predicted labels across."""
+    """Write a row-normalised confusion matrix: true labels down, predicted labels across.
+
+    Parameters
+    ----------
+    predicted, truth
+        One predicted and one true label per cell.
+    path
+        The PNG file.
+    title
+        The title (a default one when empty).
+
+    Returns
+    -------
+    Path
+        ``path``.
+    """
     return save(confusion_figure(predicted, truth, title=title), path)
 
 
 def confusion_figure(predicted: Any, truth: Any, *, title: str = "") -> Any:
-    """The figure of :func:`plot_confusion`."""
+    """The figure of :func:`plot_confusion`.
+
+    Parameters
+    ----------
+    predicted, truth
+        One predicted and one true label per cell.
+    title
+        The title (a default one when empty).
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
     plt = _pyplot()
     table = pd.crosstab(pd.Series(np.asarray(truth, dtype=str), name="true"),
                         pd.Series(np.asarray(predicted, dtype=str), name="predicted"))
@@ -138,7 +237,21 @@ def confusion_figure(predicted: Any, truth: Any, *, title: str = "") -> Any:
 
 
 def bar_figure(counts: pd.Series, *, xlabel: str, title: str = "") -> Any:
-    """Horizontal bars, one per index value in the given order from the top, each labelled with its count."""
+    """Horizontal bars, one per index value in the given order from the top, each labelled with its count.
+
+    Parameters
+    ----------
+    counts
+        A count per name.
+    xlabel
+        What is counted.
+    title
+        The title (none when empty).
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
     plt = _pyplot()
     counts = counts.iloc[::-1]
     fig, ax = plt.subplots(figsize=(7, 0.45 * len(counts) + 1.2))
@@ -154,8 +267,18 @@ def bar_figure(counts: pd.Series, *, xlabel: str, title: str = "") -> Any:
 
 
 def cluster_quality_figure(clusters: pd.DataFrame) -> Any:
-    """One point per query cluster: mean neighbour similarity across, mean score up, area by cells,
-    red when the cluster matches no atlas label; each labelled with its id."""
+    """One point per query cluster: mean neighbour similarity across, mean score up, area by cells.
+
+    Parameters
+    ----------
+    clusters
+        One row per cluster (index = its id) with columns cells, mean_similarity, mean_score and,
+        optionally, novel (drawn red: the cluster matches no atlas label).
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(8, 4.5))
     sizes = 20 + 400 * clusters["cells"] / max(float(clusters["cells"].max()), 1.0)
@@ -176,7 +299,22 @@ def cluster_quality_figure(clusters: pd.DataFrame) -> Any:
 
 
 def write_plots(result: AnnotationResult, folder: Path, *, truth: Any = None) -> list[Path]:
-    """Every figure that applies, written into ``folder`` (created if needed)."""
+    """Write every figure that applies.
+
+    Parameters
+    ----------
+    result
+        An annotation.
+    folder
+        Where the PNG files go (created when missing).
+    truth
+        One true label per cell: adds ``confusion.png``.
+
+    Returns
+    -------
+    list of Path
+        ``umap.png`` (when the atlas has a map), ``scores.png`` and ``confusion.png`` (with ``truth``).
+    """
     folder.mkdir(parents=True, exist_ok=True)
     written = [p for p in (plot_map(result, folder / "umap.png"), plot_scores(result, folder / "scores.png")) if p]
     if truth is not None:

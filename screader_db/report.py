@@ -15,9 +15,13 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import scipy.sparse as sp
 
+from screader_db import __version__
+from screader_db.inputs import map_genes, normalise, open_expression, plan_genes
 from screader_db.metrics import UNASSIGNED
-from screader_db.outputs import refuse_existing
+from screader_db.outputs import atomic_write, refuse_existing
+from screader_db.plots import bar_figure, cluster_quality_figure, confusion_figure, map_figure, png_bytes, scores_figure
 from screader_db.results import EMPTY, LOW_MARGIN, LOW_SCORE, NOVEL_POPULATION, AnnotationResult
 
 TOP_GENES = 10
@@ -44,26 +48,61 @@ code { background: #f3f4f6; padding: 0 3px; border-radius: 3px; }
 
 def write_report(result: AnnotationResult, adata: Any, path: str | Path, *, truth: Any = None, overwrite: bool = False,
                  layer: str | None = None, use_raw: bool | None = None, gene_key: str | None = None) -> Path:
-    """Write the report of ``result`` (the annotation of ``adata``) as one HTML file; returns its path.
+    """Write the report of an annotation as one self-contained HTML file.
 
-    ``truth``, true labels of the query, adds the agreement and a confusion matrix. The query is read
-    again (in chunks) only for the top genes of novel clusters; ``layer``, ``use_raw`` and
-    ``gene_key`` default to what the annotation read. An existing file is kept unless ``overwrite``.
+    Parameters
+    ----------
+    result
+        The annotation of ``adata``.
+    adata
+        The query; read again (in chunks) only for the top genes of novel clusters.
+    path
+        The HTML file.
+    truth
+        True labels of the query: adds the agreement and a confusion matrix.
+    overwrite
+        Replace an existing file.
+    layer, use_raw, gene_key
+        Where the query's expression is read (default: what the annotation read).
+
+    Returns
+    -------
+    Path
+        The file written.
+
+    Raises
+    ------
+    OutputExistsError
+        When the file exists and ``overwrite`` is False.
     """
     target = Path(path)
     refuse_existing(target, overwrite=overwrite)
     text = render_report(result, adata, truth=truth, layer=layer, use_raw=use_raw, gene_key=gene_key)
-    tmp = target.with_name(f".{target.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(target)
+    with atomic_write(target) as tmp:
+        tmp.write_text(text, encoding="utf-8")
     return target
 
 
 def render_report(result: AnnotationResult, adata: Any, *, truth: Any = None, layer: str | None = None,
                   use_raw: bool | None = None, gene_key: str | None = None) -> str:
-    """The report as one HTML string."""
-    from screader_db import __version__
+    """The report of :func:`write_report` as one HTML string.
 
+    Parameters
+    ----------
+    result
+        The annotation of ``adata``.
+    adata
+        The query.
+    truth
+        True labels of the query: adds the agreement and a confusion matrix.
+    layer, use_raw, gene_key
+        Where the query's expression is read (default: what the annotation read).
+
+    Returns
+    -------
+    str
+        The HTML page.
+    """
     info = result.info
     title = f"{len(result.table):,} cells annotated against {Path(str(info.get('atlas', 'an atlas'))).name}"
     when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
@@ -123,8 +162,6 @@ def _table(frame: pd.DataFrame, *, flag: str | None = None) -> str:
 
 
 def _figure(fig: Any, alt: str) -> str:
-    from screader_db.plots import png_bytes
-
     data = base64.b64encode(png_bytes(fig)).decode("ascii")
     return f'<img src="data:image/png;base64,{data}" alt="{html.escape(alt)}">'
 
@@ -201,8 +238,6 @@ def _unassigned(result: AnnotationResult) -> str:
 
 
 def _bars(counts: pd.Series, xlabel: str) -> Any:
-    from screader_db.plots import bar_figure
-
     return bar_figure(counts, xlabel=xlabel)
 
 
@@ -230,13 +265,29 @@ def _novel(result: AnnotationResult, adata: Any, *, layer: str | None, use_raw: 
 def cluster_top_genes(adata: Any, clusters: np.ndarray, wanted: list[int], *, info: dict[str, Any],
                       layer: str | None = None, use_raw: bool | None = None, gene_key: str | None = None,
                       n: int = TOP_GENES) -> dict[int, list[str]]:
-    """For each cluster in ``wanted``: the ``n`` genes whose mean log1p CP10k in the cluster most
-    exceeds the mean over the rest of the query, over every gene the query measures (read in
-    chunks, on the scale the annotation detected)."""
-    import scipy.sparse as sp
+    """The genes that set some query clusters apart from the rest of the query.
 
-    from screader_db.inputs import map_genes, normalise, open_expression, plan_genes
+    Parameters
+    ----------
+    adata
+        The query, read in chunks on the scale the annotation detected.
+    clusters
+        One cluster number (from 0) per cell.
+    wanted
+        The clusters to describe.
+    info
+        The annotation's info (species, input scale, the layer, raw and gene column it read).
+    layer, use_raw, gene_key
+        Override what the annotation read.
+    n
+        Most genes per cluster.
 
+    Returns
+    -------
+    dict of int to list of str
+        Per wanted cluster, the ``n`` genes (symbols) whose mean log1p CP10k in the cluster most
+        exceeds their mean over the rest of the query; only genes with a positive lead.
+    """
     source = open_expression(adata, layer=layer if layer is not None else (str(info.get("layer") or "") or None),
                              use_raw=bool(info.get("use_raw", False)) if use_raw is None else use_raw,
                              gene_key=gene_key if gene_key is not None else (str(info.get("gene_key") or "") or None))
@@ -265,8 +316,21 @@ def _cluster_column(table: pd.DataFrame) -> str:
 
 
 def cluster_quality(result: AnnotationResult, column: str = "novelty_cluster") -> pd.DataFrame:
-    """Per query cluster (or whatever ``column`` groups by): cells, majority label, mean score, mean
-    confidence, mean neighbour similarity, share Unassigned, match score and whether it is novel."""
+    """How well each query cluster mapped onto the atlas.
+
+    Parameters
+    ----------
+    result
+        An annotation.
+    column
+        The table column that groups the cells (the novelty check's clusters by default).
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per group, in numeric order: cells, majority_label, mean_score, mean_confidence,
+        mean_similarity, share_unassigned, match_score and novel.
+    """
     table = result.table
     grouped = table.groupby(table[column].astype(str), observed=True)
     frame = pd.DataFrame({
@@ -288,15 +352,11 @@ def _quality(result: AnnotationResult, column: str) -> str:
     shown = frame.rename_axis("cluster" if column == "novelty_cluster" else "predicted label").reset_index()
     shown.columns = pd.Index([shown.columns[0], "cells", "majority label", "mean score", "mean confidence",
                               "mean similarity", "share Unassigned", "match score", "novel"])
-    from screader_db.plots import cluster_quality_figure
-
     return (_table(shown, flag="novel") + _figure(cluster_quality_figure(frame), "Mean score against mean similarity "
                                                                                   "per query cluster"))
 
 
 def _scores(result: AnnotationResult, truth: Any) -> str:
-    from screader_db.plots import confusion_figure, map_figure, scores_figure
-
     parts = [_figure(scores_figure(result), "Histograms of the per-cell scores")]
     placed = map_figure(result, size=(11, 4.8))
     if placed is not None:

@@ -14,6 +14,7 @@ bytes, declared cells and cells × genes, connections and header time.
 from __future__ import annotations
 
 import hmac
+import inspect
 import os
 import re
 import shutil
@@ -23,22 +24,28 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
-import anyio
-import anyio.to_thread
-from fastapi import Depends, FastAPI, HTTPException, Query, Request
-from fastapi.concurrency import run_in_threadpool
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
-from fastapi.routing import APIRoute
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from starlette.datastructures import UploadFile
-from starlette.exceptions import HTTPException as StarletteHTTPException
+from screader_db.extras import missing_extra
+
+try:
+    import anyio
+    import anyio.to_thread
+    import python_multipart  # noqa: F401  (request.form() reads uploads with it)
+    from fastapi import Depends, FastAPI, HTTPException, Query, Request
+    from fastapi.concurrency import run_in_threadpool
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import JSONResponse
+    from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+    from starlette.datastructures import UploadFile
+    from starlette.exceptions import HTTPException as StarletteHTTPException
+except ImportError as err:
+    raise missing_extra(err, extra="server", purpose="the HTTP server (screader-db serve)") from err
 
 from screader_db import __version__, store
 from screader_db.api_errors import UPLOAD_PREFIX, api_wording, status_of, without_paths
 from screader_db.atlas_cache import AtlasCache
 from screader_db.body_limit import BodyLimit
 from screader_db.errors import AtlasDamagedError, AtlasError, InputDataError, ScreaderError
+from screader_db.options import ANNOTATE_OPTIONS, AnnotateOptions, option_fields
 from screader_db.payloads import CountsRequest, counts_adata, parse_counts, result_payload
 from screader_db.server_limits import ServerLimits, check_declared, check_json_body, h5ad_shape
 
@@ -47,6 +54,7 @@ API_USER = "api"  # the name changes are recorded under when the token has none
 UPLOAD_FIELD = "file"
 FORM_FIELDS = (UPLOAD_FIELD, "name", "label_key")
 WRITE_WAIT = 60.0
+BEARER = HTTPBearer(auto_error=False, description="the token the server was started with")
 
 
 def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -81,17 +89,67 @@ DATASET_BODY = {
 }
 
 
+MAX_K = 1000  # the most neighbours one request may ask for
+_TYPES: dict[str, Any] = {"int": int, "float": float, "str": str, "bool": bool, "list": list[str]}
+
+
+def _query_options(**values: Any) -> AnnotateOptions:
+    """The annotate options of a request's query string, checked as the command line checks them (400)."""
+    options = AnnotateOptions.from_flat(**values)
+    options.check(strict=True)
+    return options
+
+
+def _query_parameters() -> list[inspect.Parameter]:
+    """One query parameter per annotate option, with its type, default, bounds and help (:mod:`screader_db.options`)."""
+    parameters = []
+    for option in option_fields():
+        kind = _TYPES[option.kind]
+        query = Query(description=option.spec.help, ge=option.spec.low, le=MAX_K if option.name == "k" else option.spec.high)
+        parameters.append(inspect.Parameter(option.name, inspect.Parameter.KEYWORD_ONLY, default=option.default,
+                                            annotation=Annotated[kind | None if option.optional else kind, query]))
+    return parameters
+
+
+# FastAPI reads a dependency's parameters from its signature: here, every annotate option.
+_query_options.__signature__ = inspect.Signature(_query_parameters(), return_annotation=AnnotateOptions)  # type: ignore[attr-defined]
+
+
 def create_app(atlas_dir: str | Path, *, token: str | Mapping[str, str] | None = None,
                limits: ServerLimits | None = None, verify: bool = True, preload: bool = False) -> FastAPI:
     """The HTTP application serving the atlas at ``atlas_dir``.
 
-    ``token`` (one token, or several by name: ``{"alice": "...", "bob": "..."}``) enables
-    ``POST /datasets`` and ``DELETE /datasets/{name}`` for clients sending
-    ``Authorization: Bearer <token>``; without one those endpoints answer 403. Changes are
-    recorded as made by the token's name (``api`` for a single token). Requests beyond
-    ``limits`` are refused with 413. ``verify`` checks each version's files against their
-    recorded sha256 when the server first opens it; ``preload`` opens and reads the current
-    version now, so a missing or damaged atlas stops the server from starting (an AtlasError).
+    ``POST /annotate`` takes every option of :func:`screader_db.annotate` as a query parameter
+    (:data:`screader_db.options.ANNOTATE_OPTIONS`), checked as the command line checks them, with
+    ``k`` at most :data:`MAX_K`. The server annotates against the atlas's current version:
+    ``version`` pins it, and a request naming another version is refused with 409.
+
+    Parameters
+    ----------
+    atlas_dir : str or Path
+        The atlas folder; its current version is served, followed as it changes.
+    token : str, mapping of str to str, or None
+        One token, or several by name (``{"alice": "...", "bob": "..."}``), that enable
+        ``POST /datasets`` and ``DELETE /datasets/{name}`` for clients sending
+        ``Authorization: Bearer <token>``; changes are recorded as made by the token's name
+        (``api`` for a single token). None: those endpoints answer 403.
+    limits : ServerLimits or None
+        What one request may send and declare; more is refused with 413.
+    verify : bool
+        Check each version's files against their recorded sha256 when first opened.
+    preload : bool
+        Open and read the current version now, so a missing or damaged atlas stops the server
+        from starting.
+
+    Returns
+    -------
+    FastAPI
+        The application; its ``state`` holds the atlas cache (``atlas``) and ``limits``.
+
+    Raises
+    ------
+    AtlasError
+        With ``preload``, when the atlas is missing or damaged.
     """
     root = Path(atlas_dir)
     limits = limits or ServerLimits()
@@ -101,141 +159,140 @@ def create_app(atlas_dir: str | Path, *, token: str | Mapping[str, str] | None =
     app = FastAPI(title="screader-db", version=__version__,
                   description=f"Annotate single cells against the shared atlas {root.name!r}.")
     app.add_middleware(BodyLimit, max_bytes=limits.max_upload_bytes, max_json_bytes=limits.max_json_bytes)
-    app.state.atlas = cache
-    app.state.limits = limits
-    writer = _Writer(token)
-    limiters: dict[str, Any] = {}
-
-    def _slot() -> Any:
-        """One annotation per CPU core at a time (made on first use, inside the event loop)."""
-        if "annotate" not in limiters:
-            limiters["annotate"] = anyio.CapacityLimiter(max(1, os.cpu_count() or 1))
-        return limiters["annotate"]
-
-    @app.get("/health", summary="Is the atlas ready, and which version is served")
-    def health() -> dict[str, Any]:
-        atlas = cache.current()
-        return {"status": "ok", "atlas": root.name, "version": atlas.version, "model_id": atlas.model_id,
-                "method": atlas.provenance.get("method", ""), "cells": int(atlas.info.get("n_cells", 0)),
-                "datasets": len(atlas.datasets), "dim": atlas.info.get("dim"), "screader_db": __version__}
-
-    @app.get("/datasets", summary="The reference data sets of the current version")
-    def datasets() -> dict[str, Any]:
-        atlas = cache.current()
-        shown = [{**d, "source_file": Path(str(d.get("source_file") or "")).name} for d in atlas.datasets]
-        return {"version": atlas.version, "datasets": shown}
-
-    @app.get("/versions", summary="Every version of the atlas, oldest first")
-    def versions() -> dict[str, Any]:
-        current = store.current_version(root)
-        rows = [{**row, "current": row["version"] == current} for row in store.version_history(root)]
-        return {"current": current, "versions": rows}
-
-    @app.post("/annotate", summary="Label query cells: an .h5ad upload (field 'file') or JSON counts",
-              openapi_extra=ANNOTATE_BODY)
-    async def annotate_cells(
-        request: Request,
-        k: Annotated[int, Query(ge=1, le=1000, description="nearest reference cells that vote")] = 15,
-        min_score: Annotated[float | None, Query(ge=0, le=1, description="below this vote share a cell is Unassigned "
-                                                                    "(default: the atlas's calibrated cut-off)")] = None,
-        species: Annotated[str, Query(description="human, mouse or auto")] = "auto",
-        level: Annotated[str, Query(description="label or harmonised")] = "label",
-        gene_key: Annotated[str | None, Query(description="var column with gene symbols (h5ad)")] = None,
-        layer: Annotated[str | None, Query(description="layer to read instead of X (h5ad)")] = None,
-        use_raw: Annotated[bool, Query(description="read .raw (h5ad)")] = False,
-        majority_voting: Annotated[bool, Query(description="add each query cluster's majority label")] = False,
-        model: Annotated[str | None, Query(description="refuse unless the atlas uses this gene model")] = None,
-        datasets: Annotated[list[str] | None, Query(description="only these data sets' cells may vote")] = None,
-        labels: Annotated[list[str] | None, Query(description="only cells with these labels may vote")] = None,
-        exclude_labels: Annotated[list[str] | None, Query(description="cells with these labels may not vote")] = None,
-        input_scale: Annotated[str, Query(description="scale of the values: auto, counts, ln, log2, log10 or linear")] = "auto",
-    ) -> dict[str, Any]:
-        _check_options(level=level, species=species, input_scale=input_scale)
-        options = {"k": k, "min_score": min_score, "species": species, "level": level, "gene_key": gene_key,
-                   "layer": layer, "use_raw": use_raw, "majority_voting": majority_voting, "model": model,
-                   "datasets": datasets, "labels": labels, "exclude_labels": exclude_labels, "input_scale": input_scale}
-        kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
-        if kind not in ("application/json", "multipart/form-data"):
-            raise HTTPException(415, f"unsupported content type {kind or 'none'!r}; send an .h5ad as multipart/form-data "
-                                     f"field {UPLOAD_FIELD!r}, or JSON {{\"genes\": [...], \"cells\": [...], "
-                                     "\"counts\": [[...]]}")
-        atlas = await run_in_threadpool(cache.current)
-        if kind == "application/json":
-            body = await request.body()
-            async with _slot():
-                found = await anyio.to_thread.run_sync(_annotate_counts, cache, atlas, body, options, limits)
-        else:
-            async with request.form() as form:
-                upload = _upload(form)
-                async with _slot():
-                    found = await anyio.to_thread.run_sync(_annotate_upload, cache, atlas, upload, options, limits)
-        found["info"]["atlas"] = root.name
-        found["info"]["input_scale_evidence"] = api_wording(str(found["info"].get("input_scale_evidence", "")),
-                                                            app.state.fields)
-        return found
-
-    @app.post("/datasets", summary="Add a labelled data set (a new atlas version); needs the token",
-              openapi_extra=DATASET_BODY, status_code=201)
-    async def add(request: Request, caller: str = Depends(writer)) -> dict[str, Any]:
-        from screader_db.builders.datasets import add_dataset
-        from screader_db.provenance import acting_as
-
-        async with request.form() as form:
-            upload = _upload(form)
-            name, label_key = form.get("name"), form.get("label_key")
-            if not isinstance(name, str) or not name or not isinstance(label_key, str) or not label_key:
-                raise InputDataError("send the form fields 'name' (the data set's name) and 'label_key' (its label column)")
-
-            def run() -> Any:
-                with acting_as(caller), _saved(upload) as path, _conflict():
-                    return add_dataset(root, path, name=name, label_key=label_key, wait=WRITE_WAIT,
-                                       source_name=Path(upload.filename or "upload.h5ad").name)
-
-            built = await run_in_threadpool(run)
-        return {"dataset": name, "version": built.version, "cells": int(built.info.get("n_cells", 0))}
-
-    @app.delete("/datasets/{name}", summary="Remove a data set (a new atlas version); needs the token")
-    async def remove(name: str, caller: str = Depends(writer)) -> dict[str, Any]:
-        from screader_db.builders.datasets import remove_dataset
-        from screader_db.provenance import acting_as
-
-        present = [d["name"] for d in (await run_in_threadpool(cache.current)).datasets]
-        if name not in present:
-            raise HTTPException(404, f"the atlas has no data set named {name!r}; data sets: {', '.join(present)}")
-
-        def run() -> Any:
-            with acting_as(caller), _conflict():
-                return remove_dataset(root, name, wait=WRITE_WAIT)
-
-        built = await run_in_threadpool(run)
-        return {"removed": name, "version": built.version, "cells": int(built.info.get("n_cells", 0))}
-
-    app.state.fields = {p.name for r in app.routes if isinstance(r, APIRoute) for p in r.dependant.query_params} | \
-        set(FORM_FIELDS)
+    app.state.root, app.state.atlas, app.state.limits = root, cache, limits
+    app.state.writer, app.state.slots = _Writer(token), _Slots()
+    app.state.fields = set(ANNOTATE_OPTIONS) | set(FORM_FIELDS)
+    app.add_api_route("/health", _health, methods=["GET"], summary="Is the atlas ready, and which version is served")
+    app.add_api_route("/datasets", _datasets, methods=["GET"], summary="The reference data sets of the current version")
+    app.add_api_route("/versions", _versions, methods=["GET"], summary="Every version of the atlas, oldest first")
+    app.add_api_route("/annotate", _annotate, methods=["POST"], openapi_extra=ANNOTATE_BODY,
+                      summary="Label query cells: an .h5ad upload (field 'file') or JSON counts")
+    app.add_api_route("/datasets", _add, methods=["POST"], openapi_extra=DATASET_BODY, status_code=201,
+                      summary="Add a labelled data set (a new atlas version); needs the token")
+    app.add_api_route("/datasets/{name}", _remove, methods=["DELETE"],
+                      summary="Remove a data set (a new atlas version); needs the token")
     _handlers(app, root)
     return app
 
 
-def _check_options(*, level: str, species: str, input_scale: str) -> None:
-    """Refuse option values outside those the library accepts (400) before any work starts."""
-    from screader_db.annotation import LEVELS
-    from screader_db.genes import SPECIES
-    from screader_db.inputs import scale_name
+class _Slots:
+    """One annotation per CPU core at a time (the limiter is made on first use, inside the event loop)."""
 
-    if level not in LEVELS:
-        raise ScreaderError(f"level must be one of {', '.join(LEVELS)}, got {level!r}")
-    if species != "auto" and species not in SPECIES:
-        raise ScreaderError(f"species must be one of {', '.join(SPECIES)} or auto, got {species!r}")
-    if input_scale != "auto":
-        try:
-            scale_name(input_scale)
-        except ScreaderError as err:
-            raise ScreaderError(str(err)) from err
+    def __init__(self) -> None:
+        self._limiter: anyio.CapacityLimiter | None = None
+
+    def __call__(self) -> anyio.CapacityLimiter:
+        if self._limiter is None:
+            self._limiter = anyio.CapacityLimiter(max(1, os.cpu_count() or 1))
+        return self._limiter
+
+
+def _health(request: Request) -> dict[str, Any]:
+    atlas = request.app.state.atlas.current()
+    return {"status": "ok", "atlas": request.app.state.root.name, "version": atlas.version, "model_id": atlas.model_id,
+            "method": atlas.provenance.get("method", ""), "cells": int(atlas.info.get("n_cells", 0)),
+            "datasets": len(atlas.datasets), "dim": atlas.info.get("dim"), "screader_db": __version__}
+
+
+def _datasets(request: Request) -> dict[str, Any]:
+    atlas = request.app.state.atlas.current()
+    shown = [{**d, "source_file": Path(str(d.get("source_file") or "")).name} for d in atlas.datasets]
+    return {"version": atlas.version, "datasets": shown}
+
+
+def _versions(request: Request) -> dict[str, Any]:
+    root = request.app.state.root
+    current = store.current_version(root)
+    rows = [{**row, "current": row["version"] == current} for row in store.version_history(root)]
+    return {"current": current, "versions": rows}
+
+
+async def _annotate(request: Request, options: Annotated[AnnotateOptions, Depends(_query_options)]) -> dict[str, Any]:
+    state = request.app.state
+    kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if kind not in ("application/json", "multipart/form-data"):
+        raise HTTPException(415, f"unsupported content type {kind or 'none'!r}; send an .h5ad as multipart/form-data "
+                                 f"field {UPLOAD_FIELD!r}, or JSON {{\"genes\": [...], \"cells\": [...], "
+                                 "\"counts\": [[...]]}")
+    atlas = await run_in_threadpool(state.atlas.current)
+    if options.version is not None and options.version != atlas.version:
+        raise HTTPException(409, f"this server annotates against the atlas's current version, {atlas.version}, not "
+                                 f"version {options.version}; leave version out, or ask for version {atlas.version}")
+    if kind == "application/json":
+        body = await request.body()
+        async with state.slots():
+            found = await anyio.to_thread.run_sync(_annotate_counts, state.atlas, atlas, body, options, state.limits)
+    else:
+        async with request.form() as form:
+            upload = _upload(form)
+            async with state.slots():
+                found = await anyio.to_thread.run_sync(_annotate_upload, state.atlas, atlas, upload, options, state.limits)
+    found["info"]["atlas"] = state.root.name
+    found["info"]["input_scale_evidence"] = api_wording(str(found["info"].get("input_scale_evidence", "")), state.fields)
+    return found
+
+
+def _caller(request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(BEARER)]) -> str:
+    """The dependency of the writing endpoints: the name of the caller's token (:class:`_Writer`)."""
+    return str(request.app.state.writer.caller(credentials))
+
+
+async def _add(request: Request, caller: Annotated[str, Depends(_caller)]) -> dict[str, Any]:
+    from screader_db.builders.datasets import add_dataset
+    from screader_db.provenance import acting_as
+
+    root = request.app.state.root
+    async with request.form() as form:
+        upload = _upload(form)
+        name, label_key = form.get("name"), form.get("label_key")
+        if not isinstance(name, str) or not name or not isinstance(label_key, str) or not label_key:
+            raise InputDataError("send the form fields 'name' (the data set's name) and 'label_key' (its label column)")
+
+        def run() -> Any:
+            with acting_as(caller), _saved(upload) as path, _conflict():
+                return add_dataset(root, path, name=name, label_key=label_key, wait=WRITE_WAIT,
+                                   source_name=Path(upload.filename or "upload.h5ad").name)
+
+        built = await run_in_threadpool(run)
+    return {"dataset": name, "version": built.version, "cells": int(built.info.get("n_cells", 0))}
+
+
+async def _remove(name: str, request: Request, caller: Annotated[str, Depends(_caller)]) -> dict[str, Any]:
+    from screader_db.builders.datasets import remove_dataset
+    from screader_db.provenance import acting_as
+
+    root = request.app.state.root
+    present = [d["name"] for d in (await run_in_threadpool(request.app.state.atlas.current)).datasets]
+    if name not in present:
+        raise HTTPException(404, f"the atlas has no data set named {name!r}; data sets: {', '.join(present)}")
+
+    def run() -> Any:
+        with acting_as(caller), _conflict():
+            return remove_dataset(root, name, wait=WRITE_WAIT)
+
+    built = await run_in_threadpool(run)
+    return {"removed": name, "version": built.version, "cells": int(built.info.get("n_cells", 0))}
 
 
 def read_tokens(path: Path) -> dict[str, str]:
-    """The tokens of a token file: one per line, alone (recorded as ``api``) or after a name and a
-    space (``alice 3f9c...``: changes are recorded as made by alice)."""
+    """The tokens of a token file.
+
+    Parameters
+    ----------
+    path : Path
+        The file: one token per line, alone (recorded as ``api``) or after a name and a space
+        (``alice 3f9c...``: changes are recorded as made by alice).
+
+    Returns
+    -------
+    dict of str to str
+        Name to token.
+
+    Raises
+    ------
+    ScreaderError
+        The file is missing or empty, a line has more than two words, or a name comes twice.
+    """
     if not path.is_file():
         raise ScreaderError(f"--token-file {path} does not exist; write the token into it (one line)")
     tokens: dict[str, str] = {}
@@ -254,17 +311,14 @@ def read_tokens(path: Path) -> dict[str, str]:
     return tokens
 
 
-BEARER = HTTPBearer(auto_error=False, description="the token the server was started with")
-
-
 class _Writer:
-    """The dependency of the writing endpoints: the caller's name for a right token, 403 when the
-    server has no token, 401 for a wrong one."""
+    """Who may write: the caller's name for a right token, 403 when the server has no token, 401 for a wrong one."""
 
     def __init__(self, token: str | Mapping[str, str] | None) -> None:
         self.tokens = dict(token) if isinstance(token, Mapping) else ({API_USER: token} if token else {})
 
-    def __call__(self, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(BEARER)]) -> str:
+    def caller(self, credentials: HTTPAuthorizationCredentials | None) -> str:
+        """The name of the token sent; HTTPException 403 or 401 when none may write."""
         if not self.tokens:
             raise HTTPException(403, f"writing is disabled on this server: its operator can start it with {TOKEN_ENV} "
                                      "set or with a token file to allow adding and removing data sets")
@@ -325,25 +379,25 @@ def _saved(upload: UploadFile) -> Iterator[Path]:
             raise type(err)(str(err).replace(str(path), label)) from err
 
 
-def _annotate_upload(cache: AtlasCache, atlas: store.Atlas, upload: UploadFile, options: dict[str, Any],
+def _annotate_upload(cache: AtlasCache, atlas: store.Atlas, upload: UploadFile, options: AnnotateOptions,
                      limits: ServerLimits) -> dict[str, Any]:
     from screader_db.annotation import annotate
     from screader_db.inputs import read_h5ad
 
     with _saved(upload) as path:
-        shape = h5ad_shape(path, layer=options["layer"], use_raw=options["use_raw"])
+        shape = h5ad_shape(path, layer=options.read.layer, use_raw=options.read.use_raw)
         if shape is not None:
             check_declared(*shape, limits, what=f"the uploaded file {upload.filename or 'upload'!r}")
         cache.ready(atlas)
         adata = read_h5ad(path, backed=True)
         try:
-            result = annotate(adata, atlas, **options)
+            result = annotate(adata, atlas, options=options)
         finally:
             adata.file.close()
     return result_payload(result)
 
 
-def _annotate_counts(cache: AtlasCache, atlas: store.Atlas, body: bytes, options: dict[str, Any],
+def _annotate_counts(cache: AtlasCache, atlas: store.Atlas, body: bytes, options: AnnotateOptions,
                      limits: ServerLimits) -> dict[str, Any]:
     """Annotate a JSON counts body: its values counted before it is parsed, its cells and genes after."""
     from screader_db.annotation import annotate
@@ -352,7 +406,7 @@ def _annotate_counts(cache: AtlasCache, atlas: store.Atlas, body: bytes, options
     request: CountsRequest = parse_counts(body)
     check_declared(len(request.counts), len(request.genes), limits, what="the JSON body")
     cache.ready(atlas)
-    return result_payload(annotate(counts_adata(request), atlas, **options))
+    return result_payload(annotate(counts_adata(request), atlas, options=options))
 
 
 @contextmanager

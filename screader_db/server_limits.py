@@ -43,7 +43,14 @@ class ServerLimits:
                 raise ScreaderError(f"{name} must be above 0, got {value}")
 
     def connection_cap(self) -> int:
-        """``max_connections``, lowered to what this process may open (its file limit, less a margin)."""
+        """``max_connections``, lowered to what this process may open (its file limit, less a margin).
+
+        Returns
+        -------
+        int
+            ``min(max_connections, soft RLIMIT_NOFILE - 64)``, at least 1; ``max_connections`` when the
+            limit is unlimited or cannot be read.
+        """
         try:
             import resource
 
@@ -56,7 +63,22 @@ class ServerLimits:
 
 
 def check_declared(n_cells: int, n_genes: int, limits: ServerLimits, *, what: str) -> None:
-    """Refuse a request declaring more cells, or more cells × genes, than ``limits`` allow."""
+    """Refuse a request declaring more cells, or more cells × genes, than ``limits`` allow.
+
+    Parameters
+    ----------
+    n_cells, n_genes : int
+        The cells and genes the request declares.
+    limits : ServerLimits
+        The server's bounds (``max_cells``, ``max_values``).
+    what : str
+        What declared them, to open the message ("the upload").
+
+    Raises
+    ------
+    RequestTooLargeError
+        ``n_cells`` is above ``max_cells``, or ``n_cells × n_genes`` above ``max_values``.
+    """
     if n_cells > limits.max_cells:
         message = (f"{what} declares {n_cells:,} cells; this server annotates at most {limits.max_cells:,} cells per "
                    "request. Send the cells in several requests")
@@ -69,8 +91,22 @@ def check_declared(n_cells: int, n_genes: int, limits: ServerLimits, *, what: st
 
 
 def check_json_body(body: bytes, limits: ServerLimits) -> None:
-    """Refuse a JSON body holding more values than ``limits`` allow, counted before it is parsed
-    (every value but the last of an array is followed by a comma, so commas + 1 bounds them)."""
+    """Refuse a JSON body holding more values than ``limits`` allow, counted before it is parsed.
+
+    Every value but the last of an array is followed by a comma, so commas + 1 bounds them.
+
+    Parameters
+    ----------
+    body : bytes
+        The raw request body.
+    limits : ServerLimits
+        The server's bounds (``max_values``).
+
+    Raises
+    ------
+    RequestTooLargeError
+        The body holds more than ``max_values`` values by that count.
+    """
     values = body.count(b",") + 1
     if values > limits.max_values:
         message = (f"the JSON body holds about {values:,} values; this server accepts at most {limits.max_values:,} "
@@ -79,8 +115,25 @@ def check_json_body(body: bytes, limits: ServerLimits) -> None:
 
 
 def h5ad_shape(path: Path, *, layer: str | None = None, use_raw: bool = False) -> tuple[int, int] | None:
-    """(cells, genes) an .h5ad declares for the matrix that would be read, from the HDF5 shapes
-    alone (no matrix data is read); None when the file is not an HDF5 file the reader knows."""
+    """(cells, genes) an .h5ad declares for the matrix that would be read, from the HDF5 shapes alone.
+
+    No matrix data is read.
+
+    Parameters
+    ----------
+    path : Path
+        The uploaded .h5ad.
+    layer : str or None
+        The layer that would be read (``layers/<layer>``); None reads ``X``.
+    use_raw : bool
+        Read ``raw/X``, with genes from ``raw/var`` (``layer`` is then ignored).
+
+    Returns
+    -------
+    tuple of (int, int) or None
+        The larger of the obs/var index lengths and the matrix's declared shape, per axis (0 where
+        neither is found); None when the file is not an HDF5 file the reader knows.
+    """
     import h5py
 
     matrix = "raw/X" if use_raw else ("X" if layer is None else f"layers/{layer}")

@@ -28,11 +28,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from screader_db import store
+from screader_db import atlas_format, store
 from screader_db.catalogue import SCHEMA
 from screader_db.errors import InputDataError, SqlError
 from screader_db.integrity import reading
-from screader_db.outputs import refuse_existing
+from screader_db.outputs import atomic_write, refuse_existing
 
 VECTOR_VIEW = "cell_vectors"
 VECTOR_COLUMNS = ("cell_id", "dataset", "embedding")
@@ -68,7 +68,23 @@ def _refuse(what: str, kind: str) -> SqlError:
 
 
 def check_read_only(con: Any, sql: str) -> None:
-    """Refuse anything but a single SELECT-type statement, from DuckDB's parse of ``sql``."""
+    """Refuse anything but a single SELECT-type statement, from DuckDB's parse of ``sql``.
+
+    Allowed: SELECT (WITH, FROM, VALUES, DESCRIBE, SHOW, SUMMARIZE parse as SELECT), a PRAGMA in
+    :data:`READ_PRAGMAS`, and EXPLAIN (ANALYZE) of a SELECT.
+
+    Parameters
+    ----------
+    con : duckdb.DuckDBPyConnection
+        The connection whose parser reads ``sql``; nothing is run.
+    sql : str
+        The statement text.
+
+    Raises
+    ------
+    SqlError
+        The text does not parse, holds no statement or more than one, or its statement is of another kind.
+    """
     import duckdb
 
     try:
@@ -138,9 +154,10 @@ class AtlasSQL:
         opened = atlas if isinstance(atlas, store.Atlas) else store.open_atlas(atlas, version=version)
         self.atlas = opened
         self.timeout = timeout if timeout and timeout > 0 else None
-        catalogue = opened.path / store.CATALOGUE
+        catalogue = opened.path / atlas_format.CATALOGUE
         if not catalogue.is_file():
-            message = f"atlas version {opened.path} has no {store.CATALOGUE}; rebuild it with `screader-db build --overwrite`"
+            message = (f"atlas version {opened.path} has no {atlas_format.CATALOGUE}; rebuild it with "
+                       "`screader-db build --overwrite`")
             raise SqlError(message)
         self.spill = _spill_folder(opened.root)
         self.con = duckdb.connect(":memory:")
@@ -181,7 +198,28 @@ class AtlasSQL:
         return ds.dataset([str(p) for p in parts], format="parquet", schema=wanted)
 
     def reader(self, sql: str, *, batch_size: int = BATCH) -> Rows:
-        """The result of one read-only statement as Arrow record batches, read lazily."""
+        """The result of one read-only statement as Arrow record batches, read lazily.
+
+        The time limit runs from this call until the batches have all been read.
+
+        Parameters
+        ----------
+        sql : str
+            One read-only statement (:func:`check_read_only`).
+        batch_size : int
+            The most rows per record batch.
+
+        Returns
+        -------
+        Rows
+            Iterate it once; errors met while reading are raised then, as :class:`SqlError`.
+
+        Raises
+        ------
+        SqlError
+            The statement is refused, fails, runs past the time limit, or needs more memory and spill space
+            than allowed.
+        """
         import duckdb
 
         check_read_only(self.con, sql)
@@ -194,17 +232,49 @@ class AtlasSQL:
         return Rows(stream, watchdog)
 
     def table(self, sql: str) -> Any:
-        """The whole result as one Arrow table."""
+        """The whole result as one Arrow table.
+
+        Parameters
+        ----------
+        sql : str
+            One read-only statement.
+
+        Returns
+        -------
+        pyarrow.Table
+            Held in memory whole.
+
+        Raises
+        ------
+        SqlError
+            As :meth:`reader`, while running or reading.
+        """
         import pyarrow as pa
 
         rows = self.reader(sql)
         return pa.Table.from_batches(list(rows), schema=rows.schema)
 
     def frame(self, sql: str) -> Any:
-        """The whole result as a pandas DataFrame."""
+        """The whole result as a pandas DataFrame.
+
+        Parameters
+        ----------
+        sql : str
+            One read-only statement.
+
+        Returns
+        -------
+        pandas.DataFrame
+
+        Raises
+        ------
+        SqlError
+            As :meth:`reader`, while running or reading.
+        """
         return self.table(sql).to_pandas()
 
     def close(self) -> None:
+        """Close the connection and remove the spill folder (safe to call twice)."""
         if getattr(self, "con", None) is not None:
             self.con.close()
         if self.spill is not None:
@@ -304,13 +374,58 @@ class Rows:
 
 def run_sql(atlas: str | Path | store.Atlas, sql: str, *, version: int | None = None,
             timeout: float | None = TIMEOUT) -> Any:
-    """Run one read-only statement against an atlas version; the result as a pandas DataFrame."""
+    """Run one read-only statement against an atlas version; the result as a pandas DataFrame.
+
+    Parameters
+    ----------
+    atlas : str, Path or Atlas
+        The atlas folder, or an opened atlas version.
+    sql : str
+        One read-only statement over the views :data:`VIEWS`.
+    version : int or None
+        The atlas version when ``atlas`` is a folder; None opens the current one.
+    timeout : float or None
+        Seconds the statement may run, reading included; None or 0 for no limit.
+
+    Returns
+    -------
+    pandas.DataFrame
+
+    Raises
+    ------
+    AtlasError
+        The atlas or version cannot be opened.
+    SqlError
+        The version has no catalogue, or the statement is refused, fails or runs past ``timeout``.
+    """
     with AtlasSQL(atlas, version=version, timeout=timeout) as db:
         return db.frame(sql)
 
 
 def head(rows: Rows, n: int) -> tuple[Any, int]:
-    """The first ``n`` rows as an Arrow table, and how many rows the result has in all."""
+    """The first ``n`` rows as an Arrow table, and how many rows the result has in all.
+
+    The whole result is read (to count it), but only the first ``n`` rows are kept.
+
+    Parameters
+    ----------
+    rows : Rows
+        From :meth:`AtlasSQL.reader`; consumed.
+    n : int
+        Rows to keep.
+
+    Returns
+    -------
+    table : pyarrow.Table
+        At most ``n`` rows, with the result's schema.
+    total : int
+        Rows in the whole result.
+
+    Raises
+    ------
+    SqlError
+        The statement failed or ran past its time limit while being read.
+    """
     import pyarrow as pa
 
     kept: list[Any] = []
@@ -323,24 +438,47 @@ def head(rows: Rows, n: int) -> tuple[Any, int]:
 
 
 def write_result(rows: Rows, path: str | Path, *, overwrite: bool = False) -> int:
-    """Write a result to CSV, TSV or Parquet (by extension) through a temporary file; the rows written."""
+    """Write a result to CSV, TSV or Parquet (by extension) through a temporary file; the rows written.
+
+    ``path`` is replaced only once the whole result is written; on an error nothing is left there.
+
+    Parameters
+    ----------
+    rows : Rows
+        From :meth:`AtlasSQL.reader`; consumed.
+    path : str or Path
+        Ends in ``.csv``, ``.tsv`` or ``.parquet`` (zstd-compressed); its folder must exist.
+    overwrite : bool
+        Replace an existing file.
+
+    Returns
+    -------
+    int
+        Rows written.
+
+    Raises
+    ------
+    InputDataError
+        The extension is not one of the three.
+    OutputExistsError
+        ``path`` exists and ``overwrite`` is false.
+    SqlError
+        The statement failed while being read, or Arrow could not write the result (a list column such as
+        ``embedding`` to CSV).
+    """
     target = Path(path)
     suffix = check_output(target, overwrite=overwrite)
-    tmp = target.with_name(f".{target.name}.tmp")
     written = 0
-    writer: Any = None
     try:
-        writer = _writer(tmp, suffix, rows.schema)
-        for batch in rows:
-            writer.write_batch(batch)
-            written += batch.num_rows
-        writer.close()
-        writer = None
-        tmp.replace(target)
+        with atomic_write(target) as tmp:
+            writer = _writer(tmp, suffix, rows.schema)
+            try:
+                for batch in rows:
+                    writer.write_batch(batch)
+                    written += batch.num_rows
+            finally:
+                writer.close()
     except Exception as err:
-        if writer is not None:
-            writer.close()
-        tmp.unlink(missing_ok=True)
         if isinstance(err, SqlError):
             raise
         import pyarrow as pa
@@ -354,7 +492,27 @@ def write_result(rows: Rows, path: str | Path, *, overwrite: bool = False) -> in
 
 
 def check_output(target: Path, *, overwrite: bool) -> str:
-    """Refuse an existing output (unless ``overwrite``) or an unknown extension; the extension."""
+    """Refuse an existing output (unless ``overwrite``) or an unknown extension; the extension.
+
+    Parameters
+    ----------
+    target : Path
+        The output file.
+    overwrite : bool
+        Whether an existing file may be replaced.
+
+    Returns
+    -------
+    str
+        ``.csv``, ``.tsv`` or ``.parquet`` (lowercased).
+
+    Raises
+    ------
+    InputDataError
+        Any other extension.
+    OutputExistsError
+        ``target`` exists and ``overwrite`` is false.
+    """
     suffix = target.suffix.lower()
     if suffix not in (".csv", ".tsv", ".parquet"):
         message = f"unknown output format {target.suffix!r} for {target}; use .csv, .tsv or .parquet"

@@ -1,25 +1,34 @@
 """The atlas on disk: immutable versions of Parquet files, a DuckDB catalogue and a FAISS index.
 
-Layout::
+Every file, schema, metadata key and format version is written down in ``docs/FORMAT.md`` and
+owned by :mod:`screader_db.atlas_format`. In short::
 
     ATLAS/
       current -> versions/000003        the one pointer, switched atomically by rename
       atlas.duckdb -> current/atlas.duckdb
-      versions/000003/
-        VERSION.json                    version, parent, format, provenance, file checksums
-        cells/<dataset>.parquet         cell_id, dataset, barcode, label, metadata, embedding
-        genes.parquet                   atlas genes with their reference means and text sha256
-        gene_embeddings.parquet         the gene vectors the embedder was fitted with
-        embedder.safetensors            the fitted cell embedding method
-        index.faiss (+ .json)           FAISS index whose ids are the cell ids
-        expression/<dataset>/part-*.parquet   the reference expression, for panel re-fits
-        panels/<key>/                   panel indexes added by queries (see builders/panel.py)
-        atlas.duckdb                    catalogue: builds, datasets, cells, genes, files, provenance
+      .lock                             the writer lock (readers never take it)
       .tmp/                             readers' scratch: the verified-files cache, `sql` spill folders
+      versions/000003/
+        VERSION.json                    layout format, file format versions, provenance, history,
+                                        data sets, index description, every file's sha256
+        cells/<dataset>/part-NNNNN.parquet  cell_id, dataset, barcode, label, label_harmonised,
+                                        ontology_id, metadata (JSON), embedding
+        genes.parquet                   the genes cells are embedded over, with their reference means
+        gene_embeddings.parquet         the gene vectors the embedder was fitted with (text methods)
+        embedder.safetensors            the fitted cell embedding method
+        index.faiss, index.faiss.json   FAISS index whose ids are the cell ids, and its sidecar
+        label_profiles.parquet          mean expression per label, novelty and score calibration
+        layout.parquet                  the reference map (not with --layout none)
+        expression/<dataset>/part-NNNNN.parquet  the reference expression, for panel re-fits
+                                        (not with --no-keep-expression)
+        atlas.duckdb                    catalogue: builds, datasets, cells, genes, gene_embeddings,
+                                        files, provenance
+        panels/<key>/                   panel indexes added later by queries (see builders/panel.py)
 
 A writer builds the next version in a temporary folder, then renames it into ``versions/`` and
 only then moves the ``current`` pointer, so a crash at any point leaves the last complete
-version in place and readers, who never lock, never see a partial one.
+version in place and readers, who never lock, never see a partial one. Files of earlier format
+versions are upgraded as they are read (:mod:`screader_db.atlas_format`).
 
 A version's files are checked against the sha256 its ``VERSION.json`` records when it is first
 opened in a process (see :mod:`screader_db.integrity`). An opened :class:`Atlas` is shared by
@@ -44,51 +53,120 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from screader_db import atlas_format
+from screader_db.atlas_format import CATALOGUE, CURRENT, ID_SHIFT, LOCK, TMP, VERSIONS, version_name
 from screader_db.errors import AtlasError, ModelMismatchError
 from screader_db.integrity import reading, verify_version
 
-FORMAT = "screader-atlas-1"
-CURRENT = "current"
-VERSIONS = "versions"
-CATALOGUE = "atlas.duckdb"
-LOCK = ".lock"
-TMP = ".tmp"
-ID_SHIFT = 32
 # obs columns of a reference that name the donor a cell came from, the first present one wins
 # (the cells' ``metadata`` keeps every obs column but the label; see builders/writer.py).
 DONOR_KEYS = ("donor", "donor_id", "individual", "ind", "patient", "subject", "sample", "batch")
 
 
 def cell_ids(dataset_id: int, n: int) -> np.ndarray:
-    """Stable int64 ids: the dataset id in the high bits, the row in the low bits."""
+    """Stable int64 cell ids of a data set: its id in the high bits, the row in the low bits.
+
+    Parameters
+    ----------
+    dataset_id
+        The data set's id in the atlas.
+    n
+        How many cells it has.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``n`` int64 ids, in row order.
+    """
     return (np.int64(dataset_id) << ID_SHIFT) + np.arange(n, dtype=np.int64)
 
 
 def dataset_of(ids: np.ndarray) -> np.ndarray:
+    """The data set id of each cell id.
+
+    Parameters
+    ----------
+    ids
+        Cell ids.
+
+    Returns
+    -------
+    numpy.ndarray
+        int64 data set ids, in the shape of ``ids``.
+    """
     return np.asarray(ids, dtype=np.int64) >> ID_SHIFT
 
 
-def version_name(number: int) -> str:
-    return f"{number:06d}"
-
-
 def temp_area(path: str | Path) -> Path:
-    """The atlas's scratch folder for readers (not created here)."""
+    """The atlas's scratch folder for readers (not created here).
+
+    Parameters
+    ----------
+    path
+        The atlas folder.
+
+    Returns
+    -------
+    Path
+        ``ATLAS/.tmp``.
+    """
     return Path(path) / TMP
 
 
 def is_atlas(path: str | Path) -> bool:
+    """Whether a folder holds an atlas (a pointer or a versions folder).
+
+    Parameters
+    ----------
+    path
+        The folder.
+
+    Returns
+    -------
+    bool
+        True for an atlas, even one whose first build failed.
+    """
     return (Path(path) / CURRENT).exists() or (Path(path) / VERSIONS).is_dir()
 
 
 def list_versions(path: str | Path) -> list[int]:
+    """The complete versions of an atlas.
+
+    Parameters
+    ----------
+    path
+        The atlas folder.
+
+    Returns
+    -------
+    list of int
+        Version numbers with a ``VERSION.json``, ascending (empty for a folder without versions).
+    """
     folder = Path(path) / VERSIONS
     if not folder.is_dir():
         return []
-    return sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit() and (p / "VERSION.json").is_file())
+    return sorted(int(p.name) for p in folder.iterdir()
+                  if p.name.isdigit() and (p / atlas_format.VERSION_FILE).is_file())
 
 
 def current_version(path: str | Path) -> int:
+    """The version the atlas's ``current`` pointer names.
+
+    Parameters
+    ----------
+    path
+        The atlas folder.
+
+    Returns
+    -------
+    int
+        The version number.
+
+    Raises
+    ------
+    AtlasError
+        The folder does not exist or holds no atlas.
+    """
     root = Path(path)
     pointer = root / CURRENT
     if not pointer.is_symlink() and not pointer.exists():
@@ -112,8 +190,20 @@ def _settled(index: pd.Index) -> pd.Index:
 
 @dataclass
 class Atlas:
-    """One version of an atlas, opened for reading. Heavy parts load on first use, once, under a
-    lock, and are shared read-only by every thread that uses the atlas."""
+    """One version of an atlas, opened for reading (use :func:`open_atlas`). Heavy parts load on
+    first use, once, under a lock, and are shared read-only by every thread that uses the atlas.
+
+    Parameters
+    ----------
+    root
+        The atlas folder.
+    version
+        The version number.
+    info
+        Its ``VERSION.json``, upgraded to the current version.
+    panels
+        The panel indexes opened so far, by gene panel (see :mod:`screader_db.builders.panel`).
+    """
 
     root: Path
     version: int
@@ -121,7 +211,7 @@ class Atlas:
     _cells: pd.DataFrame | None = field(default=None, repr=False)
     _embedder: Any = field(default=None, repr=False)
     _index: Any = field(default=None, repr=False)
-    _layout: pd.DataFrame | None = field(default=None, repr=False)
+    _layout: Any = field(default=None, repr=False)  # the map, False when absent, None unread
     _profiles: Any = field(default=None, repr=False)  # (profiles, calibration), False when absent, None unread
     _expression_genes: dict[tuple[str, ...] | None, list[str]] = field(default_factory=dict, repr=False)
     panels: dict[tuple[str, ...], Any] = field(default_factory=dict, repr=False)  # panel indexes opened so far
@@ -129,22 +219,45 @@ class Atlas:
 
     @property
     def path(self) -> Path:
+        """The version's folder, ``ATLAS/versions/NNNNNN``."""
         return self.root / VERSIONS / version_name(self.version)
 
     @property
     def model_id(self) -> str:
+        """The gene-embedding model the atlas was built with."""
         return str(self.info["provenance"]["model_id"])
 
     @property
     def provenance(self) -> dict[str, Any]:
+        """A copy of the atlas's provenance (model, method, parameters, package versions)."""
         return dict(self.info["provenance"])
 
     @property
     def datasets(self) -> list[dict[str, Any]]:
+        """The version's data sets, as ``VERSION.json`` lists them."""
         return list(self.info.get("datasets", []))
 
     def cells(self, columns: list[str] | None = None) -> pd.DataFrame:
-        """Cell metadata (no embeddings) of every dataset, indexed by cell id."""
+        """Cell rows (no vectors, no metadata) of every data set, read once.
+
+        Parameters
+        ----------
+        columns
+            The columns wanted (all when None).
+
+        Returns
+        -------
+        pandas.DataFrame
+            Indexed by cell id: dataset, barcode, label, label_harmonised, ontology_id, whatever
+            version the cells files are.
+
+        Raises
+        ------
+        AtlasError
+            The version has no cells.
+        AtlasDamagedError
+            A cells file cannot be read.
+        """
         found = self._cells
         if found is None:
             with self._lock:
@@ -154,28 +267,35 @@ class Atlas:
         return found if columns is None else found[columns]
 
     def _read_cells(self) -> pd.DataFrame:
-        import pyarrow.parquet as pq
-
-        wanted = ["cell_id", "dataset", "barcode", "label", "label_harmonised", "ontology_id"]
         frames = []
         for part in self.cell_parts():
             with reading(part, "cells"):
-                present = set(pq.read_schema(part).names)
-                frame = pq.read_table(part, columns=[c for c in wanted if c in present]).to_pandas()
-            if "label_harmonised" not in frame:
-                frame["label_harmonised"] = frame["label"]
-            if "ontology_id" not in frame:
-                frame["ontology_id"] = ""
-            frames.append(frame)
+                frames.append(atlas_format.read_cells(part))
         if not frames:
             raise AtlasError(f"atlas version {self.path} has no cells")
         cells = pd.concat(frames, ignore_index=True).set_index("cell_id")
         _settled(cells.index)
         return cells
 
+    @property
+    def loaded(self) -> bool:
+        """Whether the cells, the embedder and the index have been read (by :meth:`load` or on first use)."""
+        return self._cells is not None and self._embedder is not None and self._index is not None
+
     def load(self) -> Atlas:
         """Read every part a query uses now (cells, map, embedder, index, label profiles), so that
-        damage shows at once and the first queries do not wait for it."""
+        damage shows at once and the first queries do not wait for it.
+
+        Returns
+        -------
+        Atlas
+            This atlas.
+
+        Raises
+        ------
+        AtlasDamagedError
+            A file cannot be read.
+        """
         self.cells()
         self.layout()
         self.embedder  # noqa: B018 - properties that load on first access
@@ -184,10 +304,20 @@ class Atlas:
         return self
 
     def cell_metadata(self, ids: Any) -> pd.DataFrame:
-        """The reference's own obs columns of the cells ``ids`` (index: cell id, one row per distinct
-        id found): ``metadata`` (a dict of the stored values) and ``donor`` (the value of the first
-        of :data:`DONOR_KEYS` the data set recorded, else ""). Only the parts whose cell-id range holds
-        a wanted id are read, and only the wanted rows of them."""
+        """The reference's own obs columns of some cells. Only the parts whose cell-id range holds
+        a wanted id are read, and only the wanted rows of them.
+
+        Parameters
+        ----------
+        ids
+            Cell ids, any shape; negative ids (no neighbour) are skipped.
+
+        Returns
+        -------
+        pandas.DataFrame
+            One row per distinct id found, indexed by cell id: ``metadata`` (a dict of the stored
+            values) and ``donor`` (the value of the first of :data:`DONOR_KEYS` recorded, else "").
+        """
         import pyarrow.parquet as pq
 
         wanted = np.unique(np.asarray(ids, dtype=np.int64).ravel())
@@ -212,7 +342,14 @@ class Atlas:
         return frame
 
     def cell_parts(self) -> list[Path]:
-        return sorted((self.path / "cells").rglob("*.parquet"))
+        """The version's cells files, of every format version, in path order.
+
+        Returns
+        -------
+        list of Path
+            ``cells/<dataset>/part-NNNNN.parquet`` (and ``cells/<dataset>.parquet`` in old atlases).
+        """
+        return sorted((self.path / atlas_format.CELLS).rglob("*.parquet"))
 
     def _vector_column(self, name: str) -> tuple[np.ndarray, np.ndarray] | None:
         import pyarrow.parquet as pq
@@ -231,31 +368,67 @@ class Atlas:
         return np.concatenate(ids), np.concatenate(blocks).astype(np.float32)
 
     def embeddings(self) -> tuple[np.ndarray, np.ndarray]:
-        """(cell ids, unit-length cell vectors) of every dataset."""
+        """The cell vectors of every data set, as the index holds them.
+
+        Returns
+        -------
+        (numpy.ndarray, numpy.ndarray)
+            Cell ids and unit-length float32 vectors, one row per id.
+
+        Raises
+        ------
+        AtlasError
+            The version has no cell vectors.
+        """
         found = self._vector_column("embedding")
         if found is None:
             raise AtlasError(f"atlas version {self.path} has no cell embeddings")
         return found
 
     def layout(self) -> pd.DataFrame | None:
-        """The reference cells' 2-D map (columns x, y; index cell id), if the atlas has one."""
-        if self._layout is None:
-            path = self.path / "layout.parquet"
-            if not path.is_file():
-                return None
-            import pyarrow.parquet as pq
+        """The reference cells' 2-D map, if the atlas has one (read once).
 
+        Returns
+        -------
+        pandas.DataFrame or None
+            Columns x, y, indexed by cell id: ``layout.parquet``, or the map column of version 2
+            cells files.
+        """
+        found = self._layout
+        if found is None:
             with self._lock:
                 if self._layout is None:
-                    with reading(path, "the reference map"):
-                        frame = pq.read_table(path).to_pandas().set_index("cell_id")
-                    _settled(frame.index)
-                    self._layout = frame
-        return self._layout
+                    frame = self._read_layout()
+                    self._layout = False if frame is None else frame
+                found = self._layout
+        return None if found is False else found
+
+    def _read_layout(self) -> pd.DataFrame | None:
+        path = self.path / atlas_format.LAYOUT
+        if path.is_file():
+            with reading(path, "the reference map"):
+                frame = atlas_format.read_layout(path)
+        else:
+            column = self._vector_column(atlas_format.CELLS_V2_MAP)
+            if column is None:
+                return None
+            frame = atlas_format.layout_from_cells(*column)
+        _settled(frame.index)
+        return frame
 
     def expression_genes(self, datasets: list[str] | None = None) -> list[str]:
-        """The genes of the reference expression the atlas keeps for all (or the named) data sets;
-        empty for atlases that keep none."""
+        """The genes of the reference expression the atlas keeps (read once per data set selection).
+
+        Parameters
+        ----------
+        datasets
+            Data set names (all when None).
+
+        Returns
+        -------
+        list of str
+            The genes; empty for atlases that keep no expression.
+        """
         key = None if datasets is None else tuple(sorted(datasets))
         if key not in self._expression_genes:
             from screader_db.stored_expression import StoredExpression
@@ -267,10 +440,11 @@ class Atlas:
 
     @property
     def embedder(self) -> Any:
+        """The version's fitted :class:`~screader_db.cell_embedding.CellEmbedder` (read on first use)."""
         if self._embedder is None:
             from screader_db.cell_embedding import CellEmbedder
 
-            path = self.path / "embedder.safetensors"
+            path = self.path / atlas_format.EMBEDDER
             with self._lock:
                 if self._embedder is None:
                     with reading(path, "the cell embedder"):
@@ -279,18 +453,25 @@ class Atlas:
 
     @property
     def index(self) -> Any:
+        """The version's :class:`~screader_db.index.CellIndex` (read on first use)."""
         if self._index is None:
-            from screader_db.index import load_index
+            from screader_db.index import CellIndex
 
             path = self.path / "index.faiss"
             with self._lock:
                 if self._index is None:
                     with reading(path, "the FAISS index"):
-                        self._index, _ = load_index(path)
+                        self._index = CellIndex.load(path)
         return self._index
 
     def profiles(self) -> tuple[Any, dict[str, Any]] | None:
-        """Reference label profiles and the novelty calibration, if the atlas has them (read once)."""
+        """Reference label profiles and the novelty calibration, if the atlas has them (read once).
+
+        Returns
+        -------
+        (LabelProfiles, dict) or None
+            As :func:`screader_db.atlas_format.read_label_profiles` reads them.
+        """
         if self._profiles is None:
             with self._lock:
                 if self._profiles is None:
@@ -298,36 +479,40 @@ class Atlas:
         return self._profiles or None
 
     def _read_profiles(self) -> tuple[Any, dict[str, Any]] | None:
-        path = self.path / "label_profiles.parquet"
+        path = self.path / atlas_format.LABEL_PROFILES
         if not path.is_file():
             return None
-        import pyarrow.parquet as pq
-
-        from screader_db.novelty import LabelProfiles
-
         with reading(path, "the label profiles"):
-            table = pq.read_table(path)
-            meta = table.schema.metadata or {}
-            column = table.column("profile").combine_chunks()
-            means = column.flatten().to_numpy(zero_copy_only=False).reshape(len(table), column.type.list_size)
-            profiles = LabelProfiles(labels=table.column("label").to_pylist(), genes=json.loads(meta[b"screader_db.genes"]),
-                                     means=means.astype(np.float64), counts=table.column("n_cells").to_numpy(),
-                                     datasets=table.column("dataset").to_pylist())
-            return profiles, json.loads(meta.get(b"screader_db.novelty", b"{}"))
+            return atlas_format.read_label_profiles(path)
 
     def annotation_defaults(self) -> dict[str, Any]:
-        """k, vote power and propagation the atlas was built to be queried with."""
-        from screader_db.vote import DEFAULT_POWER, DEFAULT_PROPAGATION
+        """The k, vote power, propagation and score cut-off the atlas was built to be queried with.
 
-        stored = self.provenance.get("parameters", {})
+        Returns
+        -------
+        dict
+            As :func:`screader_db.atlas_format.annotation_defaults` gives them.
+        """
         found = self.profiles()
-        scores = found[1].get("scores", {}) if found is not None else {}
-        return {"k": int(stored.get("k", 15)), "power": float(stored.get("vote_power", DEFAULT_POWER)),
-                "propagation": float(stored.get("propagation", DEFAULT_PROPAGATION)),
-                "min_score": float(scores.get("min_score", 0.0)), "scores": scores}
+        return atlas_format.annotation_defaults(self.provenance.get("parameters", {}), None if found is None else found[1])
 
     def check_model(self, model_id: str | None) -> None:
-        """Refuse when the caller expects another gene-embedding model than the atlas's."""
+        """Refuse when the caller expects another gene-embedding model than the atlas's.
+
+        Parameters
+        ----------
+        model_id
+            The model the caller expects (its id or the name it was built with); None accepts any.
+
+        Returns
+        -------
+        None
+
+        Raises
+        ------
+        ModelMismatchError
+            The atlas was built with another model.
+        """
         if model_id and model_id not in (self.model_id, self.provenance.get("model_spec")):
             message = (
                 f"the atlas at {self.root} was built with gene-embedding model {self.model_id!r}, "
@@ -349,7 +534,18 @@ def _id_range(file: Any) -> tuple[int, int]:
 
 
 def donor_of(metadata: dict[str, Any]) -> str:
-    """The donor a reference cell came from: the first of :data:`DONOR_KEYS` (any case) with a value, else ""."""
+    """The donor a reference cell came from.
+
+    Parameters
+    ----------
+    metadata
+        The cell's obs values, as :meth:`Atlas.cell_metadata` returns them.
+
+    Returns
+    -------
+    str
+        The value of the first of :data:`DONOR_KEYS` (any case) with a value, else "".
+    """
     lowered = {str(key).lower(): value for key, value in metadata.items()}
     for key in DONOR_KEYS:
         value = str(lowered.get(key, "")).strip()
@@ -359,41 +555,61 @@ def donor_of(metadata: dict[str, Any]) -> str:
 
 
 def open_atlas(path: str | Path, *, version: int | None = None, verify: bool = True) -> Atlas:
-    """Open an atlas (its current version unless ``version`` is given) for reading.
+    """Open one version of an atlas for reading; atlases written by every earlier screader-db open.
 
-    With ``verify`` (the default) every file of the version is checked against the sha256 its
-    ``VERSION.json`` records, the first time this process opens it (see
-    :mod:`screader_db.integrity`); a damaged or changed file is refused with an
-    :class:`~screader_db.errors.AtlasDamagedError` naming it."""
+    Parameters
+    ----------
+    path
+        The atlas folder.
+    version
+        The version to open (the current one when None).
+    verify
+        Check every file of the version against the sha256 its ``VERSION.json`` records, the
+        first time this process opens it (see :mod:`screader_db.integrity`).
+
+    Returns
+    -------
+    Atlas
+        The opened version; its parts are read on first use.
+
+    Raises
+    ------
+    AtlasError
+        No atlas or no such version, or a ``VERSION.json`` that is unreadable, of another layout
+        or from a newer screader-db.
+    AtlasDamagedError
+        With ``verify``: a file is missing, changed or unlisted.
+    """
     root = Path(path)
     number = current_version(root) if version is None else version
     folder = root / VERSIONS / version_name(number)
-    meta_path = folder / "VERSION.json"
-    if not meta_path.is_file():
+    if not (folder / atlas_format.VERSION_FILE).is_file():
         known = ", ".join(map(str, list_versions(root))) or "none"
         message = f"atlas {root} has no version {number}; versions present: {known}"
         raise AtlasError(message)
-    try:
-        info = json.loads(meta_path.read_text())
-    except (OSError, ValueError) as err:
-        message = f"cannot read {meta_path}: {err}"
-        raise AtlasError(message) from err
-    if info.get("format") != FORMAT:
-        message = (
-            f"the atlas at {root} has format {info.get('format')!r}; this screader-db reads {FORMAT!r}. "
-            "Rebuild the atlas with this version of screader-db"
-        )
-        raise AtlasError(message)
+    info = atlas_format.read_version_info(folder)
     if verify:
         verify_version(folder, dict(info.get("files", {})), cache_dir=temp_area(root))
     return Atlas(root=root, version=number, info=info)
 
 
 def version_history(path: str | Path) -> list[dict[str, Any]]:
-    """One row per version on disk: number, time, the change that made it, data sets, cells."""
+    """One row per version on disk.
+
+    Parameters
+    ----------
+    path
+        The atlas folder.
+
+    Returns
+    -------
+    list of dict
+        ``version``, ``created_at``, ``action`` (the change that made it), ``datasets`` and ``n_cells``.
+    """
     rows = []
     for number in list_versions(path):
-        meta = json.loads((Path(path) / VERSIONS / version_name(number) / "VERSION.json").read_text())
+        text = (Path(path) / VERSIONS / version_name(number) / atlas_format.VERSION_FILE).read_text()
+        meta = atlas_format.upgrade_version_info(json.loads(text))
         step = meta.get("last_step", {})
         rows.append({"version": number, "created_at": meta.get("created_at", ""), "action": step.get("action", "build"),
                      "datasets": len(meta.get("datasets", [])), "n_cells": int(meta.get("n_cells", 0))})
@@ -402,7 +618,25 @@ def version_history(path: str | Path) -> list[dict[str, Any]]:
 
 @contextmanager
 def writer_lock(path: str | Path, *, wait: float = 0.0) -> Iterator[None]:
-    """Hold the atlas's writer lock; wait up to ``wait`` seconds for another writer (readers never lock)."""
+    """Hold the atlas's writer lock (readers never lock).
+
+    Parameters
+    ----------
+    path
+        The atlas folder (created when missing).
+    wait
+        Seconds to wait for another writer.
+
+    Returns
+    -------
+    Iterator[None]
+        Yields once, with the lock held.
+
+    Raises
+    ------
+    AtlasError
+        Another process still holds the lock after ``wait`` seconds.
+    """
     from filelock import FileLock, Timeout
 
     root = Path(path)
@@ -423,21 +657,58 @@ def writer_lock(path: str | Path, *, wait: float = 0.0) -> Iterator[None]:
 
 
 def next_version(path: str | Path) -> int:
-    """The number the next version will get (call with the writer lock held)."""
+    """The number the next version will get (call with the writer lock held).
+
+    Parameters
+    ----------
+    path
+        The atlas folder.
+
+    Returns
+    -------
+    int
+        One more than the newest version, 1 for a new atlas.
+    """
     return max(list_versions(path), default=0) + 1
 
 
 def staging_dir(path: str | Path) -> Path:
-    """A fresh temporary folder inside ``versions/`` for the next version."""
+    """A fresh temporary folder inside ``versions/`` for the next version.
+
+    Parameters
+    ----------
+    path
+        The atlas folder.
+
+    Returns
+    -------
+    Path
+        The new, empty folder.
+    """
     folder = Path(path) / VERSIONS
     folder.mkdir(parents=True, exist_ok=True)
-    staging = folder / f".staging-{os.getpid()}-{time.time_ns()}"
+    staging = folder / f"{atlas_format.STAGING_PREFIX}{os.getpid()}-{time.time_ns()}"
     staging.mkdir()
     return staging
 
 
 def publish(path: str | Path, staging: Path, number: int) -> int:
-    """Move a finished staging folder into place as version ``number`` and point ``current`` at it."""
+    """Move a finished staging folder into place as version ``number`` and point ``current`` at it.
+
+    Parameters
+    ----------
+    path
+        The atlas folder.
+    staging
+        The finished staging folder (its files are flushed to disk first).
+    number
+        The version number.
+
+    Returns
+    -------
+    int
+        ``number``.
+    """
     root = Path(path)
     final = root / VERSIONS / version_name(number)
     _fsync_tree(staging)
@@ -450,7 +721,27 @@ def publish(path: str | Path, staging: Path, number: int) -> int:
 
 
 def collect_garbage(path: str | Path, *, keep: int, wait: float = 0.0) -> list[int]:
-    """Delete all but the newest ``keep`` versions (never the current one); returns those deleted."""
+    """Delete all but the newest ``keep`` versions (never the current one).
+
+    Parameters
+    ----------
+    path
+        The atlas folder.
+    keep
+        How many of the newest versions to keep (at least 1).
+    wait
+        Seconds to wait for another writer's lock.
+
+    Returns
+    -------
+    list of int
+        The versions deleted.
+
+    Raises
+    ------
+    AtlasError
+        ``keep`` is below 1, or another writer holds the lock.
+    """
     if keep < 1:
         raise AtlasError("--keep must be at least 1")
     root = Path(path)
@@ -461,7 +752,7 @@ def collect_garbage(path: str | Path, *, keep: int, wait: float = 0.0) -> list[i
         doomed = [v for v in versions if v not in kept]
         for number in doomed:
             folder = root / VERSIONS / version_name(number)
-            trash = folder.with_name(f".trash-{folder.name}")
+            trash = folder.with_name(f"{atlas_format.TRASH_PREFIX}{folder.name}")
             folder.rename(trash)
             shutil.rmtree(trash, ignore_errors=True)
         clean_staging(root)
@@ -497,12 +788,33 @@ def _fsync_tree(path: Path) -> None:
 
 
 def discard(staging: Path) -> None:
+    """Remove a staging folder that will not be published.
+
+    Parameters
+    ----------
+    staging
+        The folder.
+
+    Returns
+    -------
+    None
+    """
     shutil.rmtree(staging, ignore_errors=True)
 
 
 def clean_staging(path: str | Path) -> None:
-    """Remove staging and trash folders that a crashed writer left behind (call with the lock held)."""
+    """Remove staging and trash folders that a crashed writer left behind (call with the lock held).
+
+    Parameters
+    ----------
+    path
+        The atlas folder.
+
+    Returns
+    -------
+    None
+    """
     folder = Path(path) / VERSIONS
     if folder.is_dir():
-        for leftover in [*folder.glob(".staging-*"), *folder.glob(".trash-*")]:
+        for leftover in [*folder.glob(f"{atlas_format.STAGING_PREFIX}*"), *folder.glob(f"{atlas_format.TRASH_PREFIX}*")]:
             shutil.rmtree(leftover, ignore_errors=True)

@@ -22,6 +22,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import scipy.sparse as sp
 
+from screader_db.inputs import unlog
 from screader_db.integrity import reading
 
 FOLDER = "expression"
@@ -31,11 +32,37 @@ FORMAT_KEY = b"screader_db.expression"
 
 
 def part_path(dataset: str, number: int) -> str:
+    """The path of a data set's part ``number``, relative to the version folder.
+
+    Parameters
+    ----------
+    dataset : str
+        The data set's name.
+    number : int
+        The part's number (0 ..).
+
+    Returns
+    -------
+    str
+    """
     return f"{FOLDER}/{dataset}/part-{number:05d}.parquet"
 
 
 def expression_table(ids: np.ndarray, X: sp.csr_matrix) -> pa.Table:
-    """Sparse rows as a Parquet table: one row per cell, its nonzero gene positions and values."""
+    """Sparse rows as a Parquet table: one row per cell, its nonzero gene positions and values.
+
+    Parameters
+    ----------
+    ids : numpy.ndarray
+        The cells' ids.
+    X : scipy.sparse.csr_matrix
+        Their log-normalised rows.
+
+    Returns
+    -------
+    pyarrow.Table
+        Columns ``cell_id`` (int64), ``gene`` (list<int32>), ``value`` (list<float32>).
+    """
     X = sp.csr_matrix(X, dtype=np.float32)
     X.sort_indices()
     offsets = pa.array(X.indptr.astype(np.int32), pa.int32())
@@ -48,7 +75,23 @@ def expression_table(ids: np.ndarray, X: sp.csr_matrix) -> pa.Table:
 
 def write_part(path: Path, ids: np.ndarray, X: sp.csr_matrix, genes: list[str], provenance: str,
                provenance_key: bytes) -> None:
-    """Write one part of a data set's log-normalised expression (columns follow ``genes``)."""
+    """Write one part of a data set's log-normalised expression.
+
+    Parameters
+    ----------
+    path : Path
+        The part's file (its folder is made).
+    ids : numpy.ndarray
+        The cells' ids.
+    X : scipy.sparse.csr_matrix
+        Their log1p(counts per 10,000), columns following ``genes``.
+    genes : list of str
+        The columns, kept in the schema metadata.
+    provenance : str
+        The version's provenance (JSON), kept under ``provenance_key``.
+    provenance_key : bytes
+        The schema metadata key of the provenance.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     meta = {provenance_key: provenance, GENES_KEY: json.dumps(genes),
             FORMAT_KEY: json.dumps({"format": FORMAT, "values": "log1p counts per 10,000"})}
@@ -56,23 +99,79 @@ def write_part(path: Path, ids: np.ndarray, X: sp.csr_matrix, genes: list[str], 
 
 
 def parts(version: Path, datasets: list[str] | None = None) -> list[Path]:
-    """The expression parts of a version (of the named data sets only, when given), in order."""
+    """The expression parts of a version, in order.
+
+    Parameters
+    ----------
+    version : Path
+        The version folder.
+    datasets : list of str or None
+        Only these data sets' parts; None: every data set's.
+
+    Returns
+    -------
+    list of Path
+    """
     found = sorted((version / FOLDER).rglob("*.parquet"))
     return found if datasets is None else [p for p in found if p.parent.name in datasets]
 
 
 def has_expression(version: Path) -> bool:
+    """Whether the version keeps any reference expression.
+
+    Parameters
+    ----------
+    version : Path
+        The version folder.
+
+    Returns
+    -------
+    bool
+        True when ``expression/`` holds at least one Parquet part.
+    """
     return bool(parts(version))
 
 
 def part_genes(path: Path) -> list[str]:
+    """The genes (columns) of one part, from its schema metadata.
+
+    Parameters
+    ----------
+    path : Path
+        The part's file.
+
+    Returns
+    -------
+    list of str
+
+    Raises
+    ------
+    AtlasDamagedError
+        The file is missing or unreadable, or its metadata has no gene list.
+    """
     with reading(path, "stored expression"):
         meta = pq.read_schema(path).metadata or {}
         return list(json.loads(meta[GENES_KEY]))
 
 
 def read_part(path: Path) -> tuple[np.ndarray, sp.csr_matrix, list[str]]:
-    """(cell ids, log-normalised rows over the part's genes, the part's genes)."""
+    """Read one part.
+
+    Parameters
+    ----------
+    path : Path
+        The part's file.
+
+    Returns
+    -------
+    tuple
+        (cell ids, float32 log-normalised rows over the part's genes, the part's genes).
+
+    Raises
+    ------
+    AtlasDamagedError
+        The file is missing or unreadable.
+    """
     genes = part_genes(path)
     with reading(path, "stored expression"):
         table = pq.read_table(path)
@@ -87,8 +186,15 @@ def read_part(path: Path) -> tuple[np.ndarray, sp.csr_matrix, list[str]]:
 
 @dataclass
 class StoredExpression:
-    """The stored expression of one atlas version: every data set's parts (or those of
-    ``datasets``), in order."""
+    """The stored expression of one atlas version: every data set's parts, in order.
+
+    Parameters
+    ----------
+    version : Path
+        The version folder.
+    datasets : list of str or None
+        Only these data sets; None: every one.
+    """
 
     version: Path
     datasets: list[str] | None = None
@@ -104,16 +210,40 @@ class StoredExpression:
 
     @property
     def n_cells(self) -> int:
+        """Cells over every part."""
         return int(sum(self.counts))
 
     def genes(self) -> list[str]:
-        """Every gene any data set was stored with (sorted)."""
+        """Every gene any data set was stored with (sorted).
+
+        Returns
+        -------
+        list of str
+            The union of the parts' genes.
+
+        Raises
+        ------
+        AtlasDamagedError
+            A part is missing or unreadable.
+        """
         found: set[str] = set()
         for path in self.files:
             found.update(part_genes(path))
         return sorted(found)
 
     def ids(self) -> np.ndarray:
+        """Every part's cell ids, in order.
+
+        Returns
+        -------
+        numpy.ndarray
+            int64 atlas cell ids, one per stored cell (empty without parts).
+
+        Raises
+        ------
+        AtlasDamagedError
+            A part is missing or unreadable.
+        """
         if not self.files:
             return np.zeros(0, dtype=np.int64)
         found = []
@@ -123,20 +253,49 @@ class StoredExpression:
         return np.concatenate(found)
 
     def blocks(self, target: list[str]) -> Iterator[tuple[np.ndarray, sp.csr_matrix]]:
-        """(cell ids, linear values over ``target``) of every part in order (see :func:`linear_part`)."""
+        """(cell ids, linear values over ``target``) of every part in order (see :func:`linear_part`).
+
+        Parameters
+        ----------
+        target : list of str
+            The output columns; genes a part lacks are 0.
+
+        Yields
+        ------
+        tuple of (numpy.ndarray, scipy.sparse.csr_matrix)
+            One part's cell ids and its float32 counts per 10,000 over ``target``.
+
+        Raises
+        ------
+        AtlasDamagedError
+            A part is missing or unreadable.
+        """
         for path in self.files:
             yield linear_part(path, target)
 
 
 def linear_part(path: Path, target: list[str]) -> tuple[np.ndarray, sp.csr_matrix]:
-    """(cell ids, linear values (counts per 10,000) over ``target`` genes) of one part; genes it lacks are 0."""
+    """One part's linear values (counts per 10,000) over ``target`` genes; genes it lacks are 0.
+
+    Parameters
+    ----------
+    path : Path
+        The part's file.
+    target : list of str
+        The output columns.
+
+    Returns
+    -------
+    tuple
+        (cell ids, float32 CSR rows over ``target``).
+    """
     column = {g: i for i, g in enumerate(target)}
     ids, X, genes = read_part(path)
     pairs = np.array([(i, column[g]) for i, g in enumerate(genes) if g in column], dtype=np.int64).reshape(-1, 2)
     pick = sp.csr_matrix((np.ones(len(pairs), dtype=np.float32), (pairs[:, 0], pairs[:, 1])),
                          shape=(len(genes), len(target)))
     linear = X.copy()
-    linear.data = np.expm1(linear.data)
+    linear.data = unlog(linear.data, "ln")
     return ids, sp.csr_matrix(linear @ pick, dtype=np.float32)
 
 
@@ -144,8 +303,16 @@ class StoredMatrix:
     """Row slices of the stored expression over some genes, as a matrix a chunked reader can slice.
 
     Values are linear (counts per 10,000 of the whole cell), so the reader re-normalises them
-    over the chosen genes. Slices should follow the parts (the chunk size the atlas was
-    written with); each part is read at most once per pass.
+    over the chosen genes (an :class:`~screader_db.inputs.ExpressionSource` of scale ``linear``).
+    Slices should follow the parts (the chunk size the atlas was written with); each part is read
+    at most once per pass.
+
+    Parameters
+    ----------
+    stored : StoredExpression
+        The parts.
+    genes : list of str
+        The columns.
     """
 
     def __init__(self, stored: StoredExpression, genes: list[str]) -> None:

@@ -66,7 +66,30 @@ NAMES = ("baron_human", "baron_mouse", "pbmc3k", "kang_ctrl", "kang_stim")
 
 
 def load_sources(*, kang_cells: int = KANG_CELLS, seed: int = 0) -> dict[str, Any]:
-    """The suite's data sets in memory, each with its labels in obs ``suite_label``."""
+    """The suite's data sets in memory, each with its labels in obs ``suite_label``.
+
+    Data sets are fetched on first use (:func:`screader_db.fetch.resolve_dataset`).
+
+    Parameters
+    ----------
+    kang_cells : int
+        Cells drawn from each Kang condition (seeded, every label represented).
+    seed : int
+        Seed of that draw.
+
+    Returns
+    -------
+    dict of str to AnnData
+        Keyed by :data:`NAMES`; copies of the files' data with ``suite_label`` added (Kang's labels renamed by
+        :data:`KANG_TO_PBMC3K`).
+
+    Raises
+    ------
+    ScreaderError
+        A data set could not be fetched or verified (:class:`FetchError`, :class:`ChecksumError`).
+    InputDataError
+        A data set is not readable as AnnData.
+    """
     from screader_db.fetch import resolve_dataset
     from screader_db.inputs import read_h5ad
 
@@ -159,7 +182,23 @@ def _with_parent(reference: Any, name: str, seed: int) -> Any:
 
 
 def suite_tasks(sources: dict[str, Any], *, stress: bool = True, seed: int = 0) -> list[Task]:
-    """Every direction, then the stress variants of the base tasks."""
+    """Every direction, then the stress variants of the base tasks.
+
+    Parameters
+    ----------
+    sources : dict of str to AnnData
+        From :func:`load_sources`; not changed (variants work on copies).
+    stress : bool
+        Add the ten stress variants of each base in :data:`STRESS_BASES`.
+    seed : int
+        Seed of every task, and of the random panels, thinning and parent relabelling.
+
+    Returns
+    -------
+    list of Task
+        Labels and truth in obs ``suite_label``. Variants share their base's ``reference_key`` (one atlas
+        serves them), except the coarse-parent variant, whose reference differs.
+    """
     tasks = [Task(f"{ref} -> {qry}", sources[ref], sources[qry], LABEL, LABEL, seed, reference_key=ref)
              for ref, qry in DIRECTIONS]
     if not stress:
@@ -195,7 +234,21 @@ class Choice:
 
 
 def leave_one_task_out(result: Evaluation, candidates: list[str]) -> list[Choice]:
-    """For each task, the candidate row with the best mean of accuracy and macro-F1 over every other task."""
+    """For each task, the candidate row with the best mean of accuracy and macro-F1 over every other task.
+
+    Parameters
+    ----------
+    result : Evaluation
+        The suite's runs.
+    candidates : list of str
+        The method rows to choose among; runs of other rows are ignored.
+
+    Returns
+    -------
+    list of Choice
+        One per task, in order of first run: the row chosen without it, and that row's accuracy and macro-F1 on
+        it (mean over the row's runs).
+    """
     frame = result.frame()
     frame = frame[frame["row"].isin(candidates)]
     scores = frame.groupby(["task", "row"], sort=False)[["accuracy", "macro_f1"]].mean()
@@ -209,8 +262,27 @@ def leave_one_task_out(result: Evaluation, candidates: list[str]) -> list[Choice
 
 
 def suite_markdown(result: Evaluation, *, default: str, baselines: list[str], candidates: list[str]) -> str:
-    """Per-task accuracy and macro-F1 of every row, the summary (mean, worst task, time), the
-    leave-one-task-out choice and the Unassigned-rule figures."""
+    """Per-task accuracy and macro-F1 of every row, the summary, the leave-one-task-out choice, the rules.
+
+    The summary gives each row's mean, worst task and time; the Unassigned-rule figures come from
+    the rows named ``... Unassigned rules on``, when there are any.
+
+    Parameters
+    ----------
+    result : Evaluation
+        The suite's runs.
+    default : str
+        The default method's row, whose means are set beside the leave-one-task-out means.
+    baselines : list of str
+        Baseline rows: a row's task counts as behind when its accuracy is more than 0.02 below the best of them.
+    candidates : list of str
+        Rows the leave-one-task-out choice is made among (:func:`leave_one_task_out`).
+
+    Returns
+    -------
+    str
+        Markdown under ``####`` headings; the best figure of each task in bold.
+    """
     frame = result.frame()
     rows = list(dict.fromkeys(frame["row"]))
     per_task = frame.groupby(["task", "row"], sort=False)[["accuracy", "macro_f1", "seconds"]].mean()
@@ -269,8 +341,50 @@ def run_suite(*, model: str = "minilm", methods: tuple[str, ...] | None = None, 
               stress: bool = True, peers: bool = True, kang_cells: int = KANG_CELLS, seed: int = 0,
               candidates: tuple[MethodSpec, ...] = CANDIDATES, hide_labels: bool = False,
               tasks: list[str] | None = None, out: Any = None, reporter: Any = None) -> tuple[Evaluation, str]:
-    """Run the suite (``tasks``: only those names) and return the result with its Markdown report;
-    ``hide_labels`` adds the hide-each-label figures of the Unassigned rules (:func:`hide_each_label`)."""
+    """Run the suite (``tasks``: only those names) and return the result with its Markdown report.
+
+    ``hide_labels`` adds the hide-each-label figures of the Unassigned rules (:func:`hide_each_label`).
+
+    Parameters
+    ----------
+    model : str
+        Language model of the text methods.
+    methods : tuple of str or None
+        Atlas methods (:func:`screader_db.evaluation.standard_specs`); None runs ``marker``, ``marker-text`` and
+        ``genept``. Must include the default method, ``marker``.
+    random_seeds : int
+        Random-vector twins per text method.
+    stress : bool
+        Add the stress variants (:func:`suite_tasks`).
+    peers : bool
+        Run CellTypist and SingleR.
+    kang_cells, seed : int
+        As :func:`load_sources` takes them; ``seed`` also seeds the tasks.
+    candidates : tuple of MethodSpec
+        Further settings of the project's methods, run after the first method and competing in the
+        leave-one-task-out choice.
+    hide_labels : bool
+        Also run :func:`hide_each_label` and add its table.
+    tasks : list of str or None
+        Names of the tasks to run; None runs all.
+    out : str, Path or None
+        Folder for the evaluation files (:meth:`Evaluation.write`, titled "transfer suite") and ``suite.md``;
+        None writes nothing.
+    reporter : Reporter or None
+        Gets one message per (task, method); None is silent.
+
+    Returns
+    -------
+    result : Evaluation
+    report : str
+        Markdown (:func:`suite_markdown`, then the hidden-label table if asked for).
+
+    Raises
+    ------
+    ScreaderError
+        A data set could not be fetched or read, a peer is not installed, no task matches ``tasks``, or any
+        error of building or querying an atlas.
+    """
     from pathlib import Path
 
     from screader_db.builders.atlas import DEFAULT_METHOD
@@ -331,7 +445,8 @@ def _run_hidden(found: list[tuple[str, str, Any, Any, list[str]]], *, seed: int,
                 reporter: Any) -> list[Hidden]:
     """Build each atlas without its hidden labels, annotate with the Unassigned rules on, and measure
     the hidden cells that come back Unassigned and the other cells the raw vote got right that are set aside."""
-    from screader_db.evaluation import UNASSIGNED, evaluate
+    from screader_db.evaluation import evaluate
+    from screader_db.metrics import UNASSIGNED
     from screader_db.progress import SILENT
 
     tasks = [Task(name, kept, query, LABEL, LABEL, seed, reference_key=name) for _, name, kept, query, _ in found]
@@ -352,17 +467,73 @@ def _run_hidden(found: list[tuple[str, str, Any, Any, list[str]]], *, seed: int,
 def hide_each_label(sources: dict[str, Any], *, directions: tuple[tuple[str, str], ...] = DIRECTIONS,
                     min_cells: int = 10, seed: int = 0, spec: MethodSpec = RULES,
                     reporter: Any = None) -> list[Hidden]:
-    """For each direction and each reference label with at least ``min_cells`` query cells: build the
-    atlas without it, annotate with the Unassigned rules on, and measure the hidden type's cells that
-    come back Unassigned and the other cells the raw vote got right that are set aside."""
+    """For each direction and each reference label with at least ``min_cells`` query cells: build the atlas without it.
+
+    Then annotate with the Unassigned rules on, and measure the hidden type's cells that come back
+    Unassigned and the other cells the raw vote got right that are set aside.
+
+    Parameters
+    ----------
+    sources : dict of str to AnnData
+        From :func:`load_sources`.
+    directions : tuple of (str, str)
+        (reference, query) names.
+    min_cells : int
+        Query cells a label needs to be hidden.
+    seed : int
+        Seed of the atlas builds.
+    spec : MethodSpec
+        The method and its query options; by default the default method with the Unassigned rules on.
+    reporter : Reporter or None
+        Gets one message per run; None is silent.
+
+    Returns
+    -------
+    list of Hidden
+        One per (direction, label): ``caught`` is the share of the label's query cells left Unassigned,
+        ``right_set_aside`` the share of the raw vote's right calls set aside.
+
+    Raises
+    ------
+    ScreaderError
+        No label qualifies in any direction, or any error of building or querying an atlas.
+    """
     found = _hidden_tasks(sources, directions, min_cells, lambda labels, _: [[label] for label in labels])
     return _run_hidden(found, seed=seed, spec=spec, reporter=reporter)
 
 
 def hide_half(sources: dict[str, Any], *, directions: tuple[tuple[str, str], ...] = DIRECTIONS,
               min_cells: int = 10, seed: int = 0, spec: MethodSpec = RULES, reporter: Any = None) -> list[Hidden]:
-    """For each direction: half of the reference labels the query has (a seeded draw, rounded down)
-    hidden at once, measured as :func:`hide_each_label` measures one."""
+    """For each direction: half of the reference labels the query has, hidden at once.
+
+    The half is a seeded draw (rounded down) among the labels with at least ``min_cells`` query
+    cells, measured as :func:`hide_each_label` measures one.
+
+    Parameters
+    ----------
+    sources : dict of str to AnnData
+        From :func:`load_sources`.
+    directions : tuple of (str, str)
+        (reference, query) names.
+    min_cells : int
+        Query cells a label needs to be drawn.
+    seed : int
+        Seed of the draw (combined with the direction's name) and of the atlas builds.
+    spec : MethodSpec
+        The method and its query options; by default the default method with the Unassigned rules on.
+    reporter : Reporter or None
+        Gets one message per run; None is silent.
+
+    Returns
+    -------
+    list of Hidden
+        One per direction; ``label`` joins the hidden labels with commas.
+
+    Raises
+    ------
+    ScreaderError
+        Any error of building or querying an atlas.
+    """
     def draw(labels: list[str], direction: str) -> list[list[str]]:
         rng = np.random.default_rng([seed, zlib.crc32(direction.encode())])
         return [sorted(rng.choice(labels, size=len(labels) // 2, replace=False).tolist())]
@@ -372,8 +543,20 @@ def hide_half(sources: dict[str, Any], *, directions: tuple[tuple[str, str], ...
 
 
 def hidden_markdown(rows: list[Hidden]) -> str:
-    """Per task: the median share of a hidden type's cells set aside, the worst label, and the
-    share of the other (present) types' right calls that were set aside."""
+    """Per task: the median share of a hidden type's cells set aside, the worst label, the present types' loss.
+
+    The loss is the share of the other (present) types' right calls that were set aside.
+
+    Parameters
+    ----------
+    rows : list of Hidden
+        From :func:`hide_each_label`.
+
+    Returns
+    -------
+    str
+        A Markdown table, one line per task in order of first appearance.
+    """
     frame = pd.DataFrame([r.__dict__ for r in rows])
     lines = ["| task | labels hidden | hidden cells Unassigned, median | worst label | present types' right calls set aside, median |",
              "|---|---|---|---|---|"]
@@ -385,7 +568,18 @@ def hidden_markdown(rows: list[Hidden]) -> str:
 
 
 def half_markdown(rows: list[Hidden]) -> str:
-    """Per task: the labels hidden together, their cells, the share set aside, and the present types' loss."""
+    """Per task: the labels hidden together, their cells, the share set aside, and the present types' loss.
+
+    Parameters
+    ----------
+    rows : list of Hidden
+        From :func:`hide_half`.
+
+    Returns
+    -------
+    str
+        A Markdown table, one line per row.
+    """
     lines = ["| task | labels hidden together | their query cells | of them Unassigned | present types' right calls set aside |",
              "|---|---|---|---|---|"]
     lines += [f"| {r.task} | {r.label} | {r.cells:,} | {r.caught:.1%} | {r.right_set_aside:.2%} |" for r in rows]

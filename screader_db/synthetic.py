@@ -25,6 +25,10 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from screader_db.extras import require
+from screader_db.genes import load_gene_table
+from screader_db.outputs import atomic_write
+
 SHARED_PROGRAMS = 6
 PROGRAMS_PER_TYPE = 4
 PROGRAM_GENES = 60
@@ -36,9 +40,23 @@ DONOR_SD = 0.4
 
 @dataclass
 class SyntheticDesign:
-    """Profiles (types × genes, rows sum to 1), gene symbols and type names of a synthetic data set,
-    with the log-fold loadings of its gene programs (programs × genes), which type each program
-    belongs to (-1: every type) and each donor's log offsets (donors × genes)."""
+    """The expression design of a synthetic data set.
+
+    Parameters
+    ----------
+    genes
+        Gene symbols.
+    types
+        Cell type names.
+    profiles
+        Types × genes expression profiles (rows sum to 1).
+    loadings
+        Programs × genes log-fold loadings of the gene programs (None: no programs).
+    program_type
+        The type each program belongs to (-1: every type).
+    donor_offsets
+        Donors × genes log offsets.
+    """
 
     genes: list[str]
     types: list[str]
@@ -50,9 +68,25 @@ class SyntheticDesign:
 
 def design(*, n_types: int = 20, n_genes: int = 5000, n_markers: int = 30, seed: int = 0,
            programs: bool = True) -> SyntheticDesign:
-    """A seeded design over real protein-coding symbols from the shipped gene table."""
-    from screader_db.genes import load_gene_table
+    """A seeded design over real protein-coding symbols from the shipped gene table.
 
+    Parameters
+    ----------
+    n_types
+        Cell types.
+    n_genes
+        Genes (at most the table's protein-coding ones).
+    n_markers
+        Marker genes raised 5-30 fold per type.
+    seed
+        The design's seed.
+    programs
+        Add gene programs and donor offsets (False: a type's cells differ only by sampling noise).
+
+    Returns
+    -------
+    SyntheticDesign
+    """
     rng = np.random.default_rng(seed)
     table = load_gene_table()
     coding = np.sort(table.loc[table["gene_type"] == "protein-coding", "symbol"].to_numpy())
@@ -101,7 +135,28 @@ def _cell_profiles(spec: SyntheticDesign, kinds: np.ndarray, rng: np.random.Gene
 
 def chunks(spec: SyntheticDesign, n_cells: int, *, chunk: int = 20_000, depth: float = 2500.0,
            seed: int = 0) -> Iterator[tuple[sp.csr_matrix, np.ndarray]]:
-    """(counts, type index) blocks of up to ``chunk`` cells."""
+    """Cells drawn from a design, block by block.
+
+    Parameters
+    ----------
+    spec
+        The design.
+    n_cells
+        Cells in all.
+    chunk
+        Most cells per block.
+    depth
+        Median library size.
+    seed
+        The cells' seed.
+
+    Yields
+    ------
+    counts : scipy.sparse.csr_matrix
+        Cells × genes float32 counts.
+    kinds : numpy.ndarray
+        Each cell's type index.
+    """
     rng = np.random.default_rng(seed + 1)
     weights = rng.dirichlet(np.full(len(spec.types), 2.0))
     for start in range(0, n_cells, chunk):
@@ -117,8 +172,28 @@ def write_h5ad(path: str | Path, n_cells: int, *, n_types: int = 20, n_genes: in
                depth: float = 2500.0, seed: int = 0, design_seed: int | None = None, programs: bool = True) -> Path:
     """Write a synthetic labelled data set (obs ``cell_type``) without holding it in memory.
 
-    ``design_seed`` (default: ``seed``) fixes the profiles; a query drawn from a reference's
-    design passes the reference's seed here and its own ``seed`` for the cells.
+    Parameters
+    ----------
+    path
+        The .h5ad file (written beside under a temporary name, then moved into place).
+    n_cells
+        Cells.
+    n_types, n_genes, programs
+        The design (see :func:`design`).
+    chunk
+        Cells written per block.
+    depth
+        Median library size.
+    seed
+        The cells' seed.
+    design_seed
+        The design's seed (default: ``seed``); a query drawn from a reference's design passes
+        the reference's seed here and its own ``seed`` for the cells.
+
+    Returns
+    -------
+    Path
+        The file written.
     """
     import anndata as ad
     import h5py
@@ -127,8 +202,7 @@ def write_h5ad(path: str | Path, n_cells: int, *, n_types: int = 20, n_genes: in
     target = Path(path)
     spec = design(n_types=n_types, n_genes=n_genes, seed=seed if design_seed is None else design_seed, programs=programs)
     labels: list[np.ndarray] = []
-    tmp = target.with_name(f".{target.name}.tmp")
-    with h5py.File(tmp, "w") as handle:
+    with atomic_write(target) as tmp, h5py.File(tmp, "w") as handle:
         first = True
         for block, kinds in chunks(spec, n_cells, chunk=chunk, depth=depth, seed=seed):
             if first:
@@ -146,26 +220,48 @@ def write_h5ad(path: str | Path, n_cells: int, *, n_types: int = 20, n_genes: in
             write_elem(handle, key, {})
         handle.attrs["encoding-type"] = "anndata"
         handle.attrs["encoding-version"] = "0.1.0"
-    tmp.replace(target)
     ad.read_h5ad(target, backed="r").file.close()
     return target
 
 
 def random_llama(folder: str | Path, words: list[str], *, seed: int = 0, **shape: Any) -> Path:
-    """A randomly initialised LLaMA with a word-level tokenizer over ``words``, saved as a local
-    model folder: real decoder arithmetic without a download (``shape``: LlamaConfig sizes)."""
-    import torch
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    """A randomly initialised LLaMA with a word-level tokenizer, saved as a local model folder.
 
+    Real decoder arithmetic without a download, for tests.
+
+    Parameters
+    ----------
+    folder
+        Where the model is saved.
+    words
+        The tokenizer's vocabulary (besides ``<unk>``, ``<s>``, ``</s>`` and ``<pad>``).
+    seed
+        The weights' seed.
+    **shape
+        ``LlamaConfig`` sizes (hidden_size, num_hidden_layers, ...).
+
+    Returns
+    -------
+    Path
+        ``folder``.
+
+    Raises
+    ------
+    MissingExtraError
+        When the ``llm`` extra is not installed.
+    """
+    purpose = "a random LLaMA model"
+    torch = require("torch", extra="llm", purpose=purpose)
+    tokenizers = require("tokenizers", extra="llm", purpose=purpose)
+    transformers = require("transformers", extra="llm", purpose=purpose)
     folder = Path(folder)
     vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, "<pad>": 3, **{w: i + 4 for i, w in enumerate(sorted(set(words)))}}
-    tokenizer = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
-    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
-    fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, unk_token="<unk>", bos_token="<s>", eos_token="</s>",
-                                   pad_token="<pad>")
+    tokenizer = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tokenizer.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
+    fast = transformers.PreTrainedTokenizerFast(tokenizer_object=tokenizer, unk_token="<unk>", bos_token="<s>",
+                                                eos_token="</s>", pad_token="<pad>")
     torch.manual_seed(seed)
-    config = LlamaConfig(vocab_size=len(vocab), pad_token_id=3, bos_token_id=1, eos_token_id=2, **shape)
-    LlamaForCausalLM(config).save_pretrained(folder)
+    config = transformers.LlamaConfig(vocab_size=len(vocab), pad_token_id=3, bos_token_id=1, eos_token_id=2, **shape)
+    transformers.LlamaForCausalLM(config).save_pretrained(folder)
     fast.save_pretrained(folder)
     return folder

@@ -11,7 +11,6 @@ their population's label while distinct small populations keep theirs.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
@@ -20,11 +19,26 @@ DEFAULT_POWER = 4.0
 DEFAULT_PROPAGATION = 0.0
 GRAPH_K = 15
 ITERATIONS = 20
+EXACT_GRAPH_CELLS = 20_000  # larger queries get an approximate neighbour graph
 
 
 @dataclass
 class Vote:
-    """Per query cell: label shares, winning label code, its share, runner-up, margin, similarity."""
+    """Per query cell: label shares, winning label code, its share, runner-up, margin, similarity.
+
+    Attributes
+    ----------
+    shares
+        (cells, labels) vote shares, each row summing to 1 (or 0 without neighbours).
+    best, second
+        Label codes of the winner and the runner-up (-1 with a single label).
+    score
+        The winner's share.
+    margin
+        The winner's share minus the runner-up's.
+    mean_similarity
+        Mean similarity of the neighbours that have a label.
+    """
 
     shares: np.ndarray
     best: np.ndarray
@@ -35,7 +49,24 @@ class Vote:
 
 
 def tally(similarities: np.ndarray, codes: np.ndarray, n_labels: int, *, power: float = DEFAULT_POWER) -> np.ndarray:
-    """Label shares per cell from its neighbours (``codes`` are label indices, -1 = none)."""
+    """Label shares per cell from its neighbours, each weighted max(similarity, 0) ** power.
+
+    Parameters
+    ----------
+    similarities
+        (cells, k) similarity of each neighbour.
+    codes
+        (cells, k) label index of each neighbour, -1 for none.
+    n_labels
+        Number of labels.
+    power
+        Exponent of the weights.
+
+    Returns
+    -------
+    numpy.ndarray
+        (cells, n_labels) shares.
+    """
     n = similarities.shape[0]
     weights = np.clip(similarities.astype(np.float64), 0.0, None) ** power + 1e-9
     weights[codes < 0] = 0.0
@@ -49,23 +80,30 @@ def tally(similarities: np.ndarray, codes: np.ndarray, n_labels: int, *, power: 
 
 
 def query_graph(vectors: np.ndarray, *, k: int = GRAPH_K, seed: int = 0) -> sp.csr_matrix:
-    """Row-normalised kNN graph of the query cells (cosine, self excluded); approximate for large queries."""
-    import faiss
+    """Row-normalised kNN graph of the query cells (cosine, self excluded).
 
-    n, dim = vectors.shape
+    Exact up to ``EXACT_GRAPH_CELLS`` cells, approximate (:func:`screader_db.index.knn`) above.
+
+    Parameters
+    ----------
+    vectors
+        Unit rows of the query cells.
+    k
+        Neighbours per cell.
+    seed
+        Seed of the approximate index's training sample.
+
+    Returns
+    -------
+    scipy.sparse.csr_matrix
+        (cells, cells) weights max(cos, 0), each row summing to 1 (or 0).
+    """
+    from screader_db.index import knn
+
+    n = len(vectors)
     k = min(k, n - 1)
     data = np.ascontiguousarray(vectors, dtype=np.float32)
-    index: Any
-    if n <= 20_000:
-        index = faiss.IndexFlatIP(dim)
-    else:
-        nlist = int(4 * np.sqrt(n))
-        index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT)
-        rng = np.random.default_rng(seed)
-        index.train(data[np.sort(rng.choice(n, size=min(n, nlist * 40), replace=False))])
-        index.nprobe = 8
-    index.add(data)
-    sims, ids = index.search(data, k + 1)
+    sims, ids = knn(data, data, k + 1, approximate=n > EXACT_GRAPH_CELLS, seed=seed)
     rows, cols, vals = [], [], []
     for j in range(k + 1):
         keep = (ids[:, j] != np.arange(n)) & (ids[:, j] >= 0)
@@ -79,7 +117,24 @@ def query_graph(vectors: np.ndarray, *, k: int = GRAPH_K, seed: int = 0) -> sp.c
 
 
 def propagate(shares: np.ndarray, graph: sp.csr_matrix, alpha: float, *, iterations: int = ITERATIONS) -> np.ndarray:
-    """P ← (1 - α)·P₀ + α·W·P, repeated: each cell's shares blended with its query neighbours'."""
+    """P ← (1 - α)·P₀ + α·W·P, repeated: each cell's shares blended with its query neighbours'.
+
+    Parameters
+    ----------
+    shares
+        (cells, labels) vote shares P₀.
+    graph
+        Row-normalised query graph W (:func:`query_graph`).
+    alpha
+        Weight of the neighbours; 0 or less returns ``shares`` unchanged.
+    iterations
+        Number of updates.
+
+    Returns
+    -------
+    numpy.ndarray
+        The smoothed shares.
+    """
     if alpha <= 0:
         return shares
     current = shares.copy()
@@ -89,7 +144,19 @@ def propagate(shares: np.ndarray, graph: sp.csr_matrix, alpha: float, *, iterati
 
 
 def decide(shares: np.ndarray, similarities: np.ndarray, codes: np.ndarray) -> Vote:
-    """Winner, share, runner-up and margin of each row of ``shares``."""
+    """Winner, share, runner-up and margin of each row of ``shares``.
+
+    Parameters
+    ----------
+    shares
+        (cells, labels) vote shares.
+    similarities, codes
+        (cells, k) neighbour similarities and label codes (-1 = none), for the mean similarity.
+
+    Returns
+    -------
+    Vote
+    """
     n, n_labels = shares.shape
     order = np.argsort(-shares, axis=1, kind="stable")
     best = order[:, 0]
@@ -103,5 +170,15 @@ def decide(shares: np.ndarray, similarities: np.ndarray, codes: np.ndarray) -> V
 
 
 def knn_vote(similarities: np.ndarray, codes: np.ndarray, n_labels: int, *, power: float = DEFAULT_POWER) -> Vote:
-    """The vote of each cell's own neighbours, without smoothing."""
+    """The vote of each cell's own neighbours, without smoothing.
+
+    Parameters
+    ----------
+    similarities, codes, n_labels, power
+        As for :func:`tally`.
+
+    Returns
+    -------
+    Vote
+    """
     return decide(tally(similarities, codes, n_labels, power=power), similarities, codes)

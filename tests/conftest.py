@@ -1,4 +1,10 @@
-"""Shared fixtures: real data from the manifest (fetched once into the cache) and small generated data."""
+"""Shared fixtures: real data from the manifest (fetched once into the cache) and small generated data.
+
+A test that needs manifest entries says which with ``@pytest.mark.data("pbmc3k", ...)``; they are
+fetched before it runs, and it is skipped, naming the entry, when one is not cached and cannot be
+fetched (no network, no apt-get). A test that uses the ``data_path`` fixture is marked ``data``
+even without the mark.
+"""
 
 from __future__ import annotations
 
@@ -45,19 +51,63 @@ def make_counts(n_cells: int = 300, genes: list[str] | None = None, n_types: int
     return ad.AnnData(X=sp.csr_matrix(counts), obs=obs, var=pd.DataFrame(index=list(genes)))
 
 
-@pytest.fixture(scope="session")
-def data_path():
-    """Path of a manifest entry, fetched and verified on first use."""
+_FETCHED: dict[str, Path | str] = {}  # entry name -> its verified path, or why it could not be fetched
+
+
+def fetched(name: str) -> Path:
+    """The verified path of a manifest entry, fetched on first use.
+
+    Parameters
+    ----------
+    name
+        The entry's name in ``data_manifest.yaml``.
+
+    Returns
+    -------
+    Path
+        The cached file or folder.
+
+    Raises
+    ------
+    pytest.skip.Exception
+        The entry is not cached and cannot be fetched (no network, no apt-get); the reason names it.
+        A checksum mismatch is not skipped: ``ChecksumError`` fails the test.
+    """
+    from screader_db.errors import FetchError
     from screader_db.fetch import ensure
 
-    cache: dict[str, Path] = {}
+    if name not in _FETCHED:
+        try:
+            _FETCHED[name] = ensure(name)
+        except FetchError as err:
+            _FETCHED[name] = (f"needs the manifest entry {name}, which is not in the cache and could not be fetched "
+                              f"({err}); run `screader-db fetch {name}` on a machine that reaches PyPI and Debian")
+    found = _FETCHED[name]
+    if isinstance(found, str):
+        pytest.skip(found)
+    return found
 
-    def get(name: str) -> Path:
-        if name not in cache:
-            cache[name] = ensure(name)
-        return cache[name]
 
-    return get
+@pytest.hookimpl(tryfirst=True)  # before -m selects on the marks
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark ``data`` every test that uses the ``data_path`` fixture, directly or through another fixture."""
+    for item in items:
+        if "data_path" in getattr(item, "fixturenames", ()) and item.get_closest_marker("data") is None:
+            item.add_marker(pytest.mark.data)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Fetch the entries a test's ``data`` marks name before its fixtures run, or skip it."""
+    for marker in item.iter_markers("data"):
+        for name in marker.args:
+            fetched(name)
+
+
+@pytest.fixture(scope="session")
+def data_path():
+    """Path of a manifest entry, fetched and verified on first use (the test is skipped when it cannot be)."""
+    return fetched
 
 
 @pytest.fixture

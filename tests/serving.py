@@ -1,5 +1,8 @@
-"""Helpers for the server and client tests: small atlases, uvicorn on 127.0.0.1 in a thread, and
-`screader-db serve` as a process of its own."""
+"""Helpers for the server and client tests: small atlases, the application in this process (no
+socket), uvicorn on 127.0.0.1 in a thread, and `screader-db serve` as a process of its own.
+
+Server logic is tested in process; uvicorn is kept for what lives on the socket or in the
+process: connection caps, header timeouts, ports, the command's own start-up and memory."""
 
 from __future__ import annotations
 
@@ -12,6 +15,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from conftest import make_counts
 
@@ -27,6 +31,63 @@ def small_atlas(root: Path, *, n_cells: int = 200, seed: int = 0, overwrite: boo
     build_atlas(make_counts(n_cells=n_cells, seed=seed), root, label_key="cell_type", dataset_name="synthetic",
                 settings=SETTINGS, overwrite=overwrite)
     return root
+
+
+@contextmanager
+def in_process(app: Any) -> Iterator[Any]:
+    """Serve an application in this process, without a socket.
+
+    Parameters
+    ----------
+    app
+        An ASGI application, such as :func:`screader_db.server.create_app` returns.
+
+    Returns
+    -------
+    Iterator
+        Yields Starlette's TestClient (an ``httpx.Client`` with base URL ``http://testserver``);
+        an exception the application does not turn into a response is raised in the test.
+    """
+    from starlette.testclient import TestClient
+
+    with TestClient(app) as client:
+        yield client
+
+
+@contextmanager
+def in_process_client(app: Any, *, token: str | None = None) -> Iterator[Any]:
+    """A :class:`screader_db.Client` whose requests reach an application in this process.
+
+    The client is built while ``httpx.Client`` stands for the TestClient of :func:`in_process`.
+
+    Parameters
+    ----------
+    app
+        The ASGI application.
+    token
+        The client's token, for adding and removing data sets.
+
+    Returns
+    -------
+    Iterator
+        Yields the connected client.
+    """
+    import httpx
+    import pytest
+
+    from screader_db import Client
+
+    with in_process(app) as http:
+
+        def connect(*, headers: dict[str, str], **_: Any) -> Any:
+            http.headers.update(headers)
+            return http
+
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(httpx, "Client", connect)
+            client = Client(str(http.base_url), token=token)
+        with client:
+            yield client
 
 
 @contextmanager

@@ -95,7 +95,7 @@ def test_query_is_placed_on_the_reference_map_and_plotted(mapped_atlas, tmp_path
     assert result.umap.shape == (90, 2) and np.isfinite(result.umap).all()
     assert {"cluster", "majority_label", "majority_share"} <= set(result.table.columns)
     out = result.to_adata(query)
-    assert out.obsm["X_umap"].shape == (90, 2)
+    assert out.obsm["X_screader_umap"].shape == (90, 2) and "X_umap" not in out.obsm
     written = result.plot(tmp_path / "plots", truth=query.obs["cell_type"])
     from PIL import Image
 
@@ -106,13 +106,23 @@ def test_query_is_placed_on_the_reference_map_and_plotted(mapped_atlas, tmp_path
 
 
 def test_summary_counts_unassigned_per_label(atlas):
+    import scipy.sparse as sp
+
     query = make_counts(n_cells=60, seed=11)
-    result = annotate(query, atlas, min_score=0.99)
-    summary = result.summary()
-    assert summary["cells"].sum() == 60
-    if result.n_unassigned:
-        assert summary.index[-1] == "Unassigned"
-        assert summary["unassigned"].sum() == result.n_unassigned
+    query.X = sp.csr_matrix(sp.vstack([query.X[:30] + query.X[30:], query.X[30:]]))  # 30 doublets: split votes
+    result = annotate(query, atlas, min_score=0.9)
+    table, summary = result.table, result.summary()
+    unassigned = (table["label"] == "Unassigned").to_numpy()
+    assert 0 < unassigned.sum() < 30
+    assert summary.index[-1] == "Unassigned"
+    assert summary.loc["Unassigned", ["cells", "unassigned"]].tolist() == [unassigned.sum(), 0]
+    called = summary.drop("Unassigned")
+    assert called["cells"].tolist() == sorted(called["cells"], reverse=True)
+    assert called["cells"].to_dict() == table.loc[~unassigned, "label"].value_counts().to_dict()
+    set_aside = table.loc[unassigned, "raw_label"].value_counts()
+    assert (set_aside > 0).sum() >= 2, "the query sets aside cells of several labels"
+    assert called["unassigned"].to_dict() == set_aside.reindex(called.index, fill_value=0).to_dict()
+    assert called["unassigned"].sum() == result.n_unassigned
 
 
 
@@ -134,3 +144,47 @@ def test_a_result_from_a_server_has_scores_but_no_neighbours():
     assert result_payload(result)["cells"][0]["score_b"] == 0.25
     with pytest.raises(AtlasError, match=r"^this result does not carry its atlas and neighbours"):
         result.neighbours(0)
+
+
+def test_a_path_is_read_backed_and_closed_again(atlas, tmp_path):
+    import h5py
+
+    query = make_counts(n_cells=50, seed=13)
+    path = tmp_path / "query.h5ad"
+    query.write_h5ad(path)
+    from_file, in_memory = annotate(path, atlas, k=5), annotate(query, atlas, k=5)
+    assert from_file.table.equals(in_memory.table)
+    np.testing.assert_array_equal(from_file.neighbour_ids, in_memory.neighbour_ids)
+    with h5py.File(path, "r+"):  # no handle of annotate's is left open on the file
+        pass
+
+
+def test_the_stages_give_what_annotate_gives(atlas):
+    from screader_db.annotation import (
+        Plan,
+        abstain,
+        assemble,
+        embed_query,
+        fit_to_panel,
+        prepare,
+        prepare_query,
+        search_neighbours,
+        vote,
+    )
+    from screader_db.options import AnnotateOptions
+
+    query = make_counts(n_cells=40, seed=14)
+    options = AnnotateOptions.from_flat(k=6, min_margin=0.2, majority_voting=True)
+    plan = Plan.of(atlas, options)
+    assert (plan.k, plan.column, plan.allowed) == (6, "label", None)
+    mapped = prepare_query(query, plan.atlas.embedder.genes, check_overlap=False)
+    answering = fit_to_panel(mapped, plan.atlas)
+    prepared = prepare(plan, answering, matched=mapped.plan.matched)
+    vectors = embed_query(prepared.query, answering.embedder)
+    neighbours = search_neighbours(plan, prepared, vectors)
+    votes = vote(plan, neighbours, vectors, answering.scores)
+    labelled = abstain(plan, prepared, neighbours, votes, vectors)
+    staged = assemble(plan, prepared, vectors, neighbours, votes, labelled)
+    whole = annotate(query, atlas, options=options)
+    assert staged.table.equals(whole.table) and staged.info == whole.info
+    np.testing.assert_array_equal(staged.embeddings, whole.embeddings)

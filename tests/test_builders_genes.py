@@ -1,7 +1,5 @@
 """The gene description builder: template rules, and a byte-for-byte rebuild of the shipped table."""
 
-import shutil
-
 import pyarrow.parquet as pq
 import pytest
 
@@ -41,7 +39,7 @@ def test_shipped_table_has_provenance_and_known_genes():
     assert len(frame) > 77000
 
 
-@pytest.mark.skipif(shutil.which("apt-get") is None, reason="needs apt-get to download the Debian sources")
+@pytest.mark.data("org_hs_eg_db", "go_db")
 def test_rebuild_is_byte_identical_to_the_shipped_table(tmp_path, data_path):
     from screader_db.builders.genes import source_provenance
 

@@ -1,5 +1,6 @@
 """The command line, through Typer's runner and through the installed console script."""
 
+import shlex
 import shutil
 import subprocess
 import sys
@@ -14,12 +15,22 @@ runner = CliRunner()
 COMMANDS = [[], ["fetch"], ["build"], ["build", "genes"], ["build", "gene-embeddings"], ["query"], ["info"]]
 
 
+def _examples(help_text: str) -> list[list[str]]:
+    """The command lines a help text shows above its option panels (its Usage line left out), as arguments."""
+    head = help_text.split("╭", 1)[0]
+    text = " ".join(" ".join(line for line in head.splitlines() if not line.strip().startswith("Usage:")).split())
+    return [shlex.split(rest) for rest in text.split("screader-db ")[1:]]
+
+
 @pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c) or "main")
 def test_every_help_has_an_example(command):
     result = runner.invoke(app, [*command, "--help"])
     assert result.exit_code == 0, result.output
-    assert "screader-db" in result.output
-    assert "Usage" in result.output
+    examples = _examples(result.output)
+    assert any(example[: len(command)] == command for example in examples), examples
+    for example in examples:  # every command and option an example names exists
+        parsed = runner.invoke(app, [*example, "--help"])
+        assert parsed.exit_code == 0, f"screader-db {' '.join(example)}: {parsed.output}"
 
 
 def test_help_imports_no_heavy_package():
@@ -100,3 +111,68 @@ def test_build_defaults_are_the_library_defaults():
     settings = BuildSettings()
     for name in ("model", "method", "n_genes", "pooling", "index", "layout"):
         assert defaults[name] == getattr(settings, name), name
+
+
+def _same_anndata(a, b):
+    """Two AnnData objects hold the same matrices, annotations and nested uns."""
+    import numpy as np
+    import pandas as pd
+    import scipy.sparse as sp
+
+    def same(x, y, what):
+        if isinstance(x, dict):
+            assert x.keys() == y.keys(), what
+            for key in x:
+                same(x[key], y[key], f"{what}[{key!r}]")
+        elif isinstance(x, pd.DataFrame):
+            pd.testing.assert_frame_equal(x, y, check_exact=True, obj=what)
+        elif sp.issparse(x):
+            assert type(x) is type(y) and x.dtype == y.dtype and x.shape == y.shape and (x != y).nnz == 0, what
+        elif isinstance(x, np.ndarray):
+            assert x.dtype == y.dtype and np.array_equal(x, y, equal_nan=x.dtype.kind == "f"), what
+        else:
+            assert x == y, what
+
+    for name in ("X", "obs", "var", "uns"):
+        same(getattr(a, name), getattr(b, name), name)
+    for name in ("obsm", "varm", "obsp", "layers"):
+        same(dict(getattr(a, name)), dict(getattr(b, name)), name)
+    same(a.raw.X, b.raw.X, "raw.X")
+    same(a.raw.var, b.raw.var, "raw.var")
+
+
+def test_query_out_streams_the_matrices_and_writes_what_to_adata_writes(tmp_path, synthetic_files, monkeypatch):
+    import anndata as ad
+    import numpy as np
+    import scipy.sparse as sp
+
+    from screader_db import annotate
+    from screader_db.inputs import read_h5ad
+
+    ref, _ = synthetic_files
+    atlas = tmp_path / "atlas"
+    built = runner.invoke(app, ["build", "--reference", str(ref), "--label-key", "cell_type", "--atlas", str(atlas),
+                                "--model", "random:16", "--method", "genept", "--n-genes", "50", "--layout", "none", "--quiet"])
+    assert built.exit_code == 0, built.output
+    query = make_counts(n_cells=120, seed=8)
+    query.layers["counts"] = query.X.copy()
+    query.obs["batch"] = ["b1" if i % 3 else "b2" for i in range(query.n_obs)]
+    query.var["kind"] = "gene"
+    query.obsm["X_pca"] = np.random.default_rng(0).normal(size=(query.n_obs, 4)).astype(np.float32)
+    query.obsp["distances"] = sp.random(query.n_obs, query.n_obs, density=0.02, format="csr", random_state=0)
+    query.uns["nested"] = {"a": 1, "b": {"c": "x"}}
+    query.raw = query.copy()
+    path = tmp_path / "query.h5ad"
+    query.write_h5ad(path, compression="gzip")
+    expected = tmp_path / "expected.h5ad"
+    annotate(path, atlas).to_adata(read_h5ad(path)).write_h5ad(expected)
+
+    def refused(*args, **kwargs):
+        raise AssertionError("the query was read into memory")
+
+    monkeypatch.setattr(ad.AnnData, "to_memory", refused)
+    out = tmp_path / "annotated.h5ad"
+    result = runner.invoke(app, ["query", str(path), "--atlas", str(atlas), "--out", str(out), "--quiet"])
+    assert result.exit_code == 0, result.output
+    monkeypatch.undo()
+    _same_anndata(ad.read_h5ad(out), ad.read_h5ad(expected))

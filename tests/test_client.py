@@ -1,11 +1,12 @@
-"""The Python client against a real server on 127.0.0.1: results equal annotate(), errors are RemoteError."""
+"""The Python client against the server application in this process: results equal annotate(), errors are
+RemoteError; an address where nothing listens is a RemoteError too."""
 
 import socket
 
 import numpy as np
 import pytest
 from conftest import make_counts
-from serving import TOKEN, running, small_atlas
+from serving import TOKEN, in_process_client, small_atlas
 
 import screader_db
 from screader_db import annotate
@@ -21,7 +22,7 @@ def atlas(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def client(atlas):
-    with running(create_app(atlas, token=TOKEN)) as url, screader_db.Client(url, timeout=60) as connected:
+    with in_process_client(create_app(atlas, token=TOKEN)) as connected:
         yield connected
 
 
@@ -76,7 +77,7 @@ def test_errors_become_remote_errors(client, atlas, tmp_path):
 
 def test_add_and_remove_datasets_with_the_token(tmp_path):
     root = small_atlas(tmp_path / "atlas")
-    with running(create_app(root, token=TOKEN)) as url, screader_db.Client(url, token=TOKEN, timeout=120) as client:
+    with in_process_client(create_app(root, token=TOKEN), token=TOKEN) as client:
         added = client.add_dataset(make_counts(n_cells=80, seed=11), name="extra", label_key="cell_type")
         assert added["version"] == 2
         assert sorted(d["name"] for d in client.datasets()) == ["extra", "synthetic"]

@@ -85,15 +85,16 @@ def test_killed_writer_leaves_the_previous_version(atlas, tmp_path):
 
 
 READER = textwrap.dedent("""
-    import hashlib, json, sys, time
+    import hashlib, json, os, sys
     import anndata as ad
     from screader_db import annotate, store
 
-    root, query_path, seconds = sys.argv[1], sys.argv[2], float(sys.argv[3])
+    root, query_path, stop = sys.argv[1], sys.argv[2], sys.argv[3]
     query = ad.read_h5ad(query_path)
     seen = []
-    end = time.time() + seconds
-    while time.time() < end or not seen:
+    finished = False
+    while not finished:  # the last pass starts after the writers finished, so it reads their last version
+        finished = os.path.exists(stop)
         atlas = store.open_atlas(root)
         result = annotate(query, atlas)
         digest = hashlib.sha256(json.dumps([list(result.labels), result.neighbour_ids.tolist()]).encode()).hexdigest()
@@ -115,23 +116,26 @@ def test_readers_see_only_complete_versions_while_writers_write(atlas, tmp_path)
         path = tmp_path / f"extra{i}.h5ad"
         make_counts(n_cells=400, seed=10 + i).write_h5ad(path)
         extras.append(path)
-    readers = [subprocess.Popen([sys.executable, "-c", READER, str(atlas), str(query_path), "25"],
+    stop = tmp_path / "writers-finished"
+    readers = [subprocess.Popen([sys.executable, "-c", READER, str(atlas), str(query_path), str(stop)],
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(8)]
     for reader in readers:  # every reader has answered from version 1 before the writers start
         assert reader.stderr is not None
         while (line := reader.stderr.readline()) and line.strip() != "answered":
             pass
-    add_dataset(atlas, extras[0], label_key="cell_type", name="extra0")
-    remove_dataset(atlas, "base")
-    add_dataset(atlas, extras[1], label_key="cell_type", name="extra1")
+    try:
+        add_dataset(atlas, extras[0], label_key="cell_type", name="extra0")
+        remove_dataset(atlas, "base")
+        add_dataset(atlas, extras[1], label_key="cell_type", name="extra1")
+    finally:
+        stop.touch()
     outputs = [r.communicate(timeout=600) for r in readers]
     for reader, (_, err) in zip(readers, outputs, strict=True):
         assert reader.returncode == 0, err
     expected = {v: _answers(atlas, query, version=v) for v in store.list_versions(atlas)}
     assert sorted(expected) == [1, 2, 3, 4]
-    seen_versions = set()
     for out, _ in outputs:
-        for version, digest in json.loads(out):
+        seen = json.loads(out)
+        for version, digest in seen:
             assert digest == expected[version], f"a reader saw an answer that matches no complete version {version}"
-            seen_versions.add(version)
-    assert len(seen_versions) >= 2
+        assert (seen[0][0], seen[-1][0]) == (1, 4), "each reader starts on the first version and ends on the last"

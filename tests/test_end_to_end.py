@@ -8,6 +8,8 @@ from screader_db.builders.atlas import BuildSettings, build_atlas
 from screader_db.evaluation import MethodSpec, Task, evaluate
 from screader_db.inputs import read_h5ad
 
+pytestmark = pytest.mark.data("baron_human", "baron_mouse", "orthologs_human_mouse_all", "minilm")
+
 
 @pytest.fixture(scope="session")
 def baron(data_path):

@@ -11,6 +11,7 @@ from screader_db.errors import AtlasMismatchError
 from screader_db.explain import explain_cell, label_markers, label_profiles
 from screader_db.store import open_atlas
 
+pytestmark = pytest.mark.data("pbmc3k")
 B_MARKERS = {"CD79A", "CD79B", "MS4A1", "CD74", "HLA-DRA", "CD19", "TCL1A"}
 
 

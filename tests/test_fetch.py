@@ -23,6 +23,7 @@ def private_home(tmp_path, monkeypatch, data_path):
     return tmp_path / "home"
 
 
+@pytest.mark.data(SMALL)
 def test_fetch_verifies_and_caches(private_home):
     path = fetch.ensure(SMALL)
     assert path == fetch.cached_path(get_entry(SMALL))
@@ -30,6 +31,7 @@ def test_fetch_verifies_and_caches(private_home):
     assert not [p for p in path.parent.parent.iterdir() if p.name.startswith(".")]
 
 
+@pytest.mark.data(SMALL)
 def test_flipped_byte_is_detected_and_fetched_again(private_home):
     path = fetch.ensure(SMALL)
     data = bytearray(path.read_bytes())
@@ -43,6 +45,7 @@ def test_flipped_byte_is_detected_and_fetched_again(private_home):
     fetch.verify(get_entry(SMALL), again)
 
 
+@pytest.mark.data(SMALL)
 def test_archive_with_wrong_bytes_is_refused_and_nothing_stays(private_home, tmp_path, monkeypatch):
     bad = tmp_path / "bad"
     bad.mkdir()
@@ -59,6 +62,7 @@ def test_archive_with_wrong_bytes_is_refused_and_nothing_stays(private_home, tmp
     assert not [p for p in data.iterdir() if p.name.startswith(".")]
 
 
+@pytest.mark.data("minilm")
 def test_folder_entry_hash_covers_every_file(data_path):
     model = data_path("minilm")
     assert (model / "config.json").is_file()

@@ -1,3 +1,7 @@
+"""Gene identifiers: species from symbol case, symbol/alias/Ensembl lookup, mouse orthologs, descriptions."""
+
+import pytest
+
 from screader_db.genes import GeneResolver, detect_species, looks_like_ensembl
 
 
@@ -16,6 +20,7 @@ def test_symbols_aliases_and_ensembl_map_to_symbols():
     assert mapped.how["ensembl"] == 2
 
 
+@pytest.mark.data("orthologs_human_mouse_all")
 def test_mouse_symbols_map_through_orthologs(data_path):
     data_path("orthologs_human_mouse_all")
     mapped = GeneResolver().map(["Gcg", "Ins1", "Cd3e", "Zzz3"], species="mouse")
@@ -31,6 +36,7 @@ def test_descriptions_fall_back_to_the_symbol():
     assert len(shas[0]) == 64
 
 
+@pytest.mark.data("orthologs_human_mouse_all")
 def test_one_to_many_mouse_genes_map_to_their_single_human_ortholog(data_path):
     data_path("orthologs_human_mouse_all")
     mapped = GeneResolver().map(["Ins1", "Ins2", "Gcg"], species="mouse")

@@ -4,19 +4,20 @@ import numpy as np
 import pytest
 
 from screader_db.cell_embedding import l2_normalise
-from screader_db.index import TorchFlatSearcher, build_index, gpu_searcher, search, torch_cuda
+from screader_db.devices import cuda_available
+from screader_db.index import CellIndex, TorchFlatSearcher
 
-pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch_cuda(), reason="needs a CUDA GPU")]
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not cuda_available(), reason="needs a CUDA GPU")]
 
 
 def test_gpu_search_matches_exact_cpu_search():
     rng = np.random.default_rng(0)
     vectors = l2_normalise(rng.standard_normal((20000, 64)))
-    index, _ = build_index(vectors, np.arange(20000, dtype=np.int64) + (5 << 32), kind="flat")
+    index = CellIndex.build(vectors, np.arange(20000, dtype=np.int64) + (5 << 32), kind="flat")
     queries = l2_normalise(rng.standard_normal((500, 64)))
-    cpu_sims, cpu_ids = search(index, queries, 10, use_gpu=False)
-    gpu_sims, gpu_ids = search(index, queries, 10, use_gpu=True)
-    assert gpu_searcher(index) is not None
+    cpu_sims, cpu_ids = index.search(queries, 10, use_gpu=False)
+    gpu_sims, gpu_ids = index.search(queries, 10, use_gpu=True)
+    assert index.gpu_searcher() is not None
     np.testing.assert_allclose(gpu_sims, cpu_sims, atol=2e-3)
     assert (gpu_ids[:, 0] == cpu_ids[:, 0]).mean() > 0.99
 
@@ -24,7 +25,7 @@ def test_gpu_search_matches_exact_cpu_search():
 def test_torch_searcher_in_full_precision_is_exact():
     rng = np.random.default_rng(1)
     vectors = l2_normalise(rng.standard_normal((3000, 32)))
-    index, _ = build_index(vectors, np.arange(3000, dtype=np.int64), kind="flat")
+    index = CellIndex.build(vectors, np.arange(3000, dtype=np.int64), kind="flat")
     searcher = TorchFlatSearcher(index, dtype="float32")
     sims, ids = searcher.search(vectors[:100], 5)
     assert (ids[:, 0] == np.arange(100)).all()

@@ -134,6 +134,7 @@ def test_cli_builds_an_adaptor_atlas(tmp_path):
     assert (params["n_top"], params["epochs"]) == (12, 2)
 
 
+@pytest.mark.data("baron_human", "baron_mouse", "orthologs_human_mouse_all", "minilm", "smollm2")
 @pytest.mark.slow
 def test_hybrid_over_smollm2_annotates_baron_mouse(data_path, tmp_path):
     """Real SmolLM2 decoder, MiniLM gene vectors: 400 Baron human cells, 4 epochs -> 300 Baron mouse cells

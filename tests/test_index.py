@@ -1,3 +1,6 @@
+import ast
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -6,14 +9,13 @@ from screader_db.errors import AtlasError, ScreaderError
 from screader_db.index import (
     PCA_DIM,
     REFINE_FACTORS,
-    build_index,
+    CellIndex,
     choose_kind,
     exact_search,
-    load_index,
-    remove_id_range,
-    save_index,
-    search,
+    knn,
 )
+
+PACKAGE = Path(__file__).resolve().parents[1]
 
 
 def _vectors(n, d=16, seed=0):
@@ -25,38 +27,79 @@ def _vectors(n, d=16, seed=0):
 def test_flat_index_returns_exact_neighbours_with_cell_ids(tmp_path):
     V = _vectors(500)
     ids = (np.int64(7) << 32) + np.arange(500, dtype=np.int64)
-    index, info = build_index(V, ids)
-    assert info.kind == "flat"
-    sims, found = search(index, V[:5], 3)
+    index = CellIndex.build(V, ids)
+    assert index.kind == "flat" and index.info.kind == "flat" and index.nprobe == 0
+    sims, found = index.search(V[:5], 3)
     assert list(found[:, 0]) == list(ids[:5])
     np.testing.assert_allclose(sims[:, 0], 1.0, rtol=1e-5)
-    save_index(index, info, tmp_path / "i.faiss", {"model_id": "m"})
-    loaded, sidecar = load_index(tmp_path / "i.faiss", verify=True)
-    assert sidecar["provenance"]["model_id"] == "m"
-    assert loaded.ntotal == 500
+    index.save(tmp_path / "i.faiss", {"model_id": "m"})
+    loaded = CellIndex.load(tmp_path / "i.faiss", verify=True)
+    assert loaded.provenance["model_id"] == "m"
+    assert loaded.ntotal == 500 and loaded.kind == "flat" and loaded.dim == 16
+    np.testing.assert_array_equal(loaded.ids(), ids)
 
 
 def test_ivf_reaches_its_recall_target():
     V = _vectors(20000, seed=1)
-    _, info = build_index(V, np.arange(20000, dtype=np.int64), kind="ivf", recall_target=0.95)
-    assert info.kind == "ivf" and info.nlist > 0
+    index = CellIndex.build(V, np.arange(20000, dtype=np.int64), kind="ivf", recall_target=0.95)
+    info = index.info
+    assert info.kind == "ivf" and info.nlist > 0 and index.nprobe == info.nprobe
     assert info.recall_at_10 >= 0.95
+
+
+def test_recall_counts_the_exact_neighbours_found():
+    V = _vectors(20000, seed=1)
+    ids = np.arange(20000, dtype=np.int64) + 3
+    index = CellIndex.build(V, ids, kind="ivf", recall_target=0.95)
+    queries = V[:200]
+    _, rows = knn(queries, V, 11)
+    truth = ids[rows[:, 1:]]
+    tuned = index.recall(queries, truth, own=ids[:200])
+    assert tuned >= 0.9
+    index.nprobe = 1
+    assert index.info.nprobe == 1 and index.recall(queries, truth, own=ids[:200]) < tuned
+    index.nprobe = index.info.nlist
+    assert index.recall(queries, truth, own=ids[:200]) == 1.0
 
 
 def test_damaged_index_is_refused(tmp_path):
     V = _vectors(100)
-    index, info = build_index(V, np.arange(100, dtype=np.int64))
-    save_index(index, info, tmp_path / "i.faiss", {})
+    CellIndex.build(V, np.arange(100, dtype=np.int64)).save(tmp_path / "i.faiss", {})
     raw = bytearray((tmp_path / "i.faiss").read_bytes())
     raw[-10] ^= 0xFF
     (tmp_path / "i.faiss").write_bytes(bytes(raw))
     with pytest.raises(AtlasError, match="does not match its recorded sha256"):
-        load_index(tmp_path / "i.faiss", verify=True)
+        CellIndex.load(tmp_path / "i.faiss", verify=True)
+
+
+def test_a_missing_index_is_an_atlas_error(tmp_path):
+    with pytest.raises(AtlasError, match=r"cannot read the FAISS index \S*nothing.faiss"):
+        CellIndex.load(tmp_path / "nothing.faiss")
 
 
 def test_unknown_kind():
     with pytest.raises(ScreaderError, match="unknown index kind 'hnsw'"):
-        build_index(_vectors(10), np.arange(10, dtype=np.int64), kind="hnsw")
+        CellIndex.build(_vectors(10), np.arange(10, dtype=np.int64), kind="hnsw")
+
+
+def test_a_flat_index_has_no_lists_to_probe():
+    index = CellIndex.build(_vectors(50), np.arange(50, dtype=np.int64))
+    with pytest.raises(ScreaderError, match="a flat index has no lists to probe"):
+        index.nprobe = 4
+
+
+def test_add_and_remove_keep_the_recorded_size(tmp_path):
+    V = _vectors(300, seed=5)
+    first, second = np.arange(200, dtype=np.int64), (np.int64(1) << 32) + np.arange(100, dtype=np.int64)
+    index = CellIndex.build(V[:200], first)
+    index.add(V[200:], second)
+    assert index.ntotal == index.info.n == 300
+    _, found = index.search(V[200:210], 1)
+    np.testing.assert_array_equal(found[:, 0], second[:10])
+    index.remove(0, 1 << 32)
+    assert index.ntotal == index.info.n == 100
+    index.save(tmp_path / "i.faiss", {})
+    assert CellIndex.load(tmp_path / "i.faiss").info.n == 100
 
 
 def _wide(n, d=300, seed=2):
@@ -84,10 +127,11 @@ def test_pca_index_reaches_its_target_and_returns_inner_products(tmp_path):
     drawn = _wide(6300)
     V, queries = drawn[:6000], drawn[6000:]
     ids = _ids(6000)
-    index, info = build_index(V, ids, kind="ivf-pca", recall_target=0.95)
-    assert info.kind == "ivf-pca" and info.extra["pca_dim"] == PCA_DIM
+    index = CellIndex.build(V, ids, kind="ivf-pca", recall_target=0.95)
+    info = index.info
+    assert index.kind == "ivf-pca" and info.extra["pca_dim"] == PCA_DIM
     assert info.recall_at_10 >= 0.95 and info.extra["k_factor"] in REFINE_FACTORS
-    sims, found = search(index, queries, 10)
+    sims, found = index.search(queries, 10)
     _, rows = exact_search(queries, V, 10)
     recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(found, ids[rows], strict=True)])
     assert recall >= 0.9
@@ -97,26 +141,27 @@ def test_pca_index_reaches_its_target_and_returns_inner_products(tmp_path):
     np.testing.assert_allclose(sims, direct, atol=1e-4)
     assert np.all(np.diff(sims, axis=1) <= 1e-6)
     # A larger k re-ranks the tuned pool (or k candidates, if more): its first ten are at least as close.
-    wider, _ = search(index, queries, 15)
+    wider, _ = index.search(queries, 15)
     assert np.all(wider[:, :10] >= sims - 1e-6)
-    save_index(index, info, tmp_path / "i.faiss", {})
-    loaded, sidecar = load_index(tmp_path / "i.faiss")
-    assert sidecar["index"]["k_factor"] == info.extra["k_factor"]
-    _, found_again = search(loaded, queries, 10)
+    index.save(tmp_path / "i.faiss", {})
+    loaded = CellIndex.load(tmp_path / "i.faiss")
+    assert loaded.kind == "ivf-pca" and loaded.info.extra["k_factor"] == info.extra["k_factor"]
+    assert loaded.nprobe == info.nprobe
+    _, found_again = loaded.search(queries, 10)
     np.testing.assert_array_equal(found_again, found)
 
 
 def test_pca_index_filters_and_removes_exactly_by_id():
     V = _wide(4000, seed=3)
     ids = _ids(4000)
-    index, _ = build_index(V, ids, kind="ivf-pca", recall_target=0.95)
+    index = CellIndex.build(V, ids, kind="ivf-pca", recall_target=0.95)
     queries = V[:50]
     second = ids[ids >= (np.int64(2) << 40)]
-    _, found = search(index, queries, 10, allowed=second)
+    _, found = index.search(queries, 10, allowed=second)
     assert np.isin(found, second).all()
-    remove_id_range(index, int(np.int64(1) << 40), int(np.int64(2) << 40))
-    assert index.ntotal == len(second)
-    _, after = search(index, queries, 10)
+    index.remove(int(np.int64(1) << 40), int(np.int64(2) << 40))
+    assert index.ntotal == index.info.n == len(second)
+    _, after = index.search(queries, 10)
     assert np.isin(after, second).all()
     # The removal keeps the trained lists, so the remaining cells are found as before.
     np.testing.assert_array_equal(after, found)
@@ -124,12 +169,46 @@ def test_pca_index_filters_and_removes_exactly_by_id():
 
 def test_pca_index_stops_probing_when_the_target_is_out_of_reach():
     V = _wide(4000, seed=4)
-    _, info = build_index(V, _ids(4000), kind="ivf-pca", recall_target=1.01)
+    info = CellIndex.build(V, _ids(4000), kind="ivf-pca", recall_target=1.01).info
     assert not info.extra["target_met"]
     # It stops where recall stops improving, not at every list.
     assert info.nprobe < info.nlist and info.recall_at_10 >= 0.95
 
 
 def test_pca_kind_on_narrow_vectors_is_a_plain_ivf():
-    _, info = build_index(_vectors(3000, d=64), np.arange(3000, dtype=np.int64), kind="ivf-pca")
+    info = CellIndex.build(_vectors(3000, d=64), np.arange(3000, dtype=np.int64), kind="ivf-pca").info
     assert info.kind == "ivf" and "k_factor" not in info.extra
+
+
+def test_knn_is_exact_search_over_vectors_in_memory():
+    V, queries = _vectors(800, seed=6), _vectors(40, seed=7)
+    sims, rows = knn(queries, V, 5)
+    direct = queries @ V.T
+    np.testing.assert_array_equal(rows[:, 0], direct.argmax(axis=1))
+    np.testing.assert_allclose(sims, np.sort(direct, axis=1)[:, ::-1][:, :5], atol=1e-5)
+    distances, nearest = knn(queries, V, 5, metric="l2")
+    np.testing.assert_array_equal(nearest[:, 0], rows[:, 0])  # unit rows: nearest is most similar
+    np.testing.assert_allclose(distances[:, 0], 2 - 2 * sims[:, 0], atol=1e-5)
+    with pytest.raises(ScreaderError, match="unknown metric 'cosine' for knn"):
+        knn(queries, V, 5, metric="cosine")
+
+
+def test_approximate_knn_finds_most_exact_neighbours():
+    V = _vectors(5000, seed=8)
+    _, exact = knn(V[:300], V, 10)
+    _, approximate = knn(V[:300], V, 10, approximate=True, seed=1)
+    found = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(approximate, exact, strict=True)])
+    assert found > 0.8
+    np.testing.assert_array_equal(knn(V[:300], V, 10, approximate=True, seed=1)[1], approximate)
+
+
+def test_no_module_but_the_index_imports_faiss():
+    """FAISS is owned by screader_db/index.py: no other module of the package or the benchmarks imports it."""
+    importers = []
+    for path in sorted([*(PACKAGE / "screader_db").rglob("*.py"), *(PACKAGE / "benchmarks").rglob("*.py")]):
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            if any(name == "faiss" or name.startswith("faiss.") for name in names):
+                importers.append(str(path.relative_to(PACKAGE)))
+    assert set(importers) == {"screader_db/index.py"}

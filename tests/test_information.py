@@ -21,6 +21,7 @@ def _with_empty_cells(query, n=5):
     return ad.concat([query[:half], extra, query[half:]], join="outer")
 
 
+@pytest.mark.data("pbmc3k")
 def test_all_zero_and_all_ones_cells_are_empty_and_the_rest_keep_their_labels(pbmc_split, pbmc_result):
     root, query, _ = pbmc_split
     floor = store.open_atlas(root).annotation_defaults()["scores"]["min_detected_genes"]
@@ -44,6 +45,7 @@ def test_all_zero_and_all_ones_cells_are_empty_and_the_rest_keep_their_labels(pb
     assert list(written.obs.loc[written.obs_names.str.startswith("zero"), "screader_unassigned_reason"]) == ["empty"] * 5
 
 
+@pytest.mark.data("pbmc3k")
 def test_a_query_of_only_empty_cells_is_refused(pbmc_split):
     root, query, _ = pbmc_split
     blank = ad.AnnData(X=sp.csr_matrix((20, query.n_vars), dtype=np.float32), var=query.var[[]].copy(),

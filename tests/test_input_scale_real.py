@@ -6,6 +6,7 @@ import scipy.sparse as sp
 
 from screader_db.inputs import SCALE_SAMPLE, detect_scale, read_h5ad
 
+pytestmark = pytest.mark.data("pbmc3k", "baron_human")
 WAYS = {
     "ln(1+CP10k)": ("ln", 1e4, np.log1p),
     "log2(1+CPM)": ("log2", 1e6, lambda v: np.log2(1 + v)),

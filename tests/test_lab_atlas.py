@@ -7,6 +7,7 @@ from typer.testing import CliRunner
 from screader_db import annotate, store
 from screader_db.cli import app
 
+pytestmark = pytest.mark.data("baron_human", "baron_mouse", "orthologs_human_mouse_all", "pbmc3k")
 runner = CliRunner()
 
 

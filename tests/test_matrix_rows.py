@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 from conftest import make_counts
-from serving import running, small_atlas
+from serving import in_process, small_atlas
 from typer.testing import CliRunner
 
 from screader_db import annotate
@@ -179,13 +179,13 @@ def test_the_server_answers_a_malformed_upload_with_422_and_keeps_serving(atlas,
 
     path = tmp_path / "query.h5ad"
     out_of_range_column(path)
-    with running(create_app(atlas)) as url, httpx.Client(timeout=60) as client:
+    with in_process(create_app(atlas)) as client:
         with open(path, "rb") as handle:
-            answer = client.post(f"{url}/annotate", files={"file": ("query.h5ad", handle, "application/octet-stream")})
+            answer = client.post("/annotate", files={"file": ("query.h5ad", handle, "application/octet-stream")})
         assert answer.status_code == 422, answer.text
         assert "gene index 100,000,000" in answer.json()["error"]
         assert str(tmp_path) not in answer.text
-        assert client.get(f"{url}/health").status_code == 200
+        assert client.get("/health").status_code == 200
 
 
 def test_a_server_process_answers_a_malformed_upload_and_keeps_answering(atlas, tmp_path):

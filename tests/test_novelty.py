@@ -6,7 +6,30 @@ from conftest import make_counts
 
 from screader_db import annotate
 from screader_db.builders.atlas import BuildSettings, build_atlas
-from screader_db.novelty import LabelProfiles, best_matches, detect, match_scores, relative_match
+from screader_db.novelty import LabelProfiles, best_matches, cluster_on_components, detect, match_scores, relative_match
+
+
+def test_the_held_out_split_takes_thirty_percent_of_each_label():
+    from screader_db.calibration import split
+
+    rng = np.random.default_rng(11)
+    labels = np.array(["a"] * 50 + ["b"] * 31 + ["c"] + ["d"] * 2 + ["e"] * 17)[rng.permutation(101)]
+    test = split(labels, seed=4)
+    counts = {label: int(test[labels == label].sum()) for label in "abcde"}
+    assert counts == {"a": 15, "b": 9, "c": 0, "d": 1, "e": 5}
+    np.testing.assert_array_equal(split(labels, seed=4), test)
+    assert (split(labels, seed=5) != test).any()
+
+
+def test_cluster_on_components_separates_populations_the_same_way_every_time():
+    rng = np.random.default_rng(2)
+    centres = rng.standard_normal((4, 40)) * 5
+    kinds = rng.integers(0, 4, 400)
+    X = centres[kinds] + rng.standard_normal((400, 40))
+    labels, centroids, loadings = cluster_on_components(X, n_clusters=4, seed=3)
+    assert centroids.shape == (4, 30) and loadings.shape == (31, 40)
+    assert all(len(set(labels[kinds == kind])) == 1 for kind in range(4)) and len(set(labels)) == 4
+    np.testing.assert_array_equal(cluster_on_components(X, n_clusters=4, seed=3)[0], labels)
 
 
 def test_best_matches_centre_each_side():
@@ -63,6 +86,7 @@ def baron(data_path):
     return read_h5ad(data_path("baron_human")), read_h5ad(data_path("baron_mouse"))
 
 
+@pytest.mark.data("baron_human", "baron_mouse", "orthologs_human_mouse_all")
 def test_a_type_missing_from_the_atlas_comes_back_unassigned(baron, tmp_path):
     human, mouse = baron
     held_out = "endothelial cell"

@@ -3,7 +3,7 @@
 import pytest
 
 from screader_db.errors import OutputExistsError, OutputPathError
-from screader_db.outputs import Output, check_output, check_outputs, staged
+from screader_db.outputs import Output, atomic_write, check_output, check_outputs, staged
 
 
 def _files(folder):
@@ -60,3 +60,30 @@ def test_a_move_that_cannot_happen_stops_every_move(tmp_path):
         temporary[table].write_text("cells")
         (temporary[plots] / "umap.png").write_bytes(b"png")
     assert _files(tmp_path) == ["plots", "plots/umap.png"]
+
+
+def test_one_file_is_replaced_whole_or_not_at_all(tmp_path):
+    target = tmp_path / "table.csv"
+    target.write_text("old")
+    with pytest.raises(RuntimeError, match="disk full"), atomic_write(target) as tmp:
+        assert tmp == tmp_path / ".table.csv.tmp"
+        tmp.write_text("half")
+        raise RuntimeError("disk full")
+    assert _files(tmp_path) == ["table.csv"] and target.read_text() == "old"
+    with atomic_write(target, tag=".7") as tmp:
+        assert tmp.name == ".table.csv.7.tmp"
+        tmp.write_text("new")
+        assert target.read_text() == "old"
+    assert _files(tmp_path) == ["table.csv"] and target.read_text() == "new"
+
+
+def test_a_folder_finished_first_by_another_writer_is_kept(tmp_path):
+    target = tmp_path / "model"
+    with atomic_write(target, keep_existing=True) as tmp:
+        tmp.mkdir()
+        (tmp / "config.json").write_text("first")
+    with atomic_write(target, keep_existing=True) as tmp:
+        tmp.mkdir()
+        (tmp / "config.json").write_text("second")
+    assert _files(tmp_path) == ["model", "model/config.json"]
+    assert (target / "config.json").read_text() == "first"

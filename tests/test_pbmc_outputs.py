@@ -4,6 +4,7 @@ command's outputs (annotated .h5ad, table, PNGs) open in scanpy and an image rea
 import anndata as ad
 import matplotlib
 import pandas as pd
+import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -11,6 +12,7 @@ from screader_db import annotate
 from screader_db.cli import app
 
 matplotlib.use("Agg")
+pytestmark = pytest.mark.data("pbmc3k")
 
 
 def test_ensembl_ids_annotate_like_symbols(pbmc_split):
@@ -39,9 +41,12 @@ def test_query_outputs_open_in_scanpy_and_as_images(pbmc_split, tmp_path):
                                       "--plots", str(plots), "--truth-key", "celltype"])
     assert result.exit_code == 0, result.output
     annotated = ad.read_h5ad(out)
-    assert annotated.n_obs == query.n_obs and {"X_umap", "screader_scores", "screader_neighbours"} <= set(annotated.obsm)
+    assert annotated.n_obs == query.n_obs
+    assert {"X_screader_umap", "screader_scores", "screader_neighbours"} <= set(annotated.obsm)
+    assert "X_umap" not in annotated.obsm
     assert annotated.obs["screader_label"].notna().all()
-    sc.pl.umap(annotated, color="screader_label", show=False)
+    assert isinstance(annotated.uns["screader"]["novelty"], dict)  # nested info stays nested, not a string
+    sc.pl.embedding(annotated, basis="screader_umap", color="screader_label", show=False)
     figure = matplotlib.pyplot.gcf()
     figure.savefig(tmp_path / "scanpy_umap.png")
     matplotlib.pyplot.close(figure)

@@ -68,6 +68,7 @@ def read_page(path) -> Page:
     return Page(path.read_text(encoding="utf-8"))
 
 
+@pytest.mark.data("pbmc3k")
 def test_report_is_one_self_contained_file(pbmc_split, pbmc_result, tmp_path):
     _, query, _ = pbmc_split
     path = write_report(pbmc_result, query, tmp_path / "report.html", truth=query.obs["celltype"])
@@ -96,6 +97,7 @@ def test_report_is_one_self_contained_file(pbmc_split, pbmc_result, tmp_path):
     write_report(pbmc_result, query, path, overwrite=True)
 
 
+@pytest.mark.data("pbmc3k")
 def test_query_command_writes_the_report_and_keeps_an_existing_one(pbmc_split, tmp_path):
     root, _, path = pbmc_split
     report = tmp_path / "report.html"
@@ -118,6 +120,7 @@ def without_b(pbmc_parts, tmp_path_factory):
     return root
 
 
+@pytest.mark.data("pbmc3k")
 def test_report_lists_a_population_the_atlas_lacks(pbmc_parts, without_b, tmp_path):
     _, query = pbmc_parts
     # On this small atlas the calibration turns the check off (CD4 and CD8 T cells are too alike to

@@ -1,4 +1,5 @@
-"""The HTTP server, over real HTTP on 127.0.0.1: annotation equals annotate(), auth, limits, version switches."""
+"""The HTTP server in process through its ASGI app: annotation equals annotate(), auth, limits, version
+switches; and `screader-db serve` as a process over real HTTP on 127.0.0.1."""
 
 import json
 import subprocess
@@ -12,7 +13,7 @@ import httpx
 import numpy as np
 import pytest
 from conftest import make_counts
-from serving import TOKEN, running, serve_process, small_atlas
+from serving import TOKEN, in_process, serve_process, small_atlas
 from typer.testing import CliRunner
 
 from screader_db import annotate
@@ -34,9 +35,11 @@ def atlas(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def url(atlas):
-    with running(create_app(atlas, token=TOKEN, limits=ServerLimits(max_upload_bytes=LIMIT, max_json_bytes=LIMIT))) as base:
-        yield base
+def api(atlas):
+    """The atlas's application, with a token and body limits, answering in this process."""
+    limits = ServerLimits(max_upload_bytes=LIMIT, max_json_bytes=LIMIT)
+    with in_process(create_app(atlas, token=TOKEN, limits=limits)) as client:
+        yield client
 
 
 @pytest.fixture(scope="module")
@@ -55,26 +58,26 @@ def _same_as_local(rows, local):
         assert np.array_equal(np.array([r[column] for r in rows]), local.table[column].to_numpy(dtype=float)), column
 
 
-def test_health_datasets_versions(url, atlas):
-    health = http.get(f"{url}/health").json()
+def test_health_datasets_versions(api, atlas):
+    health = api.get("/health").json()
     assert health["status"] == "ok" and health["version"] == 1 and health["model_id"] == "random:16:0"
     assert health["cells"] == 200 and health["datasets"] == 1
-    datasets = http.get(f"{url}/datasets").json()
+    datasets = api.get("/datasets").json()
     assert datasets["version"] == 1
     assert [(d["name"], d["n_cells"], d["label_key"]) for d in datasets["datasets"]] == [("synthetic", 200, "cell_type")]
-    versions = http.get(f"{url}/versions").json()
+    versions = api.get("/versions").json()
     assert versions["current"] == 1
     assert [(v["version"], v["current"], v["n_cells"], v["datasets"], v["action"]) for v in versions["versions"]] == \
         [(1, True, 200, 1, "build")]
-    assert http.get(f"{url}/docs").status_code == 200
-    assert "/annotate" in http.get(f"{url}/openapi.json").json()["paths"]
+    assert api.get("/docs").status_code == 200
+    assert "/annotate" in api.get("/openapi.json").json()["paths"]
 
 
-def test_annotate_h5ad_upload_equals_local_annotate(url, atlas, query):
+def test_annotate_h5ad_upload_equals_local_annotate(api, atlas, query):
     adata, path = query
     with open(path, "rb") as handle:
-        response = http.post(f"{url}/annotate", params={"k": 10, "min_score": 0.5},
-                              files={"file": ("query.h5ad", handle)})
+        response = api.post("/annotate", params={"k": 10, "min_score": 0.5},
+                            files={"file": ("query.h5ad", handle)})
     assert response.status_code == 200, response.text
     body = response.json()
     assert list(body["cells"][0]) == ROW_COLUMNS
@@ -83,30 +86,30 @@ def test_annotate_h5ad_upload_equals_local_annotate(url, atlas, query):
     assert body["labels"] == ["type0", "type1", "type2"]
 
 
-def test_annotate_json_counts_equals_local_annotate(url, atlas, query):
+def test_annotate_json_counts_equals_local_annotate(api, atlas, query):
     adata, _ = query
     payload = {"genes": list(adata.var_names), "cells": list(adata.obs_names), "counts": adata.X.toarray().tolist()}
-    response = http.post(f"{url}/annotate", json=payload, params={"k": 7, "level": "harmonised"})
+    response = api.post("/annotate", json=payload, params={"k": 7, "level": "harmonised"})
     assert response.status_code == 200, response.text
     _same_as_local(response.json()["cells"], annotate(adata, atlas, k=7, level="harmonised"))
     assert response.json()["info"]["level"] == "harmonised"
     logged = adata.copy()
     logged.X = np.log1p(logged.X.toarray() / logged.X.sum(axis=1).A * 1e4)
     payload["counts"] = logged.X.tolist()
-    response = http.post(f"{url}/annotate", json=payload)
+    response = api.post("/annotate", json=payload)
     assert response.status_code == 200, response.text
     assert response.json()["info"]["input_kind"] != "counts"
 
 
-def test_annotate_restricted_to_some_atlas_cells(url, atlas, query):
+def test_annotate_restricted_to_some_atlas_cells(api, atlas, query):
     adata, path = query
     params = {"datasets": ["synthetic"], "exclude_labels": ["type0"]}
     with open(path, "rb") as handle:
-        response = http.post(f"{url}/annotate", params=params, files={"file": ("query.h5ad", handle)})
+        response = api.post("/annotate", params=params, files={"file": ("query.h5ad", handle)})
     assert response.status_code == 200, response.text
     assert {r["label"] for r in response.json()["cells"]} <= {"type1", "type2"}
     _same_as_local(response.json()["cells"], annotate(adata, atlas, datasets=["synthetic"], exclude_labels=["type0"]))
-    unknown = http.post(f"{url}/annotate", params={"datasets": "nope"}, files={"file": ("query.h5ad", path.read_bytes())})
+    unknown = api.post("/annotate", params={"datasets": "nope"}, files={"file": ("query.h5ad", path.read_bytes())})
     assert unknown.status_code == 400
     assert unknown.json()["error"] == "the atlas has no data set 'nope'; known: synthetic"
 
@@ -135,32 +138,32 @@ def test_annotate_restricted_to_some_atlas_cells(url, atlas, query):
      "was built with gene-embedding model 'random:16:0', not 'minilm'"),
 ], ids=["row-length", "cell-names", "no-genes", "bad-json", "small-overlap", "no-symbols", "bad-h5ad", "no-file",
         "content-type", "k", "level", "model"])
-def test_annotate_input_errors_are_json(url, request_kw, status, message):
-    response = http.post(f"{url}/annotate", **request_kw)
+def test_annotate_input_errors_are_json(api, request_kw, status, message):
+    response = api.post("/annotate", **request_kw)
     assert response.status_code == status, response.text
     assert message in response.json()["error"]
     assert "screader-upload" not in response.json()["error"]
 
 
-def test_write_endpoints_need_the_token(url, atlas):
+def test_write_endpoints_need_the_token(api, atlas):
     files = {"file": ("ref.h5ad", b"x")}
-    missing = http.post(f"{url}/datasets", files=files, data={"name": "x", "label_key": "cell_type"})
+    missing = api.post("/datasets", files=files, data={"name": "x", "label_key": "cell_type"})
     assert missing.status_code == 401
     assert missing.json() == {"error": "no token was sent; send the header 'Authorization: Bearer <token>'"}
     assert missing.headers["www-authenticate"] == "Bearer"
-    wrong = http.delete(f"{url}/datasets/synthetic", headers={"Authorization": "Bearer nope"})
+    wrong = api.delete("/datasets/synthetic", headers={"Authorization": "Bearer nope"})
     assert wrong.status_code == 401 and wrong.json()["error"].startswith("a wrong token was sent")
-    assert http.get(f"{url}/health").json()["version"] == 1
-    with running(create_app(atlas)) as read_only:
-        refused = http.delete(f"{read_only}/datasets/synthetic", headers={"Authorization": f"Bearer {TOKEN}"})
+    assert api.get("/health").json()["version"] == 1
+    with in_process(create_app(atlas)) as read_only:
+        refused = read_only.delete("/datasets/synthetic", headers={"Authorization": f"Bearer {TOKEN}"})
     assert refused.status_code == 403
     assert refused.json()["error"].startswith("writing is disabled on this server: its operator can start it with "
                                               "SCREADER_DB_TOKEN set or with a token file")
 
 
-def test_oversized_bodies_are_refused_with_413(url, query):
+def test_oversized_bodies_are_refused_with_413(api, query):
     big = b"x" * (LIMIT + 1)
-    declared = http.post(f"{url}/annotate", content=big, headers={"content-type": "application/json"})
+    declared = api.post("/annotate", content=big, headers={"content-type": "application/json"})
     assert declared.status_code == 413
     assert declared.json()["error"] == ("the JSON body is larger than this server's limit of 0.4 MB (it has 0.4 MB); "
                                         "send fewer cells per request, or send them as an .h5ad upload")
@@ -169,23 +172,23 @@ def test_oversized_bodies_are_refused_with_413(url, query):
         for _ in range(LIMIT // 50_000 + 2):
             yield b"x" * 50_000
 
-    streamed = http.post(f"{url}/annotate", content=chunks(), headers={"content-type": "application/json"})
+    streamed = api.post("/annotate", content=chunks(), headers={"content-type": "application/json"})
     assert streamed.request.headers.get("content-length") is None
     assert streamed.status_code == 413
     assert streamed.json()["error"].startswith("the JSON body is larger than this server's limit of 0.4 MB;")
-    upload = http.post(f"{url}/annotate", files={"file": ("big.h5ad", big)})
+    upload = api.post("/annotate", files={"file": ("big.h5ad", big)})
     assert upload.status_code == 413
     _, path = query
     with open(path, "rb") as handle:
-        assert http.post(f"{url}/annotate", files={"file": ("query.h5ad", handle)}).status_code == 200
+        assert api.post("/annotate", files={"file": ("query.h5ad", handle)}).status_code == 200
 
 
-def test_concurrent_requests_are_served(url, query):
+def test_concurrent_requests_are_served(api, query):
     _, path = query
     content = path.read_bytes()
 
     def one(_):
-        return http.post(f"{url}/annotate", files={"file": ("q.h5ad", content)}).json()["cells"]
+        return api.post("/annotate", files={"file": ("q.h5ad", content)}).json()["cells"]
 
     with ThreadPoolExecutor(6) as pool:
         results = list(pool.map(one, range(12)))
@@ -196,21 +199,21 @@ def test_a_new_version_is_served_without_restart(tmp_path, query):
     root = small_atlas(tmp_path / "atlas")
     adata, _ = query
     payload = {"genes": list(adata.var_names), "counts": adata.X.toarray().tolist()}
-    with running(create_app(root)) as base:
-        assert http.get(f"{base}/health").json()["version"] == 1
-        first = http.post(f"{base}/annotate", json=payload).json()
+    with in_process(create_app(root)) as server:
+        assert server.get("/health").json()["version"] == 1
+        first = server.post("/annotate", json=payload).json()
         small_atlas(root, n_cells=150, seed=7, overwrite=True)
-        health = http.get(f"{base}/health").json()
+        health = server.get("/health").json()
         assert (health["version"], health["cells"]) == (2, 150)
-        second = http.post(f"{base}/annotate", json=payload).json()
+        second = server.post("/annotate", json=payload).json()
         assert first["info"]["atlas_version"] == 1 and second["info"]["atlas_version"] == 2
-        versions = http.get(f"{base}/versions").json()
+        versions = server.get("/versions").json()
         assert [(v["version"], v["current"]) for v in versions["versions"]] == [(1, False), (2, True)]
 
 
 def test_missing_atlas_is_503(tmp_path):
-    with running(create_app(tmp_path / "none")) as base:
-        response = http.get(f"{base}/health")
+    with in_process(create_app(tmp_path / "none")) as server:
+        response = server.get("/health")
     assert response.status_code == 503
     assert response.json()["error"].startswith("no atlas at")
 
@@ -221,28 +224,28 @@ def test_add_and_remove_datasets(tmp_path):
     make_counts(n_cells=80, seed=11).write_h5ad(extra)
     auth = {"Authorization": f"Bearer {TOKEN}"}
     form = {"name": "extra", "label_key": "cell_type"}
-    with running(create_app(root, token=TOKEN)) as base:
-        added = http.post(f"{base}/datasets", headers=auth, files={"file": ("extra.h5ad", extra.read_bytes())}, data=form)
+    with in_process(create_app(root, token=TOKEN)) as server:
+        added = server.post("/datasets", headers=auth, files={"file": ("extra.h5ad", extra.read_bytes())}, data=form)
         assert added.status_code == 201, added.text
         assert added.json() == {"dataset": "extra", "version": 2, "cells": 280}
-        assert http.get(f"{base}/health").json()["cells"] == 280
-        names = [d["name"] for d in http.get(f"{base}/datasets").json()["datasets"]]
+        assert server.get("/health").json()["cells"] == 280
+        names = [d["name"] for d in server.get("/datasets").json()["datasets"]]
         assert sorted(names) == ["extra", "synthetic"]
-        again = http.post(f"{base}/datasets", headers=auth, files={"file": ("extra.h5ad", extra.read_bytes())}, data=form)
+        again = server.post("/datasets", headers=auth, files={"file": ("extra.h5ad", extra.read_bytes())}, data=form)
         assert again.status_code == 409
         assert again.json()["error"].startswith("the atlas already has a data set named 'extra'")
-        removed = http.delete(f"{base}/datasets/extra", headers=auth)
+        removed = server.delete("/datasets/extra", headers=auth)
         assert removed.status_code == 200, removed.text
         assert removed.json() == {"removed": "extra", "version": 3, "cells": 200}
-        assert [d["name"] for d in http.get(f"{base}/datasets").json()["datasets"]] == ["synthetic"]
-        unknown = http.delete(f"{base}/datasets/extra", headers=auth)
+        assert [d["name"] for d in server.get("/datasets").json()["datasets"]] == ["synthetic"]
+        unknown = server.delete("/datasets/extra", headers=auth)
         assert unknown.status_code == 404
         assert unknown.json()["error"] == "the atlas has no data set named 'extra'; data sets: synthetic"
-        last = http.delete(f"{base}/datasets/synthetic", headers=auth)
+        last = server.delete("/datasets/synthetic", headers=auth)
         assert last.status_code == 409 and "is the atlas's only data set" in last.json()["error"]
-        incomplete = http.post(f"{base}/datasets", headers=auth, files={"file": ("extra.h5ad", b"x")})
+        incomplete = server.post("/datasets", headers=auth, files={"file": ("extra.h5ad", b"x")})
         assert incomplete.status_code == 422 and "send the form fields 'name'" in incomplete.json()["error"]
-        actions = [v["action"] for v in http.get(f"{base}/versions").json()["versions"]]
+        actions = [v["action"] for v in server.get("/versions").json()["versions"]]
         assert actions == ["build", "add extra", "remove extra"]
 
 
@@ -305,26 +308,26 @@ def uploads(tmp_path, monkeypatch):
 def test_requests_declaring_more_than_the_limits_are_refused_with_413(atlas, query, tmp_path, uploads):
     limits = ServerLimits(max_cells=1000, max_values=1000 * 60)
     adata, path = query
-    with running(create_app(atlas, limits=limits)) as base:
+    with in_process(create_app(atlas, limits=limits)) as server:
         huge = _h5py_query(tmp_path / "huge.h5ad", 100_000, 14_877)
         began = time.monotonic()
-        response = http.post(f"{base}/annotate", files={"file": ("huge.h5ad", huge.read_bytes())})
+        response = server.post("/annotate", files={"file": ("huge.h5ad", huge.read_bytes())})
         assert response.status_code == 413 and time.monotonic() - began < 5
         assert response.json()["error"] == ("the uploaded file 'huge.h5ad' declares 100,000 cells; this server annotates "
                                             "at most 1,000 cells per request. Send the cells in several requests")
         wide = _h5py_query(tmp_path / "wide.h5ad", 500, 200)
-        response = http.post(f"{base}/annotate", files={"file": ("wide.h5ad", wide.read_bytes())})
+        response = server.post("/annotate", files={"file": ("wide.h5ad", wide.read_bytes())})
         assert response.status_code == 413
         assert response.json()["error"].startswith("the uploaded file 'wide.h5ad' declares 500 cells × 200 genes = "
                                                    "100,000 values; this server accepts at most 60,000 per request")
         many = {"genes": list(adata.var_names), "counts": [[0] * adata.n_vars] * 1500}
-        response = http.post(f"{base}/annotate", json=many)
+        response = server.post("/annotate", json=many)
         assert response.status_code == 413
         assert response.json()["error"].startswith("the JSON body holds about 75,")
         fits = {"genes": list(adata.var_names), "counts": adata.X.toarray().tolist()}
-        assert http.post(f"{base}/annotate", json=fits).status_code == 200
+        assert server.post("/annotate", json=fits).status_code == 200
         with open(path, "rb") as handle:
-            assert http.post(f"{base}/annotate", files={"file": ("query.h5ad", handle)}).status_code == 200
+            assert server.post("/annotate", files={"file": ("query.h5ad", handle)}).status_code == 200
     assert list(uploads.iterdir()) == []
 
 
@@ -332,14 +335,14 @@ def test_failed_requests_leave_no_upload_behind(atlas, query, tmp_path, uploads)
     adata, _ = query
     few = adata[:, :2].copy()
     few.write_h5ad(tmp_path / "few.h5ad")
-    with running(create_app(atlas, token=TOKEN)) as base:
+    with in_process(create_app(atlas, token=TOKEN)) as server:
         failing = [
-            http.post(f"{base}/annotate", files={"file": ("bad.h5ad", b"\x89HDF\r\n\x1a\n" + b"x" * 5000)}),
-            http.post(f"{base}/annotate", files={"file": ("few.h5ad", (tmp_path / "few.h5ad").read_bytes())}),
-            http.post(f"{base}/annotate", params={"model": "minilm"},
-                      files={"file": ("few.h5ad", (tmp_path / "few.h5ad").read_bytes())}),
-            http.post(f"{base}/datasets", headers={"Authorization": f"Bearer {TOKEN}"}, data={"name": "x", "label_key": "nope"},
-                      files={"file": ("few.h5ad", (tmp_path / "few.h5ad").read_bytes())}),
+            server.post("/annotate", files={"file": ("bad.h5ad", b"\x89HDF\r\n\x1a\n" + b"x" * 5000)}),
+            server.post("/annotate", files={"file": ("few.h5ad", (tmp_path / "few.h5ad").read_bytes())}),
+            server.post("/annotate", params={"model": "minilm"},
+                        files={"file": ("few.h5ad", (tmp_path / "few.h5ad").read_bytes())}),
+            server.post("/datasets", headers={"Authorization": f"Bearer {TOKEN}"}, data={"name": "x", "label_key": "nope"},
+                        files={"file": ("few.h5ad", (tmp_path / "few.h5ad").read_bytes())}),
         ]
     assert [r.status_code for r in failing] == [422, 422, 409, 422], [r.text for r in failing]
     assert all("screader-upload" not in r.text and str(tmp_path) not in r.text for r in failing)
@@ -357,32 +360,32 @@ def test_fresh_servers_answer_simultaneous_uploads_without_errors(wide_atlas, tm
     content = (tmp_path / "q.h5ad").read_bytes()
     start = threading.Barrier(16)
 
-    def one(base):
+    def one(server):
         start.wait()
-        return http.post(f"{base}/annotate", files={"file": ("q.h5ad", content)})
+        return server.post("/annotate", files={"file": ("q.h5ad", content)})
 
     answers = []
     for _ in range(10):
-        with running(create_app(wide_atlas)) as base, ThreadPoolExecutor(16) as pool:
-            answers += list(pool.map(one, [base] * 16))
+        with in_process(create_app(wide_atlas)) as server, ThreadPoolExecutor(16) as pool:
+            answers += list(pool.map(one, [server] * 16))
     assert [r.status_code for r in answers] == [200] * 160, next(r.text for r in answers if r.status_code != 200)
     assert len({json.dumps(r.json()["cells"]) for r in answers}) == 1
     make_counts(n_cells=50, seed=12).write_h5ad(tmp_path / "extra.h5ad")
     auth = {"Authorization": f"Bearer {TOKEN}"}
-    with running(create_app(wide_atlas, token=TOKEN)) as base, ThreadPoolExecutor(16) as pool:
-        added = http.post(f"{base}/datasets", headers=auth, data={"name": "extra", "label_key": "cell_type"},
-                          files={"file": ("extra.h5ad", (tmp_path / "extra.h5ad").read_bytes())})
+    with in_process(create_app(wide_atlas, token=TOKEN)) as server, ThreadPoolExecutor(16) as pool:
+        added = server.post("/datasets", headers=auth, data={"name": "extra", "label_key": "cell_type"},
+                            files={"file": ("extra.h5ad", (tmp_path / "extra.h5ad").read_bytes())})
         assert added.status_code == 201, added.text
-        after_add = list(pool.map(one, [base] * 16))
-        assert http.delete(f"{base}/datasets/extra", headers=auth).status_code == 200
-        after_remove = list(pool.map(one, [base] * 16))
+        after_add = list(pool.map(one, [server] * 16))
+        assert server.delete("/datasets/extra", headers=auth).status_code == 200
+        after_remove = list(pool.map(one, [server] * 16))
     assert [r.status_code for r in after_add + after_remove] == [200] * 32
     assert {r.json()["info"]["atlas_version"] for r in after_add} == {2}
     assert {r.json()["info"]["atlas_version"] for r in after_remove} == {3}
 
 
 
-def test_options_are_400_and_data_is_422_in_api_words(url):
+def test_options_are_400_and_data_is_422_in_api_words(api):
     payload = {"genes": ["INS"], "counts": [[1]]}
     cases = [({"level": "bogus"}, 400, "level must be one of label, harmonised, got 'bogus'"),
              ({"species": "klingon"}, 400, "species must be one of human, mouse or auto, got 'klingon'"),
@@ -393,10 +396,10 @@ def test_options_are_400_and_data_is_422_in_api_words(url):
              ({"exclude_labels": ["type0", "type1", "type2"]}, 400,
               "no atlas cells are left after datasets/labels/exclude_labels; loosen the filters")]
     for params, status, message in cases:
-        response = http.post(f"{url}/annotate", params=params, json=payload)
+        response = api.post("/annotate", params=params, json=payload)
         assert (response.status_code, response.json()["error"][: len(message)]) == (status, message), response.text
     ensembl = {"genes": [f"ENSG{i:011d}" for i in range(60)], "counts": [[1] * 60]}
-    response = http.post(f"{url}/annotate", json=ensembl, params={"species": "human"})
+    response = api.post("/annotate", json=ensembl, params={"species": "human"})
     assert response.status_code == 422
     assert "--" not in response.json()["error"] and "gene_key" in response.json()["error"], response.text
 
@@ -406,23 +409,23 @@ def test_anonymous_callers_see_no_server_paths(tmp_path, query):
     extra = tmp_path / "cells from a lab.h5ad"
     make_counts(n_cells=80, seed=11).write_h5ad(extra)
     _, path = query
-    with running(create_app(root, token={"alice": TOKEN, "bob": "another-token-9876543210"})) as base:
-        health = http.get(f"{base}/health").json()
+    with in_process(create_app(root, token={"alice": TOKEN, "bob": "another-token-9876543210"})) as server:
+        health = server.get("/health").json()
         assert health["atlas"] == "lab"
-        added = http.post(f"{base}/datasets", headers={"Authorization": f"Bearer {TOKEN}"},
-                          files={"file": (extra.name, extra.read_bytes())}, data={"name": "extra", "label_key": "cell_type"})
+        added = server.post("/datasets", headers={"Authorization": f"Bearer {TOKEN}"},
+                            files={"file": (extra.name, extra.read_bytes())}, data={"name": "extra", "label_key": "cell_type"})
         assert added.status_code == 201, added.text
-        shown = {d["name"]: d for d in http.get(f"{base}/datasets").json()["datasets"]}
+        shown = {d["name"]: d for d in server.get("/datasets").json()["datasets"]}
         assert shown["extra"]["source_file"] == "cells from a lab.h5ad" and shown["extra"]["added_by"] == "alice"
         recorded = {d["name"]: d for d in open_atlas(root).datasets}["extra"]
         assert recorded["source_file"] == "cells from a lab.h5ad", "the atlas records the upload's name, not a temporary path"
         with open(path, "rb") as handle:
-            answer = http.post(f"{base}/annotate", files={"file": ("query.h5ad", handle)}).json()
+            answer = server.post("/annotate", files={"file": ("query.h5ad", handle)}).json()
         assert answer["info"]["atlas"] == "lab"
-        texts = [http.get(f"{base}/{p}").text for p in ("health", "datasets", "versions", "openapi.json")]
+        texts = [server.get(f"/{p}").text for p in ("health", "datasets", "versions", "openapi.json")]
         assert all(str(tmp_path) not in text for text in [*texts, json.dumps(answer)])
-    with running(create_app(tmp_path / "gone")) as base:
-        missing = http.get(f"{base}/health")
+    with in_process(create_app(tmp_path / "gone")) as server:
+        missing = server.get("/health")
     assert missing.status_code == 503
     assert missing.json()["error"] == "no atlas at gone: the folder does not exist"
 
@@ -439,15 +442,15 @@ def test_a_damaged_atlas_is_refused_at_start_and_answered_503_after(tmp_path, qu
     with pytest.raises(AtlasError, match="000001/index.faiss does not match"):
         create_app(root, preload=True)
     _, path = query
-    with running(create_app(root)) as base:
-        response = http.post(f"{base}/annotate", files={"file": ("q.h5ad", path.read_bytes())})
-        health = http.get(f"{base}/health")
+    with in_process(create_app(root)) as server:
+        response = server.post("/annotate", files={"file": ("q.h5ad", path.read_bytes())})
+        health = server.get("/health")
     assert response.status_code == health.status_code == 503
     assert response.json()["error"].startswith("the atlas served here is damaged (the atlas file 000001/index.faiss does "
                                                "not match the sha256 recorded when it was written")
     assert str(tmp_path) not in response.text and "--" not in response.text
-    with running(create_app(root, verify=False, preload=True)) as base:
-        assert http.get(f"{base}/health").status_code == 200
+    with in_process(create_app(root, verify=False, preload=True)) as server:
+        assert server.get("/health").status_code == 200
 
 
 def test_a_json_body_at_the_limit_is_parsed_off_the_event_loop_within_its_memory_bound(atlas):

@@ -7,7 +7,10 @@ from screader_db import annotate
 from screader_db.builders.atlas import BuildSettings, build_atlas
 from screader_db.builders.gene_embeddings import embed_genes
 from screader_db.encoders import CausalLMEncoder, resolve_encoder
+from screader_db.genes import GeneResolver
 from screader_db.inputs import read_h5ad
+
+pytestmark = pytest.mark.data("smollm2", "baron_human")
 
 
 @pytest.fixture(scope="module")
@@ -37,6 +40,18 @@ def test_smollm2_embeds_200_descriptions_and_builds_an_atlas(smollm2, data_path,
 
 
 def test_smollm2_vectors_reflect_text(smollm2):
-    emb = embed_genes(["INS", "GCG", "CD3E"], smollm2)
-    cos = emb.vectors @ emb.vectors.T / np.outer(*[np.linalg.norm(emb.vectors, axis=1)] * 2)
-    assert cos[0, 1] < 0.9999
+    genes = ["INS", "GCG", "CD3E"]
+    texts, _ = GeneResolver().descriptions(genes)
+    emb = embed_genes(genes, smollm2, use_cache=False)
+    assert emb.n_embedded == 3
+    np.testing.assert_allclose(emb.vectors, smollm2.encode(genes, texts), rtol=1e-4, atol=1e-5)
+    # the text decides the vector, not the gene's name
+    np.testing.assert_allclose(smollm2.encode(["CD3E"], texts[:1])[0], emb.vectors[0], rtol=1e-4, atol=1e-5)
+    reworded = smollm2.encode(["INS"], [texts[0].replace("insulin", "glucagon", 1)])[0]
+    assert "insulin" in texts[0]
+
+    def cos(a, b):
+        return float(a @ b / np.linalg.norm(a) / np.linalg.norm(b))
+
+    assert cos(reworded, emb.vectors[0]) < 0.9999
+    assert cos(emb.vectors[0], emb.vectors[1]) < 0.9999 and cos(emb.vectors[0], emb.vectors[2]) < 0.9999

@@ -76,7 +76,7 @@ def test_failed_build_leaves_the_previous_version(counts_adata, tmp_path, monkey
     def boom(*args, **kwargs):
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr("screader_db.index.save_index", boom)
+    monkeypatch.setattr("screader_db.index.CellIndex.save", boom)
     with pytest.raises(RuntimeError, match="disk full"):
         _build(counts_adata, tmp_path / "a", overwrite=True)
     assert store.current_version(tmp_path / "a") == 1

@@ -16,6 +16,7 @@ from screader_db.inputs import read_h5ad
 from screader_db.metrics import agreement
 from screader_db.suite import LABEL, _panel, _scaled, _variable_symbols, _with_matrix, load_sources
 
+pytestmark = pytest.mark.data("pbmc3k", "kang", "baron_human", "baron_mouse", "orthologs_human_mouse_all")
 SCALES = {"ln(1+CP10k)": "ln", "log2(1+CPM)": "log2", "CPM": "linear"}
 
 

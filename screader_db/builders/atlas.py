@@ -55,7 +55,25 @@ TOKEN_GENES = ("hvg", "markers", "markers+hvg")
 
 @dataclass
 class BuildSettings:
-    """Everything that decides how an atlas's vectors are made (stored as its parameters)."""
+    """Everything that decides how an atlas's vectors are made (stored as its parameters).
+
+    Parameters
+    ----------
+    model, method, n_genes, pooling, layer, center, index, layout
+        The gene text model, the cell embedding method, the variable genes, how a causal model's
+        tokens are pooled and from which hidden layer, how queries are centred by default, the
+        FAISS index kind and the reference map (``umap`` or ``none``).
+    keep_expression : bool
+        Keep the reference expression, so partial-panel queries are answered (builders/panel.py).
+    markers_per_label, marker_genes, gene_weights, prototype_weight, panel
+        How the marker methods choose and weight genes; ``panel`` restricts the genes.
+    k, vote_power, propagation : int, float, float
+        The annotation defaults the atlas is calibrated and queried with.
+    seed : int
+        Every random draw of the build.
+    decoder, n_top, epochs, train_cells, learning_rate, loss, prompt, token_genes
+        Learned methods (hybrid, adaptor); None takes the method's default (screader_db.hybrid.DEFAULTS).
+    """
 
     model: str = "minilm"
     method: str = DEFAULT_METHOD
@@ -86,7 +104,14 @@ class BuildSettings:
     token_genes: str = "hvg"
 
     def learned_params(self) -> dict[str, Any]:
-        """What a learned method is trained with (unset values are left to the method's defaults)."""
+        """What a learned method is trained with (unset values are left to the method's defaults).
+
+        Returns
+        -------
+        dict
+            The set ones of ``n_top``, ``epochs``, ``train_cells``, ``lr`` (:attr:`learning_rate`),
+            ``loss`` and ``prompt``, plus ``decoder`` for the hybrid method.
+        """
         given = {"n_top": self.n_top, "epochs": self.epochs, "train_cells": self.train_cells, "lr": self.learning_rate,
                  "loss": self.loss, "prompt": self.prompt}
         if self.method == "hybrid":
@@ -112,11 +137,47 @@ def build_atlas(reference: Any, atlas: str | Path, *, label_key: str, dataset_na
                 settings: BuildSettings | None = None, label_map: str | Path | pd.DataFrame | None = None,
                 overwrite: bool = False, device: str | None = None, wait: float = 0.0, chunk: int = CHUNK,
                 dask: str | None = None, reporter: Reporter = SILENT) -> store.Atlas:
-    """Build (or, with ``overwrite``, replace with a new version) an atlas from one reference.
+    """Build an atlas from one labelled reference, or, with ``overwrite``, a new version of it.
 
-    ``label_map`` (a CSV path or DataFrame, see :mod:`screader_db.labelmap`) adds harmonised
-    labels and ontology ids beside the data set's own labels. ``dask`` (``local`` or a scheduler
-    address) runs the cell-embedding pass on a Dask cluster; the result is the same.
+    Parameters
+    ----------
+    reference : AnnData, str or Path
+        The labelled reference: an AnnData or an .h5ad path (read backed, in chunks).
+    atlas : str or Path
+        The atlas folder to create.
+    label_key : str
+        The obs column of the reference's labels.
+    dataset_name : str or None
+        The data set's name in the atlas (default: the file name, or ``reference``).
+    layer, use_raw, gene_key, species
+        Which matrix and gene names are read, and how they map to human symbols.
+    settings : BuildSettings or None
+        How the vectors are made (stored as the atlas's parameters); None: the defaults.
+    label_map : str, Path, pandas.DataFrame or None
+        Harmonised labels and ontology ids beside the data set's own (:mod:`screader_db.labelmap`).
+    overwrite : bool
+        Replace an existing atlas with a new version (older versions stay).
+    device : str or None
+        ``cpu`` or ``cuda`` for language models and learned methods (default: cuda when present).
+    wait : float
+        Seconds to wait for another writer's lock.
+    chunk : int
+        Reference cells read and embedded at a time (bounds memory).
+    dask : str or None
+        ``local`` or a scheduler address: embed the cells on a Dask cluster (the same vectors).
+    reporter : Reporter
+        Receives progress and stage messages.
+
+    Returns
+    -------
+    Atlas
+        The new version, opened.
+
+    Raises
+    ------
+    ScreaderError
+        The reference, its labels or the settings cannot be used, or the atlas exists (without
+        ``overwrite``) or is locked; the message says why.
     """
     from screader_db.labelmap import read_label_map
 
@@ -165,7 +226,21 @@ def build_atlas(reference: Any, atlas: str | Path, *, label_key: str, dataset_na
 
 @dataclass
 class Fitted:
-    """A cell embedding method fitted on reference statistics, with what it was fitted from."""
+    """A cell embedding method fitted on reference statistics, with what it was fitted from.
+
+    Parameters
+    ----------
+    embedder : CellEmbedder
+        The fitted method.
+    emb : GeneEmbeddings or None
+        The gene text vectors (text methods).
+    chosen : numpy.ndarray
+        The atlas genes, as indices into the statistics' genes.
+    genes : list of str
+        Their symbols.
+    fit : dict
+        What the method was fitted with (mean, sample labels, weights, gene vectors, params, seed).
+    """
 
     embedder: CellEmbedder
     emb: GeneEmbeddings | None
@@ -176,7 +251,27 @@ class Fitted:
 
 def fit_method(stats: ReferenceStats, labels: np.ndarray, settings: BuildSettings, *, resolver: GeneResolver,
                reporter: Reporter, device: str | None = None) -> Fitted:
-    """Choose the atlas genes, embed their text (text methods) and fit (or train) the cell embedding."""
+    """Choose the atlas genes, embed their text (text methods) and fit (or train) the cell embedding.
+
+    Parameters
+    ----------
+    stats : ReferenceStats
+        The reference's statistics and cell sample.
+    labels : numpy.ndarray
+        Every reference cell's label.
+    settings : BuildSettings
+        How the vectors are made.
+    resolver : GeneResolver
+        Gene descriptions for the text methods.
+    reporter : Reporter
+        Receives progress and stage messages.
+    device : str or None
+        ``cpu`` or ``cuda`` for language models and learned methods.
+
+    Returns
+    -------
+    Fitted
+    """
     chosen, weights = choose_genes(stats, settings)
     genes = [stats.genes[i] for i in chosen]
     reporter.message(f"{len(genes):,} genes chosen ({settings.method})")
@@ -195,9 +290,24 @@ def fit_method(stats: ReferenceStats, labels: np.ndarray, settings: BuildSetting
 
 
 def calibrate_scores(fitted: Fitted, stats: ReferenceStats, settings: BuildSettings) -> dict[str, Any]:
-    """The score-to-confidence map and default score cut-off, from a split of the reference sample
-    (:func:`screader_db.calibration.score_calibration`), refitting the method the same way; and the
-    fewest detected atlas genes a query cell needs to be labelled (:mod:`screader_db.information`)."""
+    """The score calibration an atlas is queried with.
+
+    Parameters
+    ----------
+    fitted : Fitted
+        The fitted method.
+    stats : ReferenceStats
+        The reference's statistics and cell sample.
+    settings : BuildSettings
+        The build's settings (``k``, ``vote_power``, ``seed``).
+
+    Returns
+    -------
+    dict
+        The score-to-confidence map and default score cut-off, from a split of the reference sample
+        (:func:`screader_db.calibration.score_calibration`, refitting the method the same way), and
+        the fewest detected atlas genes a query cell needs to be labelled (:mod:`screader_db.information`).
+    """
     floor = detection_floor(stats.sample[:, fitted.chosen])
     if settings.method in LEARNED_METHODS:
         return {"calibrated": False, "min_score": 0.0,
@@ -229,7 +339,26 @@ def _train_learned(X: Any, genes: list[str], fit: dict[str, Any], settings: Buil
 
 
 def choose_genes(stats: ReferenceStats, settings: BuildSettings) -> tuple[np.ndarray, np.ndarray | None]:
-    """The atlas genes (indices into the statistics' genes) and, for marker methods, their weights."""
+    """The atlas genes of a build.
+
+    Parameters
+    ----------
+    stats : ReferenceStats
+        The reference's statistics.
+    settings : BuildSettings
+        The method, gene counts, marker rules and panel.
+
+    Returns
+    -------
+    tuple of (numpy.ndarray, numpy.ndarray or None)
+        The genes, as indices into the statistics' genes, and, for marker methods weighted by
+        eta squared, their weights.
+
+    Raises
+    ------
+    ScreaderError
+        Fewer than 10 reference genes are in the panel, or an unknown ``token_genes``.
+    """
     allowed = None
     if settings.panel:
         panel = set(settings.panel)
@@ -260,7 +389,23 @@ def choose_genes(stats: ReferenceStats, settings: BuildSettings) -> tuple[np.nda
 
 
 def atlas_provenance(settings: BuildSettings, embedder: CellEmbedder, emb: GeneEmbeddings | None) -> dict[str, Any]:
-    """What every file of the atlas records: model, text hash, method, parameters, versions."""
+    """What every file of the atlas records.
+
+    Parameters
+    ----------
+    settings : BuildSettings
+        The build's settings (recorded as ``parameters``).
+    embedder : CellEmbedder
+        The fitted method.
+    emb : GeneEmbeddings or None
+        The gene text vectors (text methods).
+
+    Returns
+    -------
+    dict
+        Builder version, model id, spec and sha256, encoder, text hash, method, decoder,
+        parameters and the package versions.
+    """
     return describe({
         "builder_version": BUILDER_VERSION,
         "model_id": emb.model_id if emb is not None else "none",
@@ -282,11 +427,36 @@ def write_version(root: Path, refs: list[tuple[ReferenceSource, np.ndarray | Cal
                   profiles: tuple[LabelProfiles, dict[str, Any]] | None = None, new: bool = False) -> store.Atlas:
     """Write a complete new version from the given data sets and publish it.
 
-    A data set's vectors are given, or computed inside the draft by a function that also writes
-    its cell parts there (the Dask build). With ``new``, the folder must not hold an atlas yet
-    (checked under the writer lock).
+    Parameters
+    ----------
+    root : Path
+        The atlas folder.
+    refs : list of (ReferenceSource, vectors or function)
+        Each data set with its vectors, or a function that computes them inside the draft and
+        writes its cell parts there (the Dask build).
+    embedder, emb
+        The fitted method and its gene text vectors.
+    settings : BuildSettings
+        The build's settings.
+    reporter : Reporter
+        Receives progress and stage messages.
+    action : str
+        What the version records as its change (``build``, ``add NAME``, ...).
+    wait : float
+        Seconds to wait for another writer's lock.
+    chunk : int
+        Rows per Parquet part.
+    profiles : tuple of (LabelProfiles, dict) or None
+        The label profiles and their calibration, for the novelty check.
+    new : bool
+        The folder must not hold an atlas yet (checked under the writer lock).
+
+    Returns
+    -------
+    Atlas
+        The new version, opened.
     """
-    from screader_db.index import build_index, save_index
+    from screader_db.index import CellIndex
 
     with drafting(root, action=action, provenance=atlas_provenance(settings, embedder, emb), wait=wait,
                   new=new) as draft:
@@ -323,12 +493,12 @@ def write_version(root: Path, refs: list[tuple[ReferenceSource, np.ndarray | Cal
         if layout is not None:
             write_layout(draft, ids, layout)
         with reporter.task("Building the FAISS index", len(ids), "cells") as advance:
-            index, info = build_index(vecs, ids, kind=settings.index, seed=settings.seed)
-            save_index(index, info, draft.staging / "index.faiss", provenance)
+            index = CellIndex.build(vecs, ids, kind=settings.index, seed=settings.seed)
+            index.save(draft.staging / "index.faiss", provenance)
             advance(len(ids))
         tables = {"datasets": pd.DataFrame(dataset_rows), "cells": pd.concat(cell_frames, ignore_index=True),
                   "genes": genes_frame, "gene_embeddings": _gene_embedding_frame(emb, draft.build_id)}
-        finish(draft, tables, atlas_provenance=provenance, index_info=info.to_dict(), datasets=dataset_rows, history=[],
+        finish(draft, tables, atlas_provenance=provenance, index_info=index.info.to_dict(), datasets=dataset_rows, history=[],
                reporter=reporter)
     reporter.message(f"Atlas version {draft.number} written to {root}")
     return store.open_atlas(root, version=draft.number)

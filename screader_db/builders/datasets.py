@@ -50,10 +50,9 @@ def _placement(previous: store.Atlas, vectors: np.ndarray, k: int = 15) -> np.nd
     layout = previous.layout()
     if layout is None:
         return None
-    from screader_db.index import search
     from screader_db.layout import place
 
-    sims, ids = search(previous.index, vectors, k)
+    sims, ids = previous.index.search(vectors, k)
     positions = layout.reindex(ids.ravel()).to_numpy(dtype=np.float32).reshape(ids.shape[0], ids.shape[1], 2)
     return place(sims, positions)
 
@@ -64,10 +63,51 @@ def add_dataset(atlas: str | Path, reference: Any, *, label_key: str, name: str 
                 reporter: Reporter = SILENT) -> store.Atlas:
     """Add a labelled data set (an .h5ad path or AnnData) to the atlas as a new version.
 
-    ``source_name``, when given, is recorded as the data set's source file instead of the path read
-    (an uploaded file's own name rather than the temporary copy the server read)."""
+    The data set is embedded with the atlas's own embedder; its label profiles, stored expression
+    and map positions are added when the atlas keeps them, and its cells are added to a copy of
+    the index. Unchanged files are hard-linked from the previous version.
+
+    Parameters
+    ----------
+    atlas : str or Path
+        The atlas folder.
+    reference : str, Path or AnnData
+        The data set; a path is read in backed mode.
+    label_key : str
+        The obs column of labels; cells with an empty label are left out (with a warning).
+    name : str or None
+        The data set's name; None takes the file's stem (``reference`` for an AnnData).
+    layer, use_raw, gene_key, species
+        Which matrix and gene names are read, and how they map to human symbols
+        (:func:`screader_db.builders.reference.open_reference`).
+    label_map : str, Path, pandas.DataFrame or None
+        A label map CSV (:func:`screader_db.labelmap.read_label_map`) or its table, for the
+        harmonised labels; None keeps every label as it is.
+    wait : float
+        Seconds to wait for another writer's lock.
+    source_name : str or None
+        Recorded as the data set's source file instead of the path read (an uploaded file's own
+        name rather than the temporary copy the server read); None records the path.
+    reporter : Reporter
+        Receives the progress.
+
+    Returns
+    -------
+    Atlas
+        The new version, opened.
+
+    Raises
+    ------
+    OutputExistsError
+        The atlas already has a data set of that name.
+    AtlasError
+        The atlas is missing or unreadable, the name cannot name a data set, another writer holds
+        the lock after ``wait`` seconds, or the atlas changed while the data set was embedded.
+    InputDataError
+        The data set, its labels, genes or values, or the label map are not usable; the message says why.
+    """
     from screader_db.builders.reference import open_reference
-    from screader_db.index import load_index, save_index
+    from screader_db.index import CellIndex
     from screader_db.labelmap import read_label_map
 
     root = Path(atlas)
@@ -112,10 +152,10 @@ def add_dataset(atlas: str | Path, reference: Any, *, label_key: str, name: str 
             write_layout(draft, np.concatenate([layout.index.to_numpy(), ids]),
                          np.concatenate([layout[["x", "y"]].to_numpy(dtype=np.float32), placed]))
         with reporter.task("Adding to the FAISS index", len(ids), "cells") as advance:
-            index, sidecar = load_index(previous.path / "index.faiss")
-            index.add_with_ids(np.ascontiguousarray(vectors), ids)
-            info = {**sidecar["index"], "n": int(index.ntotal)}
-            save_index(index, _info(info), draft.staging / "index.faiss", draft.provenance)
+            index = CellIndex.load(previous.path / "index.faiss")
+            index.add(vectors, ids)
+            info = index.info.to_dict()
+            index.save(draft.staging / "index.faiss", draft.provenance)
             advance(len(ids))
         tables = read_tables(previous.path / store.CATALOGUE)
         tables["datasets"] = pd.concat([tables["datasets"], pd.DataFrame([row])], ignore_index=True)
@@ -127,8 +167,34 @@ def add_dataset(atlas: str | Path, reference: Any, *, label_key: str, name: str 
 
 
 def remove_dataset(atlas: str | Path, name: str, *, wait: float = 0.0, reporter: Reporter = SILENT) -> store.Atlas:
-    """Drop one data set from the atlas as a new version."""
-    from screader_db.index import load_index, remove_id_range, save_index
+    """Drop one data set from the atlas as a new version.
+
+    Its cells leave a copy of the index, the catalogue, the label profiles and the map; the other
+    files are hard-linked from the previous version.
+
+    Parameters
+    ----------
+    atlas : str or Path
+        The atlas folder.
+    name : str
+        The data set to drop.
+    wait : float
+        Seconds to wait for another writer's lock.
+    reporter : Reporter
+        Receives the progress.
+
+    Returns
+    -------
+    Atlas
+        The new version, opened.
+
+    Raises
+    ------
+    AtlasError
+        The atlas has no data set ``name`` or only that one, another writer holds the lock after
+        ``wait`` seconds, or the atlas changed meanwhile.
+    """
+    from screader_db.index import CellIndex
 
     root = Path(atlas)
     with store.writer_lock(root, wait=wait):
@@ -148,11 +214,11 @@ def remove_dataset(atlas: str | Path, name: str, *, wait: float = 0.0, reporter:
         draft.extra["dataset"] = name
         _carry(draft, previous, skip_dataset=name)
         with reporter.task("Removing from the FAISS index", int(gone["n_cells"]), "cells") as advance:
-            index, sidecar = load_index(previous.path / "index.faiss")
+            index = CellIndex.load(previous.path / "index.faiss")
             low = int(store.cell_ids(dataset_id, 1)[0])
-            remove_id_range(index, low, low + (1 << store.ID_SHIFT))
-            info = {**sidecar["index"], "n": int(index.ntotal)}
-            save_index(index, _info(info), draft.staging / "index.faiss", draft.provenance)
+            index.remove(low, low + (1 << store.ID_SHIFT))
+            info = index.info.to_dict()
+            index.save(draft.staging / "index.faiss", draft.provenance)
             advance(int(gone["n_cells"]))
         found = previous.profiles()
         if found is not None:
@@ -170,11 +236,3 @@ def remove_dataset(atlas: str | Path, name: str, *, wait: float = 0.0, reporter:
                history=previous.info.get("history", []), reporter=reporter)
     reporter.message(f"Atlas version {draft.number}: removed {name}")
     return store.open_atlas(root, version=draft.number)
-
-
-def _info(values: dict[str, Any]) -> Any:
-    from screader_db.index import IndexInfo
-
-    known = {k: values[k] for k in ("kind", "n", "dim", "nlist", "nprobe", "recall_at_10") if k in values}
-    extra = {k: v for k, v in values.items() if k not in known}
-    return IndexInfo(**known, extra=extra)

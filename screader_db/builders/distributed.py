@@ -21,13 +21,35 @@ import numpy as np
 
 from screader_db.builders.writer import CellSlice, cell_slice, write_part
 from screader_db.errors import ScreaderError
-from screader_db.inputs import GenePlan
+from screader_db.expression_stream import ExpressionStream
+from screader_db.extras import require
+from screader_db.inputs import GenePlan, open_expression, read_h5ad
 from screader_db.progress import SILENT, Reporter
+
+DASK = "building with --dask"
 
 
 @dataclass
 class PartTask:
-    """Everything one worker needs to embed and write one chunk (all picklable)."""
+    """Everything one worker needs to embed and write one chunk (all picklable).
+
+    Parameters
+    ----------
+    path, layer, use_raw, gene_key
+        The reference .h5ad and where its expression is read.
+    rows
+        The chunk's rows in the file.
+    kind
+        The reference's input scale.
+    plan
+        How the file's genes map onto the atlas genes.
+    embedder, mean
+        The fitted cell embedder and its centring vector.
+    cells, ids
+        The chunk's cell records and atlas cell ids.
+    folder, provenance, number
+        Where the part is written, what it records, and its number.
+    """
 
     path: str
     layer: str | None
@@ -46,33 +68,58 @@ class PartTask:
 
 
 def embed_part(task: PartTask) -> tuple[int, np.ndarray]:
-    """Run on a worker: read the chunk's rows, normalise, embed, write the part; return the vectors."""
-    from screader_db.inputs import check_values, normalise, open_expression, read_h5ad
+    """Run on a worker: read the chunk's rows, normalise, embed and write the part.
 
+    Parameters
+    ----------
+    task
+        The chunk.
+
+    Returns
+    -------
+    number : int
+        The part's number.
+    vectors : numpy.ndarray
+        The chunk's cell vectors.
+    """
     adata = read_h5ad(task.path, backed=True)
     try:
         full = open_expression(adata, layer=task.layer, use_raw=task.use_raw, gene_key=task.gene_key)
-        block = full.subset(task.rows).rows(0, len(task.rows))
+        block = ExpressionStream(full.subset(task.rows), task.plan, task.kind).rows(0, len(task.rows))
     finally:
         if getattr(adata, "file", None) is not None:
             adata.file.close()
-    check_values(block)
-    vectors = task.embedder.transform(normalise(block, task.kind, task.plan), mean=task.mean)
+    vectors = task.embedder.transform(block, mean=task.mean)
     write_part(Path(task.folder), task.cells, task.ids, vectors, task.provenance, task.number)
     return task.number, vectors
 
 
 @contextmanager
 def connect(address: str, *, n_workers: int = 2) -> Iterator[Any]:
-    """A Dask client: ``local`` starts a LocalCluster of ``n_workers`` processes, else connects to ``address``."""
-    try:
-        from dask.distributed import Client, LocalCluster
-    except ImportError as err:
-        message = "--dask needs dask.distributed; install it with `pip install 'dask[distributed]'`"
-        raise ScreaderError(message) from err
+    """A Dask client, closed (with its local cluster) on leaving.
+
+    Parameters
+    ----------
+    address
+        ``local`` starts a LocalCluster of ``n_workers`` processes; else a scheduler address.
+    n_workers
+        Worker processes of a local cluster.
+
+    Yields
+    ------
+    distributed.Client
+
+    Raises
+    ------
+    MissingExtraError
+        When dask.distributed (the ``dask`` extra) is not installed.
+    ScreaderError
+        When the scheduler cannot be reached.
+    """
+    distributed = require("dask.distributed", extra="dask", purpose=DASK)
     if address == "local":
-        cluster = LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True, dashboard_address=None)
-        client = Client(cluster)
+        cluster = distributed.LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True, dashboard_address=None)
+        client = distributed.Client(cluster)
         try:
             yield client
         finally:
@@ -80,7 +127,7 @@ def connect(address: str, *, n_workers: int = 2) -> Iterator[Any]:
             cluster.close()
     else:
         try:
-            client = Client(address, timeout="20s")
+            client = distributed.Client(address, timeout="20s")
         except (OSError, TimeoutError) as err:
             message = f"cannot reach the Dask scheduler at {address}: {err}"
             raise ScreaderError(message) from err
@@ -93,9 +140,42 @@ def connect(address: str, *, n_workers: int = 2) -> Iterator[Any]:
 def embed_with_dask(ref: Any, *, address: str, path: str, layer: str | None, use_raw: bool, gene_key: str | None,
                     embedder: Any, mean: np.ndarray, ids: np.ndarray, folder: Path, provenance: str, chunk: int,
                     reporter: Reporter = SILENT) -> np.ndarray:
-    """Vectors of every cell of ``ref``, computed and written as parts by Dask workers."""
-    from dask.distributed import as_completed
+    """Vectors of every cell of a reference, computed and written as parts by Dask workers.
 
+    Chunks have the same boundaries as in a single-machine build, so the vectors are byte-identical.
+
+    Parameters
+    ----------
+    ref
+        The opened reference.
+    address
+        ``local`` or a Dask scheduler address.
+    path, layer, use_raw, gene_key
+        The reference .h5ad (readable by every worker) and where its expression is read.
+    embedder, mean
+        The fitted cell embedder and its centring vector.
+    ids
+        The atlas cell ids of the reference's cells.
+    folder
+        The draft version's folder (writable by every worker).
+    provenance
+        What every part records (JSON).
+    chunk
+        Cells per task.
+    reporter
+        Progress reporting.
+
+    Returns
+    -------
+    numpy.ndarray
+        Cells × dim float32 vectors, in the reference's order.
+
+    Raises
+    ------
+    MissingExtraError
+        When dask.distributed (the ``dask`` extra) is not installed.
+    """
+    as_completed = require("dask.distributed", extra="dask", purpose=DASK).as_completed
     plan = ref.plan(embedder.genes)
     keep = ref.source.keep if ref.source.keep is not None else np.arange(ref.n_cells)
     tasks = []

@@ -18,6 +18,7 @@ from screader_db.cache import cache_dir
 from screader_db.encoders import Encoder
 from screader_db.gene_vectors import GeneEmbeddings
 from screader_db.genes import GeneResolver
+from screader_db.outputs import atomic_write
 
 Progress = Callable[[int], None]
 
@@ -48,15 +49,49 @@ def _write_cache(path: Path, entries: dict[tuple[str, str], np.ndarray]) -> None
         "text_sha256": [k[1] for k in keys],
         "vector": pa.FixedSizeListArray.from_arrays(pa.array(flat, pa.float32()), dim),
     })
-    tmp = path.with_name(f".{path.name}.tmp")
-    pq.write_table(table, tmp, compression="zstd")
-    tmp.replace(path)
+    with atomic_write(path) as tmp:
+        pq.write_table(table, tmp, compression="zstd")
 
 
 def embed_genes(genes: Sequence[str], encoder: Encoder, *, texts: Sequence[str] | None = None,
                 text_sha256: Sequence[str] | None = None, resolver: GeneResolver | None = None,
                 progress: Progress | None = None, use_cache: bool = True) -> GeneEmbeddings:
-    """Vectors for ``genes`` (human symbols); descriptions come from the gene table unless given."""
+    """Vectors for ``genes`` (human symbols); descriptions come from the gene table unless given.
+
+    Only (gene, text sha256) pairs missing from the encoder's cache file
+    (``gene-embeddings/<encoder.key>.parquet`` in the cache folder) are encoded; the cache is read
+    and rewritten under a file lock.
+
+    Parameters
+    ----------
+    genes : sequence of str
+        Human gene symbols.
+    encoder : Encoder
+        The gene-text model (:func:`screader_db.encoders.resolve_encoder`).
+    texts : sequence of str or None
+        One description per gene; None takes the gene table's (``"SYMBOL: gene."`` for a symbol it lacks).
+    text_sha256 : sequence of str or None
+        The sha256 of each of ``texts``; None computes them. Ignored when ``texts`` is None.
+    resolver : GeneResolver or None
+        The gene table descriptions are read from; None loads the packaged one.
+    progress : callable or None
+        Called with the number of genes done (all at once when every gene is cached).
+    use_cache : bool
+        Read and update the cache; False encodes every gene and writes nothing.
+
+    Returns
+    -------
+    GeneEmbeddings
+        float32 vectors in the order of ``genes``, with the encoder's provenance and how many were
+        encoded now (``n_embedded``).
+
+    Raises
+    ------
+    ModelError
+        The model cannot be loaded.
+    MissingExtraError
+        A language model needs the ``llm`` extra, which is not installed.
+    """
     from filelock import FileLock
 
     from screader_db.checksums import sha256_text

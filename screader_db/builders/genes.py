@@ -26,6 +26,7 @@ import pyarrow.parquet as pq
 
 from screader_db.checksums import sha256_file, sha256_text
 from screader_db.errors import InputDataError
+from screader_db.outputs import atomic_write
 
 BUILDER_VERSION = "genes-1"
 MAX_TERMS = 12
@@ -62,7 +63,22 @@ def _pick_terms(rows: list[tuple[str, str]]) -> list[str]:
 
 
 def describe(symbol: str, full_name: str, terms: dict[str, list[str]]) -> str:
-    """The description text of one gene."""
+    """The description text of one gene.
+
+    Parameters
+    ----------
+    symbol : str
+        The gene symbol.
+    full_name : str
+        Its full name.
+    terms : dict of str to list of str
+        GO term names under ``go_mf``, ``go_bp`` and ``go_cc``; a missing or empty section is left out.
+
+    Returns
+    -------
+    str
+        ``SYMBOL: full name. Molecular function: t1; t2. ...`` (the module's template).
+    """
     parts = [f"{symbol}: {full_name}."]
     for key, title in SECTIONS:
         if terms.get(key):
@@ -71,7 +87,31 @@ def describe(symbol: str, full_name: str, terms: dict[str, list[str]]) -> str:
 
 
 def build_gene_table(org_db: str | Path, go_db: str | Path, *, sources: dict[str, str] | None = None) -> pa.Table:
-    """Read both SQLite databases and return the gene table (one row per symbol)."""
+    """Read both SQLite databases and return the gene table (one row per symbol).
+
+    A symbol shared by several Entrez genes keeps one: protein-coding first, then the one with the
+    most GO annotations, then the lowest Entrez id.
+
+    Parameters
+    ----------
+    org_db : str or Path
+        org.Hs.eg.db's SQLite file.
+    go_db : str or Path
+        GO.db's SQLite file.
+    sources : dict of str to str or None
+        What the sources are (:func:`source_provenance`), recorded in the provenance; None records ``{}``.
+
+    Returns
+    -------
+    pyarrow.Table
+        Rows sorted by symbol, columns of :data:`SCHEMA`, provenance JSON under the schema metadata key
+        ``screader_db.provenance``.
+
+    Raises
+    ------
+    InputDataError
+        Either database file does not exist.
+    """
     for path in (org_db, go_db):
         if not Path(path).is_file():
             message = f"{path} does not exist; run `screader-db fetch org_hs_eg_db go_db` first"
@@ -141,20 +181,46 @@ def build_gene_table(org_db: str | Path, go_db: str | Path, *, sources: dict[str
 
 
 def write_gene_table(table: pa.Table, path: str | Path) -> Path:
-    """Write the table deterministically (zstd, fixed row groups) via a temporary file."""
+    """Write the table deterministically (zstd, fixed row groups) via a temporary file.
+
+    Parameters
+    ----------
+    table : pyarrow.Table
+        The gene table (:func:`build_gene_table`).
+    path : str or Path
+        The Parquet file written (replaced if it exists; its folder is made).
+
+    Returns
+    -------
+    Path
+        ``path``.
+    """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.tmp")
-    pq.write_table(
-        table, tmp, compression="zstd", compression_level=19, row_group_size=1 << 17,
-        use_dictionary=["gene_type"], write_statistics=False, store_schema=True,
-    )
-    tmp.replace(target)
+    with atomic_write(target) as tmp:
+        pq.write_table(
+            table, tmp, compression="zstd", compression_level=19, row_group_size=1 << 17,
+            use_dictionary=["gene_type"], write_statistics=False, store_schema=True,
+        )
     return target
 
 
 def source_provenance(org_db: str | Path, go_db: str | Path) -> dict[str, str]:
-    """Package versions and sha256 of the two SQLite sources, as recorded in the table."""
+    """Package versions and sha256 of the two SQLite sources, as recorded in the table.
+
+    Parameters
+    ----------
+    org_db : str or Path
+        org.Hs.eg.db's SQLite file (hashed).
+    go_db : str or Path
+        GO.db's SQLite file (hashed).
+
+    Returns
+    -------
+    dict of str to str
+        ``org_hs_eg_db`` and ``go_db`` as ``package=version sha256:HEX`` (versions from the manifest),
+        and the ``entrez_gene`` and ``gene_ontology`` snapshot dates.
+    """
     from screader_db.manifest import get_entry
 
     org, go = get_entry("org_hs_eg_db"), get_entry("go_db")

@@ -49,7 +49,20 @@ class PanelIndex:
 
 
 def panel_key(genes: list[str], datasets: list[str] | None = None) -> str:
-    """A short, stable name for a set of genes (and the data sets fitted on, when not all)."""
+    """A short, stable name for a set of genes (and the data sets fitted on, when not all).
+
+    Parameters
+    ----------
+    genes : list of str
+        The panel's genes, in any order.
+    datasets : list of str or None
+        The data sets fitted on, in any order; None for every data set.
+
+    Returns
+    -------
+    str
+        The first 16 hex digits of the sha256 of the sorted genes (and data sets).
+    """
     named = "" if datasets is None else "\ndatasets:" + ",".join(sorted(datasets))
     return sha256_text("\n".join(sorted(genes)) + named)[:16]
 
@@ -67,10 +80,39 @@ def _settings(opened: store.Atlas) -> Any:
 
 def open_panel(opened: store.Atlas, genes: list[str], *, datasets: list[str] | None = None,
                reporter: Reporter = SILENT, device: str | None = None) -> PanelIndex:
-    """The atlas's index for the gene panel ``genes``, fitted on the cells of ``datasets`` (None:
-    every data set): read from the version if kept, else fitted and kept."""
+    """The atlas's index for the gene panel ``genes``: read from the version if kept, else fitted and kept.
+
+    Fitting reads the stored reference expression over ``genes``, fits the atlas's method with the
+    atlas's build settings, calibrates the scores, embeds every reference cell and writes
+    ``panels/<key>/`` in the version folder (see the module docstring).
+
+    Parameters
+    ----------
+    opened : Atlas
+        The opened atlas version; it must keep reference expression to fit a new panel.
+    genes : list of str
+        The genes the query shares with the atlas.
+    datasets : list of str or None
+        Fit on the cells of these data sets only; None: every data set.
+    reporter : Reporter
+        Receives the progress of a fit.
+    device : str or None
+        The torch device a learned method trains on; None picks a GPU when there is one.
+
+    Returns
+    -------
+    PanelIndex
+        ``reused`` tells whether it was read rather than fitted.
+
+    Raises
+    ------
+    AtlasError
+        The kept panel, its embedder or its index is of another format or unreadable.
+    AtlasDamagedError
+        A stored expression part is missing or unreadable.
+    """
     from screader_db.cell_embedding import CellEmbedder
-    from screader_db.index import load_index
+    from screader_db.index import CellIndex
 
     key = panel_key(genes, datasets)
     folder = opened.path / FOLDER / key
@@ -83,7 +125,7 @@ def open_panel(opened: store.Atlas, genes: list[str], *, datasets: list[str] | N
     if meta.get("format") != FORMAT:
         message = f"{folder} has panel format {meta.get('format')!r}, this version reads {FORMAT!r}; delete the folder"
         raise AtlasError(message)
-    index, _ = load_index(folder / "index.faiss")
+    index = CellIndex.load(folder / "index.faiss")
     return PanelIndex(key=key, genes=list(meta["genes"]), embedder=CellEmbedder.load(folder / "embedder.safetensors"),
                       index=index, reused=reused, scores=dict(meta.get("scores", {})))
 
@@ -92,7 +134,7 @@ def _fit(opened: store.Atlas, genes: list[str], folder: Path, *, datasets: list[
          device: str | None) -> None:
     from screader_db.builders.atlas import calibrate_scores, fit_method
     from screader_db.genes import GeneResolver
-    from screader_db.index import build_index, save_index
+    from screader_db.index import CellIndex
     from screader_db.inputs import CHUNK, ExpressionSource, normalise, plan_genes
     from screader_db.reference_stats import collect
     from screader_db.stored_expression import StoredExpression, StoredMatrix
@@ -115,14 +157,14 @@ def _fit(opened: store.Atlas, genes: list[str], folder: Path, *, datasets: list[
             vectors[start : start + block.shape[0]] = embedder.transform(normalise(block, "linear", embed_plan),
                                                                          mean=embedder.mean)
             advance(block.shape[0])
-    index, info = build_index(vectors, ids, kind=settings.index, seed=settings.seed)
+    index = CellIndex.build(vectors, ids, kind=settings.index, seed=settings.seed)
     provenance = {**opened.provenance, "panel": {"key": folder.name, "n_genes": len(genes), "datasets": datasets,
                                                  "genes_sha256": sha256_text("\n".join(genes))}}
     staging = folder.parent / f".staging-{os.getpid()}-{time.time_ns()}"
     staging.mkdir(parents=True)
     try:
         embedder.save(staging / "embedder.safetensors", provenance)
-        save_index(index, info, staging / "index.faiss", provenance)
+        index.save(staging / "index.faiss", provenance)
         meta = {"format": FORMAT, "key": folder.name, "genes": genes, "datasets": datasets, "n_cells": len(ids),
                 "atlas_genes": len(embedder.genes), "scores": scores, "provenance": provenance}
         (staging / "PANEL.json").write_text(json.dumps(meta, indent=2, sort_keys=True, default=str))

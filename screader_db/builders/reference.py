@@ -17,15 +17,14 @@ import pandas as pd
 
 from screader_db.checksums import sha256_file
 from screader_db.errors import AtlasError, InputDataError, ScreaderWarning
+from screader_db.expression_stream import ExpressionStream
 from screader_db.genes import GeneMapping, GeneResolver
 from screader_db.inputs import (
     CHUNK,
     ExpressionSource,
     GenePlan,
-    check_values,
     input_scale_of,
     map_genes,
-    normalise,
     open_expression,
     plan_genes,
     read_h5ad,
@@ -38,7 +37,20 @@ RESERVED_NAMES = (".", "..")
 
 
 def check_dataset_name(name: str, *, hint: str = "") -> None:
-    """Refuse a data set name that is not 1 to 100 letters, digits, '-', '_' or '.' (not starting with '-')."""
+    """Refuse a data set name that is not 1 to 100 letters, digits, '-', '_' or '.' (not starting with '-').
+
+    Parameters
+    ----------
+    name : str
+        The proposed name.
+    hint : str
+        Appended to the message (how the name came about).
+
+    Raises
+    ------
+    AtlasError
+        The name cannot name a data set.
+    """
     if NAME_RULE.fullmatch(name) and name not in RESERVED_NAMES:
         return
     shown = name if len(name) <= 40 else f"{name[:40]}... ({len(name)} characters)"
@@ -49,7 +61,25 @@ def check_dataset_name(name: str, *, hint: str = "") -> None:
 
 @dataclass
 class ReferenceSource:
-    """A labelled data set: its cells' labels and metadata, and its expression as a chunked source."""
+    """A labelled data set: its cells' labels and metadata, and its expression as a chunked source.
+
+    Attributes
+    ----------
+    name, label_key : str
+        The data set's name and the obs column its labels came from.
+    labels : numpy.ndarray
+        Each cell's label (cells without one were left out).
+    source : ExpressionSource
+        The chosen matrix, restricted to the labelled cells.
+    mapping : GeneMapping
+        Its genes as human symbols.
+    kind, evidence : str
+        The scale of its values and why (:func:`screader_db.inputs.input_scale_of`).
+    source_file, source_sha256 : str
+        The file read and its sha256 (``<AnnData>`` and empty for an object in memory).
+    harmonised, ontology : numpy.ndarray or None
+        Harmonised labels and ontology ids, once :meth:`harmonise` ran.
+    """
 
     name: str
     label_key: str
@@ -65,45 +95,99 @@ class ReferenceSource:
 
     @property
     def n_cells(self) -> int:
+        """Number of (labelled) cells."""
         return self.source.n_cells
 
     @property
     def obs(self) -> pd.DataFrame:
+        """The cells' metadata."""
         return self.source.obs
 
     def harmonise(self, label_map: pd.DataFrame | None) -> None:
-        """Fill the harmonised labels and ontology ids from a label map (identity without one)."""
+        """Fill the harmonised labels and ontology ids from a label map (identity without one).
+
+        Sets :attr:`harmonised` and :attr:`ontology` (see :func:`screader_db.labelmap.harmonise`).
+
+        Parameters
+        ----------
+        label_map : pandas.DataFrame or None
+            From :func:`screader_db.labelmap.read_label_map`; rows for this data set's name take
+            precedence over ``*`` rows. None or empty keeps every label, with empty ontology ids.
+        """
         from screader_db.labelmap import harmonise
 
         self.harmonised, self.ontology = harmonise(self.labels, self.name, label_map)
 
     def plan(self, target: list[str] | None = None) -> GenePlan:
+        """How the data set's genes become ``target`` genes (default: every gene it maps to).
+
+        Parameters
+        ----------
+        target : list of str or None
+            The target genes (columns); None takes every symbol the data set maps to, sorted.
+
+        Returns
+        -------
+        GenePlan
+            See :func:`screader_db.inputs.plan_genes`.
+        """
         return plan_genes(self.mapping.symbols, target)
 
+    def stream(self, plan: GenePlan | None = None) -> ExpressionStream:
+        """The cells as log-normalised chunks over ``plan``'s genes.
+
+        Parameters
+        ----------
+        plan : GenePlan or None
+            The columns; None takes every gene the data set maps to.
+
+        Returns
+        -------
+        ExpressionStream
+        """
+        return ExpressionStream(self.source, self.plan() if plan is None else plan, self.kind, evidence=self.evidence)
+
     def chunks(self, plan: GenePlan, chunk: int = CHUNK) -> Any:
-        """(start, log-normalised block over the plan's genes) for every chunk of cells."""
-        for start, block in self.source.chunks(chunk):
-            check_values(block)
-            yield start, normalise(block, self.kind, plan)
+        """(start, log-normalised block over the plan's genes) for every chunk of cells (:meth:`ExpressionStream.chunks`).
+
+        Parameters
+        ----------
+        plan : GenePlan
+            The columns.
+        chunk : int
+            Rows per chunk (default :data:`~screader_db.inputs.CHUNK`).
+
+        Returns
+        -------
+        Iterator of (int, scipy.sparse.csr_matrix)
+            Each chunk's first row and its float32 log1p(counts per 10,000) rows; a chunk with NaN,
+            infinite or negative values raises :class:`~screader_db.errors.InputDataError` when reached.
+        """
+        return self.stream(plan).chunks(chunk)
 
     def embed(self, embedder: Any, *, mean: np.ndarray | None = None, chunk: int = CHUNK,
               reporter: Reporter = SILENT) -> np.ndarray:
-        """Vectors of every cell, centred on ``mean`` or on this data set's own centre (the
-        embedder's way: its mean or its composition-balanced mean)."""
-        from screader_db.centring import stream_centre
+        """Vectors of every cell.
 
-        plan = self.plan(embedder.genes)
-        if mean is None:
-            mode = embedder.centre_mode(self.n_cells)
-            mean = stream_centre(embedder, mode, lambda: self.chunks(plan, chunk), self.n_cells,
-                                 seed=int(embedder.params.get("seed", 0)))
-        centre = mean
-        vectors = np.empty((self.n_cells, embedder.dim), dtype=np.float32)
-        with reporter.task(f"Embedding {self.name}", self.n_cells, "cells") as advance:
-            for start, block in self.chunks(plan, chunk):
-                vectors[start : start + block.shape[0]] = embedder.transform(block, mean=centre)
-                advance(block.shape[0])
-        return vectors
+        Parameters
+        ----------
+        embedder : CellEmbedder
+            The fitted embedder.
+        mean : numpy.ndarray or None
+            The centring vector; None centres the data set on itself, the embedder's way (its
+            mean or its composition-balanced mean).
+        chunk : int
+            Rows per chunk.
+        reporter : Reporter
+            Receives the progress.
+
+        Returns
+        -------
+        numpy.ndarray
+            float32, cells × ``embedder.dim``.
+        """
+        return self.stream(self.plan(embedder.genes)).embed(embedder, mean=mean, chunk=chunk,
+                                                            description=f"Embedding {self.name}", reporter=reporter)
 
 
 def open_reference(reference: Any, *, label_key: str, name: str | None = None, layer: str | None = None,
@@ -111,8 +195,32 @@ def open_reference(reference: Any, *, label_key: str, name: str | None = None, l
                    resolver: GeneResolver | None = None, input_scale: str | None = None) -> ReferenceSource:
     """Open a reference (an .h5ad path, read in backed mode, or an AnnData) and check its labels.
 
-    ``input_scale`` names the scale of the values (:data:`screader_db.inputs.SCALES`); ``auto`` or
-    None detects it from the first cells."""
+    Parameters
+    ----------
+    reference : str, Path or AnnData
+        The data set.
+    label_key : str
+        The obs column of labels; cells with an empty label are left out (with a warning).
+    name : str or None
+        The data set's name; None takes the file's stem (``reference`` for an AnnData).
+    layer, use_raw, gene_key, species, resolver
+        Which matrix and gene names are read, and how they map to human symbols
+        (:func:`screader_db.inputs.open_expression`, :func:`screader_db.inputs.map_genes`).
+    input_scale : str or None
+        The scale of the values (:data:`screader_db.inputs.SCALES`); ``auto`` or None tells it from
+        the first cells (:func:`screader_db.inputs.input_scale_of`).
+
+    Returns
+    -------
+    ReferenceSource
+
+    Raises
+    ------
+    AtlasError
+        The name cannot name a data set.
+    InputDataError
+        The file, the labels, the genes or the values are not usable; the message says why.
+    """
     source_file, digest = "<AnnData>", ""
     hint = ""
     if name is None:

@@ -1,0 +1,45 @@
+"""Composition-balanced centring: the mean of cluster centroids counts each population about once."""
+
+import numpy as np
+import scipy.sparse as sp
+
+from screader_db.centring import balanced_mean
+
+
+def _two_populations(n_first, n_second, seed=0):
+    """Cells of two well-separated populations over 6 genes, with small noise."""
+    rng = np.random.default_rng(seed)
+    first = np.array([10, 0, 0, 2, 2, 2], dtype=np.float64)
+    second = np.array([0, 10, 4, 2, 2, 2], dtype=np.float64)
+    return np.vstack([first + rng.normal(0, 0.1, (n_first, 6)), second + rng.normal(0, 0.1, (n_second, 6))])
+
+
+def test_a_tenfold_larger_population_does_not_pull_the_centre():
+    X = _two_populations(900, 90)
+    found = balanced_mean(X, n_clusters=2)
+    assert found.dtype == np.float32 and found.shape == (6,)
+    halfway = (X[:900].mean(axis=0) + X[900:].mean(axis=0)) / 2
+    np.testing.assert_allclose(found, halfway, atol=1e-5)
+    assert np.abs(X.mean(axis=0) - halfway).max() > 3  # the plain mean sits near the larger population
+
+
+def test_two_mixes_of_the_same_populations_are_centred_alike():
+    mostly_first = _two_populations(900, 100, seed=1)
+    mostly_second = _two_populations(100, 900, seed=2)
+    a, b = balanced_mean(mostly_first, n_clusters=2), balanced_mean(mostly_second, n_clusters=2)
+    assert np.abs(a - b).max() < 0.05
+    assert np.abs(mostly_first.mean(axis=0) - mostly_second.mean(axis=0)).max() > 7
+
+
+def test_sparse_and_dense_input_and_a_repeated_call_agree():
+    X = _two_populations(60, 40, seed=3)
+    dense = balanced_mean(X, n_clusters=4, seed=5)
+    assert np.array_equal(dense, balanced_mean(sp.csr_matrix(X), n_clusters=4, seed=5))
+    assert np.array_equal(dense, balanced_mean(X, n_clusters=4, seed=5))
+
+
+def test_no_more_cells_than_clusters_is_the_plain_mean():
+    X = np.arange(12, dtype=np.float64).reshape(4, 3)
+    found = balanced_mean(X, n_clusters=4)
+    assert found.dtype == np.float32
+    np.testing.assert_array_equal(found, X.mean(axis=0).astype(np.float32))

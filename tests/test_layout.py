@@ -1,0 +1,40 @@
+"""Placing cells on the reference map from their neighbours' positions (layout.place)."""
+
+import numpy as np
+
+from screader_db.layout import PLACE_TEMPERATURE, place
+
+NAN = [np.nan, np.nan]
+
+
+def test_one_neighbour_or_equal_similarities_give_its_position_or_the_midpoint():
+    found = place(np.array([[0.7], [0.2]]), np.array([[[1.0, 2.0]], [[-3.0, 4.0]]]))
+    assert found.dtype == np.float32 and found.shape == (2, 2)
+    np.testing.assert_array_equal(found, [[1.0, 2.0], [-3.0, 4.0]])
+    np.testing.assert_allclose(place(np.array([[0.5, 0.5]]), np.array([[[0.0, 0.0], [2.0, 6.0]]])), [[1.0, 3.0]])
+
+
+def test_weights_are_a_softmax_of_similarity_over_the_temperature():
+    sims = np.array([[0.9, 0.8, 0.6]])
+    positions = np.array([[[0.0, 0.0], [10.0, 0.0], [0.0, 10.0]]])
+    weights = np.exp(sims[0] / PLACE_TEMPERATURE)
+    weights /= weights.sum()
+    expected = weights @ positions[0]
+    np.testing.assert_allclose(place(sims, positions)[0], expected, rtol=1e-6)
+    assert place(sims, positions)[0, 0] < 5  # the nearest neighbour counts most
+
+
+def test_adding_the_same_amount_to_every_similarity_moves_nothing_and_overflows_nothing():
+    sims = np.array([[0.9, 0.8, 0.6]])
+    positions = np.array([[[0.0, 0.0], [10.0, 0.0], [0.0, 10.0]]])
+    shifted = place(sims + 100.0, positions)
+    assert np.isfinite(shifted).all()
+    np.testing.assert_allclose(shifted, place(sims, positions), rtol=1e-5)
+
+
+def test_neighbours_without_a_position_are_left_out():
+    sims = np.array([[0.99, 0.5], [0.8, 0.7]])
+    positions = np.array([[NAN, [4.0, -1.0]], [NAN, NAN]])
+    found = place(sims, positions)
+    np.testing.assert_array_equal(found[0], [4.0, -1.0])
+    np.testing.assert_array_equal(found[1], [0.0, 0.0])  # nothing to go by: the origin, never NaN
