@@ -3,7 +3,7 @@
 Queries of two suite tasks (pbmc3k -> Kang control, Baron human -> Baron mouse) are cut to N
 genes drawn at random from the reference's 3,000 most variable genes (3 seeds each) and
 annotated through the panel index, beside expression kNN on the same genes. The floor of
-``screader_db.annotation.MIN_PANEL_GENES`` is the smallest N at which every task's accuracy is
+``screader_db.query_input.MIN_PANEL_GENES`` is the smallest N at which every task's accuracy is
 clearly above labelling every cell with the reference's most common label.
 
     python benchmarks/panel_floor.py --out results/panel_floor.md
@@ -15,7 +15,7 @@ import argparse
 import time
 from pathlib import Path
 
-from screader_db import annotation
+from screader_db import query_input
 from screader_db.evaluation import MethodSpec, Task, evaluate
 from screader_db.suite import LABEL, _panel, _variable_symbols, load_sources
 
@@ -30,7 +30,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
-    annotation.MIN_PANEL_GENES = 1  # measure below today's floor too: the floor is what this chooses
+    query_input.MIN_PANEL_GENES = 1  # measure below today's floor too: the floor is what this chooses
     sources = load_sources()
     tasks, chance = [], {}
     for ref, qry in BASES:

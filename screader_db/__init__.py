@@ -18,6 +18,8 @@ _LAZY = {
     "AnnotateOptions": "screader_db.options",
     "ReadOptions": "screader_db.options",
     "NeighbourFilter": "screader_db.options",
+    "SearchOptions": "screader_db.options",
+    "search": "screader_db.cell_search",
 }
 
 __all__ = ["__version__", *_LAZY]

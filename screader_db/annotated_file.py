@@ -28,7 +28,8 @@ def write_annotated(result: Any, query: str | Path, target: str | Path) -> Path:
     result : AnnotationResult
         The annotation of ``query``'s cells, in the file's order.
     query : str or Path
-        The annotated .h5ad file.
+        The annotated .h5ad file; a query in another format (:func:`screader_db.input_files.open_input`)
+        is read into memory and its annotated copy written as .h5ad.
     target : str or Path
         The file to write (replaced if it exists).
 
@@ -46,7 +47,13 @@ def write_annotated(result: Any, query: str | Path, target: str | Path) -> Path:
     import h5py
     from anndata.io import read_elem, write_elem
 
+    from screader_db.input_files import detect_format, open_input
+
     source, written = Path(query), Path(target)
+    if detect_format(source).format != "h5ad":  # another format: read whole, annotated, written as .h5ad
+        with open_input(source, backed=False) as opened:
+            result.to_adata(opened.adata).write_h5ad(written)
+        return written
     with h5py.File(source, "r") as file:
         known = set(file) <= {*ANNOTATIONS, *MATRICES}  # older files keep raw as raw.X, raw.var
         if not known or not all("encoding-type" in file[key].attrs for key in file):

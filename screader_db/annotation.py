@@ -1,13 +1,12 @@
 """Annotate query cells against an atlas: embed them the atlas's way, search, vote.
 
 ``annotate(adata, atlas)`` is the one call; the CLI's ``query`` command is a thin layer on it.
-The query is read in row chunks (an .h5ad path is opened in backed mode), so its size is
-bounded by the results, not by the expression matrix.
+The query is read in row chunks (a path is opened backed or lazily where its format allows,
+:mod:`screader_db.input_files`), so its size is bounded by the results, not by the expression matrix.
 """
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -20,280 +19,28 @@ import pandas as pd
 from screader_db import store
 from screader_db.calibration import confidence_of
 from screader_db.confidence import agreement, combine
-from screader_db.errors import GeneOverlapError, InputDataError, ScreaderError, ScreaderWarning
-from screader_db.expression_stream import ExpressionStream
-from screader_db.genes import GeneMapping, looks_like_ensembl
+from screader_db.errors import InputDataError, ScreaderError
 from screader_db.information import CellInformation, min_detected
+from screader_db.input_files import open_input
 from screader_db.inputs import (
     CHUNK,
-    ExpressionSource,
-    GenePlan,
-    input_scale_of,
-    map_genes,
-    open_expression,
     plan_genes,
-    read_h5ad,
 )
 from screader_db.metrics import UNASSIGNED
 from screader_db.options import AnnotateOptions
 from screader_db.progress import SILENT, Reporter
+from screader_db.query_input import Answering, PreparedQuery, embed_query, fit_to_panel, prepare_query
 from screader_db.results import EMPTY, LOW_MARGIN, LOW_SCORE, NOVEL_POPULATION, SCORE_PREFIX, AnnotationResult
 from screader_db.vote import Vote, decide, propagate, query_graph, tally
 
-MIN_OVERLAP = 0.2
-WARN_OVERLAP = 0.6
-# A query with fewer than this share of the atlas's genes is answered on a panel index.
-PANEL_SHARE = 0.95
-# The fewest shared genes a panel index is fitted on: with fewer, panels of the transfer suite fell to
-# or below the accuracy of giving every cell the reference's most common label (benchmarks/panel_floor.py:
-# Baron human -> mouse, 50 random variable genes: 0.453 against 0.479; 75 genes: 0.504; README).
-MIN_PANEL_GENES = 75
-
-
-def _names_hint(names: list[str], mapping: GeneMapping) -> str:
-    """What the query's gene names look like, and how to fix the mapping, when too few match."""
-    hint = f"How the query's {mapping.n_input:,} genes mapped: {mapping.how}; first names: {', '.join(names[:5])}."
-    if looks_like_ensembl(names) > 0.5:
-        hint += " The query's genes look like Ensembl ids (ENSG...); pass --gene-key with a var column of symbols."
-    elif mapping.species == "human" and sum(n[:1].isupper() and n[1:2].islower() for n in names[:500]) > 100:
-        hint += " Many names look like mouse symbols; pass --species mouse."
-    return hint
-
-
-def _overlap_error(matched: int, n_atlas: int, names: list[str], mapping: GeneMapping) -> GeneOverlapError:
-    message = (
-        f"only {matched} of the atlas's {n_atlas:,} genes are in the query ({matched / n_atlas:.0%}; "
-        f"at least {MIN_OVERLAP:.0%} is needed). {_names_hint(names, mapping)}"
-    )
-    return GeneOverlapError(message)
-
-
-def _check_overlap(plan: GenePlan, n_atlas: int, names: list[str], mapping: GeneMapping) -> None:
-    share = plan.matched / n_atlas
-    if share < MIN_OVERLAP:
-        raise _overlap_error(plan.matched, n_atlas, names, mapping)
-    if share < WARN_OVERLAP:
-        warnings.warn(f"only {plan.matched} of the atlas's {n_atlas:,} genes ({share:.0%}) are in the query; "
-                      "labels may be less reliable", ScreaderWarning, stacklevel=4)
-
-
-@dataclass
-class PreparedQuery:
-    """A query source with its gene mapping onto the atlas genes, checked and ready to stream.
-
-    Attributes
-    ----------
-    source : ExpressionSource
-        The query's chosen matrix (all cells, or those kept).
-    mapping : GeneMapping
-        Its genes as human symbols.
-    plan : GenePlan
-        How its genes become the atlas's (or a panel's) genes.
-    kind, evidence : str
-        The scale of its values and why (:func:`screader_db.inputs.input_scale_of`).
-    library : GenePlan or None
-        The genes library sizes are taken over, when not all (a panel query is normalised over
-        the genes it shares with the atlas, as the panel's reference is).
-    """
-
-    source: ExpressionSource
-    mapping: GeneMapping
-    plan: GenePlan
-    kind: str
-    library: GenePlan | None = None
-    evidence: str = ""
-
-    @property
-    def stream(self) -> ExpressionStream:
-        """The query's cells as log-normalised chunks over :attr:`plan`'s genes."""
-        return ExpressionStream(self.source, self.plan, self.kind, library=self.library, evidence=self.evidence)
-
-    def chunks(self, size: int = CHUNK) -> Any:
-        """(start, log-normalised block) for every ``size`` cells (:meth:`ExpressionStream.chunks`).
-
-        Parameters
-        ----------
-        size : int
-            Rows per chunk (default :data:`~screader_db.inputs.CHUNK`).
-
-        Returns
-        -------
-        Iterator of (int, scipy.sparse.csr_matrix)
-            Each chunk's first row and its float32 log1p(counts per 10,000) rows over :attr:`plan`'s
-            genes; a chunk with NaN, infinite or negative values raises
-            :class:`~screader_db.errors.InputDataError` when reached.
-        """
-        return self.stream.chunks(size)
-
-    def onto(self, genes: list[str], library: list[str] | None = None) -> PreparedQuery:
-        """The same query mapped onto other atlas genes (library sizes over ``library`` genes if given).
-
-        Parameters
-        ----------
-        genes : list of str
-            The new target genes.
-        library : list of str or None
-            Genes the library sizes are taken over; None takes every query gene.
-
-        Returns
-        -------
-        PreparedQuery
-        """
-        over = None if library is None else plan_genes(self.mapping.symbols, library)
-        return replace(self, plan=plan_genes(self.mapping.symbols, genes), library=over)
-
-
-def prepare_query(adata: Any, genes: list[str], *, layer: str | None = None, use_raw: bool = False,
-                  gene_key: str | None = None, species: str = "auto", check_overlap: bool = True,
-                  input_scale: str | None = None) -> PreparedQuery:
-    """Open, map and check a query against the atlas genes.
-
-    Parameters
-    ----------
-    adata : AnnData
-        The query (in memory or backed).
-    genes : list of str
-        The atlas's genes.
-    layer, use_raw, gene_key, species
-        Which matrix and gene names are read, and how they map to human symbols.
-    check_overlap : bool
-        Refuse too small an overlap with ``genes``; off when the caller answers a partial panel
-        another way.
-    input_scale : str or None
-        The scale of the values (:data:`screader_db.inputs.SCALES`); ``auto`` or None tells it
-        (:func:`screader_db.inputs.input_scale_of`).
-
-    Returns
-    -------
-    PreparedQuery
-
-    Raises
-    ------
-    GeneOverlapError
-        Too few atlas genes are in the query (with ``check_overlap``).
-    InputDataError
-        The matrix, the genes or the values are not usable; the message says why.
-    """
-    source = open_expression(adata, layer=layer, use_raw=use_raw, gene_key=gene_key)
-    mapping = map_genes(source, species=species)
-    plan = plan_genes(mapping.symbols, genes)
-    if check_overlap:
-        _check_overlap(plan, len(genes), source.names, mapping)
-    scale = input_scale_of(source, input_scale)
-    return PreparedQuery(source=source, mapping=mapping, plan=plan, kind=scale.scale, evidence=scale.evidence)
-
-
-@dataclass
-class Answering:
-    """What a query is answered with: the atlas's own embedder and index, or a panel's."""
-
-    query: PreparedQuery
-    embedder: Any
-    index: Any
-    scores: dict[str, Any]  # the score calibration: confidence map and default cut-off
-    panel: dict[str, Any]  # whether a panel index was used, which, and whether it was reused
-
-
-def fit_to_panel(query: PreparedQuery, opened: store.Atlas, *, datasets: list[str] | None = None,
-                 reporter: Reporter = SILENT) -> Answering:
-    """The atlas's own embedder and index, or a panel index when the query lacks more than a few of the atlas's genes.
-
-    A panel index is the atlas re-fitted on the genes both share, fitted once and kept in the atlas
-    version, with its own score calibration (see :mod:`screader_db.builders.panel`). It is used when
-    the query has fewer than :data:`PANEL_SHARE` of the atlas's genes, the atlas keeps reference
-    expression and its method is not a learned one; otherwise the atlas's own is used if the
-    overlap is large enough. Using a panel warns (:class:`~screader_db.errors.ScreaderWarning`).
-
-    Parameters
-    ----------
-    query : PreparedQuery
-        The query, mapped onto the atlas's genes.
-    opened : Atlas
-        The opened atlas; panels it fits or reads are kept in ``opened.panels`` for later queries.
-    datasets : list of str or None
-        Fit the panel on these data sets' cells alone, as an atlas of them would be; None: every data set.
-    reporter : Reporter
-        Receives the progress of a panel fit.
-
-    Returns
-    -------
-    Answering
-        The query (re-mapped onto the panel's genes, normalised over the shared genes, when a panel
-        is used), embedder, index, score calibration and the ``panel`` info entry.
-
-    Raises
-    ------
-    GeneOverlapError
-        Too few atlas genes are in the query for the atlas's own embedder, or fewer than
-        :data:`MIN_PANEL_GENES` shared genes for a panel.
-    AtlasError
-        A kept panel is unreadable or of another format.
-    """
-    from screader_db.cell_embedding import LEARNED_METHODS
-
-    embedder = opened.embedder
-    own = Answering(query, embedder, opened.index, opened.annotation_defaults()["scores"], {"used": False})
-    if query.plan.matched >= PANEL_SHARE * len(embedder.genes):
-        return own
-    stored = opened.expression_genes(datasets)
-    if not stored or embedder.method in LEARNED_METHODS:
-        _check_overlap(query.plan, len(embedder.genes), query.source.names, query.mapping)
-        return own
-    shared = sorted(set(query.mapping.symbols) & set(stored))
-    if len(shared) < MIN_PANEL_GENES:
-        message = (
-            f"the query shares only {len(shared)} genes with the atlas's reference ({len(stored):,} genes); at least "
-            f"{MIN_PANEL_GENES} are needed (with fewer, panels in the transfer suite were labelled no better than by "
-            f"giving every cell the most common label). Query with a file that measures more genes (the whole transcriptome rather than a "
-            f"targeted panel), or check the gene names. {_names_hint(query.source.names, query.mapping)}"
-        )
-        raise GeneOverlapError(message)
-    key = (*shared, "datasets:", *(sorted(datasets) if datasets else ["all"]))
-    panel = opened.panels.get(key)
-    if panel is None:
-        from screader_db.builders.panel import open_panel
-
-        panel = open_panel(opened, shared, datasets=datasets, reporter=reporter)
-        opened.panels[key] = panel
-    else:
-        panel.reused = True
-    warnings.warn(f"the query has {query.plan.matched} of the atlas's {len(embedder.genes):,} genes; it was answered on "
-                  f"the {len(shared):,} genes it shares with the atlas's reference (panel index {panel.key}, "
-                  f"{'reused' if panel.reused else 'fitted now and kept'})", ScreaderWarning, stacklevel=3)
-    info = {"used": True, "key": panel.key, "shared_genes": len(shared), "reused": panel.reused,
-            "panel_atlas_genes": len(panel.embedder.genes)}
-    return Answering(query.onto(panel.embedder.genes, shared), panel.embedder, panel.index, panel.scores, info)
-
-
-def embed_query(query: PreparedQuery, embedder: Any, *, center: str | None = None, chunk: int = CHUNK,
-                reporter: Reporter = SILENT) -> np.ndarray:
-    """Cell vectors of the whole query, centred the atlas's way (an extra pass when self-centred).
-
-    Parameters
-    ----------
-    query : PreparedQuery
-        The query, mapped onto the embedder's genes.
-    embedder : CellEmbedder
-        The atlas's (or a panel's) embedder.
-    center : str or None
-        How the query is centred (``query``, ``balanced``, ``reference``, ``auto``); None takes
-        the embedder's own.
-    chunk : int
-        Rows per chunk.
-    reporter : Reporter
-        Receives the progress.
-
-    Returns
-    -------
-    numpy.ndarray
-        float32, cells × ``embedder.dim``.
-    """
-    return query.stream.embed(embedder, center=center, chunk=chunk, description="Embedding query cells",
-                              reporter=reporter)
-
-
-# The label levels a query may vote at (the ``level`` option), and the atlas cells' column of each.
-LEVELS = {"label": "label", "harmonised": "label_harmonised"}
+# The label levels a query may vote at (the ``level`` option), and the atlas cells' column of each:
+# the data sets' own labels (``fine`` is another name for ``label``), the label map's harmonised
+# labels, the Cell Ontology terms' names and their broad classes (:mod:`screader_db.ontology`).
+LEVELS = {"label": "label", "fine": "label", "harmonised": "label_harmonised", "ontology": "label_ontology",
+          "broad": "label_broad"}
+# What a cell's label is (the table's ``call_level``): the vote's label at the chosen level, the
+# broad class its candidates share (:func:`parent_labels`), or Unassigned.
+CALL_FINE, CALL_PARENT, CALL_UNASSIGNED = "fine", "parent", "unassigned"
 MAP_SAMPLE = 50_000
 
 
@@ -477,7 +224,8 @@ def _with_empty_cells(table: pd.DataFrame, arrays: tuple[np.ndarray, np.ndarray,
             columns[column] = pd.Categorical.from_codes(codes, categories=values.cat.categories)
             continue
         present = values.to_numpy()
-        fill: Any = {"label": UNASSIGNED, "unassigned_reason": EMPTY}.get(column, "" if present.dtype == object else 0)
+        fill: Any = {"label": UNASSIGNED, "unassigned_reason": EMPTY, "call_level": CALL_UNASSIGNED}.get(
+            column, "" if present.dtype == object else 0)
         columns[column] = np.full(n, fill, dtype=present.dtype)
         columns[column][rows] = present
     full: list[np.ndarray | None] = []
@@ -496,16 +244,14 @@ def _listed(names: tuple[str, ...] | None) -> list[str] | None:
 
 
 @contextmanager
-def _query_data(adata: Any) -> Iterator[Any]:
-    """The query as an AnnData: a path is opened backed, and closed again afterwards."""
+def _query_data(adata: Any) -> Iterator[tuple[Any, dict[str, str]]]:
+    """The query as an AnnData, and how its file was read: a path is opened (backed or lazily where its format
+    allows, :func:`screader_db.input_files.open_input`) and closed again afterwards."""
     if not isinstance(adata, str | Path):
-        yield adata
+        yield adata, {}
         return
-    opened = read_h5ad(adata, backed=True)
-    try:
-        yield opened
-    finally:
-        opened.file.close()
+    with open_input(adata) as opened:
+        yield opened.adata, opened.file.info()
 
 
 @dataclass(frozen=True)
@@ -696,7 +442,7 @@ def search_neighbours(plan: Plan, prepared: Prepared, vectors: np.ndarray, *, ch
         searching = pool.submit(run_search)
         novel = None
         if options.novelty:
-            own_level = wanted.level == "label"
+            own_level = LEVELS[wanted.level] == "label"
             novel = find_novel(prepared.query, plan.atlas, chunk=chunk, cutoff=options.novelty_cutoff,
                                datasets=_listed(wanted.datasets), labels=_listed(wanted.labels) if own_level else None,
                                exclude_labels=_listed(wanted.exclude_labels) if own_level else None, reporter=reporter)
@@ -783,11 +529,75 @@ class Labelled:
     clustering: str | None
 
 
+def label_parents(cells: pd.DataFrame, column: str, vocabulary: list[str]) -> list[str]:
+    """The broad class above each label of a level: the most common ``label_broad`` of the atlas cells with it.
+
+    Parameters
+    ----------
+    cells : pandas.DataFrame
+        Atlas cells with the level's ``column`` and ``label_broad``.
+    column : str
+        The level's column (:data:`LEVELS`).
+    vocabulary : list of str
+        The level's labels.
+
+    Returns
+    -------
+    list of str
+        One per label (ties go to the first name in sorted order); a label no cell has is its own parent.
+    """
+    if column == "label_broad":
+        return list(vocabulary)
+    counts = cells.groupby([column, "label_broad"], observed=True).size().rename("n").reset_index()
+    top = counts.sort_values(["n", "label_broad"], ascending=[False, True], kind="stable").drop_duplicates(column)
+    found = dict(zip(top[column].astype(str), top["label_broad"].astype(str), strict=True))
+    return [found.get(label, label) for label in vocabulary]
+
+
+def parent_labels(shares: np.ndarray, parents: list[str], *, min_score: float, min_margin: float) -> np.ndarray:
+    """The parent answer of each cell: the broad class whose labels together pass the same cut-offs a label must.
+
+    The vote shares of the labels under one broad class are added up; the class with the largest
+    sum is the answer when that sum is at least ``min_score`` and leads the next class by at least
+    ``min_margin``. A class over one label never passes where its label failed.
+
+    Parameters
+    ----------
+    shares : numpy.ndarray
+        Cells × labels vote shares.
+    parents : list of str
+        Each label's broad class (:func:`label_parents`).
+    min_score, min_margin : float
+        The cut-offs of a call.
+
+    Returns
+    -------
+    numpy.ndarray of object
+        The class's name per cell, "" where no class passes.
+    """
+    names, codes = np.unique(np.asarray(parents, dtype=object), return_inverse=True)
+    if len(names) == len(parents) or not len(shares):
+        return np.full(len(shares), "", dtype=object)
+    members = np.zeros((len(parents), len(names)), dtype=np.float64)
+    members[np.arange(len(parents)), codes] = 1.0
+    grouped = np.asarray(shares, dtype=np.float64) @ members
+    order = np.argsort(-grouped, axis=1, kind="stable")
+    rows = np.arange(len(grouped))
+    top = grouped[rows, order[:, 0]]
+    second = grouped[rows, order[:, 1]] if len(names) > 1 else np.zeros(len(grouped))
+    passed = (top >= min_score) & (top - second >= min_margin)
+    return np.where(passed, names[order[:, 0]], "").astype(object)
+
+
 def abstain(plan: Plan, prepared: Prepared, neighbours: Neighbours, votes: Votes, vectors: np.ndarray, *,
             reporter: Reporter = SILENT) -> Labelled:
     """Label each informative cell, or leave it Unassigned: a score below ``min_score``, a margin
     below ``min_margin``, or a novel population; add majority labels when asked, and why each
     Unassigned cell is.
+
+    A cell set aside for its score or margin whose candidate labels share a broad class that passes
+    both cut-offs (:func:`parent_labels`) is given that class instead (``call_level`` ``parent``);
+    a novel population stays Unassigned.
 
     Parameters
     ----------
@@ -811,7 +621,12 @@ def abstain(plan: Plan, prepared: Prepared, neighbours: Neighbours, votes: Votes
     options, decided, min_score = plan.options, votes.result, prepared.min_score
     names_arr = np.asarray(votes.vocabulary, dtype=object)
     raw = names_arr[decided.best]
-    label = np.where((decided.score >= min_score) & (decided.margin >= options.min_margin), raw, UNASSIGNED)
+    called = (decided.score >= min_score) & (decided.margin >= options.min_margin)
+    parents = label_parents(plan.atlas.cells(list(dict.fromkeys([plan.column, "label_broad"]))), plan.column,
+                            votes.vocabulary)
+    parent = parent_labels(decided.shares, parents, min_score=min_score, min_margin=options.min_margin)
+    rescued = ~called & (parent != "")
+    label = np.where(called, raw, np.where(rescued, parent, UNASSIGNED))
     second = np.where(decided.second >= 0, names_arr[np.clip(decided.second, 0, None)], "")
     table = pd.DataFrame({
         "label": label.astype(object), "score": decided.score, "confidence": votes.confidence,
@@ -837,6 +652,8 @@ def abstain(plan: Plan, prepared: Prepared, neighbours: Neighbours, votes: Votes
         table["majority_label"] = majority
         table["majority_share"] = share
     table["unassigned_reason"] = _unassigned_reasons(table, min_score=min_score, min_margin=options.min_margin)
+    unassigned = (table["label"] == UNASSIGNED).to_numpy()
+    table["call_level"] = np.where(unassigned, CALL_UNASSIGNED, np.where(rescued, CALL_PARENT, CALL_FINE)).astype(object)
     label_scores = pd.DataFrame(decided.shares.astype(np.float32), index=table.index,
                                 columns=[SCORE_PREFIX + name for name in votes.vocabulary])
     return Labelled(table=pd.concat([table, label_scores], axis=1), novelty=info_novelty, clustering=algorithm)
@@ -891,8 +708,9 @@ def annotate(adata: Any, atlas: str | Path | store.Atlas, *, options: AnnotateOp
     Parameters
     ----------
     adata : AnnData, str or Path
-        The query: an AnnData (in memory or backed), or an .h5ad path, read in backed mode and
-        closed afterwards.
+        The query: an AnnData (in memory or backed), or the path of a file or folder in any format of
+        :data:`screader_db.input_files.FORMATS` (an .h5ad read in backed mode), closed afterwards; the
+        info then records ``input_format`` and ``input_format_evidence``.
     atlas : str, Path or Atlas
         An atlas folder, or an opened atlas.
     options : AnnotateOptions or None
@@ -921,7 +739,7 @@ def annotate(adata: Any, atlas: str | Path | store.Atlas, *, options: AnnotateOp
     """
     options = (options or AnnotateOptions()).updated(**flat_options)
     options.check()
-    with _query_data(adata) as data:
+    with _query_data(adata) as (data, source):
         plan = Plan.of(atlas, options)
         read = options.read
         reporter.message("Reading the query")
@@ -934,4 +752,6 @@ def annotate(adata: Any, atlas: str | Path | store.Atlas, *, options: AnnotateOp
         neighbours = search_neighbours(plan, prepared, vectors, chunk=chunk, reporter=reporter)
         votes = vote(plan, neighbours, vectors, answering.scores)
         labelled = abstain(plan, prepared, neighbours, votes, vectors, reporter=reporter)
-        return assemble(plan, prepared, vectors, neighbours, votes, labelled)
+        result = assemble(plan, prepared, vectors, neighbours, votes, labelled)
+        result.info.update(source)
+        return result

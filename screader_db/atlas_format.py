@@ -35,7 +35,7 @@ CATALOGUE = "atlas.duckdb"  # in each version; at the root a symlink -> current/
 LOCK = ".lock"  # the writer lock (readers never take it)
 TMP = ".tmp"  # readers' scratch area
 VERIFIED = "verified.json"  # in TMP: files whose sha256 checked out
-STAGING_PREFIX = ".staging-"  # in versions/: a version being written
+STAGING_PREFIX = ".staging-"  # in versions/ and panels/: a version or panel being written
 TRASH_PREFIX = ".trash-"  # in versions/: a version being deleted
 
 # One version's folder.
@@ -58,23 +58,30 @@ FORMAT_KEY = b"screader_db.format"  # JSON {"kind": ..., "version": ...}
 GENES_KEY = b"screader_db.genes"  # label profiles and expression parts: JSON list of their genes
 NOVELTY_KEY = b"screader_db.novelty"  # label profiles: JSON novelty and score calibration
 EXPRESSION_KEY = b"screader_db.expression"  # expression parts: JSON {"format": "expression-1", "values": ...}
+ONTOLOGY_KEY = b"screader_db.ontology"  # cells parts: JSON source of the Cell Ontology labels were matched to ({} for none)
 
 ID_SHIFT = 32  # cell id = data set id << ID_SHIFT | row within the data set
 DEFAULT_K = 15  # neighbours for atlases whose parameters predate a recorded k
 
 FORMATS: dict[str, int] = {
-    "version_info": 3,  # 1 first release; 2 last_step, history; 3 formats
-    "cells": 3,  # 1 no label_harmonised, ontology_id; 2 one file per data set, map in a umap column; 3 parts
+    "version_info": 4,  # 1 first release; 2 last_step, history; 3 formats; 4 with cells 4 and catalogue 3
+    "cells": 4,  # 1 no label_harmonised, ontology_id; 2 one file per data set, map in a umap column; 3 parts;
+    # 4 label_ontology, label_broad, ontology_match
     "layout": 1,
     "label_profiles": 2,  # 1 novelty calibration without scores
     "genes": 1,
     "gene_embeddings": 1,
     "embedder": 2,  # cell_embedding.FORMAT "cell-embedder-2"
     "index": 1,
-    "expression": 1,  # stored_expression.FORMAT "expression-1"
-    "catalogue": 2,  # 1 cells table without label_harmonised, ontology_id
-    "panel": 1,  # builders/panel.py FORMAT "panel-1"; added by queries, not part of a version's write
+    "expression": 1,  # EXPRESSION_FORMAT
+    "catalogue": 3,  # 1 cells table without label_harmonised, ontology_id; 2 without label_ontology, label_broad,
+    # ontology_match
+    "panel": 1,  # PANEL_FORMAT; added by queries, not part of a version's write
 }
+# The kinds that carry their own tag instead of a version under FORMAT_KEY (tests check they follow FORMATS).
+EXPRESSION_FORMAT = "expression-1"  # expression parts, under EXPRESSION_KEY
+EXPRESSION_VALUES = "log1p counts per 10,000"  # what expression parts hold, under EXPRESSION_KEY
+PANEL_FORMAT = "panel-1"  # PANEL.json, its "format"
 CELLS_V2_MAP = "umap"  # cells version 2: the reference map as a column of two floats
 
 _NAMED = {VERSION_FILE: "version_info", GENES: "genes", GENE_EMBEDDINGS: "gene_embeddings", EMBEDDER: "embedder",
@@ -117,14 +124,51 @@ def cell_part_path(dataset: str, number: int) -> str:
     return f"{CELLS}/{dataset}/part-{number:05d}.parquet"
 
 
+def expression_part_path(dataset: str, number: int) -> str:
+    """Where part ``number`` of a data set's stored expression goes, relative to the version folder.
+
+    Parameters
+    ----------
+    dataset
+        The data set's name.
+    number
+        The part's number (0, 1, ...).
+
+    Returns
+    -------
+    str
+        ``expression/<dataset>/part-NNNNN.parquet``.
+    """
+    return f"{EXPRESSION}/{dataset}/part-{number:05d}.parquet"
+
+
+def expression_metadata(provenance: str, genes: list[str]) -> dict[bytes, str]:
+    """The schema metadata of an expression part: provenance, gene list and the part's format tag.
+
+    Parameters
+    ----------
+    provenance
+        The build's provenance, as JSON.
+    genes
+        The part's columns, in order.
+
+    Returns
+    -------
+    dict
+        :data:`PROVENANCE_KEY`, :data:`GENES_KEY` and :data:`EXPRESSION_KEY` with their JSON values.
+    """
+    return {PROVENANCE_KEY: provenance, GENES_KEY: json.dumps(genes),
+            EXPRESSION_KEY: json.dumps({"format": EXPRESSION_FORMAT, "values": EXPRESSION_VALUES})}
+
+
 def part_dataset(relative: str) -> str:
     """The data set a cells or expression file holds, from its path in any version.
 
     Parameters
     ----------
     relative
-        ``cells/<dataset>/part-NNNNN.parquet``, or ``cells/<dataset>.parquet`` (cells versions 1
-        and 2), relative to the version folder.
+        ``cells/<dataset>/part-NNNNN.parquet``, ``expression/<dataset>/part-NNNNN.parquet``, or
+        ``cells/<dataset>.parquet`` (cells versions 1 and 2), relative to the version folder.
 
     Returns
     -------
@@ -252,6 +296,10 @@ def check_version(kind: str, version: int, where: Path | str) -> int:
 
 # VERSION.json ---------------------------------------------------------------------------------------
 
+# A history step's ``change``: the kind of change that made the version. Steps also record
+# ``fitted_on`` (build and refits: the data sets the embedder was fitted on) and ``reason`` (refits).
+CHANGES = ("build", "add", "remove", "refit", "add+refit", "remove+refit")
+
 
 def _version_info_version(meta: dict[str, Any]) -> int:
     """The version of a parsed ``VERSION.json``: recorded, else told from its keys."""
@@ -328,7 +376,7 @@ def read_version_info(folder: Path) -> dict[str, Any]:
 
 
 def cells_schema(dim: int) -> pa.Schema:
-    """The schema of a cells part (version 3) whose vectors have ``dim`` values.
+    """The schema of a cells part (version 4) whose vectors have ``dim`` values.
 
     Parameters
     ----------
@@ -338,17 +386,58 @@ def cells_schema(dim: int) -> pa.Schema:
     Returns
     -------
     pyarrow.Schema
-        cell_id int64, dataset, barcode, label, label_harmonised, ontology_id, metadata (a JSON
-        object of the cell's obs values but the label) as strings, embedding fixed_size_list<float32>[dim].
+        cell_id int64, dataset, barcode, label, label_harmonised, ontology_id, label_ontology,
+        label_broad, ontology_match, metadata (a JSON object of the cell's obs values but the label)
+        as strings, embedding fixed_size_list<float32>[dim].
     """
     import pyarrow as pa
 
     return pa.schema([("cell_id", pa.int64()), ("dataset", pa.string()), ("barcode", pa.string()),
                       ("label", pa.string()), ("label_harmonised", pa.string()), ("ontology_id", pa.string()),
+                      ("label_ontology", pa.string()), ("label_broad", pa.string()), ("ontology_match", pa.string()),
                       ("metadata", pa.string()), ("embedding", pa.list_(pa.float32(), dim))])
 
 
-CELL_FRAME_COLUMNS = ("cell_id", "dataset", "barcode", "label", "label_harmonised", "ontology_id")
+CELL_FRAME_COLUMNS = ("cell_id", "dataset", "barcode", "label", "label_harmonised", "ontology_id", "label_ontology",
+                      "label_broad", "ontology_match")
+
+
+def cells_metadata(provenance: str, ontology: dict[str, str]) -> dict[bytes, str]:
+    """The schema metadata of a cells part: provenance, version and the Cell Ontology its labels were matched to.
+
+    Parameters
+    ----------
+    provenance
+        The build's provenance, as JSON.
+    ontology
+        The ontology's source (:attr:`screader_db.ontology.Ontology.source`); {} when none was used.
+
+    Returns
+    -------
+    dict
+        :data:`PROVENANCE_KEY`, :data:`FORMAT_KEY` and :data:`ONTOLOGY_KEY` with their JSON values.
+    """
+    return parquet_metadata("cells", provenance, {ONTOLOGY_KEY: json.dumps(ontology, sort_keys=True)})
+
+
+def cells_ontology(path: Path) -> dict[str, str]:
+    """The Cell Ontology source a cells file records (cells version 4).
+
+    Parameters
+    ----------
+    path
+        A cells file of any version.
+
+    Returns
+    -------
+    dict
+        ``entry``, ``package``, ``file``, ``release``, ``sha256``; {} when the labels were not matched or the
+        file predates version 4.
+    """
+    import pyarrow.parquet as pq
+
+    raw = (pq.read_schema(path).metadata or {}).get(ONTOLOGY_KEY)
+    return dict(json.loads(raw)) if raw else {}
 
 
 def cells_version(schema: pa.Schema, path: Path) -> int:
@@ -379,7 +468,9 @@ def upgrade_cells(frame: pd.DataFrame, version: int) -> pd.DataFrame:
 
     From version 1: ``label_harmonised`` is the data set's own label and ``ontology_id`` is ""
     (what a build without a label map writes). Versions 2 and 3 hold the same columns; version 2's
-    map column is read by :meth:`screader_db.store.Atlas.layout`.
+    map column is read by :meth:`screader_db.store.Atlas.layout`. Before version 4:
+    ``label_ontology`` and ``label_broad`` are the harmonised label and ``ontology_match`` is ""
+    (what a build writes when its labels were not matched to the Cell Ontology).
 
     Parameters
     ----------
@@ -391,12 +482,16 @@ def upgrade_cells(frame: pd.DataFrame, version: int) -> pd.DataFrame:
     Returns
     -------
     pandas.DataFrame
-        ``frame``, with missing columns added in place.
+        ``frame`` with the missing columns added, in :data:`CELL_FRAME_COLUMNS` order.
     """
     if version < 2:
         frame["label_harmonised"] = frame["label"]
         frame["ontology_id"] = ""
-    return frame
+    if version < 4 and "label_ontology" not in frame.columns:
+        frame["label_ontology"] = frame["label_harmonised"]
+        frame["label_broad"] = frame["label_harmonised"]
+        frame["ontology_match"] = ""
+    return frame[[c for c in CELL_FRAME_COLUMNS if c in frame.columns]]
 
 
 def read_cells(path: Path) -> pd.DataFrame:
@@ -603,7 +698,7 @@ CATALOGUE_SCHEMA = {
                 "source_file VARCHAR, source_sha256 VARCHAR, added_at TIMESTAMP, added_by VARCHAR, build_id VARCHAR, "
                 "parameters JSON",
     "cells": "cell_id BIGINT, dataset VARCHAR, barcode VARCHAR, label VARCHAR, label_harmonised VARCHAR, ontology_id VARCHAR, "
-             "metadata JSON, build_id VARCHAR",
+             "label_ontology VARCHAR, label_broad VARCHAR, ontology_match VARCHAR, metadata JSON, build_id VARCHAR",
     "genes": "gene VARCHAR, position INTEGER, reference_mean FLOAT, text_sha256 VARCHAR, build_id VARCHAR",
     "gene_embeddings": "gene VARCHAR, model_id VARCHAR, model_sha VARCHAR, text_sha256 VARCHAR, vector FLOAT[], "
                        "build_id VARCHAR",
@@ -626,7 +721,8 @@ def upgrade_catalogue_table(name: str, frame: pd.DataFrame) -> pd.DataFrame:
     """A catalogue table read from a catalogue of any version, with the current version's columns.
 
     From version 1: the ``cells`` table gains ``label_harmonised`` (the label) and ``ontology_id``
-    (""), as :func:`upgrade_cells` does for the cells files.
+    (""); from versions 1 and 2, ``label_ontology`` and ``label_broad`` (the harmonised label) and
+    ``ontology_match`` (""), as :func:`upgrade_cells` does for the cells files.
 
     Parameters
     ----------
@@ -644,4 +740,9 @@ def upgrade_catalogue_table(name: str, frame: pd.DataFrame) -> pd.DataFrame:
         at = frame.columns.get_loc("label") + 1
         frame.insert(at, "label_harmonised", frame["label"])
         frame.insert(at + 1, "ontology_id", "")
+    if name == "cells" and "label_ontology" not in frame.columns:
+        at = frame.columns.get_loc("ontology_id") + 1
+        frame.insert(at, "label_ontology", frame["label_harmonised"])
+        frame.insert(at + 1, "label_broad", frame["label_harmonised"])
+        frame.insert(at + 2, "ontology_match", "")
     return frame

@@ -97,6 +97,8 @@ def _reporter(quiet: bool) -> Any:
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or stage messages.")]
 Wait = Annotated[float, typer.Option(help="Seconds to wait for another writer's lock before giving up.")]
 AtlasOption = Annotated[Path, typer.Option(help="Atlas folder.")]
+Device = Annotated[str | None, typer.Option(help="cpu or cuda for a refit's language model or learned method "
+                                                 "(default: cuda when present).")]
 Verify = Annotated[bool, typer.Option("--verify/--no-verify", help="Check the atlas's files against the sha256 each "
                                                                    "version recorded (hashed once, then cached); "
                                                                    "--no-verify skips it at your own risk.")]
@@ -146,7 +148,9 @@ def fetch(
 @build_app.callback(invoke_without_command=True)
 def build(
     ctx: typer.Context,
-    reference: Annotated[str | None, typer.Option(help="Labelled reference .h5ad, or a manifest data set name (baron_human).")] = None,
+    reference: Annotated[str | None, typer.Option(help="Labelled reference: .h5ad, a zarr folder or .loom (the formats that "
+                                                  "hold labels; 10x .h5, Matrix Market folders and .csv/.tsv are read too), "
+                                                  "or a manifest data set name (baron_human).")] = None,
     label_key: Annotated[str | None, typer.Option(help="obs column holding the reference labels.")] = None,
     atlas: Annotated[Path | None, typer.Option(help="Atlas folder to create.")] = None,
     dataset_name: Annotated[str | None, typer.Option(help="Name of this data set in the atlas (default: file name).")] = None,
@@ -238,7 +242,8 @@ def build_gene_embeddings(
     out_path: Annotated[Path, typer.Option("--out", help="Parquet file to write.")],
     model: Annotated[str, typer.Option(help="minilm, smollm2, random:DIM, a local model folder or a .gguf file.")] = "minilm",
     genes: Annotated[Path | None, typer.Option(help="Text file with one gene symbol per line.")] = None,
-    reference: Annotated[str | None, typer.Option(help="Embed the highly variable genes of this .h5ad instead.")] = None,
+    reference: Annotated[str | None, typer.Option(help="Embed the highly variable genes of this data set instead "
+                                                  "(any format `query` reads).")] = None,
     n_genes: Annotated[int, typer.Option(help="With --reference: how many variable genes.")] = 3000,
     all_genes: Annotated[bool, typer.Option("--all", help="Embed every gene in the gene table (slow on a CPU).")] = False,
     pooling: Annotated[str, typer.Option(help="Causal language models: mean or last token.")] = "mean",
@@ -281,9 +286,11 @@ def _gene_list(resolver: Any, genes: Path | None, reference: str | None, n_genes
         mapping = resolver.map(names, species="auto")
         return sorted({s for s in mapping.symbols if s})
     from screader_db.features import highly_variable
-    from screader_db.inputs import load_expression, read_h5ad
+    from screader_db.input_files import open_input
+    from screader_db.inputs import load_expression
 
-    expr = load_expression(read_h5ad(_data_path(str(reference))), resolver=resolver)
+    with open_input(_data_path(str(reference)), backed=False) as opened:
+        expr = load_expression(opened.adata, resolver=resolver)
     return [expr.genes[i] for i in highly_variable(expr.X, n_genes)]
 
 
@@ -301,17 +308,15 @@ def _annotate_options(values: dict[str, Any]) -> AnnotateOptions:
 
 
 def _truth_labels(path: Path, key: str) -> Any:
-    """The query file's obs column ``key`` (the file read backed), refused when it has none."""
-    from screader_db.inputs import read_h5ad
+    """The query file's obs column ``key`` (the file opened backed or lazily), refused when it has none."""
+    from screader_db.input_files import open_input
 
-    adata = read_h5ad(path, backed=True)
-    try:
+    with open_input(path) as opened:
+        adata = opened.adata
         if key not in adata.obs.columns:
             raise ScreaderError(f"--truth-key {key!r} is not an obs column; columns present: "
                                 f"{', '.join(map(str, adata.obs.columns))}")
         return adata.obs[key]
-    finally:
-        adata.file.close()
 
 
 LIST_NOTE = " Repeat the option or comma-separate the names."
@@ -319,7 +324,10 @@ LIST_NOTE = " Repeat the option or comma-separate the names."
 
 @app.command()
 def query(
-    query_file: Annotated[str, typer.Argument(metavar="QUERY", help="Query .h5ad (or a manifest data set name).")],
+    query_file: Annotated[str, typer.Argument(metavar="QUERY", help="Query: .h5ad, a zarr folder, 10x .h5, a Matrix Market "
+                                                                   "folder (matrix.mtx.gz, features.tsv.gz, barcodes.tsv.gz), "
+                                                                   ".loom or .csv/.tsv (genes × cells or cells × genes, told "
+                                                                   "from the names), or a manifest data set name.")],
     atlas: Annotated[Path, typer.Option(help="Atlas folder made by `screader-db build`.")],
     out_path: Annotated[Path | None, typer.Option("--out", help="Annotated copy of the query (.h5ad).")] = None,
     table_path: Annotated[Path | None, typer.Option("--table", help="Per-cell results as .csv, .tsv or .parquet.")] = None,
@@ -353,8 +361,9 @@ def query(
 ) -> None:
     """Annotate query cells: embed them the atlas's way, find nearest reference cells, vote.
 
-    The query is read in chunks, and its annotated copy (--out) is written without reading its
-    expression into memory.
+    The query (.h5ad, zarr, 10x .h5, a Matrix Market folder, .loom, CSV/TSV) is read in chunks; the
+    annotated copy (--out) of an .h5ad query is written without reading its expression into memory
+    (other formats are read whole for it and saved as .h5ad).
 
     Example: `screader-db query cells.h5ad --atlas atlases/pancreas --out annotated.h5ad --table labels.csv --report report.html`
     """
@@ -362,7 +371,7 @@ def query(
         from screader_db.annotated_file import write_annotated
         from screader_db.annotation import annotate
         from screader_db.console import out, table
-        from screader_db.inputs import read_h5ad
+        from screader_db.input_files import open_input
         from screader_db.outputs import Output, check_outputs, staged
         from screader_db.store import open_atlas
 
@@ -385,6 +394,7 @@ def query(
         out.print(f"Unassigned: {result.n_unassigned:,}   mean score: {result.table['score'].mean():.3f}   "
                   f"genes matched: {result.info['genes_matched']:,}/{result.info['genes_in_atlas']:,}", highlight=False)
         out.print(f"Input scale: {result.info['input_scale_evidence']}", highlight=False)
+        out.print(f"Input file: {result.info['input_format_evidence']}", highlight=False)
         panel = result.info.get("panel", {})
         if panel.get("used"):
             out.print(f"Answered on a panel index of the {panel['shared_genes']:,} genes the query shares with the atlas "
@@ -408,12 +418,9 @@ def query(
             if report is not None:
                 from screader_db.report import write_report
 
-                backed = read_h5ad(path, backed=True)
-                try:
-                    write_report(result, backed, temporary[report], truth=truth, overwrite=True, layer=layer,
+                with open_input(path) as query_data:
+                    write_report(result, query_data.adata, temporary[report], truth=truth, overwrite=True, layer=layer,
                                  use_raw=use_raw, gene_key=gene_key)
-                finally:
-                    backed.file.close()
                 written.append(f"Report: {report}")
             if out_path is not None:
                 write_annotated(result, path, temporary[out_path])
@@ -532,7 +539,8 @@ def info(atlas: Annotated[Path, typer.Option(help="Atlas folder.")],
 
 @app.command()
 def add(
-    reference: Annotated[str, typer.Argument(help="Labelled .h5ad (or a manifest data set name) to add.")],
+    reference: Annotated[str, typer.Argument(help="Labelled data set to add: .h5ad, a zarr folder or .loom (any format "
+                                                  "`build --reference` reads), or a manifest data set name.")],
     atlas: AtlasOption,
     name: Annotated[str, typer.Option(help="Name of the data set in the atlas.")],
     label_key: Annotated[str, typer.Option(help="obs column holding the labels.")],
@@ -541,10 +549,16 @@ def add(
     use_raw: Annotated[bool, typer.Option(help="Read .raw instead of .X.")] = False,
     species: Annotated[str, typer.Option(help="human, mouse or auto.")] = "auto",
     label_map: Annotated[Path | None, typer.Option(help="CSV of harmonised labels (dataset,label,harmonised_label[,ontology_id]).")] = None,
+    refit: Annotated[bool | None, typer.Option(
+        "--refit/--no-refit", help="Refit the atlas over every data set, or never; default: when the data set brings "
+                                   "labels whose markers the atlas's genes lack (see `screader-db refit`).")] = None,
+    device: Device = None,
     wait: Wait = 0.0,
     quiet: Quiet = False,
 ) -> None:
     """Add a labelled data set to an atlas (embedded with the atlas's own model and genes) as a new version.
+
+    New cell types the atlas's genes cannot tell apart refit the atlas over every data set instead.
 
     Example: `screader-db add pbmc3k --atlas atlases/lab --name pbmc3k --label-key celltype`
     """
@@ -553,20 +567,32 @@ def add(
         from screader_db.console import out
 
         changed = add_dataset(atlas, _data_path(reference), label_key=label_key, name=name, layer=layer, use_raw=use_raw,
-                              gene_key=gene_key, species=species, label_map=label_map, wait=wait,
-                              reporter=_reporter(quiet))
+                              gene_key=gene_key, species=species, label_map=label_map, wait=wait, refit=refit,
+                              device=device, reporter=_reporter(quiet))
         out.print(f"Atlas {atlas} version {changed.version}: {len(changed.datasets)} data sets, "
-                  f"{changed.info['n_cells']:,} cells", highlight=False)
+                  f"{changed.info['n_cells']:,} cells{_refitted(changed)}", highlight=False)
+
+
+def _refitted(changed: Any) -> str:
+    """``, refitted (REASON)`` when the version was refitted, else ""."""
+    step = changed.info.get("last_step", {})
+    return f", refitted ({step['reason']})" if "refit" in str(step.get("change", "")) else ""
 
 
 @app.command()
 def remove(
     name: Annotated[str, typer.Argument(help="Data set to remove.")],
     atlas: AtlasOption,
+    refit: Annotated[bool | None, typer.Option(
+        "--refit/--no-refit", help="Refit the atlas over the other data sets, or never; default: when the atlas's "
+                                   "last refit was fitted with this data set.")] = None,
+    device: Device = None,
     wait: Wait = 0.0,
     quiet: Quiet = False,
 ) -> None:
     """Remove a data set from an atlas as a new version (older versions keep it).
+
+    When the atlas was refitted with the data set, it is refitted over the others.
 
     Example: `screader-db remove pbmc3k --atlas atlases/lab`
     """
@@ -574,9 +600,32 @@ def remove(
         from screader_db.builders.datasets import remove_dataset
         from screader_db.console import out
 
-        changed = remove_dataset(atlas, name, wait=wait, reporter=_reporter(quiet))
+        changed = remove_dataset(atlas, name, wait=wait, refit=refit, device=device, reporter=_reporter(quiet))
         out.print(f"Atlas {atlas} version {changed.version}: {len(changed.datasets)} data sets, "
-                  f"{changed.info['n_cells']:,} cells", highlight=False)
+                  f"{changed.info['n_cells']:,} cells{_refitted(changed)}", highlight=False)
+
+
+@app.command("refit")
+def refit_command(
+    atlas: AtlasOption,
+    device: Device = None,
+    wait: Wait = 0.0,
+    quiet: Quiet = False,
+) -> None:
+    """Refit an atlas over every data set it holds, as a new version: genes, embedder, cell vectors, index.
+
+    Reads the reference expression the atlas keeps; `add` does this by itself when a data set
+    brings cell types the atlas's genes cannot tell apart.
+
+    Example: `screader-db refit --atlas atlases/lab`
+    """
+    with _guard():
+        from screader_db.builders.refit import refit_atlas
+        from screader_db.console import out
+
+        changed = refit_atlas(atlas, device=device, wait=wait, reporter=_reporter(quiet))
+        out.print(f"Atlas {atlas} version {changed.version}: refitted on {len(changed.datasets)} data sets, "
+                  f"{changed.info['n_cells']:,} cells, {len(changed.embedder.genes):,} genes", highlight=False)
 
 
 @app.command("datasets")
@@ -597,6 +646,49 @@ def list_datasets(atlas: AtlasOption,
                         ["name", "cells", "labels", "species", "added", "source sha256", "added by"], rows))
 
 
+@app.command("labels")
+def list_labels(atlas: AtlasOption,
+                version: Annotated[int | None, typer.Option(help="Version to list (default: current).")] = None,
+                out: Annotated[Path | None, typer.Option(help="Also write the table as CSV: a label map to edit and "
+                                                              "pass to build/add --label-map.")] = None,
+                overwrite: Annotated[bool, typer.Option(help="Replace --out if it exists.")] = False) -> None:
+    """List each data set's labels with their Cell Ontology term, how it was matched and their broad class.
+
+    The term's name and the broad class are what `query --level ontology` and `--level broad` vote on.
+
+    Example: `screader-db labels --atlas atlases/pancreas --out labels.csv`
+    """
+    with _guard():
+        import json
+
+        from screader_db import atlas_format
+        from screader_db.console import out as console
+        from screader_db.console import table
+        from screader_db.labelmap import label_table
+        from screader_db.outputs import atomic_write, refuse_existing
+        from screader_db.store import open_atlas
+
+        opened = open_atlas(atlas, version=version)
+        if out is not None:
+            refuse_existing(out, overwrite=overwrite)
+        frame = label_table(opened.cells())
+        rows = [[r.dataset, r.label, int(r.n_cells), r.ontology_id or "-", r.ontology_name or "-", r.match or "-", r.broad]
+                for r in frame.itertuples(index=False)]
+        console.print(table(f"Labels of {atlas} (version {opened.version})",
+                            ["data set", "label", "cells", "CL id", "CL name", "matched by", "broad"], rows))
+        sources = {json.dumps(atlas_format.cells_ontology(part), sort_keys=True) for part in opened.cell_parts()}
+        for source in (json.loads(text) for text in sorted(sources)):
+            note = (f"Cell Ontology {source.get('release', '')} ({source.get('package') or source.get('file', '')}, "
+                    f"sha256 {source.get('sha256', '')[:12]})" if source else
+                    "Some labels were not matched to the Cell Ontology (built without it, or before atlases recorded it); "
+                    "rebuild to match them")
+            console.print(note, highlight=False, soft_wrap=True)
+        if out is not None:
+            with atomic_write(out) as tmp:
+                frame.to_csv(tmp, index=False)
+            console.print(f"Wrote {out}", highlight=False)
+
+
 @app.command()
 def versions(atlas: AtlasOption) -> None:
     """List the versions of an atlas, newest last; the current one is marked.
@@ -608,9 +700,14 @@ def versions(atlas: AtlasOption) -> None:
         from screader_db.store import current_version, version_history
 
         current = current_version(atlas)
+        history = version_history(atlas)
         rows = [["*" if v["version"] == current else "", int(v["version"]), str(v["created_at"])[:19], v["action"],
-                 int(v["datasets"]), int(v["n_cells"])] for v in version_history(atlas)]
-        out.print(table(f"Versions of {atlas}", ["", "version", "created", "change", "data sets", "cells"], rows))
+                 int(v["datasets"]), int(v["n_cells"])] for v in history]
+        columns = ["", "version", "created", "change", "data sets", "cells"]
+        if any(v["reason"] for v in history):
+            rows = [[*row, v["reason"]] for row, v in zip(rows, history, strict=True)]
+            columns.append("why refitted")
+        out.print(table(f"Versions of {atlas}", columns, rows))
 
 
 @app.command()
@@ -739,6 +836,94 @@ def _sql_value(value: Any, width: int = 60) -> str:
     else:
         text = str(value)
     return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _search_option(name: str, note: str = "") -> Any:
+    """The Typer option of the search option ``name``: its help is the option's own (:mod:`screader_db.options`)."""
+    from screader_db.options import search_option_help
+
+    return typer.Option(help=search_option_help(name) + note)
+
+
+SEARCH_SHOWN = 20  # hits printed; --out writes them all
+
+
+@app.command("search")
+def search_command(
+    atlas: Annotated[Path, typer.Option(help="Atlas folder.")],
+    cells: Annotated[str | None, typer.Option(help="Query cells, each a query: .h5ad, a zarr folder, 10x .h5, a Matrix "
+                                                   "Market folder, .loom, CSV/TSV, or a manifest data set name.")] = None,
+    ids: Annotated[list[str] | None, typer.Option(help="Atlas cell ids, each a query (its stored vector)." + LIST_NOTE)] = None,
+    centroid_of_ids: Annotated[list[str] | None, typer.Option(help="Atlas cell ids whose centroid is the query."
+                                                                   + LIST_NOTE)] = None,
+    centroid_of_label: Annotated[str | None, typer.Option(help="An atlas label: the centroid of its cells is the "
+                                                               "query.")] = None,
+    signature: Annotated[str | None, typer.Option(help="A gene signature as the query: a file of gene and weight "
+                                                       "columns, or 'CD19:1,MS4A1:1'.")] = None,
+    k: Annotated[int, _search_option("k")] = 20,
+    datasets: Annotated[list[str] | None, _search_option("datasets", LIST_NOTE)] = None,
+    labels: Annotated[list[str] | None, _search_option("labels", LIST_NOTE)] = None,
+    where: Annotated[str | None, _search_option("where")] = None,
+    timeout: Annotated[float, _search_option("timeout")] = 60.0,
+    center: Annotated[str | None, _search_option("center")] = None,
+    species: Annotated[str, _search_option("species")] = "auto",
+    gene_key: Annotated[str | None, _search_option("gene_key")] = None,
+    layer: Annotated[str | None, _search_option("layer")] = None,
+    use_raw: Annotated[bool, _search_option("use_raw")] = False,
+    input_scale: Annotated[str, _search_option("input_scale")] = "auto",
+    out_path: Annotated[Path | None, typer.Option("--out", help="Write every hit to .csv, .tsv or .parquet.")] = None,
+    verify: Verify = True,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing --out file.")] = False,
+    quiet: Quiet = False,
+) -> None:
+    """Find the atlas cells most like some cells, a centroid or a gene signature, with their labels and metadata.
+
+    Give one query: --cells, --ids, --centroid-of-ids, --centroid-of-label or --signature. The filters
+    (--datasets, --labels, --where) restrict the search itself, so every hit meets them.
+
+    Example: `screader-db search --atlas atlases/lab --centroid-of-label B --k 50 --where "metadata->>'donor' = 'D3'" --out hits.csv`
+    """
+    with _guard():
+        from screader_db.cell_search import search
+        from screader_db.console import out, table
+        from screader_db.options import SEARCH_OPTIONS, SearchOptions
+        from screader_db.outputs import Output, check_outputs
+        from screader_db.store import open_atlas
+
+        values = locals()
+        chosen = {name: _split(values[name]) if name in ("datasets", "labels") else values[name] for name in SEARCH_OPTIONS}
+        options = SearchOptions.from_flat(**chosen)
+        options.check(strict=True, flags=True)
+        if out_path is not None:
+            check_outputs([Output(out_path, "--out", suffixes=(".csv", ".tsv", ".parquet"))], overwrite=overwrite)
+        if centroid_of_ids and centroid_of_label is not None:
+            raise ScreaderError("give --centroid-of-ids or --centroid-of-label, not both")
+        centroid: Any = _split(centroid_of_ids) if centroid_of_ids else centroid_of_label
+        opened = open_atlas(atlas, verify=verify)
+        result = search(opened, cells=_data_path(cells) if cells is not None else None, ids=_split(ids) if ids else None,
+                        centroid_of=centroid, signature=signature, options=options, reporter=_reporter(quiet))
+        hits, info = result.hits, result.info
+        noun = "query" if info["queries"] == 1 else "queries"
+        rows = [[str(r.query), int(r.rank), str(r.cell_id), str(r.dataset), str(r.label), str(r.donor) or "-",
+                 float(r.similarity)] for r in hits.head(SEARCH_SHOWN).itertuples()]
+        out.print(table(f"{len(hits):,} hits for {info['queries']:,} {noun} ({info['query']}) in {atlas} (version "
+                        f"{info['atlas_version']})", ["query", "rank", "cell id", "data set", "label", "donor",
+                                                      "similarity"], rows))
+        out.print(table("Hits per label", ["label", "hits", "share", "mean similarity"],
+                        [[str(label), int(r.hits), float(r.share), float(r.mean_similarity)]
+                         for label, r in result.summary().iterrows()]))
+        out.print(f"Searched {info['searched_cells']:,} atlas cells ({info['index']} index) in "
+                  f"{info['search_seconds']:.3f} s", highlight=False)
+        if info["query"] == "signature":
+            out.print(f"Signature genes used: {', '.join(info['signature_genes'])}", highlight=False)
+        if info.get("empty_cells"):
+            out.print(f"{info['empty_cells']:,} empty query cells have no hits", highlight=False)
+        if out_path is not None:
+            result.write(out_path, overwrite=True)
+            out.print(f"Hits: {out_path}", highlight=False)
+        elif len(hits) > SEARCH_SHOWN:
+            out.print(f"{len(hits) - SEARCH_SHOWN:,} more hits not shown; write them all with --out hits.csv",
+                      highlight=False)
 
 
 

@@ -2,6 +2,7 @@
 
     client = Client("http://atlas-host:8000")
     result = client.annotate(adata, k=15, min_margin=0.1)   # the options of screader_db.annotate; an AnnotationResult
+    hits = client.search(centroid_of="B", k=50)             # the options of screader_db.cell_search.search; a SearchResult
 """
 
 from __future__ import annotations
@@ -10,12 +11,15 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from screader_db.errors import InputDataError, RemoteError
+from screader_db.errors import InputDataError, RemoteError, ScreaderError
 from screader_db.extras import require
-from screader_db.options import AnnotateOptions
+from screader_db.options import AnnotateOptions, SearchOptions
 from screader_db.results import AnnotationResult
+
+if TYPE_CHECKING:
+    from screader_db.cell_search import SearchResult
 
 TIMEOUT = 300.0
 CLIENT = "the screader-db client"
@@ -200,6 +204,99 @@ class Client:
         from urllib.parse import quote
 
         return dict(self._request("DELETE", f"/datasets/{quote(name, safe='')}"))
+
+    def search(self, *, cells: Any = None, ids: Any = None, centroid_of: Any = None, signature: Any = None,
+               options: SearchOptions | None = None, **flat_options: Any) -> SearchResult:
+        """The atlas cells most like a query, searched on the server (:func:`screader_db.cell_search.search`).
+
+        Parameters
+        ----------
+        cells : AnnData, str or Path
+            Query cells, uploaded as .h5ad; each cell is a query.
+        ids : sequence of int
+            Atlas cell ids, each a query.
+        centroid_of : sequence of int, or str
+            Atlas cell ids, or a label: their centroid is the query.
+        signature : mapping, DataFrame, Series, sequence, str or Path
+            Genes with weights, read here (a file is read on this machine) and sent as JSON.
+        options : SearchOptions or None
+            The options (:mod:`screader_db.options`); the server searches its current atlas version.
+        **flat_options
+            Options by their flat names (``k=50``, ``where="label = 'B'"``), applied over ``options``.
+
+        Returns
+        -------
+        SearchResult
+            The hits and what was searched.
+
+        Raises
+        ------
+        ScreaderError
+            Not exactly one query, an unknown option name, or ids that are not whole numbers (nothing is sent).
+        InputDataError
+            A signature that cannot be read.
+        RemoteError
+            The server refused the request or could not be reached; the message says why.
+        """
+        from screader_db.cell_search import QUERY_FLAGS, SearchResult, parse_cell_ids
+        from screader_db.gene_signatures import read_signature
+
+        params = search_params(options, **flat_options)
+        given = [name for name, value in (("cells", cells), ("ids", ids), ("centroid_of", centroid_of),
+                                          ("signature", signature)) if value is not None]
+        if len(given) != 1:
+            raise ScreaderError(f"give exactly one query: {QUERY_FLAGS}; got {' and '.join(given) or 'none'}")
+        if cells is not None:
+            with _as_h5ad(cells) as path, open(path, "rb") as handle:
+                payload = self._request("POST", "/search", params=params,
+                                        files={"file": (path.name, handle, "application/octet-stream")})
+            return SearchResult.from_payload(payload)
+        body: dict[str, Any]
+        if ids is not None:
+            body = {"ids": parse_cell_ids(ids, "--ids").tolist()}
+        elif isinstance(centroid_of, str):
+            body = {"centroid_of_label": centroid_of}
+        elif centroid_of is not None:
+            body = {"centroid_of_ids": parse_cell_ids(centroid_of, "--centroid-of-ids").tolist()}
+        else:
+            body = {"signature": read_signature(signature)}
+        return SearchResult.from_payload(self._request("POST", "/search", params=params, json=body))
+
+
+def search_params(options: SearchOptions | None = None, **flat_options: Any) -> dict[str, Any]:
+    """The query parameters of ``/search`` for some search options.
+
+    Parameters
+    ----------
+    options : SearchOptions or None
+        The options; None: every default.
+    **flat_options
+        Options by their flat names (:data:`screader_db.options.SEARCH_OPTIONS`), applied over ``options``.
+
+    Returns
+    -------
+    dict
+        Every option that differs from its default (the server's default is the same), as text:
+        booleans ``true``/``false``, lists as repeated parameters.
+
+    Raises
+    ------
+    ScreaderError
+        A name that is no search option.
+    """
+    chosen = (options or SearchOptions()).updated(**flat_options).flat()
+    defaults = SearchOptions().flat()
+    params: dict[str, Any] = {}
+    for key, value in chosen.items():
+        if value is None or value == defaults[key]:
+            continue
+        if isinstance(value, bool):
+            params[key] = str(value).lower()
+        elif isinstance(value, list | tuple):
+            params[key] = [str(v) for v in value]
+        else:
+            params[key] = str(value)
+    return params
 
 
 def annotate_params(options: AnnotateOptions | None = None, **flat_options: Any) -> dict[str, Any]:

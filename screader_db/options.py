@@ -10,6 +10,9 @@ vote, and ``AnnotateOptions`` holds both with the options of the vote itself. Su
 by their flat names (:data:`ANNOTATE_OPTIONS`): ``AnnotateOptions.from_flat(k=20, layer="counts")``.
 How the work is run (rows read per chunk, progress reporting) is not an annotate option: whoever
 runs it sets it (a server chooses its own), and the chunk size moves results by float rounding only.
+
+``SearchOptions`` are the options of a cell search (:mod:`screader_db.cell_search`), by their flat
+names in :data:`SEARCH_OPTIONS`; they share ``ReadOptions`` with annotation.
 """
 
 from __future__ import annotations
@@ -85,7 +88,8 @@ class NeighbourFilter:
     datasets: tuple[str, ...] | None = _option(None, "Only these atlas data sets' cells may vote.")
     labels: tuple[str, ...] | None = _option(None, "Only atlas cells with these labels (at the chosen level) may vote.")
     exclude_labels: tuple[str, ...] | None = _option(None, "Atlas labels that never vote (e.g. 'cell', 'unknown').")
-    level: str = _option("label", "label (each data set's own labels) or harmonised (through the atlas's label map).")
+    level: str = _option("label", "label or fine (each data set's own labels), harmonised (through the atlas's label "
+                                  "map), ontology (Cell Ontology term names) or broad (broad Cell Ontology classes).")
 
 
 @dataclass(frozen=True)
@@ -340,3 +344,184 @@ _GROUP: dict[str, str] = {f.name: group for group, holder in (("", AnnotateOptio
                                                                ("neighbours", NeighbourFilter))
                           for f in fields(holder) if "spec" in f.metadata}
 _LISTS = frozenset(f.name for f in option_fields() if f.kind == "list")
+
+
+@dataclass(frozen=True)
+class SearchOptions:
+    """Every option of :func:`screader_db.cell_search.search`: how many cells it returns, which atlas
+    cells it may return, and how query cells are read and centred.
+
+    Parameters
+    ----------
+    k, datasets, labels, where, timeout, center
+        See each field's help (:func:`search_option_help`).
+    read
+        How query cells are read (used only when the query is cells).
+    """
+
+    k: int = _option(20, "Atlas cells returned per query, most similar first.", low=1, library="bounds")
+    datasets: tuple[str, ...] | None = _option(None, "Return only cells of these atlas data sets.")
+    labels: tuple[str, ...] | None = _option(None, "Return only atlas cells with these labels.")
+    where: str | None = _option(None, "Return only atlas cells meeting this read-only SQL condition over the cells view, "
+                                      "e.g. \"metadata->>'donor' = 'D3'\".")
+    timeout: float = _option(60.0, "Seconds the where condition may run, as SQL over the cells view.", low=1, high=600,
+                             library="bounds")
+    center: str | None = _option(None, "How query cells are centred: auto, query, reference or balanced (default: the "
+                                       "atlas's setting).")
+    read: ReadOptions = field(default_factory=ReadOptions)
+
+    @classmethod
+    def from_flat(cls, **values: Any) -> SearchOptions:
+        """Options from flat keyword values (``k=50, where="label = 'B'", layer="counts"``).
+
+        Parameters
+        ----------
+        **values
+            Options by their flat names (:data:`SEARCH_OPTIONS`); the others keep their defaults.
+
+        Returns
+        -------
+        SearchOptions
+            The options, not yet checked (:meth:`check`).
+
+        Raises
+        ------
+        ScreaderError
+            A name that is no option.
+        """
+        return cls().updated(**values)
+
+    def updated(self, **values: Any) -> SearchOptions:
+        """A copy with some options replaced.
+
+        Parameters
+        ----------
+        **values
+            Options by their flat names (:data:`SEARCH_OPTIONS`); lists of names become tuples,
+            and an empty list None (no restriction).
+
+        Returns
+        -------
+        SearchOptions
+            The new options, not yet checked.
+
+        Raises
+        ------
+        ScreaderError
+            A name that is no option.
+        """
+        _refuse_unknown(values, SEARCH_OPTIONS, "search")
+        read_names = {f.name for f in fields(ReadOptions)}
+        own: dict[str, Any] = {name: _listed(value) if name in ("datasets", "labels") else value
+                               for name, value in values.items() if name not in read_names}
+        read = {name: value for name, value in values.items() if name in read_names}
+        return replace(self, **own, read=replace(self.read, **read))
+
+    def flat(self) -> dict[str, Any]:
+        """Every option by its flat name.
+
+        Returns
+        -------
+        dict
+            Name to value, in :data:`SEARCH_OPTIONS` order.
+        """
+        read_names = {f.name for f in fields(ReadOptions)}
+        return {name: getattr(self.read if name in read_names else self, name) for name in SEARCH_OPTIONS}
+
+    def check(self, *, strict: bool = False, flags: bool = False) -> None:
+        """Refuse option values that cannot work, before any work starts.
+
+        Parameters
+        ----------
+        strict
+            Hold numbers to the bounds of the command line and the server.
+        flags
+            Name options as command-line flags (``--k``) in messages, else by their names.
+
+        Raises
+        ------
+        ScreaderError
+            The first option whose value cannot be used, with what it must be.
+        """
+        _check_values(self.flat(), SEARCH_SPECS, strict=strict, flags=flags)
+
+
+def _refuse_unknown(values: dict[str, Any], names: tuple[str, ...], what: str) -> None:
+    """Refuse the first of ``values`` that is not one of the ``what`` options ``names``."""
+    unknown = [name for name in values if name not in names]
+    if unknown:
+        close = difflib.get_close_matches(unknown[0], names, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        message = f"{unknown[0]!r} is not a {what} option{hint}; the options are {', '.join(names)}"
+        raise ScreaderError(message)
+
+
+def _check_values(values: dict[str, Any], specs: dict[str, Spec], *, strict: bool, flags: bool) -> None:
+    """Refuse the first of flat option ``values`` that cannot be used: a choice outside its values, an
+    unknown input scale, a number that its :class:`Spec` refuses."""
+
+    def shown(name: str) -> str:
+        return "--" + name.replace("_", "-") if flags else name
+
+    for name in ("level", "species", "center"):
+        if name not in values:
+            continue
+        allowed, text = _choices(name)
+        if values[name] is not None and values[name] not in allowed:
+            raise ScreaderError(f"{shown(name)} must be one of {text}, got {values[name]!r}")
+    if values.get("input_scale") not in (None, "auto"):
+        from screader_db.inputs import scale_name
+
+        try:
+            scale_name(str(values["input_scale"]))
+        except ScreaderError as err:
+            raise ScreaderError(str(err)) from err
+    for name, value in values.items():
+        rule = _problem(specs[name], value, strict=strict)
+        if rule:
+            raise ScreaderError(f"{shown(name)} must be {rule}; got {value:g}")
+
+
+def _fields_of(*holders: type) -> tuple[OptionField, ...]:
+    """The options declared by the fields of ``holders``, in order, with their type, default, help and bounds."""
+    found = []
+    for holder in holders:
+        for item in fields(holder):
+            if "spec" not in item.metadata:
+                continue
+            hint = str(item.type)
+            kind = next(k for k in ("tuple", "int", "float", "bool", "str") if hint.startswith(k))
+            found.append(OptionField(item.name, "list" if kind == "tuple" else kind, hint.endswith("| None"),
+                                     None if item.default is MISSING else item.default, item.metadata["spec"]))
+    return tuple(found)
+
+
+def search_option_fields() -> tuple[OptionField, ...]:
+    """Every search option, in :data:`SEARCH_OPTIONS` order, with its type, default, help and bounds.
+
+    Returns
+    -------
+    tuple of OptionField
+        One per option.
+    """
+    return _fields_of(SearchOptions, ReadOptions)
+
+
+def search_option_help(name: str) -> str:
+    """The help text of the search option ``name`` (flat name).
+
+    Parameters
+    ----------
+    name
+        A name in :data:`SEARCH_OPTIONS`.
+
+    Returns
+    -------
+    str
+        Its description.
+    """
+    return SEARCH_SPECS[name].help
+
+
+SEARCH_SPECS: dict[str, Spec] = {f.name: f.spec for f in search_option_fields()}
+SEARCH_OPTIONS: tuple[str, ...] = tuple(SEARCH_SPECS)

@@ -18,7 +18,8 @@ import pandas as pd
 import scipy.sparse as sp
 
 from screader_db import __version__
-from screader_db.inputs import map_genes, normalise, open_expression, plan_genes
+from screader_db.expression_stream import ExpressionStream
+from screader_db.inputs import map_genes, open_expression, plan_genes
 from screader_db.metrics import UNASSIGNED
 from screader_db.outputs import atomic_write, refuse_existing
 from screader_db.plots import bar_figure, cluster_quality_figure, confusion_figure, map_figure, png_bytes, scores_figure
@@ -287,16 +288,20 @@ def cluster_top_genes(adata: Any, clusters: np.ndarray, wanted: list[int], *, in
     dict of int to list of str
         Per wanted cluster, the ``n`` genes (symbols) whose mean log1p CP10k in the cluster most
         exceeds their mean over the rest of the query; only genes with a positive lead.
+
+    Raises
+    ------
+    InputDataError
+        The matrix, its genes or its values are not usable (as the annotation would have refused them).
     """
     source = open_expression(adata, layer=layer if layer is not None else (str(info.get("layer") or "") or None),
                              use_raw=bool(info.get("use_raw", False)) if use_raw is None else use_raw,
                              gene_key=gene_key if gene_key is not None else (str(info.get("gene_key") or "") or None))
     mapping = map_genes(source, species=str(info.get("species", "auto")))
-    plan = plan_genes(mapping.symbols)
+    stream = ExpressionStream(source, plan_genes(mapping.symbols), str(info.get("input_kind", "counts")))
     k = int(clusters.max()) + 1
-    sums = np.zeros((k, len(plan.genes)))
-    for start, block in source.chunks():
-        X = normalise(block, str(info.get("input_kind", "counts")), plan)
+    sums = np.zeros((k, len(stream.genes)))
+    for start, X in stream.chunks():
         part = clusters[start : start + X.shape[0]]
         onehot = sp.csr_matrix((np.ones(len(part)), (part, np.arange(len(part)))), shape=(k, len(part)))
         sums += np.asarray((onehot @ X).todense())
@@ -307,7 +312,7 @@ def cluster_top_genes(adata: Any, clusters: np.ndarray, wanted: list[int], *, in
         inside = sums[c] / max(sizes[c], 1.0)
         rest = (total - sums[c]) / max(n_cells - sizes[c], 1.0)
         lead = inside - rest
-        found[c] = [plan.genes[j] for j in np.argsort(-lead, kind="stable")[:n] if lead[j] > 0]
+        found[c] = [stream.genes[j] for j in np.argsort(-lead, kind="stable")[:n] if lead[j] > 0]
     return found
 
 

@@ -1,4 +1,5 @@
-"""The lab atlas over HTTP (FastAPI): annotate cells, read what the atlas holds, add or remove data sets.
+"""The lab atlas over HTTP (FastAPI): annotate cells, search the atlas's cells, read what the atlas holds,
+add or remove data sets.
 
 ``create_app(atlas_dir)`` builds the application; ``screader-db serve`` runs it with uvicorn
 (see :mod:`screader_db.http_connections`). Reading endpoints are open; the writing ones need
@@ -22,7 +23,7 @@ import tempfile
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 from screader_db.extras import missing_extra
 
@@ -35,6 +36,7 @@ try:
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse
     from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+    from pydantic import BaseModel, Field, ValidationError
     from starlette.datastructures import UploadFile
     from starlette.exceptions import HTTPException as StarletteHTTPException
 except ImportError as err:
@@ -44,10 +46,21 @@ from screader_db import __version__, store
 from screader_db.api_errors import UPLOAD_PREFIX, api_wording, status_of, without_paths
 from screader_db.atlas_cache import AtlasCache
 from screader_db.body_limit import BodyLimit
-from screader_db.errors import AtlasDamagedError, AtlasError, InputDataError, ScreaderError
-from screader_db.options import ANNOTATE_OPTIONS, AnnotateOptions, option_fields
+from screader_db.errors import AtlasDamagedError, AtlasError, InputDataError, RequestTooLargeError, ScreaderError
+from screader_db.options import (
+    ANNOTATE_OPTIONS,
+    SEARCH_OPTIONS,
+    AnnotateOptions,
+    OptionField,
+    SearchOptions,
+    option_fields,
+    search_option_fields,
+)
 from screader_db.payloads import CountsRequest, counts_adata, parse_counts, result_payload
 from screader_db.server_limits import ServerLimits, check_declared, check_json_body, h5ad_shape
+
+if TYPE_CHECKING:
+    from screader_db.cell_search import SearchResult
 
 TOKEN_ENV = "SCREADER_DB_TOKEN"
 API_USER = "api"  # the name changes are recorded under when the token has none
@@ -122,7 +135,10 @@ def create_app(atlas_dir: str | Path, *, token: str | Mapping[str, str] | None =
     ``POST /annotate`` takes every option of :func:`screader_db.annotate` as a query parameter
     (:data:`screader_db.options.ANNOTATE_OPTIONS`), checked as the command line checks them, with
     ``k`` at most :data:`MAX_K`. The server annotates against the atlas's current version:
-    ``version`` pins it, and a request naming another version is refused with 409.
+    ``version`` pins it, and a request naming another version is refused with 409. ``GET /search``
+    and ``POST /search`` take every option of :func:`screader_db.cell_search.search` the same way
+    (:data:`screader_db.options.SEARCH_OPTIONS`) and one query (:class:`SearchRequest`, or an .h5ad
+    upload of query cells), and search the current version.
 
     Parameters
     ----------
@@ -161,12 +177,16 @@ def create_app(atlas_dir: str | Path, *, token: str | Mapping[str, str] | None =
     app.add_middleware(BodyLimit, max_bytes=limits.max_upload_bytes, max_json_bytes=limits.max_json_bytes)
     app.state.root, app.state.atlas, app.state.limits = root, cache, limits
     app.state.writer, app.state.slots = _Writer(token), _Slots()
-    app.state.fields = set(ANNOTATE_OPTIONS) | set(FORM_FIELDS)
+    app.state.fields = set(ANNOTATE_OPTIONS) | set(FORM_FIELDS) | set(SEARCH_OPTIONS) | set(SEARCH_FIELDS)
     app.add_api_route("/health", _health, methods=["GET"], summary="Is the atlas ready, and which version is served")
     app.add_api_route("/datasets", _datasets, methods=["GET"], summary="The reference data sets of the current version")
     app.add_api_route("/versions", _versions, methods=["GET"], summary="Every version of the atlas, oldest first")
     app.add_api_route("/annotate", _annotate, methods=["POST"], openapi_extra=ANNOTATE_BODY,
                       summary="Label query cells: an .h5ad upload (field 'file') or JSON counts")
+    app.add_api_route("/search", _search_get, methods=["GET"],
+                      summary="The atlas cells most like some atlas cells, their centroid or a gene signature")
+    app.add_api_route("/search", _search_post, methods=["POST"], openapi_extra=SEARCH_BODY,
+                      summary="Cell search: an .h5ad upload of query cells (field 'file'), or a JSON query")
     app.add_api_route("/datasets", _add, methods=["POST"], openapi_extra=DATASET_BODY, status_code=201,
                       summary="Add a labelled data set (a new atlas version); needs the token")
     app.add_api_route("/datasets/{name}", _remove, methods=["DELETE"],
@@ -407,6 +427,187 @@ def _annotate_counts(cache: AtlasCache, atlas: store.Atlas, body: bytes, options
     check_declared(len(request.counts), len(request.genes), limits, what="the JSON body")
     cache.ready(atlas)
     return result_payload(annotate(counts_adata(request), atlas, options=options))
+
+
+SEARCH_FIELDS = ("ids", "centroid_of_ids", "centroid_of_label", "signature")
+MAX_HITS = 1_000_000  # queries × k one search request may ask for
+
+
+class SearchRequest(BaseModel):
+    """The JSON body of ``POST /search``: one query, as atlas cell ids, a centroid or a gene signature.
+
+    Parameters
+    ----------
+    ids : list of int or None
+        Atlas cell ids, each a query.
+    centroid_of_ids : list of int or None
+        Atlas cell ids whose centroid is the query.
+    centroid_of_label : str or None
+        An atlas label; the centroid of its cells is the query.
+    signature : dict of str to float, str, or None
+        Genes with weights, ``{"CD19": 1, "MS4A1": 1}`` or ``"CD19:1,MS4A1:1"``.
+    """
+
+    model_config = {"extra": "forbid"}
+
+    ids: list[int] | None = Field(default=None, description="atlas cell ids, each a query")
+    centroid_of_ids: list[int] | None = Field(default=None, description="atlas cell ids whose centroid is the query")
+    centroid_of_label: str | None = Field(default=None, description="an atlas label: the centroid of its cells is the query")
+    signature: dict[str, float] | str | None = Field(default=None, description="genes with weights: {\"CD19\": 1, "
+                                                                               "\"MS4A1\": 1} or \"CD19:1,MS4A1:1\"")
+
+
+SEARCH_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {"type": "object", "required": [UPLOAD_FIELD],
+                           "properties": {UPLOAD_FIELD: {"type": "string", "format": "binary",
+                                                         "description": "query cells as an .h5ad file, each a query"}}},
+            },
+            "application/json": {"schema": SearchRequest.model_json_schema()},
+        },
+    },
+}
+
+
+def _search_options(**values: Any) -> SearchOptions:
+    """The search options of a request's query string, checked as the command line checks them (400)."""
+    options = SearchOptions.from_flat(**values)
+    options.check(strict=True)
+    return options
+
+
+def _option_parameters(options: tuple[OptionField, ...]) -> list[inspect.Parameter]:
+    """One query parameter per option, with its type, default, bounds and help (:mod:`screader_db.options`)."""
+    parameters = []
+    for option in options:
+        kind = _TYPES[option.kind]
+        query = Query(description=option.spec.help, ge=option.spec.low, le=MAX_K if option.name == "k" else option.spec.high)
+        parameters.append(inspect.Parameter(option.name, inspect.Parameter.KEYWORD_ONLY, default=option.default,
+                                            annotation=Annotated[kind | None if option.optional else kind, query]))
+    return parameters
+
+
+# FastAPI reads a dependency's parameters from its signature: here, every search option.
+_search_options.__signature__ = inspect.Signature(_option_parameters(search_option_fields()),  # type: ignore[attr-defined]
+                                                  return_annotation=SearchOptions)
+
+
+def _id_list(values: list[str] | None, name: str) -> list[int] | None:
+    """Cell ids of a repeated or comma-separated query parameter; 400 for one that is not a whole number."""
+    if values is None:
+        return None
+    ids = []
+    for item in (part.strip() for value in values for part in value.split(",")):
+        if not item:
+            continue
+        try:
+            ids.append(int(item))
+        except ValueError:
+            raise HTTPException(400, f"{name} takes atlas cell ids (whole numbers); got {item!r}") from None
+    return ids
+
+
+def _check_hits(queries: int, k: int, what: str) -> None:
+    if queries * k > MAX_HITS:
+        message = (f"{what} asks for {queries:,} queries × k = {k:,}, {queries * k:,} hits; this server returns at most "
+                   f"{MAX_HITS:,} per request. Send fewer queries per request, or a smaller k")
+        raise RequestTooLargeError(message)
+
+
+async def _search_get(
+    request: Request,
+    options: Annotated[SearchOptions, Depends(_search_options)],
+    ids: Annotated[list[str] | None, Query(description="Atlas cell ids, each a query (repeat or comma-separate).")] = None,
+    centroid_of_ids: Annotated[list[str] | None, Query(description="Atlas cell ids whose centroid is the query "
+                                                                   "(repeat or comma-separate).")] = None,
+    centroid_of_label: Annotated[str | None, Query(description="An atlas label: the centroid of its cells is the "
+                                                               "query.")] = None,
+    signature: Annotated[str | None, Query(description="Genes with weights, CD19:1,MS4A1:1 (weight 1 when left "
+                                                       "out).")] = None,
+) -> dict[str, Any]:
+    query = SearchRequest(ids=_id_list(ids, "ids"), centroid_of_ids=_id_list(centroid_of_ids, "centroid_of_ids"),
+                          centroid_of_label=centroid_of_label, signature=signature)
+    return await _search_query(request, options, query)
+
+
+async def _search_post(request: Request, options: Annotated[SearchOptions, Depends(_search_options)]) -> dict[str, Any]:
+    state = request.app.state
+    kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if kind == "application/json":
+        try:
+            query = SearchRequest.model_validate_json(await request.body())
+        except ValidationError as err:
+            problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in err.errors()[:5])
+            message = (f"the JSON body is not one query: {{\"ids\": [...]}}, {{\"centroid_of_ids\": [...]}}, "
+                       f"{{\"centroid_of_label\": \"...\"}} or {{\"signature\": {{\"CD19\": 1, ...}}}}: {problems}")
+            raise InputDataError(message) from err
+        return await _search_query(request, options, query)
+    if kind != "multipart/form-data":
+        raise HTTPException(415, f"unsupported content type {kind or 'none'!r}; send query cells as an .h5ad, "
+                                 f"multipart/form-data field {UPLOAD_FIELD!r}, or a JSON query such as {{\"ids\": [...]}}")
+    atlas = await run_in_threadpool(state.atlas.current)
+    async with request.form() as form:
+        upload = _upload(form)
+        async with state.slots():
+            result = await anyio.to_thread.run_sync(_search_upload, state.atlas, atlas, upload, options, state.limits)
+    return _search_payload(request, result)
+
+
+async def _search_query(request: Request, options: SearchOptions, query: SearchRequest) -> dict[str, Any]:
+    """Search for a query of ids, a centroid or a signature (a signature's text is parsed here: never read as a file)."""
+    from screader_db.gene_signatures import parse_signature
+
+    state = request.app.state
+    given = [name for name in SEARCH_FIELDS if getattr(query, name) is not None]
+    if len(given) != 1:
+        raise HTTPException(400, f"give exactly one query: {', '.join(SEARCH_FIELDS)}, or query cells as an .h5ad "
+                                 f"(POST, multipart field {UPLOAD_FIELD!r}); got {' and '.join(given) or 'none'}")
+    _check_hits(len(query.ids) if query.ids is not None else 1, options.k, "the request")
+    signature = parse_signature(query.signature) if isinstance(query.signature, str) else query.signature
+    centroid: Any = query.centroid_of_ids if query.centroid_of_ids is not None else query.centroid_of_label
+    atlas = await run_in_threadpool(state.atlas.current)
+
+    def run() -> SearchResult:
+        from screader_db.cell_search import search
+
+        state.atlas.ready(atlas)
+        return search(atlas, ids=query.ids, centroid_of=centroid, signature=signature, options=options)
+
+    async with state.slots():
+        result = await anyio.to_thread.run_sync(run)
+    return _search_payload(request, result)
+
+
+def _search_upload(cache: AtlasCache, atlas: store.Atlas, upload: UploadFile, options: SearchOptions,
+                   limits: ServerLimits) -> SearchResult:
+    from screader_db.cell_search import search
+    from screader_db.inputs import read_h5ad
+
+    with _saved(upload) as path:
+        shape = h5ad_shape(path, layer=options.read.layer, use_raw=options.read.use_raw)
+        what = f"the uploaded file {upload.filename or 'upload'!r}"
+        if shape is not None:
+            check_declared(*shape, limits, what=what)
+            _check_hits(shape[0], options.k, what)
+        cache.ready(atlas)
+        adata = read_h5ad(path, backed=True)
+        try:
+            return search(atlas, cells=adata, options=options)
+        finally:
+            adata.file.close()
+
+
+def _search_payload(request: Request, result: SearchResult) -> dict[str, Any]:
+    """The JSON answer of ``/search``: the atlas named by its folder's name, evidence worded for the API."""
+    state = request.app.state
+    payload = result.to_payload()
+    payload["info"]["atlas"] = state.root.name
+    if "input_scale_evidence" in payload["info"]:
+        payload["info"]["input_scale_evidence"] = api_wording(str(payload["info"]["input_scale_evidence"]), state.fields)
+    return payload
 
 
 @contextmanager

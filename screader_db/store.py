@@ -457,7 +457,7 @@ class Atlas:
         if self._index is None:
             from screader_db.index import CellIndex
 
-            path = self.path / "index.faiss"
+            path = self.path / atlas_format.INDEX
             with self._lock:
                 if self._index is None:
                     with reading(path, "the FAISS index"):
@@ -495,6 +495,30 @@ class Atlas:
         """
         found = self.profiles()
         return atlas_format.annotation_defaults(self.provenance.get("parameters", {}), None if found is None else found[1])
+
+    def search(self, *, cells: Any = None, ids: Any = None, centroid_of: Any = None, signature: Any = None,
+               options: Any = None, **flat_options: Any) -> Any:
+        """The cells of this version most like a query (:func:`screader_db.cell_search.search`).
+
+        Parameters
+        ----------
+        cells, ids, centroid_of, signature
+            The query, exactly one: query cells (AnnData or .h5ad path), atlas cell ids, the
+            centroid of atlas cells (ids or a label), or a gene signature.
+        options : SearchOptions or None
+            The options; None: every default.
+        **flat_options
+            Options by their flat names (``k=50``, ``where="label = 'B'"``), and ``reporter``.
+
+        Returns
+        -------
+        SearchResult
+            The hits of every query and what was searched.
+        """
+        from screader_db.cell_search import search
+
+        return search(self, cells=cells, ids=ids, centroid_of=centroid_of, signature=signature, options=options,
+                      **flat_options)
 
     def check_model(self, model_id: str | None) -> None:
         """Refuse when the caller expects another gene-embedding model than the atlas's.
@@ -604,7 +628,8 @@ def version_history(path: str | Path) -> list[dict[str, Any]]:
     Returns
     -------
     list of dict
-        ``version``, ``created_at``, ``action`` (the change that made it), ``datasets`` and ``n_cells``.
+        ``version``, ``created_at``, ``action`` (the change that made it), ``change`` (its kind,
+        :func:`change_of`), ``reason`` (why a refit was made, else ""), ``datasets`` and ``n_cells``.
     """
     rows = []
     for number in list_versions(path):
@@ -612,8 +637,25 @@ def version_history(path: str | Path) -> list[dict[str, Any]]:
         meta = atlas_format.upgrade_version_info(json.loads(text))
         step = meta.get("last_step", {})
         rows.append({"version": number, "created_at": meta.get("created_at", ""), "action": step.get("action", "build"),
+                     "change": change_of(step), "reason": str(step.get("reason", "")),
                      "datasets": len(meta.get("datasets", [])), "n_cells": int(meta.get("n_cells", 0))})
     return rows
+
+
+def change_of(step: dict[str, Any]) -> str:
+    """The kind of change a history step made: one of :data:`screader_db.atlas_format.CHANGES`.
+
+    Parameters
+    ----------
+    step
+        A step of ``VERSION.json``'s ``history``; steps written before the kind was recorded
+        give the first word of their ``action`` (``build``, ``add``, ``remove``).
+
+    Returns
+    -------
+    str
+    """
+    return str(step.get("change") or str(step.get("action", "build")).split(" ")[0] or "build")
 
 
 @contextmanager

@@ -6,8 +6,9 @@ rows in Parquet parts beside its cells::
     expression/<dataset>/part-NNNNN.parquet   cell_id, gene (list<int32>), value (list<float32>)
 
 The part's schema metadata holds its gene list (``screader_db.genes``), the format and the
-provenance, like every other file of the atlas. Parts are read one at a time, so re-fitting
-reads the reference out of core.
+provenance, like every other file of the atlas; names, keys and the format tag are
+:mod:`screader_db.atlas_format`'s. Parts are read one at a time, so re-fitting reads the
+reference out of core.
 """
 
 from __future__ import annotations
@@ -22,30 +23,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import scipy.sparse as sp
 
+from screader_db.atlas_format import EXPRESSION, GENES_KEY, expression_metadata, part_dataset
 from screader_db.inputs import unlog
 from screader_db.integrity import reading
-
-FOLDER = "expression"
-FORMAT = "expression-1"
-GENES_KEY = b"screader_db.genes"
-FORMAT_KEY = b"screader_db.expression"
-
-
-def part_path(dataset: str, number: int) -> str:
-    """The path of a data set's part ``number``, relative to the version folder.
-
-    Parameters
-    ----------
-    dataset : str
-        The data set's name.
-    number : int
-        The part's number (0 ..).
-
-    Returns
-    -------
-    str
-    """
-    return f"{FOLDER}/{dataset}/part-{number:05d}.parquet"
 
 
 def expression_table(ids: np.ndarray, X: sp.csr_matrix) -> pa.Table:
@@ -73,28 +53,24 @@ def expression_table(ids: np.ndarray, X: sp.csr_matrix) -> pa.Table:
     })
 
 
-def write_part(path: Path, ids: np.ndarray, X: sp.csr_matrix, genes: list[str], provenance: str,
-               provenance_key: bytes) -> None:
+def write_part(path: Path, X: sp.csr_matrix, *, ids: np.ndarray, genes: list[str], provenance: str) -> None:
     """Write one part of a data set's log-normalised expression.
 
     Parameters
     ----------
     path : Path
-        The part's file (its folder is made).
+        The part's file (its folder is made); :func:`~screader_db.atlas_format.expression_part_path` names it.
+    X : scipy.sparse.csr_matrix
+        The cells' log1p(counts per 10,000), columns following ``genes``.
     ids : numpy.ndarray
         The cells' ids.
-    X : scipy.sparse.csr_matrix
-        Their log1p(counts per 10,000), columns following ``genes``.
     genes : list of str
         The columns, kept in the schema metadata.
     provenance : str
-        The version's provenance (JSON), kept under ``provenance_key``.
-    provenance_key : bytes
-        The schema metadata key of the provenance.
+        The version's provenance (JSON).
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    meta = {provenance_key: provenance, GENES_KEY: json.dumps(genes),
-            FORMAT_KEY: json.dumps({"format": FORMAT, "values": "log1p counts per 10,000"})}
+    meta = expression_metadata(provenance, genes)
     pq.write_table(expression_table(ids, X).replace_schema_metadata(meta), path, compression="zstd")
 
 
@@ -112,8 +88,8 @@ def parts(version: Path, datasets: list[str] | None = None) -> list[Path]:
     -------
     list of Path
     """
-    found = sorted((version / FOLDER).rglob("*.parquet"))
-    return found if datasets is None else [p for p in found if p.parent.name in datasets]
+    found = sorted((version / EXPRESSION).rglob("*.parquet"))
+    return found if datasets is None else [p for p in found if part_dataset(p.relative_to(version).as_posix()) in datasets]
 
 
 def has_expression(version: Path) -> bool:

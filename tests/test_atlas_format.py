@@ -27,6 +27,8 @@ KEPT = sorted(p.name for p in FIXTURES.glob("atlas_v*") if p.is_dir())
 RECORDED = {
     "atlas_v3": {"version_info": 3, "cells": 3, "layout": 1, "label_profiles": 2, "genes": 1, "gene_embeddings": 1,
                  "embedder": 2, "index": 1, "expression": 1, "catalogue": 2},
+    "atlas_v4": {"version_info": 4, "cells": 4, "layout": 1, "label_profiles": 2, "genes": 1, "gene_embeddings": 1,
+                 "embedder": 2, "index": 1, "expression": 1, "catalogue": 3},
 }
 PARQUET_KINDS = ("cells", "layout", "label_profiles", "genes", "gene_embeddings")
 N_CELLS = 40  # make_fixture_atlas.py: make_counts(n_cells=40, seed=0)
@@ -69,16 +71,34 @@ def test_a_fixture_of_the_current_format_is_kept():
     assert set(KEPT) == set(RECORDED)
 
 
-def test_the_formats_agree_with_the_modules_that_write_their_own_tags():
-    from screader_db import cell_embedding, stored_expression
-    from screader_db.builders import panel
+def test_the_formats_agree_with_the_tags_files_carry():
+    from screader_db import cell_embedding
 
     assert f"cell-embedder-{atlas_format.FORMATS['embedder']}" == cell_embedding.FORMAT
-    assert f"expression-{atlas_format.FORMATS['expression']}" == stored_expression.FORMAT
-    assert f"panel-{atlas_format.FORMATS['panel']}" == panel.FORMAT
-    assert stored_expression.FOLDER == atlas_format.EXPRESSION and panel.FOLDER == atlas_format.PANELS
-    assert stored_expression.GENES_KEY == atlas_format.GENES_KEY
-    assert stored_expression.FORMAT_KEY == atlas_format.EXPRESSION_KEY
+    assert f"expression-{atlas_format.FORMATS['expression']}" == atlas_format.EXPRESSION_FORMAT
+    assert f"panel-{atlas_format.FORMATS['panel']}" == atlas_format.PANEL_FORMAT
+
+
+def test_an_expression_part_is_named_and_tagged_by_the_format(tmp_path):
+    import scipy.sparse as sp
+
+    from screader_db.stored_expression import StoredExpression, read_part, write_part
+
+    relative = atlas_format.expression_part_path("pbmc.v2", 3)
+    assert relative == "expression/pbmc.v2/part-00003.parquet"
+    assert atlas_format.kind_of(relative) == "expression" and atlas_format.part_dataset(relative) == "pbmc.v2"
+    X = sp.csr_matrix(np.array([[0.0, 1.5], [2.0, 0.0]], dtype=np.float32))
+    write_part(tmp_path / relative, X, ids=np.array([7, 9]), genes=["CD3E", "LYZ"], provenance='{"build_id": "b"}')
+    meta = pq.read_schema(tmp_path / relative).metadata
+    assert json.loads(meta[atlas_format.EXPRESSION_KEY]) == {"format": "expression-1", "values": "log1p counts per 10,000"}
+    assert json.loads(meta[atlas_format.GENES_KEY]) == ["CD3E", "LYZ"]
+    assert meta[atlas_format.PROVENANCE_KEY] == b'{"build_id": "b"}'
+    ids, read, genes = read_part(tmp_path / relative)
+    np.testing.assert_array_equal(ids, [7, 9])
+    np.testing.assert_array_equal(read.toarray(), X.toarray())
+    assert genes == ["CD3E", "LYZ"]
+    assert StoredExpression(tmp_path, datasets=["pbmc.v2"]).files == [tmp_path / relative]
+    assert StoredExpression(tmp_path, datasets=["pbmc"]).files == []
 
 
 @pytest.mark.parametrize("name", KEPT)
@@ -213,14 +233,14 @@ def test_files_from_a_newer_screader_db_are_refused(tmp_path):
     version = root / "current"
     _edit_info(version, lambda info: info["formats"].update(cells=99))
     with pytest.raises(AtlasError, match=r"holds cells files of format version 99; this screader-db reads up to "
-                                         r"version 3\. It was written by a newer screader-db: upgrade screader-db"):
+                                         r"version 4\. It was written by a newer screader-db: upgrade screader-db"):
         store.open_atlas(root)
-    _edit_info(version, lambda info: info["formats"].update(cells=3))
+    _edit_info(version, lambda info: info["formats"].update(cells=4))
     relative = atlas_format.cell_part_path("synthetic", 0)
     table = pq.read_table(version / relative)
-    meta = {**table.schema.metadata, atlas_format.FORMAT_KEY: json.dumps({"kind": "cells", "version": 4})}
+    meta = {**table.schema.metadata, atlas_format.FORMAT_KEY: json.dumps({"kind": "cells", "version": 5})}
     _rewrite(version, relative, table.replace_schema_metadata(meta))
-    with pytest.raises(AtlasError, match=r"part-00000.parquet holds cells files of format version 4"):
+    with pytest.raises(AtlasError, match=r"part-00000.parquet holds cells files of format version 5"):
         store.open_atlas(root).cells()
     _edit_info(version, lambda info: info.update(format="screader-atlas-2"))
     with pytest.raises(AtlasError, match=r"has format 'screader-atlas-2'; this screader-db reads 'screader-atlas-1'"):

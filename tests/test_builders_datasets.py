@@ -92,6 +92,52 @@ def test_gc_keeps_the_newest_and_the_current(two_sets):
     assert len(store.open_atlas(root).cells()) == 150
 
 
+def _old_layout(version) -> None:
+    """Rewrite a version as cells version 2 lays it out: one cells file per data set right in ``cells/``,
+    no format tag, no stored expression (docs/FORMAT.md), with VERSION.json's file list to match."""
+    import json
+    import shutil
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from screader_db import atlas_format
+    from screader_db.checksums import sha256_file
+
+    info = json.loads((version / atlas_format.VERSION_FILE).read_text())
+    files = {path: digest for path, digest in info["files"].items()
+             if atlas_format.kind_of(path) not in ("cells", "expression")}
+    for folder in sorted(p for p in (version / atlas_format.CELLS).iterdir() if p.is_dir()):
+        table = pa.concat_tables([pq.read_table(part) for part in sorted(folder.glob("*.parquet"))])
+        meta = {k: v for k, v in table.schema.metadata.items() if k != atlas_format.FORMAT_KEY}
+        target = version / atlas_format.CELLS / f"{folder.name}.parquet"
+        pq.write_table(table.replace_schema_metadata(meta), target)
+        shutil.rmtree(folder)  # the version's own links; the earlier version keeps its files
+        files[target.relative_to(version).as_posix()] = sha256_file(target)
+    shutil.rmtree(version / atlas_format.EXPRESSION, ignore_errors=True)
+    info["files"] = files
+    info.pop("formats", None)
+    (version / atlas_format.VERSION_FILE).write_text(json.dumps(info))
+
+
+def test_removing_a_data_set_from_an_atlas_of_the_old_layout_drops_its_cells(two_sets):
+    from screader_db import atlas_format
+
+    root, _, _ = two_sets
+    previous = store.open_atlas(root)
+    _old_layout(previous.path)
+    old = store.open_atlas(root)
+    assert [p.name for p in old.cell_parts()] == ["first.parquet", "second.parquet"]
+    assert len(old.cells()) == 270
+    removed = remove_dataset(root, "second")
+    assert [p.relative_to(removed.path).as_posix() for p in removed.cell_parts()] == ["cells/first.parquet"]
+    assert (removed.path / "cells" / "first.parquet").stat().st_ino == (old.path / "cells" / "first.parquet").stat().st_ino
+    cells = removed.cells()
+    assert len(cells) == 150 and set(cells["dataset"]) == {"first"}
+    assert removed.index.ntotal == 150
+    assert sorted(p for p in removed.info["files"] if atlas_format.kind_of(p) == "cells") == ["cells/first.parquet"]
+
+
 def test_second_writer_is_refused_while_the_lock_is_held(two_sets):
     root, _, _second = two_sets
     with store.writer_lock(root), pytest.raises(AtlasError, match="another process is writing to the atlas"):

@@ -7,12 +7,12 @@ import pytest
 import scipy.sparse as sp
 from conftest import HUMAN_GENES, make_counts
 
-from screader_db.annotation import embed_query, prepare_query
 from screader_db.builders.reference import open_reference
 from screader_db.cell_embedding import CellEmbedder
 from screader_db.errors import InputDataError, ScreaderError
 from screader_db.expression_stream import ExpressionStream, GeneMoments
 from screader_db.inputs import CHUNK, SCALE_SAMPLE, normalise, open_expression, plan_genes
+from screader_db.query_input import embed_query, prepare_query
 from screader_db.reference_stats import collect
 
 

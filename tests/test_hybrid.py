@@ -13,11 +13,11 @@ from conftest import make_counts
 from typer.testing import CliRunner
 
 from screader_db import annotate, store
-from screader_db.annotation import prepare_query
 from screader_db.builders.atlas import BuildSettings, build_atlas
 from screader_db.cell_embedding import CellEmbedder, fit_embedder
 from screader_db.errors import ModelError, ModelMismatchError, ScreaderError
 from screader_db.hybrid import gene_tokens, train
+from screader_db.query_input import prepare_query
 
 
 def _settings(method: str, **extra) -> BuildSettings:

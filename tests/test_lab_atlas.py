@@ -27,7 +27,7 @@ def test_two_data_sets_then_one(paths, tmp_path):
     lab, alone = tmp_path / "lab", tmp_path / "alone"
     _cli("build", "--reference", baron, "--label-key", "cell_ontology_class", "--atlas", lab, "--dataset-name", "baron",
          "--layout", "none")
-    _cli("add", pbmc, "--atlas", lab, "--name", "pbmc3k", "--label-key", "celltype")
+    _cli("add", pbmc, "--atlas", lab, "--name", "pbmc3k", "--label-key", "celltype", "--no-refit")  # refits: test_refit.py
     listing = _cli("datasets", "--atlas", lab)
     assert "baron" in listing and "pbmc3k" in listing
     assert store.open_atlas(lab).info["n_cells"] == 2142 + 2700

@@ -7,11 +7,11 @@ import pytest
 from conftest import make_counts, panel_genes
 
 from screader_db import annotate, store
-from screader_db.annotation import MIN_PANEL_GENES
 from screader_db.builders.atlas import BuildSettings, build_atlas
 from screader_db.builders.datasets import add_dataset, remove_dataset
 from screader_db.errors import GeneOverlapError, ScreaderWarning
 from screader_db.inputs import load_expression
+from screader_db.query_input import MIN_PANEL_GENES
 from screader_db.stored_expression import StoredExpression, read_part
 
 GENES = panel_genes(160)

@@ -26,7 +26,7 @@ from screader_db.store import open_atlas
 LIMIT = 400_000
 http = httpx.Client(timeout=120)
 ROW_COLUMNS = ["cell", "label", "score", "confidence", "vote_confidence", "margin", "second_label", "mean_similarity", "raw_label",
-               "knn_label", "unassigned_reason", "score_type0", "score_type1", "score_type2"]
+               "knn_label", "unassigned_reason", "call_level", "score_type0", "score_type1", "score_type2"]
 
 
 @pytest.fixture(scope="module")
@@ -133,7 +133,7 @@ def test_annotate_restricted_to_some_atlas_cells(api, atlas, query):
     ({"params": {"k": 0}, "json": {"genes": ["INS"], "counts": [[1]]}}, 400,
      "invalid request: query.k: Input should be greater than or equal to 1"),
     ({"params": {"level": "cluster"}, "json": {"genes": ["INS"], "counts": [[1]]}}, 400,
-     "level must be one of label, harmonised, got 'cluster'"),
+     "level must be one of label, fine, harmonised, ontology, broad, got 'cluster'"),
     ({"params": {"model": "minilm"}, "json": {"genes": ["INS"], "counts": [[1]]}}, 409,
      "was built with gene-embedding model 'random:16:0', not 'minilm'"),
 ], ids=["row-length", "cell-names", "no-genes", "bad-json", "small-overlap", "no-symbols", "bad-h5ad", "no-file",
@@ -387,7 +387,7 @@ def test_fresh_servers_answer_simultaneous_uploads_without_errors(wide_atlas, tm
 
 def test_options_are_400_and_data_is_422_in_api_words(api):
     payload = {"genes": ["INS"], "counts": [[1]]}
-    cases = [({"level": "bogus"}, 400, "level must be one of label, harmonised, got 'bogus'"),
+    cases = [({"level": "bogus"}, 400, "level must be one of label, fine, harmonised, ontology, broad, got 'bogus'"),
              ({"species": "klingon"}, 400, "species must be one of human, mouse or auto, got 'klingon'"),
              ({"input_scale": "bogus"}, 400, "unknown input scale 'bogus'; choose one of auto, counts, ln, log2, log10, linear"),
              ({"k": 0}, 400, "invalid request: query.k:"),

@@ -7,13 +7,13 @@ import pytest
 import scipy.sparse as sp
 
 from screader_db import annotate
-from screader_db.annotation import MIN_PANEL_GENES
 from screader_db.builders.atlas import BuildSettings, build_atlas
 from screader_db.errors import GeneOverlapError, InputDataError, ScreaderWarning
 from screader_db.evaluation import split_tasks
 from screader_db.fetch import resolve_dataset
 from screader_db.inputs import read_h5ad
 from screader_db.metrics import agreement
+from screader_db.query_input import MIN_PANEL_GENES
 from screader_db.suite import LABEL, _panel, _scaled, _variable_symbols, _with_matrix, load_sources
 
 pytestmark = pytest.mark.data("pbmc3k", "kang", "baron_human", "baron_mouse", "orthologs_human_mouse_all")

@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from screader_db import store
+from screader_db import atlas_format, store
 from screader_db.builders.reference import ReferenceSource, open_reference
 from screader_db.builders.writer import (
     Draft,
@@ -142,7 +142,8 @@ def build_atlas(reference: Any, atlas: str | Path, *, label_key: str, dataset_na
     Parameters
     ----------
     reference : AnnData, str or Path
-        The labelled reference: an AnnData or an .h5ad path (read backed, in chunks).
+        The labelled reference: an AnnData, or a path in any format of :data:`screader_db.input_files.FORMATS`
+        (an .h5ad read backed, in chunks).
     atlas : str or Path
         The atlas folder to create.
     label_key : str
@@ -154,7 +155,9 @@ def build_atlas(reference: Any, atlas: str | Path, *, label_key: str, dataset_na
     settings : BuildSettings or None
         How the vectors are made (stored as the atlas's parameters); None: the defaults.
     label_map : str, Path, pandas.DataFrame or None
-        Harmonised labels and ontology ids beside the data set's own (:mod:`screader_db.labelmap`).
+        Harmonised labels and ontology ids beside the data set's own (:mod:`screader_db.labelmap`); its
+        ontology ids win over matching the labels to the Cell Ontology, which is fetched on first use
+        (without it the build warns and the ontology and broad levels repeat the labels).
     overwrite : bool
         Replace an existing atlas with a new version (older versions stay).
     device : str or None
@@ -180,6 +183,7 @@ def build_atlas(reference: Any, atlas: str | Path, *, label_key: str, dataset_na
         ``overwrite``) or is locked; the message says why.
     """
     from screader_db.labelmap import read_label_map
+    from screader_db.ontology import available_ontology
 
     settings = settings or BuildSettings()
     if dask is not None and not isinstance(reference, str | Path):
@@ -192,22 +196,17 @@ def build_atlas(reference: Any, atlas: str | Path, *, label_key: str, dataset_na
     ref = open_reference(reference, label_key=label_key, name=dataset_name, layer=layer, use_raw=use_raw,
                          gene_key=gene_key, species=species, resolver=resolver)
     ref.harmonise(mapping_table)
+    available_ontology(warn=True)
     reporter.message(f"{ref.n_cells:,} cells, {len(set(ref.labels))} labels, {ref.mapping.n_mapped:,} of "
                      f"{ref.mapping.n_input:,} genes mapped ({ref.kind})")
     plan = ref.plan()
     stats = collect(ref.source, plan, ref.labels, chunk=chunk, seed=settings.seed, kind=ref.kind, reporter=reporter)
     fitted = fit_method(stats, ref.labels, settings, resolver=resolver, reporter=reporter, device=device)
     embedder, emb = fitted.embedder, fitted.emb
-    sample_labels = fitted.fit["labels"]
     mean = embedder.mean
     profiles = LabelProfiles(stats.labels, stats.genes, stats.class_means(), stats.class_counts,
                              [ref.name] * len(stats.labels))
-    with reporter.task("Calibrating novelty and confidence on the reference", 2, "steps") as advance:
-        calibration = calibrate(stats.sample, sample_labels, stats.genes, seed=settings.seed)
-        advance(1)
-
-        calibration["scores"] = calibrate_scores(fitted, stats, settings)
-        advance(1)
+    calibration = calibrate_reference(fitted, stats, settings, reporter=reporter)
     if dask is None:
         vectors = ref.embed(embedder, mean=mean, chunk=chunk, reporter=reporter)
         return write_version(root, [(ref, vectors)], embedder, emb, settings, reporter=reporter, action="build",
@@ -287,6 +286,34 @@ def fit_method(stats: ReferenceStats, labels: np.ndarray, settings: BuildSetting
     else:
         embedder = fit_embedder(settings.method, stats.sample[:, chosen], genes, **fit)
     return Fitted(embedder=embedder, emb=emb, chosen=chosen, genes=genes, fit=fit)
+
+
+def calibrate_reference(fitted: Fitted, stats: ReferenceStats, settings: BuildSettings, *,
+                        reporter: Reporter = SILENT) -> dict[str, Any]:
+    """The novelty and score calibration an atlas stores with its label profiles.
+
+    Parameters
+    ----------
+    fitted : Fitted
+        The fitted method.
+    stats : ReferenceStats
+        The reference's statistics and cell sample.
+    settings : BuildSettings
+        The build's settings.
+    reporter : Reporter
+        Receives the progress.
+
+    Returns
+    -------
+    dict
+        :func:`screader_db.novelty.calibrate` of the sample, with :func:`calibrate_scores` under ``scores``.
+    """
+    with reporter.task("Calibrating novelty and confidence on the reference", 2, "steps") as advance:
+        calibration = calibrate(stats.sample, fitted.fit["labels"], stats.genes, seed=settings.seed)
+        advance(1)
+        calibration["scores"] = calibrate_scores(fitted, stats, settings)
+        advance(1)
+    return calibration
 
 
 def calibrate_scores(fitted: Fitted, stats: ReferenceStats, settings: BuildSettings) -> dict[str, Any]:
@@ -456,8 +483,6 @@ def write_version(root: Path, refs: list[tuple[ReferenceSource, np.ndarray | Cal
     Atlas
         The new version, opened.
     """
-    from screader_db.index import CellIndex
-
     with drafting(root, action=action, provenance=atlas_provenance(settings, embedder, emb), wait=wait,
                   new=new) as draft:
         provenance = draft.provenance
@@ -476,32 +501,92 @@ def write_version(root: Path, refs: list[tuple[ReferenceSource, np.ndarray | Cal
             all_vectors.append(vectors)
             cell_frames.append(frame)
             dataset_rows.append(row)
-        genes_frame = pd.DataFrame({"gene": embedder.genes, "position": np.arange(len(embedder.genes)),
-                                    "reference_mean": embedder.mean,
-                                    "text_sha256": emb.text_sha256 if emb is not None else [""] * len(embedder.genes),
-                                    "build_id": draft.build_id})
-        draft.write_parquet(pa.Table.from_pandas(genes_frame, preserve_index=False), "genes.parquet")
-        if emb is not None:
-            emb.extra["build_id"] = draft.build_id
-            write_gene_embeddings(emb, draft.staging / "gene_embeddings.parquet")
-        embedder.save(draft.staging / "embedder.safetensors", provenance)
-        if profiles is not None:
-            write_profiles(draft, *profiles)
+        draft.extra.update({"change": "build", "fitted_on": [ref.name for ref, _ in refs]})
         ids = np.concatenate(all_ids)
         vecs = all_vectors[0] if len(all_vectors) == 1 else np.concatenate(all_vectors)
-        layout = _layout(vecs, settings, reporter)
-        if layout is not None:
-            write_layout(draft, ids, layout)
-        with reporter.task("Building the FAISS index", len(ids), "cells") as advance:
-            index = CellIndex.build(vecs, ids, kind=settings.index, seed=settings.seed)
-            index.save(draft.staging / "index.faiss", provenance)
-            advance(len(ids))
+        fitted_tables, index_info = write_fitted(draft, ids, vecs, embedder, emb, settings, profiles=profiles,
+                                                 reporter=reporter)
         tables = {"datasets": pd.DataFrame(dataset_rows), "cells": pd.concat(cell_frames, ignore_index=True),
-                  "genes": genes_frame, "gene_embeddings": _gene_embedding_frame(emb, draft.build_id)}
-        finish(draft, tables, atlas_provenance=provenance, index_info=index.info.to_dict(), datasets=dataset_rows, history=[],
+                  **fitted_tables}
+        finish(draft, tables, atlas_provenance=provenance, index_info=index_info, datasets=dataset_rows, history=[],
                reporter=reporter)
     reporter.message(f"Atlas version {draft.number} written to {root}")
     return store.open_atlas(root, version=draft.number)
+
+
+def write_fitted(draft: Draft, ids: np.ndarray, vectors: np.ndarray, embedder: CellEmbedder,
+                 emb: GeneEmbeddings | None, settings: BuildSettings, *,
+                 profiles: tuple[LabelProfiles, dict[str, Any]] | None,
+                 reporter: Reporter) -> tuple[dict[str, pd.DataFrame], dict[str, Any]]:
+    """Write the files a fit decides: genes, gene vectors, embedder, label profiles, map and index.
+
+    Parameters
+    ----------
+    draft : Draft
+        The version being written; its provenance is recorded in every file.
+    ids, vectors : numpy.ndarray
+        Every cell's id and vector, in the same order.
+    embedder, emb
+        The fitted method and its gene text vectors.
+    settings : BuildSettings
+        The layout, index kind and seed.
+    profiles : tuple of (LabelProfiles, dict) or None
+        The label profiles and their calibration; None writes none.
+    reporter : Reporter
+        Receives the progress.
+
+    Returns
+    -------
+    tuple of (dict, dict)
+        The catalogue's ``genes`` and ``gene_embeddings`` tables, and the index's description.
+    """
+    from screader_db.index import CellIndex
+
+    genes_frame = pd.DataFrame({"gene": embedder.genes, "position": np.arange(len(embedder.genes)),
+                                "reference_mean": embedder.mean,
+                                "text_sha256": emb.text_sha256 if emb is not None else [""] * len(embedder.genes),
+                                "build_id": draft.build_id})
+    draft.write_parquet(pa.Table.from_pandas(genes_frame, preserve_index=False), atlas_format.GENES)
+    if emb is not None:
+        emb.extra["build_id"] = draft.build_id
+        write_gene_embeddings(emb, draft.staging / atlas_format.GENE_EMBEDDINGS)
+    embedder.save(draft.staging / atlas_format.EMBEDDER, draft.provenance)
+    if profiles is not None:
+        write_profiles(draft, *profiles)
+    layout = _layout(vectors, settings, reporter)
+    if layout is not None:
+        write_layout(draft, ids, layout)
+    with reporter.task("Building the FAISS index", len(ids), "cells") as advance:
+        index = CellIndex.build(vectors, ids, kind=settings.index, seed=settings.seed)
+        index.save(draft.staging / atlas_format.INDEX, draft.provenance)
+        advance(len(ids))
+    return {"genes": genes_frame, "gene_embeddings": _gene_embedding_frame(emb, draft.build_id)}, index.info.to_dict()
+
+
+def settings_of(opened: store.Atlas) -> BuildSettings:
+    """The settings an atlas was built with, from its recorded parameters.
+
+    Parameters are read as recorded (keys this version does not know are left out). An atlas
+    recorded without a prototype weight gets the one its embedder was fitted with, whatever
+    today's default.
+
+    Parameters
+    ----------
+    opened : Atlas
+        The opened atlas version.
+
+    Returns
+    -------
+    BuildSettings
+    """
+    from dataclasses import fields
+
+    stored = opened.provenance.get("parameters", {})
+    known = {f.name for f in fields(BuildSettings)}
+    settings = BuildSettings(**{k: v for k, v in stored.items() if k in known})
+    if settings.prototype_weight is None and "gamma" in opened.embedder.params:
+        settings.prototype_weight = float(opened.embedder.params["gamma"])
+    return settings
 
 
 def _layout(vectors: np.ndarray, settings: BuildSettings, reporter: Reporter) -> np.ndarray | None:

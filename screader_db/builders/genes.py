@@ -24,6 +24,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from screader_db.atlas_format import PROVENANCE_KEY
 from screader_db.checksums import sha256_file, sha256_text
 from screader_db.errors import InputDataError
 from screader_db.outputs import atomic_write
@@ -176,7 +177,7 @@ def build_gene_table(org_db: str | Path, go_db: str | Path, *, sources: dict[str
         "sources": sources or {},
         "n_genes": len(columns["symbol"]),
     }
-    schema = SCHEMA.with_metadata({"screader_db.provenance": json.dumps(provenance, sort_keys=True)})
+    schema = SCHEMA.with_metadata({PROVENANCE_KEY: json.dumps(provenance, sort_keys=True)})
     return pa.Table.from_pydict(columns, schema=schema)
 
 

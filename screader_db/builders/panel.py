@@ -24,28 +24,41 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from screader_db import store
+from screader_db.atlas_format import EMBEDDER, INDEX, PANEL_FILE, PANEL_FORMAT, PANELS, STAGING_PREFIX
 from screader_db.checksums import sha256_text
 from screader_db.errors import AtlasError
 from screader_db.progress import SILENT, Reporter
 
-FOLDER = "panels"
-FORMAT = "panel-1"
-
 
 @dataclass
 class PanelIndex:
-    """The atlas fitted on one gene panel: its embedder and index over every reference cell."""
+    """The atlas fitted on one gene panel: its embedder and index over every reference cell.
+
+    Parameters
+    ----------
+    key : str
+        The panel's folder name (:func:`panel_key`).
+    genes : list of str
+        The panel's genes, sorted.
+    embedder : CellEmbedder
+        The embedding method fitted on the panel.
+    index : CellIndex
+        Every reference cell embedded on the panel.
+    reused : bool
+        Whether the panel was read from the atlas rather than fitted now.
+    scores : dict
+        The score calibration on this panel (confidence map, default cut-off).
+    """
 
     key: str
     genes: list[str]
     embedder: Any
     index: Any
     reused: bool
-    scores: dict[str, Any]  # the score calibration on this panel (confidence map, default cut-off)
+    scores: dict[str, Any]
 
 
 def panel_key(genes: list[str], datasets: list[str] | None = None) -> str:
@@ -115,27 +128,28 @@ def open_panel(opened: store.Atlas, genes: list[str], *, datasets: list[str] | N
     from screader_db.index import CellIndex
 
     key = panel_key(genes, datasets)
-    folder = opened.path / FOLDER / key
-    if not (folder / "PANEL.json").is_file():
+    folder = opened.path / PANELS / key
+    if not (folder / PANEL_FILE).is_file():
         _fit(opened, sorted(genes), folder, datasets=datasets, reporter=reporter, device=device)
         reused = False
     else:
         reused = True
-    meta = json.loads((folder / "PANEL.json").read_text())
-    if meta.get("format") != FORMAT:
-        message = f"{folder} has panel format {meta.get('format')!r}, this version reads {FORMAT!r}; delete the folder"
+    meta = json.loads((folder / PANEL_FILE).read_text())
+    if meta.get("format") != PANEL_FORMAT:
+        message = f"{folder} has panel format {meta.get('format')!r}, this version reads {PANEL_FORMAT!r}; delete the folder"
         raise AtlasError(message)
-    index = CellIndex.load(folder / "index.faiss")
-    return PanelIndex(key=key, genes=list(meta["genes"]), embedder=CellEmbedder.load(folder / "embedder.safetensors"),
+    index = CellIndex.load(folder / INDEX)
+    return PanelIndex(key=key, genes=list(meta["genes"]), embedder=CellEmbedder.load(folder / EMBEDDER),
                       index=index, reused=reused, scores=dict(meta.get("scores", {})))
 
 
 def _fit(opened: store.Atlas, genes: list[str], folder: Path, *, datasets: list[str] | None, reporter: Reporter,
          device: str | None) -> None:
     from screader_db.builders.atlas import calibrate_scores, fit_method
+    from screader_db.expression_stream import ExpressionStream
     from screader_db.genes import GeneResolver
     from screader_db.index import CellIndex
-    from screader_db.inputs import CHUNK, ExpressionSource, normalise, plan_genes
+    from screader_db.inputs import CHUNK, ExpressionSource, plan_genes
     from screader_db.reference_stats import collect
     from screader_db.stored_expression import StoredExpression, StoredMatrix
 
@@ -144,34 +158,29 @@ def _fit(opened: store.Atlas, genes: list[str], folder: Path, *, datasets: list[
     ids = stored.ids()
     labels = opened.cells(["label"])["label"].reindex(ids).astype(str).to_numpy()
     source = ExpressionSource(matrix=StoredMatrix(stored, genes), names=genes, obs=pd.DataFrame(index=ids.astype(str)))
-    plan = plan_genes(genes, genes)
+    stream = ExpressionStream(source, plan_genes(genes, genes), "linear")  # StoredMatrix gives counts per 10,000
     reporter.message(f"Fitting the atlas on the {len(genes):,} genes the query shares with it (kept for later queries)")
-    stats = collect(source, plan, labels, kind="linear", chunk=CHUNK, seed=settings.seed, reporter=reporter)
+    stats = collect(stream.source, stream.plan, labels, kind=stream.scale, chunk=CHUNK, seed=settings.seed, reporter=reporter)
     fitted = fit_method(stats, labels, settings, resolver=GeneResolver(), reporter=reporter, device=device)
     embedder = fitted.embedder
     scores = calibrate_scores(fitted, stats, settings)
-    embed_plan = plan_genes(genes, embedder.genes)
-    vectors = np.empty((len(ids), embedder.dim), dtype=np.float32)
-    with reporter.task("Embedding the atlas cells on the shared genes", len(ids), "cells") as advance:
-        for start, block in source.chunks(CHUNK):
-            vectors[start : start + block.shape[0]] = embedder.transform(normalise(block, "linear", embed_plan),
-                                                                         mean=embedder.mean)
-            advance(block.shape[0])
+    vectors = stream.over(plan_genes(genes, embedder.genes)).embed(
+        embedder, mean=embedder.mean, chunk=CHUNK, description="Embedding the atlas cells on the shared genes", reporter=reporter)
     index = CellIndex.build(vectors, ids, kind=settings.index, seed=settings.seed)
     provenance = {**opened.provenance, "panel": {"key": folder.name, "n_genes": len(genes), "datasets": datasets,
                                                  "genes_sha256": sha256_text("\n".join(genes))}}
-    staging = folder.parent / f".staging-{os.getpid()}-{time.time_ns()}"
+    staging = folder.parent / f"{STAGING_PREFIX}{os.getpid()}-{time.time_ns()}"
     staging.mkdir(parents=True)
     try:
-        embedder.save(staging / "embedder.safetensors", provenance)
-        index.save(staging / "index.faiss", provenance)
-        meta = {"format": FORMAT, "key": folder.name, "genes": genes, "datasets": datasets, "n_cells": len(ids),
+        embedder.save(staging / EMBEDDER, provenance)
+        index.save(staging / INDEX, provenance)
+        meta = {"format": PANEL_FORMAT, "key": folder.name, "genes": genes, "datasets": datasets, "n_cells": len(ids),
                 "atlas_genes": len(embedder.genes), "scores": scores, "provenance": provenance}
-        (staging / "PANEL.json").write_text(json.dumps(meta, indent=2, sort_keys=True, default=str))
+        (staging / PANEL_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True, default=str))
         try:
             staging.rename(folder)
         except OSError:
-            if not (folder / "PANEL.json").is_file():  # another process finished first otherwise
+            if not (folder / PANEL_FILE).is_file():  # another process finished first otherwise
                 raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)

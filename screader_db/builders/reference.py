@@ -1,7 +1,9 @@
 """A labelled reference data set, opened for streaming: labels, gene mapping and chunked reads.
 
-Nothing here loads the whole expression matrix: an .h5ad path is opened in backed mode and read
-in row chunks for the statistics pass and again for the embedding pass.
+Nothing here loads the whole expression matrix of an .h5ad, zarr or 10x .h5 reference: a path is
+opened backed or lazily (:func:`screader_db.input_files.open_input`; other formats are read into
+memory as sparse matrices) and read in row chunks for the statistics pass and again for the
+embedding pass.
 """
 
 from __future__ import annotations
@@ -15,10 +17,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from screader_db.checksums import sha256_file
+from screader_db.checksums import sha256_path
 from screader_db.errors import AtlasError, InputDataError, ScreaderWarning
 from screader_db.expression_stream import ExpressionStream
 from screader_db.genes import GeneMapping, GeneResolver
+from screader_db.input_files import input_name, open_input
 from screader_db.inputs import (
     CHUNK,
     ExpressionSource,
@@ -27,7 +30,6 @@ from screader_db.inputs import (
     map_genes,
     open_expression,
     plan_genes,
-    read_h5ad,
 )
 from screader_db.progress import SILENT, Reporter
 
@@ -193,7 +195,8 @@ class ReferenceSource:
 def open_reference(reference: Any, *, label_key: str, name: str | None = None, layer: str | None = None,
                    use_raw: bool = False, gene_key: str | None = None, species: str = "auto",
                    resolver: GeneResolver | None = None, input_scale: str | None = None) -> ReferenceSource:
-    """Open a reference (an .h5ad path, read in backed mode, or an AnnData) and check its labels.
+    """Open a reference (a path in any format of :data:`screader_db.input_files.FORMATS`, an .h5ad read in
+    backed mode, or an AnnData) and check its labels.
 
     Parameters
     ----------
@@ -202,7 +205,8 @@ def open_reference(reference: Any, *, label_key: str, name: str | None = None, l
     label_key : str
         The obs column of labels; cells with an empty label are left out (with a warning).
     name : str or None
-        The data set's name; None takes the file's stem (``reference`` for an AnnData).
+        The data set's name; None takes the file or folder name without its suffixes
+        (:func:`screader_db.input_files.input_name`; ``reference`` for an AnnData).
     layer, use_raw, gene_key, species, resolver
         Which matrix and gene names are read, and how they map to human symbols
         (:func:`screader_db.inputs.open_expression`, :func:`screader_db.inputs.map_genes`).
@@ -224,18 +228,20 @@ def open_reference(reference: Any, *, label_key: str, name: str | None = None, l
     source_file, digest = "<AnnData>", ""
     hint = ""
     if name is None:
-        name = Path(reference).stem if isinstance(reference, str | Path) else "reference"
+        name = input_name(reference) if isinstance(reference, str | Path) else "reference"
         hint = "; the name comes from the file name, so give one"
     check_dataset_name(name, hint=hint)
+    unlabelled = ""
     if isinstance(reference, str | Path):
         path = Path(reference)
-        adata = read_h5ad(path, backed=True)
-        source_file, digest = str(path.resolve()), sha256_file(path)
+        opened = open_input(path)
+        adata, unlabelled = opened.adata, opened.file.labels_note()
+        source_file, digest = str(path.resolve()), sha256_path(path)
     else:
         adata = reference
     if label_key not in adata.obs.columns:
         known = ", ".join(map(str, adata.obs.columns)) or "none"
-        message = f"--label-key {label_key!r} is not an obs column of the reference; columns present: {known}"
+        message = f"--label-key {label_key!r} is not an obs column of the reference; columns present: {known}{unlabelled}"
         raise InputDataError(message)
     source = open_expression(adata, layer=layer, use_raw=use_raw, gene_key=gene_key)
     labels = adata.obs[label_key].astype("string").fillna("").to_numpy(dtype=object)

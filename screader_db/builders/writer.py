@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -27,6 +27,9 @@ from screader_db.checksums import sha256_file
 from screader_db.errors import AtlasError, OutputExistsError
 from screader_db.progress import Reporter
 from screader_db.provenance import new_build_id, now, user
+
+if TYPE_CHECKING:
+    from screader_db.labelmap import LabelTerms
 
 
 @dataclass
@@ -228,6 +231,11 @@ class CellSlice:
         The cells' obs rows.
     labels, harmonised, ontology
         Their labels, harmonised labels and ontology ids.
+    ontology_name, broad, match
+        Their Cell Ontology term names, broad classes and how the terms were found
+        (:class:`~screader_db.labelmap.LabelTerms`).
+    ontology_source
+        The Cell Ontology the labels were matched to ({} for none).
     """
 
     name: str
@@ -236,6 +244,43 @@ class CellSlice:
     labels: np.ndarray
     harmonised: np.ndarray
     ontology: np.ndarray
+    ontology_name: np.ndarray
+    broad: np.ndarray
+    match: np.ndarray
+    ontology_source: dict[str, str] = field(default_factory=dict)
+
+
+def label_terms(ref: Any, start: int = 0, stop: int | None = None) -> tuple[LabelTerms, dict[str, str]]:
+    """The Cell Ontology terms of cells ``start:stop`` of a reference, and the source of the ontology.
+
+    Parameters
+    ----------
+    ref
+        The reference; labels are harmonised with no label map when they were not yet. The label
+        map's ontology ids win over matching (:func:`screader_db.labelmap.ontology_terms`).
+    start, stop
+        The rows (default: every cell).
+
+    Returns
+    -------
+    (LabelTerms, dict)
+        One value per cell, and :attr:`screader_db.ontology.Ontology.source` ({} when the ontology
+        could not be fetched: the levels then repeat the harmonised labels).
+
+    Raises
+    ------
+    ChecksumError, InputDataError
+        The Cell Ontology file is not the one the manifest records, or cannot be read.
+    """
+    from screader_db.labelmap import ontology_terms
+    from screader_db.ontology import available_ontology
+
+    if ref.harmonised is None or ref.ontology is None:
+        ref.harmonise(None)
+    ontology, _ = available_ontology()
+    rows = slice(start, stop)
+    terms = ontology_terms(ref.labels[rows], ref.harmonised[rows], ref.ontology[rows], ontology)
+    return terms, dict(ontology.source) if ontology is not None else {}
 
 
 def cell_slice(ref: Any, start: int, stop: int) -> CellSlice:
@@ -245,19 +290,19 @@ def cell_slice(ref: Any, start: int, stop: int) -> CellSlice:
     ----------
     ref
         The reference (:class:`~screader_db.builders.reference.Reference`); labels are harmonised
-        with no label map when they were not yet.
+        with no label map when they were not yet, and matched to the Cell Ontology (:func:`label_terms`).
     start, stop
         The rows.
 
     Returns
     -------
     CellSlice
-        Their obs, labels, harmonised labels and ontology ids.
+        Their obs, labels, harmonised labels, ontology ids, term names, broad classes and how the terms were found.
     """
-    if ref.harmonised is None or ref.ontology is None:
-        ref.harmonise(None)
+    terms, source = label_terms(ref, start, stop)
     return CellSlice(name=ref.name, label_key=ref.label_key, obs=ref.obs.iloc[start:stop], labels=ref.labels[start:stop],
-                     harmonised=ref.harmonised[start:stop], ontology=ref.ontology[start:stop])
+                     harmonised=ref.harmonised[start:stop], ontology=terms.ontology_id, ontology_name=terms.ontology_name,
+                     broad=terms.broad, match=terms.match, ontology_source=source)
 
 
 def cells_table(cells: CellSlice, ids: np.ndarray, vectors: np.ndarray) -> pa.Table:
@@ -285,6 +330,9 @@ def cells_table(cells: CellSlice, ids: np.ndarray, vectors: np.ndarray) -> pa.Ta
         "label": pa.array(list(cells.labels), pa.string()),
         "label_harmonised": pa.array(list(cells.harmonised), pa.string()),
         "ontology_id": pa.array(list(cells.ontology), pa.string()),
+        "label_ontology": pa.array(list(cells.ontology_name), pa.string()),
+        "label_broad": pa.array(list(cells.broad), pa.string()),
+        "ontology_match": pa.array(list(cells.match), pa.string()),
         "metadata": pa.array(_metadata(cells.obs, cells.label_key), pa.string()),
         "embedding": pa.FixedSizeListArray.from_arrays(flat, vectors.shape[1]),
     }, schema=atlas_format.cells_schema(vectors.shape[1]))
@@ -313,7 +361,7 @@ def write_part(folder: Path, cells: CellSlice, ids: np.ndarray, vectors: np.ndar
     path = folder / atlas_format.cell_part_path(cells.name, number)
     path.parent.mkdir(parents=True, exist_ok=True)
     table = cells_table(cells, ids, vectors)
-    pq.write_table(table.replace_schema_metadata(atlas_format.parquet_metadata("cells", provenance)), path,
+    pq.write_table(table.replace_schema_metadata(atlas_format.cells_metadata(provenance, cells.ontology_source)), path,
                    compression="zstd")
     return path
 
@@ -335,12 +383,12 @@ def dataset_records(draft: Draft, ref: Any, dataset_id: int) -> tuple[np.ndarray
     (numpy.ndarray, pandas.DataFrame, dict)
         Cell ids, ``cells`` rows and the ``datasets`` row of the catalogue.
     """
-    if ref.harmonised is None or ref.ontology is None:
-        ref.harmonise(None)
+    terms, _ = label_terms(ref)
     ids = store.cell_ids(dataset_id, ref.n_cells)
     frame = pd.DataFrame({
         "cell_id": ids, "dataset": ref.name, "barcode": [str(b) for b in ref.obs.index], "label": ref.labels,
-        "label_harmonised": ref.harmonised, "ontology_id": ref.ontology, "metadata": _metadata(ref.obs, ref.label_key),
+        "label_harmonised": ref.harmonised, "ontology_id": terms.ontology_id, "label_ontology": terms.ontology_name,
+        "label_broad": terms.broad, "ontology_match": terms.match, "metadata": _metadata(ref.obs, ref.label_key),
         "build_id": draft.build_id,
     })
     row = {
@@ -405,9 +453,9 @@ def write_expression(draft: Draft, ref: Any, dataset_id: int, *, part_rows: int 
     plan = ref.plan()
     ids = store.cell_ids(dataset_id, ref.n_cells)
     for start, block in ref.chunks(plan, part_rows):
-        path = draft.staging / stored_expression.part_path(ref.name, start // part_rows)
-        stored_expression.write_part(path, ids[start : start + block.shape[0]], block, plan.genes,
-                                     draft.provenance_json(), atlas_format.PROVENANCE_KEY)
+        path = draft.staging / atlas_format.expression_part_path(ref.name, start // part_rows)
+        stored_expression.write_part(path, block, ids=ids[start : start + block.shape[0]], genes=plan.genes,
+                                     provenance=draft.provenance_json())
 
 
 def write_layout(draft: Draft, ids: np.ndarray, coords: np.ndarray) -> None:
