@@ -284,19 +284,7 @@ def search_params(options: SearchOptions | None = None, **flat_options: Any) -> 
     ScreaderError
         A name that is no search option.
     """
-    chosen = (options or SearchOptions()).updated(**flat_options).flat()
-    defaults = SearchOptions().flat()
-    params: dict[str, Any] = {}
-    for key, value in chosen.items():
-        if value is None or value == defaults[key]:
-            continue
-        if isinstance(value, bool):
-            params[key] = str(value).lower()
-        elif isinstance(value, list | tuple):
-            params[key] = [str(v) for v in value]
-        else:
-            params[key] = str(value)
-    return params
+    return _changed_params((options or SearchOptions()).updated(**flat_options).flat(), SearchOptions().flat())
 
 
 def annotate_params(options: AnnotateOptions | None = None, **flat_options: Any) -> dict[str, Any]:
@@ -320,8 +308,11 @@ def annotate_params(options: AnnotateOptions | None = None, **flat_options: Any)
     ScreaderError
         A name that is no annotate option.
     """
-    chosen = (options or AnnotateOptions()).updated(**flat_options).flat()
-    defaults = AnnotateOptions().flat()
+    return _changed_params((options or AnnotateOptions()).updated(**flat_options).flat(), AnnotateOptions().flat())
+
+
+def _changed_params(chosen: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
+    """Every option of ``chosen`` that differs from ``defaults``, as query-parameter text."""
     params: dict[str, Any] = {}
     for key, value in chosen.items():
         if value is None or value == defaults[key]:
