@@ -131,8 +131,9 @@ def find_novel(query: PreparedQuery, opened: store.Atlas, *, chunk: int = CHUNK,
         leave none, or the query is too small to cluster; no result, with the reason, when the
         atlas's calibration switched the check off and no ``cutoff`` is given.
     """
+    from screader_db.expression_stream import GeneMoments
     from screader_db.features import variable_from_moments
-    from screader_db.novelty import DEFAULT_CUTOFF, N_VARIABLE, stream_detect
+    from screader_db.novelty import DEFAULT_CUTOFF, N_VARIABLE, SAMPLE_CELLS, stream_detect
 
     found = opened.profiles()
     n = query.source.n_cells
@@ -150,9 +151,10 @@ def find_novel(query: PreparedQuery, opened: store.Atlas, *, chunk: int = CHUNK,
     stream = query.stream.over(plan_genes(query.mapping.symbols, profiles.genes))
     chosen = float(calibration.get("cutoff", DEFAULT_CUTOFF) if cutoff is None else cutoff)
     with reporter.task("Looking for populations the atlas lacks", n, "cells") as advance:
-        moments = stream.moments(chunk=chunk)
+        chunks = stream.replayable(chunk) if n <= SAMPLE_CELLS else (lambda: stream.chunks(chunk))
+        moments = GeneMoments(len(profiles.genes)).add_all(block for _, block in chunks())
         variable = variable_from_moments(*moments.mean_var(), moments.detected, N_VARIABLE)
-        result = stream_detect(lambda: stream.chunks(chunk), n, profiles.genes, variable, profiles, cutoff=chosen,
+        result = stream_detect(chunks, n, profiles.genes, variable, profiles, cutoff=chosen,
                                seed=int(opened.embedder.params.get("seed", 0)))
         advance(n)
     info = {"checked": True, "cutoff": chosen, "calibrated": bool(calibration.get("calibrated", False)),
@@ -739,19 +741,48 @@ def annotate(adata: Any, atlas: str | Path | store.Atlas, *, options: AnnotateOp
     """
     options = (options or AnnotateOptions()).updated(**flat_options)
     options.check()
+    clock = StageClock()
     with _query_data(adata) as (data, source):
-        plan = Plan.of(atlas, options)
-        read = options.read
-        reporter.message("Reading the query")
-        query = prepare_query(data, plan.atlas.embedder.genes, layer=read.layer, use_raw=read.use_raw,
-                              gene_key=read.gene_key, species=read.species, check_overlap=False,
-                              input_scale=read.input_scale)
-        answering = fit_to_panel(query, plan.atlas, datasets=_listed(options.neighbours.datasets), reporter=reporter)
-        prepared = prepare(plan, answering, matched=query.plan.matched, chunk=chunk, reporter=reporter)
-        vectors = embed_query(prepared.query, answering.embedder, center=options.center, chunk=chunk, reporter=reporter)
-        neighbours = search_neighbours(plan, prepared, vectors, chunk=chunk, reporter=reporter)
-        votes = vote(plan, neighbours, vectors, answering.scores)
-        labelled = abstain(plan, prepared, neighbours, votes, vectors, reporter=reporter)
-        result = assemble(plan, prepared, vectors, neighbours, votes, labelled)
+        with clock("read"):
+            plan = Plan.of(atlas, options)
+            read = options.read
+            reporter.message("Reading the query")
+            query = prepare_query(data, plan.atlas.embedder.genes, layer=read.layer, use_raw=read.use_raw,
+                                  gene_key=read.gene_key, species=read.species, check_overlap=False,
+                                  input_scale=read.input_scale)
+            answering = fit_to_panel(query, plan.atlas, datasets=_listed(options.neighbours.datasets),
+                                     reporter=reporter)
+        with clock("prepare"):
+            prepared = prepare(plan, answering, matched=query.plan.matched, chunk=chunk, reporter=reporter)
+        with clock("embed"):
+            vectors = embed_query(prepared.query, answering.embedder, center=options.center, chunk=chunk,
+                                  reporter=reporter)
+        with clock("search and novelty check"):
+            neighbours = search_neighbours(plan, prepared, vectors, chunk=chunk, reporter=reporter)
+        with clock("vote"):
+            votes = vote(plan, neighbours, vectors, answering.scores)
+        with clock("abstain"):
+            labelled = abstain(plan, prepared, neighbours, votes, vectors, reporter=reporter)
+        with clock("assemble"):
+            result = assemble(plan, prepared, vectors, neighbours, votes, labelled)
         result.info.update(source)
+        result.info["stage_seconds"] = clock.seconds
         return result
+
+
+class StageClock:
+    """Wall seconds of each named stage of an annotation (``info["stage_seconds"]``)."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, stage: str) -> Iterator[None]:
+        """Time the block as ``stage`` (added to what the stage already took)."""
+        import time
+
+        began = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[stage] = round(self.seconds.get(stage, 0.0) + time.perf_counter() - began, 4)

@@ -27,6 +27,7 @@ from screader_db.errors import (
     OutputExistsError,
     RequestTooLargeError,
     ScreaderError,
+    WorkerLostError,
 )
 from screader_db.options import option_fields
 
@@ -51,13 +52,14 @@ def status_of(error: ScreaderError) -> int:
     -------
     int
         413 :class:`RequestTooLargeError`; 409 :class:`ModelMismatchError` or :class:`OutputExistsError`;
-        503 any other :class:`AtlasError`; 422 :class:`InputDataError`; 400 anything else.
+        503 any other :class:`AtlasError` or
+        :class:`WorkerLostError`; 422 :class:`InputDataError`; 400 anything else.
     """
     if isinstance(error, RequestTooLargeError):
         return 413
     if isinstance(error, ModelMismatchError | OutputExistsError):
         return 409
-    if isinstance(error, AtlasError):
+    if isinstance(error, AtlasError | WorkerLostError):
         return 503
     if isinstance(error, InputDataError):
         return 422

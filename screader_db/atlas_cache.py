@@ -52,7 +52,25 @@ class AtlasCache:
         AtlasError
             The folder holds no atlas, or (``verify``) the version's files do not match their checksums.
         """
-        number = store.current_version(self.root)
+        return self.version(store.current_version(self.root))
+
+    def version(self, number: int) -> store.Atlas:
+        """Version ``number`` of the atlas, opened (metadata only) on first use.
+
+        Parameters
+        ----------
+        number
+            A version of the atlas.
+
+        Returns
+        -------
+        Atlas
+
+        Raises
+        ------
+        AtlasError
+            No such version, or (``verify``) its files do not match their checksums.
+        """
         with self._lock:
             found = self._opened.get(number)
             if found is not None:

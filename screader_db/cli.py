@@ -960,6 +960,9 @@ def serve(
                                                       "(lowered to what the file limit allows).")] = ServerLimits.max_connections,
     header_timeout: Annotated[float, typer.Option(help="Seconds a client has to send a request's headers.")] = ServerLimits.header_timeout,
     verify: Verify = True,
+    workers: Annotated[int, typer.Option(help="Processes that annotate (each holds the atlas in memory; 1 = threads "
+                                              "of the server's own process; 0 = one per CPU core, or 1 for an atlas "
+                                              "whose index exceeds 1 GB).")] = 0,
     log_level: Annotated[str, typer.Option(help="uvicorn log level: critical, error, warning, info or debug.")] = "info",
 ) -> None:
     """Serve an atlas over HTTP: annotate cells, list data sets and versions, add or remove data sets.
@@ -991,11 +994,18 @@ def serve(
         limits = ServerLimits(max_upload_bytes=int(max_upload_mb * 1e6), max_json_bytes=int(max_json_mb * 1e6),
                               max_cells=max_cells, max_values=max_values, max_connections=max_connections,
                               header_timeout=header_timeout)
-        application = create_app(atlas, token=tokens, limits=limits, verify=verify, preload=True)
+        _in_range("--workers", workers, low=0, high=64)
+        if workers == 0:
+            from screader_db.annotate_workers import auto_workers
+            from screader_db.store import open_atlas
+
+            workers = auto_workers(open_atlas(atlas, verify=False))
+        application = create_app(atlas, token=tokens, limits=limits, verify=verify, preload=True, workers=workers)
         version = application.state.atlas.current().version
         writing = "enabled (token set)" if tokens else f"disabled (set {TOKEN_ENV} or --token-file to enable)"
         if port:
             _listen(host, port).close()  # a port in use is one Error line here, not uvicorn's exit 3
-        err.print(f"Serving {atlas} (version {version}); adding and removing data sets {writing}; at most "
+        processes = f"annotating in {workers} worker processes" if workers > 1 else "annotating in this process"
+        err.print(f"Serving {atlas} (version {version}), {processes}; adding and removing data sets {writing}; at most "
                   f"{limits.connection_cap():,} connections; docs at /docs", highlight=False, soft_wrap=True)
         uvicorn.Server(server_config(application, host=host, port=port, limits=limits, log_level=log_level)).run()

@@ -7,8 +7,20 @@ Every error a user can cause derives from :class:`ScreaderError`; the CLI turns 
 from __future__ import annotations
 
 
+def _restored(kind: type[BaseException], args: tuple[object, ...], state: dict[str, object]) -> BaseException:
+    """An error rebuilt from its class, arguments and attributes (see :meth:`ScreaderError.__reduce__`)."""
+    error = kind.__new__(kind)
+    error.args = args
+    error.__dict__.update(state)
+    return error
+
+
 class ScreaderError(Exception):
     """Base class of every error screader-db raises on purpose."""
+
+    def __reduce__(self) -> tuple[object, ...]:
+        """Pickle by class, arguments and attributes, so errors with keyword-only fields cross process boundaries."""
+        return _restored, (type(self), self.args, dict(self.__dict__))
 
 
 class InputDataError(ScreaderError):
@@ -78,6 +90,10 @@ class RequestTooLargeError(ScreaderError):
 
 class SqlError(ScreaderError):
     """A SQL statement was refused (not read-only) or failed against the atlas."""
+
+
+class WorkerLostError(ScreaderError):
+    """A worker process stopped (killed, out of memory) before it answered; the server started another."""
 
 
 class RemoteError(ScreaderError):

@@ -10,7 +10,7 @@ summed.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -20,6 +20,9 @@ import scipy.sparse as sp
 from screader_db.errors import ScreaderError
 from screader_db.inputs import CHUNK, ExpressionSource, GenePlan, check_values, normalise, unlog
 from screader_db.progress import SILENT, Reporter
+
+# Stored values (about 8 bytes each) a small stream keeps in memory between passes.
+HELD_VALUES = 25_000_000
 
 
 @dataclass(frozen=True)
@@ -95,6 +98,30 @@ class ExpressionStream:
         for start in range(0, self.n_cells, size):
             yield start, self.rows(start, min(start + size, self.n_cells))
 
+    def replayable(self, size: int = CHUNK, *, max_values: int = HELD_VALUES) -> Callable[[], Iterator[tuple[int, sp.csr_matrix]]]:
+        """Passes over the stream that read and normalise it once when it is small.
+
+        Parameters
+        ----------
+        size : int
+            Rows per chunk.
+        max_values : int
+            Most stored values held in memory; a larger stream is read again on every pass.
+
+        Returns
+        -------
+        callable
+            Called with no argument, yields what :meth:`chunks` yields.
+        """
+        held: list[tuple[int, sp.csr_matrix]] = []
+        values = 0
+        for start, block in self.chunks(size):
+            values += block.nnz
+            if values > max_values:
+                return lambda: self.chunks(size)
+            held.append((start, block))
+        return lambda: iter(held)
+
     def over(self, plan: GenePlan, *, library: GenePlan | None = None) -> ExpressionStream:
         """The same cells over other genes.
 
@@ -126,7 +153,8 @@ class ExpressionStream:
         """
         return replace(self, source=self.source.subset(keep))
 
-    def centre(self, embedder: Any, *, center: str | None = None, chunk: int = CHUNK) -> np.ndarray:
+    def centre(self, embedder: Any, *, center: str | None = None, chunk: int = CHUNK,
+               passes: Callable[[], Iterator[tuple[int, sp.csr_matrix]]] | None = None) -> np.ndarray:
         """The vector the embedder centres these cells on (an extra pass when they centre themselves).
 
         Parameters
@@ -137,6 +165,8 @@ class ExpressionStream:
             ``query``, ``balanced``, ``reference`` or ``auto``; None takes the embedder's own.
         chunk : int
             Rows per chunk.
+        passes : callable or None
+            Yields this stream's chunks on each call (:meth:`replayable`); None reads the stream.
 
         Returns
         -------
@@ -146,7 +176,7 @@ class ExpressionStream:
         from screader_db.centring import stream_centre
 
         mode = embedder.centre_mode(self.n_cells, center)
-        return stream_centre(embedder, mode, lambda: self.chunks(chunk), self.n_cells,
+        return stream_centre(embedder, mode, passes or (lambda: self.chunks(chunk)), self.n_cells,
                              seed=int(embedder.params.get("seed", 0)))
 
     def embed(self, embedder: Any, *, mean: np.ndarray | None = None, center: str | None = None, chunk: int = CHUNK,
@@ -182,11 +212,13 @@ class ExpressionStream:
             message = (f"the expression has {len(self.plan.genes):,} columns but the embedder was fitted on "
                        f"{len(embedder.genes):,} other genes; map the cells onto the embedder's genes first")
             raise ScreaderError(message)
+        passes = lambda: self.chunks(chunk)  # noqa: E731
         if mean is None:
-            mean = self.centre(embedder, center=center, chunk=chunk)
+            passes = self.replayable(chunk)
+            mean = self.centre(embedder, center=center, passes=passes)
         vectors = np.empty((self.n_cells, embedder.dim), dtype=np.float32)
         with reporter.task(description, self.n_cells, "cells") as advance:
-            for start, block in self.chunks(chunk):
+            for start, block in passes():
                 vectors[start : start + block.shape[0]] = embedder.transform(block, mean=mean)
                 advance(block.shape[0])
         return vectors

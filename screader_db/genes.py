@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -15,6 +17,7 @@ GENE_TABLE_ENTRY = "gene_table_human"
 ORTHOLOG_ENTRY = "orthologs_human_mouse_all"
 ENSEMBL_RE = re.compile(r"^ENS[A-Z]*G\d{6,}(\.\d+)?$")
 SPECIES = ("human", "mouse")
+MAPPINGS_KEPT = 8  # gene-name lists whose mapping a resolver keeps
 
 
 @lru_cache(maxsize=1)
@@ -109,7 +112,7 @@ def detect_species(names: Sequence[str]) -> str:
     return "mouse" if capitalised > 0.5 * len(letters) else "human"
 
 
-@dataclass
+@dataclass(frozen=True)
 class GeneMapping:
     """How a data set's gene names were turned into human symbols.
 
@@ -162,6 +165,7 @@ class GeneResolver:
             counts[alias.upper()] = counts.get(alias.upper(), 0) + 1
         self.alias = {a.upper(): s for a, s in alias_pairs if counts[a.upper()] == 1 and a.upper() not in self.upper}
         self.ensembl = {e: s for s, ids in zip(self.table["symbol"], self.table["ensembl_ids"], strict=True) for e in ids}
+        self._mapped: OrderedDict[tuple[str, str], GeneMapping] = OrderedDict()
 
     @property
     def orthologs(self) -> dict[str, str]:
@@ -200,7 +204,9 @@ class GeneResolver:
         Returns
         -------
         GeneMapping
-            The symbols (``""`` where none is known) and how each was found.
+            The symbols (``""`` where none is known) and how each was found; the last
+            :data:`MAPPINGS_KEPT` mappings are kept, so a repeated gene list (a server's uploads
+            from one platform) is mapped once.
 
         Raises
         ------
@@ -208,6 +214,17 @@ class GeneResolver:
             ``species`` is not human, mouse or auto.
         """
         names = [str(n) for n in names]
+        key = (species, hashlib.sha1("\0".join(names).encode()).hexdigest())
+        if key in self._mapped:
+            self._mapped.move_to_end(key)
+            return self._mapped[key]
+        mapping = self._map(names, species)
+        self._mapped[key] = mapping
+        while len(self._mapped) > MAPPINGS_KEPT:
+            self._mapped.popitem(last=False)
+        return mapping
+
+    def _map(self, names: list[str], species: str) -> GeneMapping:
         chosen = detect_species(names) if species == "auto" else species
         if chosen not in SPECIES:
             message = f"species must be one of {', '.join(SPECIES)} or auto, got {species!r}"

@@ -8,6 +8,7 @@ whole.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -593,6 +594,42 @@ class GenePlan:
     assign: sp.csr_matrix
     matched: int
 
+    @functools.cached_property
+    def inputs(self) -> np.ndarray:
+        """Bool mask of the input genes that map to some target gene."""
+        return np.asarray(self.assign.getnnz(axis=1) > 0)
+
+    @functools.cached_property
+    def selection(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """When no two input genes share a target: (input columns, their target columns); else None."""
+        assign = self.assign.tocsc()
+        if (np.diff(assign.indptr) > 1).any():
+            return None
+        coo = self.assign.tocoo()
+        return coo.row.astype(np.int64), coo.col.astype(np.int64)
+
+    def apply(self, X: sp.csr_matrix) -> sp.csr_matrix:
+        """The target columns of ``X`` (input genes summed into their targets; a column selection when 1:1).
+
+        Parameters
+        ----------
+        X : scipy.sparse.csr_matrix
+            Cells × input genes.
+
+        Returns
+        -------
+        scipy.sparse.csr_matrix
+            Cells × target genes.
+        """
+        if self.selection is None:
+            return sp.csr_matrix(X @ self.assign)
+        rows, cols = self.selection
+        order = np.argsort(cols, kind="stable")
+        picked = sp.csr_matrix(X[:, rows[order]])
+        picked.sort_indices()
+        return sp.csr_matrix((picked.data, cols[order][picked.indices], picked.indptr),
+                             shape=(X.shape[0], len(self.genes)))
+
 
 def plan_genes(symbols: list[str], target: list[str] | None = None) -> GenePlan:
     """Map input columns (by human symbol, '' = unmapped) to ``target`` genes.
@@ -640,13 +677,14 @@ def normalise(X: sp.csr_matrix, kind: str, plan: GenePlan, *, library: GenePlan 
     scipy.sparse.csr_matrix
         float32, sorted indices.
     """
-    linear = X.copy()
+    linear = sp.csr_matrix(X, dtype=np.result_type(X.dtype, np.float32), copy=True)
     linear.data = unlog(linear.data, kind)
-    totals = linear if library is None else linear @ library.assign
+    totals = linear if library is None else linear[:, library.inputs]
     sizes = np.asarray(totals.sum(axis=1)).ravel()
     sizes[sizes == 0] = 1.0
-    summed = sp.csr_matrix(linear @ plan.assign)
-    out = sp.csr_matrix(sp.diags((TARGET_SUM / sizes).astype(np.float32)) @ summed, dtype=np.float32)
+    summed = plan.apply(linear)
+    summed.data = summed.data * np.repeat((TARGET_SUM / sizes).astype(np.float32), np.diff(summed.indptr))
+    out = sp.csr_matrix(summed, dtype=np.float32)
     out.data = np.log1p(out.data)
     out.sort_indices()
     return out

