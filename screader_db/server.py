@@ -21,7 +21,7 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -54,6 +54,7 @@ from screader_db.options import (
     SEARCH_OPTIONS,
     AnnotateOptions,
     OptionField,
+    ReadOptions,
     SearchOptions,
     option_fields,
     search_option_fields,
@@ -76,19 +77,24 @@ def _error(status: int, message: str, headers: dict[str, str] | None = None) -> 
     return JSONResponse({"error": message}, status_code=status, headers=headers)
 
 
-ANNOTATE_BODY = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "multipart/form-data": {
-                "schema": {"type": "object", "required": [UPLOAD_FIELD],
-                           "properties": {UPLOAD_FIELD: {"type": "string", "format": "binary",
-                                                         "description": "query cells as an .h5ad file"}}},
+def _upload_or_json_body(upload: str, json_schema: dict[str, Any]) -> dict[str, Any]:
+    """OpenAPI request body of an endpoint taking an .h5ad upload (field ``file``) or a JSON body."""
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {
+                "multipart/form-data": {
+                    "schema": {"type": "object", "required": [UPLOAD_FIELD],
+                               "properties": {UPLOAD_FIELD: {"type": "string", "format": "binary",
+                                                             "description": upload}}},
+                },
+                "application/json": {"schema": json_schema},
             },
-            "application/json": {"schema": CountsRequest.model_json_schema()},
         },
-    },
-}
+    }
+
+
+ANNOTATE_BODY = _upload_or_json_body("query cells as an .h5ad file", CountsRequest.model_json_schema())
 DATASET_BODY = {
     "requestBody": {
         "required": True,
@@ -422,18 +428,29 @@ def _annotate_saved(cache: AtlasCache, atlas: store.Atlas, path: Path, filename:
                     limits: ServerLimits) -> dict[str, Any]:
     """Annotate a saved .h5ad upload: its declared size checked before anything is read."""
     from screader_db.annotation import annotate
+
+    with _read_upload(cache, atlas, path, options.read, limits, f"the uploaded file {filename!r}") as adata:
+        return result_payload(annotate(adata, atlas, options=options))
+
+
+@contextmanager
+def _read_upload(cache: AtlasCache, atlas: store.Atlas, path: Path, read: ReadOptions, limits: ServerLimits,
+                 what: str, check: Callable[[int], None] | None = None) -> Iterator[Any]:
+    """A saved .h5ad upload opened backed (and closed after), with the atlas loaded; its declared size
+    is checked first (and ``check`` given its declared cells), before anything is read."""
     from screader_db.inputs import read_h5ad
 
-    shape = h5ad_shape(path, layer=options.read.layer, use_raw=options.read.use_raw)
+    shape = h5ad_shape(path, layer=read.layer, use_raw=read.use_raw)
     if shape is not None:
-        check_declared(*shape, limits, what=f"the uploaded file {filename!r}")
+        check_declared(*shape, limits, what=what)
+        if check is not None:
+            check(shape[0])
     cache.ready(atlas)
     adata = read_h5ad(path, backed=True)
     try:
-        result = annotate(adata, atlas, options=options)
+        yield adata
     finally:
         adata.file.close()
-    return result_payload(result)
 
 
 def _annotate_counts(cache: AtlasCache, atlas: store.Atlas, body: bytes, options: AnnotateOptions,
@@ -476,19 +493,7 @@ class SearchRequest(BaseModel):
                                                                                "\"MS4A1\": 1} or \"CD19:1,MS4A1:1\"")
 
 
-SEARCH_BODY = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "multipart/form-data": {
-                "schema": {"type": "object", "required": [UPLOAD_FIELD],
-                           "properties": {UPLOAD_FIELD: {"type": "string", "format": "binary",
-                                                         "description": "query cells as an .h5ad file, each a query"}}},
-            },
-            "application/json": {"schema": SearchRequest.model_json_schema()},
-        },
-    },
-}
+SEARCH_BODY = _upload_or_json_body("query cells as an .h5ad file, each a query", SearchRequest.model_json_schema())
 
 
 def _search_options(**values: Any) -> SearchOptions:
@@ -603,20 +608,11 @@ async def _search_query(request: Request, options: SearchOptions, query: SearchR
 def _search_upload(cache: AtlasCache, atlas: store.Atlas, upload: UploadFile, options: SearchOptions,
                    limits: ServerLimits) -> SearchResult:
     from screader_db.cell_search import search
-    from screader_db.inputs import read_h5ad
 
-    with _saved(upload) as path:
-        shape = h5ad_shape(path, layer=options.read.layer, use_raw=options.read.use_raw)
-        what = f"the uploaded file {upload.filename or 'upload'!r}"
-        if shape is not None:
-            check_declared(*shape, limits, what=what)
-            _check_hits(shape[0], options.k, what)
-        cache.ready(atlas)
-        adata = read_h5ad(path, backed=True)
-        try:
-            return search(atlas, cells=adata, options=options)
-        finally:
-            adata.file.close()
+    what = f"the uploaded file {upload.filename or 'upload'!r}"
+    with _saved(upload) as path, _read_upload(cache, atlas, path, options.read, limits, what,
+                                              check=lambda cells: _check_hits(cells, options.k, what)) as adata:
+        return search(atlas, cells=adata, options=options)
 
 
 def _search_payload(request: Request, result: SearchResult) -> dict[str, Any]:
