@@ -162,7 +162,23 @@ def find_novel(query: PreparedQuery, opened: store.Atlas, *, chunk: int = CHUNK,
     return result, info
 
 
-def _reference_map(opened: store.Atlas, column: str, seed: int = 0) -> pd.DataFrame | None:
+def reference_map_frame(opened: store.Atlas, column: str, seed: int = 0) -> pd.DataFrame | None:
+    """The reference map's cells: positions and labels, a seeded sample of :data:`MAP_SAMPLE` from larger atlases.
+
+    Parameters
+    ----------
+    opened : Atlas
+        The opened version.
+    column : str
+        The label column (a level of :meth:`screader_db.store.Atlas.cells`).
+    seed : int
+        The sample's seed.
+
+    Returns
+    -------
+    pandas.DataFrame or None
+        Columns x, y and label, indexed by cell id; None when the atlas has no map.
+    """
     layout = opened.layout()
     if layout is None:
         return None
@@ -695,7 +711,7 @@ def assemble(plan: Plan, prepared: Prepared, vectors: np.ndarray, neighbours: Ne
         table, (vectors, sims, ids, umap) = _with_empty_cells(table, (vectors, sims, ids, umap), empty, names)
     return AnnotationResult(table=table, embeddings=vectors, neighbour_ids=ids, neighbour_similarities=sims,
                             atlas_labels=votes.vocabulary, info=info, umap=umap,
-                            reference_map=_reference_map(opened, plan.column), atlas=opened)
+                            reference_map=reference_map_frame(opened, plan.column), atlas=opened)
 
 
 def annotate(adata: Any, atlas: str | Path | store.Atlas, *, options: AnnotateOptions | None = None,

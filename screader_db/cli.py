@@ -963,9 +963,16 @@ def serve(
     workers: Annotated[int, typer.Option(help="Processes that annotate (each holds the atlas in memory; 1 = threads "
                                               "of the server's own process; 0 = one per CPU core, or 1 for an atlas "
                                               "whose index exceeds 1 GB).")] = 0,
+    results_dir: Annotated[Path | None, typer.Option(help="Folder the web page keeps its annotations in (default: a "
+                                                         "temporary folder, removed when the server stops).")] = None,
+    keep_results_hours: Annotated[float, typer.Option(help="Hours the web page keeps each annotation (its URL works "
+                                                           "that long).")] = 24.0,
+    keep_results_mb: Annotated[float, typer.Option(help="MB the kept annotations may take; past it the oldest go "
+                                                        "first.")] = 2000.0,
     log_level: Annotated[str, typer.Option(help="uvicorn log level: critical, error, warning, info or debug.")] = "info",
 ) -> None:
-    """Serve an atlas over HTTP: annotate cells, list data sets and versions, add or remove data sets.
+    """Serve an atlas over HTTP: annotate cells, list data sets and versions, add or remove data sets,
+    and a web page for all of it at /ui/ (upload cells, see them on the reference map, download the labels).
 
     Reading is open to anyone who can reach the address; adding and removing data sets needs the
     header `Authorization: Bearer <token>`. A new atlas version is served without a restart.
@@ -1000,12 +1007,19 @@ def serve(
             from screader_db.store import open_atlas
 
             workers = auto_workers(open_atlas(atlas, verify=False))
-        application = create_app(atlas, token=tokens, limits=limits, verify=verify, preload=True, workers=workers)
+        for option, amount in (("--keep-results-hours", keep_results_hours), ("--keep-results-mb", keep_results_mb)):
+            if not amount > 0 or amount == float("inf"):
+                raise ScreaderError(f"{option} must be above 0; got {amount:g}")
+        from screader_db.web.result_store import ResultStore
+
+        results = ResultStore(results_dir, max_age=keep_results_hours * 3600, max_bytes=int(keep_results_mb * 1e6))
+        application = create_app(atlas, token=tokens, limits=limits, verify=verify, preload=True, workers=workers,
+                                 results=results)
         version = application.state.atlas.current().version
         writing = "enabled (token set)" if tokens else f"disabled (set {TOKEN_ENV} or --token-file to enable)"
         if port:
             _listen(host, port).close()  # a port in use is one Error line here, not uvicorn's exit 3
         processes = f"annotating in {workers} worker processes" if workers > 1 else "annotating in this process"
         err.print(f"Serving {atlas} (version {version}), {processes}; adding and removing data sets {writing}; at most "
-                  f"{limits.connection_cap():,} connections; docs at /docs", highlight=False, soft_wrap=True)
+                  f"{limits.connection_cap():,} connections; web page at /ui/, docs at /docs", highlight=False, soft_wrap=True)
         uvicorn.Server(server_config(application, host=host, port=port, limits=limits, log_level=log_level)).run()

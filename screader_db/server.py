@@ -10,7 +10,8 @@ a restart. Annotation takes a slot (one per CPU core: more would only compete fo
 cores) before its body is parsed or its upload read, and runs in a worker thread, or with
 ``workers`` above 1 in worker processes (:mod:`screader_db.annotate_workers`); requests past the
 slots queue. Every request is held to the :class:`~screader_db.server_limits.ServerLimits`:
-bytes, declared cells and cells × genes, connections and header time.
+bytes, declared cells and cells × genes, connections and header time. The web page
+(:mod:`screader_db.web`) is served by the same application, at ``/ui/``.
 """
 
 from __future__ import annotations
@@ -61,6 +62,8 @@ from screader_db.options import (
 )
 from screader_db.payloads import CountsRequest, counts_adata, parse_counts, result_payload
 from screader_db.server_limits import ServerLimits, check_declared, check_json_body, h5ad_shape
+from screader_db.web.result_store import ResultStore
+from screader_db.web.routes import add_pages
 
 if TYPE_CHECKING:
     from screader_db.cell_search import SearchResult
@@ -138,7 +141,7 @@ _query_options.__signature__ = inspect.Signature(_query_parameters(), return_ann
 
 def create_app(atlas_dir: str | Path, *, token: str | Mapping[str, str] | None = None,
                limits: ServerLimits | None = None, verify: bool = True, preload: bool = False,
-               workers: int = 1) -> FastAPI:
+               workers: int = 1, results: ResultStore | None = None) -> FastAPI:
     """The HTTP application serving the atlas at ``atlas_dir``.
 
     ``POST /annotate`` takes every option of :func:`screader_db.annotate` as a query parameter
@@ -168,6 +171,9 @@ def create_app(atlas_dir: str | Path, *, token: str | Mapping[str, str] | None =
     workers : int
         Processes annotations run in (:class:`screader_db.annotate_workers.Workers`); 1 runs them
         in threads of this process. Stopped when the application shuts down.
+    results : ResultStore or None
+        Where the web page (:mod:`screader_db.web`) keeps its annotations; None: a temporary
+        folder, removed when the application shuts down, each result kept a day.
 
     Returns
     -------
@@ -205,6 +211,7 @@ def create_app(atlas_dir: str | Path, *, token: str | Mapping[str, str] | None =
                       summary="Add a labelled data set (a new atlas version); needs the token")
     app.add_api_route("/datasets/{name}", _remove, methods=["DELETE"],
                       summary="Remove a data set (a new atlas version); needs the token")
+    add_pages(app, results or ResultStore())
     _handlers(app, root)
     return app
 
