@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-from screader_db.clusters import kmeans
+from screader_db.clusters import group_means, kmeans
 
 N_CLUSTERS = 20
 SAMPLE_CELLS = 20_000
@@ -48,14 +48,41 @@ def balanced_mean(X: sp.spmatrix | np.ndarray, *, n_clusters: int = N_CLUSTERS, 
     dense = np.asarray(X.toarray() if sp.issparse(X) else X, dtype=np.float64)  # type: ignore[union-attr]
     if len(dense) <= n_clusters:
         return dense.mean(axis=0).astype(np.float32)
-    centred = dense - dense.mean(axis=0)
-    _, vectors = np.linalg.eigh(centred.T @ centred)
-    points = centred @ vectors[:, ::-1][:, : min(n_components, dense.shape[1])]
+    points = principal_points(dense - dense.mean(axis=0), n_components)
     means = []
     for r in range(seeds):
         labels = kmeans(points, n_clusters, seed=seed + r)
-        means.append(np.stack([dense[labels == j].mean(axis=0) for j in np.unique(labels)]).mean(axis=0))
+        means.append(group_means(dense, labels, n_clusters)[np.unique(labels)].mean(axis=0))
     return np.mean(means, axis=0).astype(np.float32)
+
+
+def principal_points(centred: np.ndarray, n_components: int) -> np.ndarray:
+    """The rows of a centred matrix on its first principal components.
+
+    From the eigenvectors of the smaller of the two cross-products: the genes × genes one, or for
+    fewer cells than genes (a small query) the cells × cells one, whose eigenvectors scaled by the
+    square roots of their eigenvalues are the same points (each component's sign aside, which no
+    distance sees).
+
+    Parameters
+    ----------
+    centred : numpy.ndarray
+        (cells, genes) float64, each column centred.
+    n_components : int
+        Components kept (at most the smaller dimension).
+
+    Returns
+    -------
+    numpy.ndarray
+        (cells, components) float64.
+    """
+    cells, genes = centred.shape
+    kept = min(n_components, genes)
+    if cells >= genes:
+        _, vectors = np.linalg.eigh(centred.T @ centred)
+        return centred @ vectors[:, ::-1][:, :kept]
+    values, vectors = np.linalg.eigh(centred @ centred.T)
+    return vectors[:, ::-1][:, :kept] * np.sqrt(np.clip(values[::-1][:kept], 0.0, None))
 
 
 def stream_centre(embedder: Any, mode: str, chunks: Callable[[], Iterator[tuple[int, sp.csr_matrix]]], n_cells: int, *,

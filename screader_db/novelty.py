@@ -153,7 +153,7 @@ def cluster_on_components(X: np.ndarray, *, n_clusters: int, seed: int = 0) -> t
         Cluster of each row, centroids in component space, and the components with the mean as first row
         (what :func:`assign` places further rows with).
     """
-    from screader_db.clusters import kmeans
+    from screader_db.clusters import group_means, kmeans
 
     mean = X.mean(axis=0)
     centred = X - mean
@@ -165,7 +165,7 @@ def cluster_on_components(X: np.ndarray, *, n_clusters: int, seed: int = 0) -> t
         vt = np.eye(centred.shape[1])
     points = centred @ vt.T
     labels = kmeans(points, n_clusters, seed=seed)
-    centroids = np.stack([points[labels == j].mean(axis=0) for j in range(labels.max() + 1)])
+    centroids = group_means(points, labels, int(labels.max()) + 1)
     return labels, centroids, np.vstack([mean, vt])
 
 

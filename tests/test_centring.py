@@ -1,6 +1,7 @@
 """Composition-balanced centring: the mean of cluster centroids counts each population about once."""
 
 import numpy as np
+import pytest
 import scipy.sparse as sp
 
 from screader_db.centring import balanced_mean
@@ -43,3 +44,19 @@ def test_no_more_cells_than_clusters_is_the_plain_mean():
     found = balanced_mean(X, n_clusters=4)
     assert found.dtype == np.float32
     np.testing.assert_array_equal(found, X.mean(axis=0).astype(np.float32))
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_group_means_are_the_means_of_each_groups_rows_to_the_last_bit(dtype):
+    from screader_db.clusters import group_means
+
+    rng = np.random.default_rng(3)
+    for _ in range(50):
+        n, d, k = int(rng.integers(5, 2000)), int(rng.integers(2, 40)), int(rng.integers(1, 30))
+        values = (rng.standard_normal((n, d)) * rng.uniform(0.01, 100)).astype(dtype)
+        groups = rng.integers(0, k, n)
+        empty = values[rng.integers(0, n, k)]
+        expected = np.stack([values[groups == j].mean(axis=0) if (groups == j).any() else empty[j] for j in range(k)])
+        found = group_means(values, groups, k, empty=empty)
+        assert found.dtype == expected.dtype and np.array_equal(found, expected)
+    assert np.isnan(group_means(np.ones((3, 2), dtype=dtype), np.array([0, 0, 2]), 3)[1]).all()
