@@ -147,3 +147,13 @@ def serve_process(atlas: Path, *options: str, timeout: float = 60.0,
     finally:
         process.terminate()
         process.wait(timeout=20)
+
+
+def all_finished(results: Any, timeout: float = 300.0) -> None:
+    """Wait until every job has written all its files (a job still running when the server stops
+    would be cut off in the middle of native code)."""
+    deadline = time.monotonic() + timeout
+    jobs = [results.get(folder.name) for folder in results.root.iterdir()]
+    while not all(job is None or job.finished() for job in jobs):
+        assert time.monotonic() < deadline, "a job did not finish"
+        time.sleep(0.1)

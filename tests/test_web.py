@@ -11,7 +11,7 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 import pytest
-from serving import in_process
+from serving import all_finished, in_process
 
 from screader_db.server import create_app
 from screader_db.server_limits import ServerLimits
@@ -26,9 +26,10 @@ EXTERNAL = re.compile(r"https?://|(?:src|href|action)\s*=\s*[\"']?//|url\(\s*[\"
 @pytest.fixture(scope="module")
 def web(pbmc_split, tmp_path_factory):
     root, _, _ = pbmc_split
-    app = create_app(root, results=ResultStore(tmp_path_factory.mktemp("results")))
-    with in_process(app) as client:
+    results = ResultStore(tmp_path_factory.mktemp("results"))
+    with in_process(create_app(root, results=results)) as client:
         yield client
+        all_finished(results)
 
 
 def finished(client, job_id: str, timeout: float = 300.0) -> dict:

@@ -7,7 +7,7 @@ import shutil
 
 import pandas as pd
 import pytest
-from serving import TOKEN, running
+from serving import TOKEN, all_finished, running
 
 from screader_db.server import create_app
 from screader_db.web.result_store import ResultStore
@@ -27,9 +27,10 @@ pytestmark = [
 @pytest.fixture(scope="module")
 def server(pbmc_split, tmp_path_factory):
     root, _, _ = pbmc_split
-    app = create_app(root, token=TOKEN, results=ResultStore(tmp_path_factory.mktemp("results")))
-    with running(app) as url:
+    results = ResultStore(tmp_path_factory.mktemp("results"))
+    with running(create_app(root, token=TOKEN, results=results)) as url:
         yield url
+        all_finished(results)
 
 
 @pytest.fixture(scope="module")
@@ -152,3 +153,17 @@ def test_the_admin_form_with_the_token_adds_and_removes_a_data_set(page, tmp_pat
         page.wait_for_function("document.querySelectorAll('#datasets tbody tr').length === 1", timeout=WAIT_MS)
         assert page.locator("#versions tbody tr").count() == 3
         assert "synthetic" in page.inner_text("#datasets") and "more" not in page.inner_text("#datasets")
+
+
+def test_majority_voting_adds_the_clusters_and_their_labels_to_the_table(server, page, pbmc_split):
+    _, _, path = pbmc_split
+    page.goto(f"{server}/ui/")
+    page.wait_for_selector("#datasets option")
+    page.set_input_files("#file", str(path))
+    page.check("#majority-voting")
+    page.click("#submit")
+    page.wait_for_selector('body[data-state="done"]', timeout=WAIT_MS)
+    headers = page.locator("#cells thead th").all_inner_texts()
+    assert [h.strip() for h in headers[-2:]] == ["cluster", "majority label"]
+    majority = page.locator("#cells tbody tr td:last-child").all_inner_texts()
+    assert len(majority) == 400 and all(text.strip() for text in majority)

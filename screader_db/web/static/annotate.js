@@ -295,8 +295,10 @@ function showSummary() {
 
 function showCells() {
   const c = () => page.result.columns;
-  if (!page.cellsTable) {
-    page.cellsTable = new DataTable($("cells"), [
+  // With majority voting the query's clusters and their majority labels are columns too.
+  const voting = Boolean(c().majority_label);
+  if (!page.cellsTable || page.cellsVoting !== voting) {
+    const columns = [
       { label: "cell", value: (i) => c().cell[i] },
       { label: "label", value: (i) => c().label[i] },
       { label: "score", value: (i) => c().score[i], text: (i) => formatNumber(c().score[i]), numeric: true },
@@ -305,7 +307,15 @@ function showCells() {
       { label: "second label", value: (i) => c().second_label[i] ?? "" },
       { label: "reason", value: (i) => c().unassigned_reason[i] },
       { label: "call level", value: (i) => c().call_level[i] },
-    ], { pageSize: 1000, filter: $("cell-filter"), count: $("cell-count"), noun: "cells" });
+    ];
+    if (voting) {
+      columns.push({ label: "cluster", value: (i) => c().cluster[i] ?? "" },
+        { label: "majority label", value: (i) => c().majority_label[i] ?? "" });
+    }
+    if (page.cellsTable) page.cellsTable.setColumns(columns);
+    else page.cellsTable = new DataTable($("cells"), columns,
+      { pageSize: 1000, filter: $("cell-filter"), count: $("cell-count"), noun: "cells" });
+    page.cellsVoting = voting;
   }
   $("cell-filter").value = "";
   page.cellsTable.setRows(c().cell.length);

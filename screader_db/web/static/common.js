@@ -273,6 +273,15 @@ class DataTable {
     return { element: pager, prev, next, where };
   }
 
+  /** Show other columns (the rows stay; sorting starts over). */
+  setColumns(columns) {
+    this.columns = columns;
+    this.sortColumn = null;
+    this.descending = false;
+    this.searchText = null;
+    this.buildHead();
+  }
+
   /** Show rows 0..n-1 (the data behind the column accessors has changed). */
   setRows(n) {
     this.n = n;
