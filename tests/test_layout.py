@@ -1,6 +1,7 @@
 """Placing cells on the reference map from their neighbours' positions (layout.place)."""
 
 import numpy as np
+import pytest
 
 from screader_db.layout import PLACE_TEMPERATURE, place
 
@@ -65,3 +66,23 @@ def test_the_reference_map_keeps_groups_apart_and_caches_its_compiled_code(tmp_p
     assert (group[d.argmin(axis=1)] == group).mean() > 0.95
     cached = list((tmp_path / "home" / "numba").rglob("*.nbi"))
     assert cached  # the layout's compiled functions, loaded by the next process instead of compiled again
+
+
+@pytest.mark.parametrize("approximate_from", [10_000, 300])
+def test_cells_past_the_sample_are_placed_among_their_own_group(monkeypatch, approximate_from):
+    """UMAP lays out a sample; every other cell lands among the laid-out cells of its own group,
+    whether its neighbours come from an exact or (from ``PLACE_APPROXIMATE`` laid-out cells) an approximate search."""
+    import screader_db.layout as layout
+
+    monkeypatch.setattr(layout, "PLACE_APPROXIMATE", approximate_from)
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(4, 32))
+    group = np.repeat(np.arange(4), 500)
+    vectors = centres[group] + 0.3 * rng.normal(size=(2000, 32))
+    vectors = (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float32)
+    coords = layout.reference_layout(vectors, sample=400)
+    assert coords.shape == (2000, 2) and np.isfinite(coords).all()
+    chosen = np.sort(np.random.default_rng(0).choice(2000, size=400, replace=False))
+    placed = np.setdiff1d(np.arange(2000), chosen)
+    d = ((coords[placed][:, None, :] - coords[chosen][None, :, :]) ** 2).sum(axis=2)
+    assert (group[chosen][d.argmin(axis=1)] == group[placed]).mean() > 0.98
