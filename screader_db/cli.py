@@ -993,7 +993,8 @@ def serve(
         for option, number in (("--max-cells", max_cells), ("--max-values", max_values), ("--max-connections", max_connections)):
             _in_range(option, number, low=1)
         for option, amount in (("--max-upload-mb", max_upload_mb), ("--max-json-mb", max_json_mb),
-                               ("--header-timeout", header_timeout)):
+                               ("--header-timeout", header_timeout), ("--keep-results-hours", keep_results_hours),
+                               ("--keep-results-mb", keep_results_mb)):
             if not amount > 0 or amount == float("inf"):
                 raise ScreaderError(f"{option} must be above 0; got {amount:g}")
         from_env = os.environ.get(TOKEN_ENV)
@@ -1007,9 +1008,6 @@ def serve(
             from screader_db.store import open_atlas
 
             workers = auto_workers(open_atlas(atlas, verify=False))
-        for option, amount in (("--keep-results-hours", keep_results_hours), ("--keep-results-mb", keep_results_mb)):
-            if not amount > 0 or amount == float("inf"):
-                raise ScreaderError(f"{option} must be above 0; got {amount:g}")
         from screader_db.web.result_store import ResultStore
 
         results = ResultStore(results_dir, max_age=keep_results_hours * 3600, max_bytes=int(keep_results_mb * 1e6))

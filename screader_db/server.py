@@ -237,16 +237,47 @@ def _health(request: Request) -> dict[str, Any]:
             "datasets": len(atlas.datasets), "dim": atlas.info.get("dim"), "screader_db": __version__}
 
 
+def shown_datasets(atlas: store.Atlas) -> list[dict[str, Any]]:
+    """The data sets of a version as the server shows them: each source file by its name, never its path.
+
+    Parameters
+    ----------
+    atlas : Atlas
+        The opened version.
+
+    Returns
+    -------
+    list of dict
+        One row per data set.
+    """
+    return [{**d, "source_file": Path(str(d.get("source_file") or "")).name} for d in atlas.datasets]
+
+
+def version_rows(root: Path) -> tuple[int, list[dict[str, Any]]]:
+    """The atlas's current version and every version's history row, each marked ``current`` or not.
+
+    Parameters
+    ----------
+    root : Path
+        The atlas folder.
+
+    Returns
+    -------
+    current : int
+    rows : list of dict
+        Oldest first.
+    """
+    current = store.current_version(root)
+    return current, [{**row, "current": row["version"] == current} for row in store.version_history(root)]
+
+
 def _datasets(request: Request) -> dict[str, Any]:
     atlas = request.app.state.atlas.current()
-    shown = [{**d, "source_file": Path(str(d.get("source_file") or "")).name} for d in atlas.datasets]
-    return {"version": atlas.version, "datasets": shown}
+    return {"version": atlas.version, "datasets": shown_datasets(atlas)}
 
 
 def _versions(request: Request) -> dict[str, Any]:
-    root = request.app.state.root
-    current = store.current_version(root)
-    rows = [{**row, "current": row["version"] == current} for row in store.version_history(root)]
+    current, rows = version_rows(request.app.state.root)
     return {"current": current, "versions": rows}
 
 
@@ -413,15 +444,33 @@ def _saved(upload: UploadFile) -> Iterator[Path]:
     name the upload, not the path."""
     with tempfile.TemporaryDirectory(prefix=UPLOAD_PREFIX, ignore_cleanup_errors=True) as folder:
         stem = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(upload.filename or "upload").stem).strip("._") or "upload"
-        path = Path(folder) / f"{stem[:100]}.h5ad"
-        upload.file.seek(0)
-        with open(path, "wb") as handle:
-            shutil.copyfileobj(upload.file, handle, 1 << 20)
+        path = write_upload(upload, Path(folder) / f"{stem[:100]}.h5ad")
         try:
             yield path
         except InputDataError as err:
             label = f"the uploaded file {upload.filename!r}" if upload.filename else "the uploaded file"
             raise type(err)(str(err).replace(str(path), label)) from err
+
+
+def write_upload(upload: UploadFile, path: Path) -> Path:
+    """Copy an upload (already spooled by the form parser) to ``path``, a megabyte at a time.
+
+    Parameters
+    ----------
+    upload : UploadFile
+        The form's file.
+    path : Path
+        The file to write.
+
+    Returns
+    -------
+    Path
+        ``path``.
+    """
+    upload.file.seek(0)
+    with open(path, "wb") as handle:
+        shutil.copyfileobj(upload.file, handle, 1 << 20)
+    return path
 
 
 def _annotate_upload(workers: Workers, atlas: store.Atlas, upload: UploadFile, options: AnnotateOptions,

@@ -134,16 +134,15 @@ def run_job(cache: AtlasCache, atlas: store.Atlas, folder: Path, options: Annota
     cache.ready(atlas)
     result = annotate(path, atlas, options=options, reporter=reporter)
     with open_input(path) as data:
-        truth = truth_columns(data.adata.obs)
-    write_json(folder / RESULT, page_result(job, result, atlas, truth))
-    reporter.finish("Writing the downloads")
-    with _written(folder, DOWNLOADS["csv"]) as target:
-        result.write_table(target, overwrite=True)
-    with _written(folder, DOWNLOADS["h5ad"]) as target:
-        write_annotated(result, path, target)
-    with _written(folder, DOWNLOADS["report"]) as target, open_input(path) as data:
-        write_report(result, data.adata, target, overwrite=True, layer=read.layer, use_raw=read.use_raw,
-                     gene_key=read.gene_key)
+        write_json(folder / RESULT, page_result(job, result, atlas, truth_columns(data.adata.obs)))
+        reporter.finish("Writing the downloads")
+        with _written(folder, DOWNLOADS["csv"]) as target:
+            result.write_table(target, overwrite=True)
+        with _written(folder, DOWNLOADS["h5ad"]) as target:
+            write_annotated(result, path, target)
+        with _written(folder, DOWNLOADS["report"]) as target:
+            write_report(result, data.adata, target, overwrite=True, layer=read.layer, use_raw=read.use_raw,
+                         gene_key=read.gene_key)
 
 
 @contextmanager

@@ -82,7 +82,7 @@ def _atlas_page() -> FileResponse:
 def _info(request: Request) -> dict[str, Any]:
     state = request.app.state
     atlas = state.atlas.current()
-    labels = sorted({str(v) for v in atlas.cells(["label"])["label"].unique()})
+    labels = [row["label"] for row in _version_data(state, atlas)["label_counts"]["rows"]]
     return {"atlas": state.root.name, "version": atlas.version, "cells": int(atlas.info.get("n_cells", 0)),
             "datasets": [d["name"] for d in atlas.datasets], "labels": labels, "levels": list(LEVELS),
             "max_upload_bytes": state.limits.max_upload_bytes, "formats": list(SUFFIXES),
@@ -135,13 +135,10 @@ async def _submit(request: Request) -> JSONResponse:
 
 def _save(results: ResultStore, upload: Any, filename: str) -> Job:
     """The upload saved into a new job's folder; a file of no format the readers know is refused now."""
-    import shutil
+    from screader_db.server import write_upload
 
     job = results.create(filename)
-    path = job.folder / upload_name(filename)
-    upload.file.seek(0)
-    with open(path, "wb") as handle:
-        shutil.copyfileobj(upload.file, handle, 1 << 20)
+    path = write_upload(upload, job.folder / upload_name(filename))
     try:
         detect_format(path)
     except InputDataError:
@@ -194,28 +191,36 @@ def _download(request: Request, job_id: str, name: str) -> FileResponse:
 
 
 def _atlas(request: Request) -> dict[str, Any]:
+    from screader_db.server import version_rows
+
     state = request.app.state
     atlas = state.atlas.current()
+    _, versions = version_rows(state.root)
+    return {"atlas": state.root.name, "version": atlas.version, "writing": bool(state.writer.tokens), "versions": versions,
+            **_version_data(state, atlas)}
+
+
+def _version_data(state: Any, atlas: store.Atlas) -> dict[str, Any]:
+    """The pages' data one version fixes (data sets, label counts per data set, the map), made once
+    per version: the current version's is kept."""
     found = state.atlas_pages.get(atlas.version)
     if found is None:
         found = _atlas_data(atlas)
         state.atlas_pages.clear()
         state.atlas_pages[atlas.version] = found
-    root = state.root
-    current = store.current_version(root)
-    versions = [{**row, "current": row["version"] == current} for row in store.version_history(root)]
-    return {"atlas": root.name, "version": atlas.version, "writing": bool(state.writer.tokens), "versions": versions,
-            **found}
+    return dict(found)
 
 
 def _atlas_data(atlas: store.Atlas) -> dict[str, Any]:
     """The atlas page's data that one version fixes: data sets, label counts per data set, the map."""
     import pandas as pd
 
-    datasets = [{**d, "source_file": Path(str(d.get("source_file") or "")).name} for d in atlas.datasets]
+    from screader_db.server import shown_datasets
+
     cells = atlas.cells(["dataset", "label"])
     counts = pd.crosstab(cells["label"].astype(str), cells["dataset"].astype(str))
     names = [d["name"] for d in atlas.datasets if d["name"] in counts.columns]
     counts = counts.reindex(columns=names, fill_value=0)
     rows = [{"label": str(label), "counts": [int(v) for v in row]} for label, row in counts.iterrows()]
-    return {"datasets": datasets, "label_counts": {"datasets": names, "rows": rows}, "reference_map": reference_map(atlas)}
+    return {"datasets": shown_datasets(atlas), "label_counts": {"datasets": names, "rows": rows},
+            "reference_map": reference_map(atlas)}
