@@ -115,7 +115,10 @@ def test_a_damaged_upload_fails_with_one_line(web):
 def test_files_of_no_known_format_and_bad_options_are_refused_at_once(web, pbmc_split):
     unknown = submit(web, "cells.pdf", b"%PDF-1.4")
     assert unknown.status_code == 422
-    assert unknown.json()["error"].startswith("the uploaded file 'cells.pdf' is of no format screader-db reads; upload .h5ad")
+    assert unknown.json()["error"].startswith("the uploaded file 'cells.pdf' is of no format the web page reads; upload .h5ad")
+    folder_format = submit(web, "matrix.mtx", b"%%MatrixMarket matrix coordinate real general\n1 1 1\n1 1 1\n")
+    assert folder_format.status_code == 422
+    assert folder_format.json()["error"].endswith("a Matrix Market or zarr folder is several files: save it as one .h5ad first")
     _, _, path = pbmc_split
     level = submit(web, "query.h5ad", path.read_bytes(), level="species")
     assert level.status_code == 400 and "level" in level.json()["error"]

@@ -33,7 +33,8 @@ from screader_db.web.result_store import DOWNLOADS, ERROR, RESULT, Job, ResultSt
 
 STATIC = Path(__file__).parent / "static"
 LEVELS = ("label", "fine", "harmonised", "ontology", "broad")
-SUFFIXES = (".h5ad", ".h5", ".hdf5", ".loom", ".csv", ".csv.gz", ".tsv", ".tsv.gz", ".txt", ".txt.gz", ".mtx", ".mtx.gz")
+SUFFIXES = (".h5ad", ".h5", ".hdf5", ".loom", ".csv", ".csv.gz", ".tsv", ".tsv.gz", ".txt", ".txt.gz")
+FOLDER_FORMATS = ("mtx", "zarr")  # read from a folder of files: not one upload
 _LOG = logging.getLogger("screader_db.web")
 _NO_CACHE = {"Cache-Control": "no-cache"}
 
@@ -140,12 +141,15 @@ def _save(results: ResultStore, upload: Any, filename: str) -> Job:
     job = results.create(filename)
     path = write_upload(upload, job.folder / upload_name(filename))
     try:
-        detect_format(path)
+        kind = detect_format(path).format
     except InputDataError:
-        message = (f"the uploaded file {filename!r} is of no format screader-db reads; upload "
-                   f"{', '.join(SUFFIXES)} ({', '.join(FORMATS)})")
+        kind = None
+    if kind is None or kind in FOLDER_FORMATS:
+        readable = ", ".join(f for f in FORMATS if f not in FOLDER_FORMATS)
+        message = (f"the uploaded file {filename!r} is of no format the web page reads; upload {', '.join(SUFFIXES)} "
+                   f"({readable}); a Matrix Market or zarr folder is several files: save it as one .h5ad first")
         write_json(job.folder / ERROR, {"error": message})
-        raise InputDataError(message) from None
+        raise InputDataError(message)
     return job
 
 
