@@ -31,6 +31,7 @@ from screader_db.options import AnnotateOptions
 from screader_db.progress import SILENT, Reporter
 from screader_db.query_input import Answering, PreparedQuery, embed_query, fit_to_panel, prepare_query
 from screader_db.results import EMPTY, LOW_MARGIN, LOW_SCORE, NOVEL_POPULATION, SCORE_PREFIX, AnnotationResult
+from screader_db.second_opinion import SecondOpinion, seek
 from screader_db.vote import Vote, decide, propagate, query_graph, tally
 
 # The label levels a query may vote at (the ``level`` option), and the atlas cells' column of each:
@@ -481,7 +482,10 @@ class Votes:
     knn_best : numpy.ndarray
         Each cell's best label among its own neighbours, before propagation.
     vote_confidence, confidence : numpy.ndarray
-        The score's calibrated confidence, and that combined with the query graph's agreement.
+        The score's calibrated confidence, and that combined with the query graph's agreement
+        and the second opinion.
+    second_opinion : numpy.ndarray or None
+        The share of the second method's vote that goes to each cell's label; None when skipped.
     """
 
     vocabulary: list[str]
@@ -489,11 +493,14 @@ class Votes:
     knn_best: np.ndarray
     vote_confidence: np.ndarray
     confidence: np.ndarray
+    second_opinion: np.ndarray | None = None
 
 
-def vote(plan: Plan, neighbours: Neighbours, vectors: np.ndarray, scores: dict[str, Any]) -> Votes:
+def vote(plan: Plan, neighbours: Neighbours, vectors: np.ndarray, scores: dict[str, Any],
+         second: SecondOpinion | None = None) -> Votes:
     """Tally the neighbours' labels (weight max(cos, 0)^power), smooth the shares over the query's
-    own neighbour graph, and decide each cell's label.
+    own neighbour graph, and decide each cell's label; its confidence weighs the second method's
+    vote for that label when there is one.
 
     Parameters
     ----------
@@ -505,17 +512,17 @@ def vote(plan: Plan, neighbours: Neighbours, vectors: np.ndarray, scores: dict[s
         The informative cells' vectors (for the query graph).
     scores : dict
         The answering index's score calibration.
+    second : SecondOpinion or None
+        The second method's neighbours (:func:`screader_db.second_opinion.seek`); None or skipped:
+        the confidence's two-input form.
 
     Returns
     -------
     Votes
     """
-    cells, column, ids, sims = plan.cells, plan.column, neighbours.ids, neighbours.similarities
-    vocabulary = sorted(cells[column].unique())
-    code_of = {label: i for i, label in enumerate(vocabulary)}
-    codes_by_id = pd.Series(cells[column].map(code_of).to_numpy(), index=cells.index)
-    flat = ids.ravel()
-    codes = np.where(flat >= 0, codes_by_id.reindex(flat).fillna(-1).to_numpy(), -1).astype(np.int64).reshape(ids.shape)
+    vocabulary = sorted(plan.cells[plan.column].unique())
+    sims = neighbours.similarities
+    codes = _label_codes(plan, vocabulary, neighbours.ids)
     shares = tally(sims, codes, len(vocabulary), power=plan.power)
     knn_best = np.asarray(vocabulary, dtype=object)[shares.argmax(axis=1)]
     graph = query_graph(vectors) if len(vectors) > 2 else None
@@ -523,9 +530,22 @@ def vote(plan: Plan, neighbours: Neighbours, vectors: np.ndarray, scores: dict[s
         shares = propagate(shares, graph, plan.propagation)
     decided = decide(shares, sims, codes)
     vote_confidence = confidence_of(decided.score, scores)
-    confidence = vote_confidence if graph is None else combine(vote_confidence, agreement(graph, decided.best))
+    opinion = None
+    if second is not None and second.ids is not None and second.similarities is not None:
+        other = tally(second.similarities, _label_codes(plan, vocabulary, second.ids), len(vocabulary), power=plan.power)
+        opinion = other[np.arange(len(other)), decided.best].astype(np.float32)
+    confidence = vote_confidence if graph is None else combine(vote_confidence, agreement(graph, decided.best), opinion)
     return Votes(vocabulary=vocabulary, result=decided, knn_best=knn_best, vote_confidence=vote_confidence,
-                 confidence=confidence)
+                 confidence=confidence, second_opinion=opinion)
+
+
+def _label_codes(plan: Plan, vocabulary: list[str], ids: np.ndarray) -> np.ndarray:
+    """The label code (in ``vocabulary``) of each neighbour in ``ids``; -1 for none."""
+    cells, column = plan.cells, plan.column
+    code_of = {label: i for i, label in enumerate(vocabulary)}
+    codes_by_id = pd.Series(cells[column].map(code_of).to_numpy(), index=cells.index)
+    flat = ids.ravel()
+    return np.where(flat >= 0, codes_by_id.reindex(flat).fillna(-1).to_numpy(), -1).astype(np.int64).reshape(ids.shape)
 
 
 @dataclass(frozen=True)
@@ -651,6 +671,8 @@ def abstain(plan: Plan, prepared: Prepared, neighbours: Neighbours, votes: Votes
         "vote_confidence": votes.vote_confidence, "margin": decided.margin, "second_label": second.astype(object),
         "mean_similarity": decided.mean_similarity, "raw_label": raw.astype(object), "knn_label": votes.knn_best,
     }, index=pd.Index([str(i) for i in prepared.query.source.obs.index]))
+    if votes.second_opinion is not None:
+        table.insert(table.columns.get_loc("vote_confidence") + 1, "second_opinion", votes.second_opinion)
     info_novelty: dict[str, Any] = {"checked": False}
     if neighbours.novel is not None:
         result, info_novelty = neighbours.novel
@@ -678,14 +700,14 @@ def abstain(plan: Plan, prepared: Prepared, neighbours: Neighbours, votes: Votes
 
 
 def assemble(plan: Plan, prepared: Prepared, vectors: np.ndarray, neighbours: Neighbours, votes: Votes,
-             labelled: Labelled) -> AnnotationResult:
+             labelled: Labelled, second: SecondOpinion | None = None) -> AnnotationResult:
     """The result: the table with the empty cells put back in their places, what was used, the
     neighbours, the vectors and the query's place on the reference map.
 
     Parameters
     ----------
-    plan, prepared, vectors, neighbours, votes, labelled
-        The earlier stages' answers.
+    plan, prepared, vectors, neighbours, votes, labelled, second
+        The earlier stages' answers (``second`` None: no second opinion was sought).
 
     Returns
     -------
@@ -702,6 +724,7 @@ def assemble(plan: Plan, prepared: Prepared, vectors: np.ndarray, neighbours: Ne
         "power": plan.power, "propagation": plan.propagation, "novelty": labelled.novelty,
         "score_labels": list(votes.vocabulary), "empty_cells": int(empty.sum()), "min_detected_genes": prepared.floor,
         "layer": read.layer or "", "use_raw": bool(read.use_raw), "gene_key": read.gene_key or "",
+        "second_opinion": second.info if second is not None else {"used": False, "reason": "not sought"},
     }
     if options.majority_voting:
         info["clustering"] = labelled.clustering
@@ -720,8 +743,9 @@ def annotate(adata: Any, atlas: str | Path | store.Atlas, *, options: AnnotateOp
 
     The stages, in order: plan (options and atlas defaults), read the query and choose what answers
     it (:func:`prepare_query`, :func:`fit_to_panel`), :func:`prepare`, :func:`embed_query`,
-    :func:`search_neighbours`, :func:`vote`, :func:`abstain`, :func:`assemble`. The query is read
-    in chunks; the input AnnData is not changed.
+    :func:`search_neighbours`, :func:`second_opinion`,
+    :func:`vote`, :func:`abstain`, :func:`assemble`. The query is read in chunks; the input AnnData
+    is not changed.
 
     Parameters
     ----------
@@ -775,15 +799,43 @@ def annotate(adata: Any, atlas: str | Path | store.Atlas, *, options: AnnotateOp
                                   reporter=reporter)
         with clock("search and novelty check"):
             neighbours = search_neighbours(plan, prepared, vectors, chunk=chunk, reporter=reporter)
+        with clock("second opinion"):
+            second = second_opinion(plan, prepared, chunk=chunk, reporter=reporter)
         with clock("vote"):
-            votes = vote(plan, neighbours, vectors, answering.scores)
+            votes = vote(plan, neighbours, vectors, answering.scores, second)
         with clock("abstain"):
             labelled = abstain(plan, prepared, neighbours, votes, vectors, reporter=reporter)
         with clock("assemble"):
-            result = assemble(plan, prepared, vectors, neighbours, votes, labelled)
+            result = assemble(plan, prepared, vectors, neighbours, votes, labelled, second)
         result.info.update(source)
         result.info["stage_seconds"] = clock.seconds
         return result
+
+
+def second_opinion(plan: Plan, prepared: Prepared, *, chunk: int = CHUNK, reporter: Reporter = SILENT) -> SecondOpinion:
+    """The second method's neighbours of the informative cells (:func:`screader_db.second_opinion.seek`), if asked for.
+
+    Parameters
+    ----------
+    plan : Plan
+        The annotation's plan (``k``, the cells allowed, the ``second_opinion`` option).
+    prepared : Prepared
+        The prepared query.
+    chunk : int
+        Rows read per chunk.
+    reporter : Reporter
+        Receives the progress.
+
+    Returns
+    -------
+    SecondOpinion
+        Its neighbours, or why there are none.
+    """
+    if not plan.options.second_opinion:
+        return SecondOpinion(None, None, {"used": False, "reason": "switched off (second_opinion false)"})
+    allowed = None if plan.allowed is None else plan.allowed.to_numpy()
+    return seek(plan.atlas, prepared.query, plan.k, allowed=allowed, datasets=_listed(plan.options.neighbours.datasets),
+                chunk=chunk, reporter=reporter)
 
 
 class StageClock:

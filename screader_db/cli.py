@@ -340,6 +340,7 @@ def query(
     min_margin: Annotated[float, _annotate_option("min_margin")] = 0.0,
     novelty: Annotated[bool, _annotate_option("novelty")] = True,
     novelty_cutoff: Annotated[float | None, _annotate_option("novelty_cutoff")] = None,
+    second_opinion: Annotated[bool, _annotate_option("second_opinion")] = True,
     level: Annotated[str, _annotate_option("level")] = "label",
     majority_voting: Annotated[bool, _annotate_option("majority_voting")] = False,
     power: Annotated[float | None, _annotate_option("power")] = None,
@@ -373,6 +374,7 @@ def query(
         from screader_db.console import out, table
         from screader_db.input_files import open_input
         from screader_db.outputs import Output, check_outputs, staged
+        from screader_db.second_opinion import describe as describe_second_opinion
         from screader_db.store import open_atlas
 
         options = _annotate_options(locals())
@@ -399,6 +401,7 @@ def query(
         if panel.get("used"):
             out.print(f"Answered on a panel index of the {panel['shared_genes']:,} genes the query shares with the atlas "
                       f"({panel['key']}, {'reused' if panel['reused'] else 'fitted now and kept'})", highlight=False)
+        out.print(f"Second opinion: {describe_second_opinion(result.info['second_opinion'])}", highlight=False)
         found = result.info.get("novelty", {})
         if found.get("checked"):
             out.print(f"Novel populations: {found['novel_clusters']} of {found['clusters']} query clusters "

@@ -101,7 +101,7 @@ class AnnotateOptions:
 
     Parameters
     ----------
-    k, model, center, min_score, min_margin, majority_voting, power, propagation, novelty, novelty_cutoff, version
+    k, model, center, min_score, min_margin, majority_voting, power, propagation, novelty, novelty_cutoff, second_opinion, version
         See each field's help (:func:`option_help`).
     read
         How the query is read.
@@ -126,6 +126,8 @@ class AnnotateOptions:
     novelty: bool = _option(True, "Make query clusters that match no atlas label Unassigned.")
     novelty_cutoff: float | None = _option(None, "Cluster match (robust SDs) below which a cluster is novel (default: "
                                                  "the atlas's calibrated cut-off).", library="bounds")
+    second_opinion: bool = _option(True, "Weigh each call's confidence by how much of the expression method's "
+                                         "neighbour vote goes to its label (fitted once on the atlas's kept expression).")
     version: int | None = _option(None, "Atlas version to annotate against (default: the current one; a server "
                                         "annotates against its current version only, and refuses another).")
     read: ReadOptions = field(default_factory=ReadOptions)

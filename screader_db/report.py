@@ -24,6 +24,7 @@ from screader_db.metrics import UNASSIGNED
 from screader_db.outputs import atomic_write, refuse_existing
 from screader_db.plots import bar_figure, cluster_quality_figure, confusion_figure, map_figure, png_bytes, scores_figure
 from screader_db.results import EMPTY, LOW_MARGIN, LOW_SCORE, NOVEL_POPULATION, AnnotationResult
+from screader_db.second_opinion import describe as describe_second_opinion
 
 TOP_GENES = 10
 SECTIONS = {"summary": "Summary", "unassigned": "Unassigned by reason", "novel-clusters": "Novel clusters",
@@ -191,6 +192,7 @@ def _summary(result: AnnotationResult, truth: Any) -> str:
         ("Input scale", str(info.get("input_scale_evidence") or info.get("input_kind", ""))),
         ("Genes matched", f"{int(info.get('genes_matched', 0)):,} of the atlas's {int(info.get('genes_in_atlas', 0)):,}"),
         ("Gene panel", panel_text),
+        ("Second opinion", describe_second_opinion(info.get("second_opinion") or {})),
         ("Novelty check", _novelty_text(info.get("novelty") or {})),
         ("Unassigned rules", f"score below {float(info.get('min_score', 0)):.3f}, margin below "
                              f"{float(info.get('min_margin', 0)):.3f}, a novel population, or empty (fewer than "

@@ -213,7 +213,8 @@ class AnnotationResult:
         One row per query cell (index = the query's obs names), columns ``label``, ``score``
         (weight share of the winning label), ``confidence`` (how likely the label is right,
         :mod:`screader_db.confidence`), ``vote_confidence`` (the score's calibrated confidence on
-        the reference alone), ``margin`` (to the runner-up), ``second_label``, ``mean_similarity``,
+        the reference alone), ``second_opinion`` (the expression method's vote share of the label,
+        when sought, :mod:`screader_db.second_opinion`), ``margin`` (to the runner-up), ``second_label``, ``mean_similarity``,
         ``raw_label`` (the winner before abstention), ``unassigned_reason`` and one
         ``score_<label>`` column per atlas label (its vote share).
     embeddings

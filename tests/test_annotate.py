@@ -169,6 +169,7 @@ def test_the_stages_give_what_annotate_gives(atlas):
         prepare,
         prepare_query,
         search_neighbours,
+        second_opinion,
         vote,
     )
     from screader_db.options import AnnotateOptions
@@ -182,11 +183,13 @@ def test_the_stages_give_what_annotate_gives(atlas):
     prepared = prepare(plan, answering, matched=mapped.plan.matched)
     vectors = embed_query(prepared.query, answering.embedder)
     neighbours = search_neighbours(plan, prepared, vectors)
-    votes = vote(plan, neighbours, vectors, answering.scores)
+    second = second_opinion(plan, prepared)
+    votes = vote(plan, neighbours, vectors, answering.scores, second)
     labelled = abstain(plan, prepared, neighbours, votes, vectors)
-    staged = assemble(plan, prepared, vectors, neighbours, votes, labelled)
+    staged = assemble(plan, prepared, vectors, neighbours, votes, labelled, second)
     whole = annotate(query, atlas, options=options)
     stages = whole.info.pop("stage_seconds")
-    assert list(stages) == ["read", "prepare", "embed", "search and novelty check", "vote", "abstain", "assemble"]
+    assert list(stages) == ["read", "prepare", "embed", "search and novelty check", "second opinion", "vote", "abstain",
+                            "assemble"]
     assert staged.table.equals(whole.table) and staged.info == whole.info
     np.testing.assert_array_equal(staged.embeddings, whole.embeddings)

@@ -19,3 +19,11 @@ def test_confidence_rises_with_the_vote_and_with_agreement():
     for vote in votes:
         assert np.all(np.diff(combine(np.full(3, vote), np.array([0.0, 0.5, 1.0]))) > 0)
     assert np.all((combine(votes, np.ones(4)) > 0) & (combine(votes, np.ones(4)) < 1))
+
+
+def test_a_second_opinion_against_the_label_lowers_the_confidence():
+    votes, agree = np.full(3, 0.95), np.full(3, 0.9)
+    with_opinion = combine(votes, agree, np.array([0.0, 0.5, 1.0]))
+    assert np.all(np.diff(with_opinion) > 0)
+    assert with_opinion[0] < 0.5 < with_opinion[2]
+    assert combine(votes, agree).shape == with_opinion.shape

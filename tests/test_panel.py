@@ -112,3 +112,27 @@ def test_an_atlas_built_without_its_expression_keeps_none_when_data_sets_are_add
     added = add_dataset(root, cells[160:240].copy(), label_key="cell_type", name="two")
     assert not (added.path / "expression").exists()
     assert added.expression_genes() == []
+
+
+def test_the_second_opinion_is_fitted_on_the_kept_expression_once_and_reused(atlas, cells):
+    import json
+
+    first = annotate(cells[240:].copy(), atlas)
+    opinion = first.info["second_opinion"]
+    assert opinion["used"] and opinion["method"] == "expression" and opinion["genes"] == len(GENES)
+    meta = json.loads((store.open_atlas(atlas).path / "panels" / opinion["key"] / "PANEL.json").read_text())
+    assert meta["method"] == "expression" and meta["provenance"]["panel"]["method"] == "expression"
+    again = annotate(cells[240:].copy(), atlas)
+    assert again.info["second_opinion"] == {**opinion, "reused": True}
+    shares = first.table["second_opinion"].to_numpy()
+    assert ((shares >= 0) & (shares <= 1)).all() and np.median(shares) > 0.9  # four well-separated types
+    np.testing.assert_array_equal(first.table["confidence"], again.table["confidence"])
+
+
+def test_an_atlas_without_its_expression_has_no_second_opinion(tmp_path, cells):
+    root = tmp_path / "lean"
+    build_atlas(cells[:240].copy(), root, label_key="cell_type", settings=BuildSettings(layout="none", keep_expression=False))
+    result = annotate(cells[240:].copy(), root)
+    assert result.info["second_opinion"] == {"used": False, "reason": "the atlas keeps no reference expression"}
+    confidence = result.table["confidence"].to_numpy()
+    assert "second_opinion" not in result.table and ((confidence > 0) & (confidence < 1)).all()

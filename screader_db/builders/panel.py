@@ -61,8 +61,9 @@ class PanelIndex:
     scores: dict[str, Any]
 
 
-def panel_key(genes: list[str], datasets: list[str] | None = None) -> str:
-    """A short, stable name for a set of genes (and the data sets fitted on, when not all).
+def panel_key(genes: list[str], datasets: list[str] | None = None, method: str | None = None) -> str:
+    """A short, stable name for a set of genes (and the data sets fitted on, when not all, and the
+    method, when not the atlas's).
 
     Parameters
     ----------
@@ -70,28 +71,33 @@ def panel_key(genes: list[str], datasets: list[str] | None = None) -> str:
         The panel's genes, in any order.
     datasets : list of str or None
         The data sets fitted on, in any order; None for every data set.
+    method : str or None
+        The cell embedding method fitted; None for the atlas's own.
 
     Returns
     -------
     str
-        The first 16 hex digits of the sha256 of the sorted genes (and data sets).
+        The first 16 hex digits of the sha256 of the sorted genes (and data sets, and method).
     """
     named = "" if datasets is None else "\ndatasets:" + ",".join(sorted(datasets))
+    named += "" if method is None else "\nmethod:" + method
     return sha256_text("\n".join(sorted(genes)) + named)[:16]
 
 
-def _settings(opened: store.Atlas) -> Any:
+def _settings(opened: store.Atlas, method: str | None = None) -> Any:
     from screader_db.builders.atlas import BuildSettings
 
     stored = opened.provenance.get("parameters", {})
     known = {f.name for f in fields(BuildSettings)}
     settings = BuildSettings(**{**{k: v for k, v in stored.items() if k in known}, "panel": None})
-    if settings.prototype_weight is None and "gamma" in opened.embedder.params:
+    if method is not None:
+        settings.method = method
+    elif settings.prototype_weight is None and "gamma" in opened.embedder.params:
         settings.prototype_weight = float(opened.embedder.params["gamma"])  # as the atlas was fitted, whatever today's default
     return settings
 
 
-def open_panel(opened: store.Atlas, genes: list[str], *, datasets: list[str] | None = None,
+def open_panel(opened: store.Atlas, genes: list[str], *, datasets: list[str] | None = None, method: str | None = None,
                reporter: Reporter = SILENT, device: str | None = None) -> PanelIndex:
     """The atlas's index for the gene panel ``genes``: read from the version if kept, else fitted and kept.
 
@@ -107,6 +113,9 @@ def open_panel(opened: store.Atlas, genes: list[str], *, datasets: list[str] | N
         The genes the query shares with the atlas.
     datasets : list of str or None
         Fit on the cells of these data sets only; None: every data set.
+    method : str or None
+        Fit this cell embedding method instead of the atlas's own (a second opinion,
+        :mod:`screader_db.second_opinion`); None: the atlas's.
     reporter : Reporter
         Receives the progress of a fit.
     device : str or None
@@ -127,10 +136,10 @@ def open_panel(opened: store.Atlas, genes: list[str], *, datasets: list[str] | N
     from screader_db.cell_embedding import CellEmbedder
     from screader_db.index import CellIndex
 
-    key = panel_key(genes, datasets)
+    key = panel_key(genes, datasets, method)
     folder = opened.path / PANELS / key
     if not (folder / PANEL_FILE).is_file():
-        _fit(opened, sorted(genes), folder, datasets=datasets, reporter=reporter, device=device)
+        _fit(opened, sorted(genes), folder, datasets=datasets, method=method, reporter=reporter, device=device)
         reused = False
     else:
         reused = True
@@ -143,8 +152,8 @@ def open_panel(opened: store.Atlas, genes: list[str], *, datasets: list[str] | N
                       index=index, reused=reused, scores=dict(meta.get("scores", {})))
 
 
-def _fit(opened: store.Atlas, genes: list[str], folder: Path, *, datasets: list[str] | None, reporter: Reporter,
-         device: str | None) -> None:
+def _fit(opened: store.Atlas, genes: list[str], folder: Path, *, datasets: list[str] | None, method: str | None,
+         reporter: Reporter, device: str | None) -> None:
     from screader_db.builders.atlas import calibrate_scores, fit_method
     from screader_db.expression_stream import ExpressionStream
     from screader_db.genes import GeneResolver
@@ -153,13 +162,14 @@ def _fit(opened: store.Atlas, genes: list[str], folder: Path, *, datasets: list[
     from screader_db.reference_stats import collect
     from screader_db.stored_expression import StoredExpression, StoredMatrix
 
-    settings = _settings(opened)
+    settings = _settings(opened, method)
     stored = StoredExpression(opened.path, datasets=datasets)
     ids = stored.ids()
     labels = opened.cells(["label"])["label"].reindex(ids).astype(str).to_numpy()
     source = ExpressionSource(matrix=StoredMatrix(stored, genes), names=genes, obs=pd.DataFrame(index=ids.astype(str)))
     stream = ExpressionStream(source, plan_genes(genes, genes), "linear")  # StoredMatrix gives counts per 10,000
-    reporter.message(f"Fitting the atlas on the {len(genes):,} genes the query shares with it (kept for later queries)")
+    what = "the atlas" if method is None else f"the {method} method"
+    reporter.message(f"Fitting {what} on the {len(genes):,} genes the query shares with the atlas (kept for later queries)")
     stats = collect(stream.source, stream.plan, labels, kind=stream.scale, chunk=CHUNK, seed=settings.seed, reporter=reporter)
     fitted = fit_method(stats, labels, settings, resolver=GeneResolver(), reporter=reporter, device=device)
     embedder = fitted.embedder
@@ -168,13 +178,14 @@ def _fit(opened: store.Atlas, genes: list[str], folder: Path, *, datasets: list[
         embedder, mean=embedder.mean, chunk=CHUNK, description="Embedding the atlas cells on the shared genes", reporter=reporter)
     index = CellIndex.build(vectors, ids, kind=settings.index, seed=settings.seed)
     provenance = {**opened.provenance, "panel": {"key": folder.name, "n_genes": len(genes), "datasets": datasets,
-                                                 "genes_sha256": sha256_text("\n".join(genes))}}
+                                                 "method": settings.method, "genes_sha256": sha256_text("\n".join(genes))}}
     staging = folder.parent / f"{STAGING_PREFIX}{os.getpid()}-{time.time_ns()}"
     staging.mkdir(parents=True)
     try:
         embedder.save(staging / EMBEDDER, provenance)
         index.save(staging / INDEX, provenance)
-        meta = {"format": PANEL_FORMAT, "key": folder.name, "genes": genes, "datasets": datasets, "n_cells": len(ids),
+        meta = {"format": PANEL_FORMAT, "key": folder.name, "genes": genes, "datasets": datasets, "method": settings.method,
+                "n_cells": len(ids),
                 "atlas_genes": len(embedder.genes), "scores": scores, "provenance": provenance}
         (staging / PANEL_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True, default=str))
         try:

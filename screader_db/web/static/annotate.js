@@ -239,6 +239,10 @@ function whatWasDone(info) {
   parts.push(panel.used
     ? `answered on a panel index of the ${formatInt(panel.shared_genes)} shared genes`
     : "answered on the full index");
+  const second = info.second_opinion || {};
+  parts.push(second.used
+    ? `second opinion: the ${second.method} method's vote weighed into the confidence`
+    : "no second opinion");
   const novelty = info.novelty || {};
   parts.push(novelty.checked
     ? `novelty check: ${formatInt(novelty.novel_clusters)} of ${formatInt(novelty.clusters)} query clusters match no atlas label`
