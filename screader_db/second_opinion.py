@@ -88,6 +88,7 @@ def seek(opened: store.Atlas, query: PreparedQuery, k: int, *, allowed: np.ndarr
     """
     from screader_db.builders.panel import open_panel
 
+
     if opened.embedder.method == METHOD:
         return _skipped(f"the atlas's own method is the {METHOD} method")
     stored = opened.expression_genes(datasets)
@@ -105,7 +106,11 @@ def seek(opened: store.Atlas, query: PreparedQuery, k: int, *, allowed: np.ndarr
     panel = opened.panels.get(key)
     reused = panel is not None
     if panel is None:
-        panel = open_panel(opened, genes, datasets=datasets, method=METHOD, reporter=reporter)
+        try:
+            panel = open_panel(opened, genes, datasets=datasets, method=METHOD, reporter=reporter)
+        except OSError as error:  # a shared atlas the user may read but not write
+            return _skipped(f"its index could not be kept in {opened.path}: {error}; run one query as a user who may "
+                            "write there, or pass --no-second-opinion")
         reused = panel.reused
         opened.panels[key] = panel
     vectors = embed_query(query.onto(panel.embedder.genes, None if whole else shared), panel.embedder, chunk=chunk,

@@ -136,3 +136,19 @@ def test_an_atlas_without_its_expression_has_no_second_opinion(tmp_path, cells):
     assert result.info["second_opinion"] == {"used": False, "reason": "the atlas keeps no reference expression"}
     confidence = result.table["confidence"].to_numpy()
     assert "second_opinion" not in result.table and ((confidence > 0) & (confidence < 1)).all()
+
+
+def test_an_atlas_folder_that_cannot_be_written_skips_the_second_opinion(tmp_path, cells, monkeypatch):
+    import screader_db.builders.panel as panel_module
+
+    root = tmp_path / "shared"
+    build_atlas(cells[:240].copy(), root, label_key="cell_type", settings=BuildSettings(layout="none"))
+
+    def refused(*args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(root))
+
+    monkeypatch.setattr(panel_module, "_fit", refused)  # as a folder the user may read but not write
+    result = annotate(cells[240:].copy(), root)
+    reason = result.info["second_opinion"]["reason"]
+    assert not result.info["second_opinion"]["used"] and "Permission denied" in reason and "--no-second-opinion" in reason
+    assert (result.table["raw_label"].to_numpy() == cells.obs["cell_type"].to_numpy()[240:]).mean() > 0.9
