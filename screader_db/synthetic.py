@@ -12,6 +12,10 @@ written with anndata's on-disk sparse append, so a million-cell file never sits 
 Without programs (``programs=False``) a type's cells differ only by sampling noise, which makes
 every cell's nearest neighbours near-ties: a harder and less realistic case for approximate
 search than real data (``benchmarks/realism.py`` compares both with real atlases).
+
+:func:`write_resampled_h5ad` makes large data sets from real cells instead: each cell resampled
+from a real labelled data set, thinned binomially and shifted by a donor's gene offsets, so the
+within-type structure is the real one.
 """
 
 from __future__ import annotations
@@ -168,6 +172,54 @@ def chunks(spec: SyntheticDesign, n_cells: int, *, chunk: int = 20_000, depth: f
         yield sp.csr_matrix(counts), kinds
 
 
+def resampled_chunks(counts: sp.csr_matrix, kinds: np.ndarray, n_cells: int, *, chunk: int = 20_000,
+                     donors: int = DONORS, donor_sd: float = DONOR_SD, keep: tuple[float, float] = (0.5, 1.0),
+                     seed: int = 0) -> Iterator[tuple[sp.csr_matrix, np.ndarray]]:
+    """Real cells resampled, block by block: each a drawn source cell, thinned and shifted by a donor.
+
+    Each new cell copies the counts of a source cell drawn at random, keeps each count's molecules
+    with probability ``p · exp(offset)`` (a binomial draw; ``p`` uniform in ``keep`` per cell,
+    ``offset`` its donor's normal gene-level log offset, the product clipped to 1), so it keeps the
+    source's within-type structure but is never its copy.
+
+    Parameters
+    ----------
+    counts
+        Source cells × genes integer counts.
+    kinds
+        Each source cell's type index.
+    n_cells
+        Cells in all.
+    chunk
+        Most cells per block.
+    donors, donor_sd
+        Donors, and the standard deviation of their gene-level log offsets.
+    keep
+        The range of each cell's share of molecules kept.
+    seed
+        The draws' seed.
+
+    Yields
+    ------
+    counts : scipy.sparse.csr_matrix
+        Cells × genes float32 counts.
+    kinds : numpy.ndarray
+        Each cell's type index.
+    """
+    rng = np.random.default_rng(seed)
+    source = sp.csr_matrix(counts, dtype=np.float32)
+    offsets = np.exp(rng.normal(0.0, donor_sd, size=(donors, source.shape[1])))
+    for start in range(0, n_cells, chunk):
+        n = min(chunk, n_cells - start)
+        drawn = rng.integers(source.shape[0], size=n)
+        block = sp.csr_matrix(source[drawn])
+        rows = np.repeat(np.arange(n), np.diff(block.indptr))
+        share = rng.uniform(*keep, size=n)[rows] * offsets[rng.integers(donors, size=n)[rows], block.indices]
+        block.data = rng.binomial(block.data.astype(np.int64), np.minimum(share, 1.0)).astype(np.float32)
+        block.eliminate_zeros()
+        yield block, np.asarray(kinds)[drawn]
+
+
 def write_h5ad(path: str | Path, n_cells: int, *, n_types: int = 20, n_genes: int = 5000, chunk: int = 20_000,
                depth: float = 2500.0, seed: int = 0, design_seed: int | None = None, programs: bool = True) -> Path:
     """Write a synthetic labelled data set (obs ``cell_type``) without holding it in memory.
@@ -195,16 +247,70 @@ def write_h5ad(path: str | Path, n_cells: int, *, n_types: int = 20, n_genes: in
     Path
         The file written.
     """
+    spec = design(n_types=n_types, n_genes=n_genes, seed=seed if design_seed is None else design_seed, programs=programs)
+    blocks = chunks(spec, n_cells, chunk=chunk, depth=depth, seed=seed)
+    return write_blocks(path, blocks, genes=spec.genes, types=spec.types, n_cells=n_cells)
+
+
+def write_resampled_h5ad(path: str | Path, source: Any, label_key: str, n_cells: int, *, chunk: int = 20_000,
+                         seed: int = 0) -> Path:
+    """Write ``n_cells`` cells resampled from a real labelled data set (:func:`resampled_chunks`), obs ``cell_type``.
+
+    Parameters
+    ----------
+    path
+        The .h5ad file (written beside under a temporary name, then moved into place).
+    source
+        An AnnData of integer counts (cells × genes) with its labels in ``obs[label_key]``.
+    label_key
+        The labels' column.
+    n_cells
+        Cells.
+    chunk
+        Cells written per block.
+    seed
+        The draws' seed.
+
+    Returns
+    -------
+    Path
+        The file written.
+    """
+    labels = pd.Categorical(source.obs[label_key].astype(str))
+    blocks = resampled_chunks(sp.csr_matrix(source.X), labels.codes, n_cells, chunk=chunk, seed=seed)
+    return write_blocks(path, blocks, genes=[str(g) for g in source.var_names], types=list(labels.categories),
+                        n_cells=n_cells)
+
+
+def write_blocks(path: str | Path, blocks: Iterator[tuple[sp.csr_matrix, np.ndarray]], *, genes: list[str],
+                 types: list[str], n_cells: int) -> Path:
+    """Write blocks of (counts, type index) as one labelled .h5ad (obs ``cell_type``), appended on disk.
+
+    Parameters
+    ----------
+    path
+        The .h5ad file (written beside under a temporary name, then moved into place).
+    blocks
+        Cells × genes counts with each cell's index into ``types``.
+    genes, types
+        Gene names, and type names.
+    n_cells
+        Cells the blocks hold in all.
+
+    Returns
+    -------
+    Path
+        The file written.
+    """
     import anndata as ad
     import h5py
     from anndata.io import sparse_dataset, write_elem
 
     target = Path(path)
-    spec = design(n_types=n_types, n_genes=n_genes, seed=seed if design_seed is None else design_seed, programs=programs)
     labels: list[np.ndarray] = []
     with atomic_write(target) as tmp, h5py.File(tmp, "w") as handle:
         first = True
-        for block, kinds in chunks(spec, n_cells, chunk=chunk, depth=depth, seed=seed):
+        for block, kinds in blocks:
             if first:
                 write_elem(handle, "X", block)
                 first = False
@@ -212,10 +318,10 @@ def write_h5ad(path: str | Path, n_cells: int, *, n_types: int = 20, n_genes: in
                 sparse_dataset(handle["X"]).append(block)
             labels.append(kinds)
         kinds_all = np.concatenate(labels)
-        obs = pd.DataFrame({"cell_type": pd.Categorical(np.asarray(spec.types)[kinds_all])},
+        obs = pd.DataFrame({"cell_type": pd.Categorical(np.asarray(types)[kinds_all])},
                            index=[f"cell{i}" for i in range(n_cells)])
         write_elem(handle, "obs", obs)
-        write_elem(handle, "var", pd.DataFrame(index=spec.genes))
+        write_elem(handle, "var", pd.DataFrame(index=genes))
         for key in ("obsm", "varm", "layers", "obsp", "varp", "uns"):
             write_elem(handle, key, {})
         handle.attrs["encoding-type"] = "anndata"
