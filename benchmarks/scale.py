@@ -120,9 +120,6 @@ def step_build(cfg: dict[str, Any]) -> dict[str, Any]:
     from screader_db.builders.atlas import BuildSettings, build_atlas
 
     atlas = Path(cfg["atlas"])
-    if atlas.exists() and cfg.get("reuse_atlas"):
-        previous = Path(cfg["atlas"]).parent / "step-build.result.json"
-        return json.loads(previous.read_text())
     if atlas.exists():
         shutil.rmtree(atlas)
     clock = StageClock()
@@ -155,7 +152,8 @@ def step_annotate(cfg: dict[str, Any]) -> dict[str, Any]:
     np.save(cfg["query_vectors"], result.embeddings[rows])
     return {"seconds": seconds, "stages": clock.stages, "log": clock.log, "accuracy": score.accuracy, "macro_f1": score.macro_f1,
             "unassigned": float(np.mean(labels == UNASSIGNED)), "assigned_precision": score.assigned_precision,
-            "raw_accuracy": raw.accuracy, "novelty": result.info.get("novelty", {}).get("novel_cells", 0)}
+            "raw_accuracy": raw.accuracy, "novelty": result.info.get("novelty", {}).get("novel_cells", 0),
+            "search_probes": result.info.get("search_probes", {})}
 
 
 def _exact(found: tuple[np.ndarray, np.ndarray], ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -178,10 +176,12 @@ def step_recall(cfg: dict[str, Any]) -> dict[str, Any]:
     read_seconds = time.perf_counter() - began
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
     index = opened.index
+    checked = cfg.get("search_probes") or {}
+    probes = (checked["nprobe"], checked["k_factor"]) if checked else None  # as the annotation searched
     k = 10
-    index.search(queries[:10], k, use_gpu=False)  # warm-up
+    index.search(queries[:10], k, use_gpu=False, probes=probes)  # warm-up
     began = time.perf_counter()
-    _, found = index.search(queries, k, use_gpu=False)
+    _, found = index.search(queries, k, use_gpu=False, probes=probes)
     index_seconds = time.perf_counter() - began
     began = time.perf_counter()
     _, truth_rows = knn(queries, vectors, k)
@@ -195,16 +195,17 @@ def step_recall(cfg: dict[str, Any]) -> dict[str, Any]:
     vocabulary = sorted(labels.unique())
     codes = pd.Series(pd.Categorical(labels, categories=vocabulary).codes.astype(np.int64), index=labels.index)
     called = []
-    for sims, found_ids in (index.search(queries, vote_k, use_gpu=False), _exact(knn(queries, vectors, vote_k), ids)):
+    for sims, found_ids in (index.search(queries, vote_k, use_gpu=False, probes=probes),
+                            _exact(knn(queries, vectors, vote_k), ids)):
         shares = tally(sims, codes.reindex(found_ids.ravel()).to_numpy().reshape(found_ids.shape), len(vocabulary),
                        power=float(defaults["power"]))
         called.append(shares.argmax(axis=1))
     del vectors
+    nprobe, k_factor = probes if probes else (int(recorded.get("nprobe", 0)), recorded.get("k_factor"))
     return {"recall_at_10": recall, "labels_as_exact": float(np.mean(called[0] == called[1])), "vote_k": vote_k,
+            "checked_on_query": bool(checked), "nprobe": nprobe, "k_factor": k_factor,
             "queries": len(queries), "index_seconds": index_seconds,
-            "exact_seconds": exact_seconds, "read_vectors_seconds": read_seconds,
-            "nprobe": int(recorded.get("nprobe", 0)), "k_factor": recorded.get("k_factor"),
-            "threads": search_threads()}
+            "exact_seconds": exact_seconds, "read_vectors_seconds": read_seconds, "threads": search_threads()}
 
 
 def step_celltypist(cfg: dict[str, Any]) -> dict[str, Any]:
@@ -420,15 +421,20 @@ def main() -> None:
     atlas = run / "atlas"
     cfg = {"reference": str(reference), "query": str(query), "atlas": str(atlas), "layout": args.layout,
            "seed": args.seed, "recall_queries": args.recall_queries, "celltypist_cells": args.celltypist_cells,
-           "query_vectors": str(run / "query-vectors.npy"), "reuse_atlas": args.reuse_atlas}
+           "query_vectors": str(run / "query-vectors.npy")}
     with h5py.File(reference, "r") as handle:
         genes, types = len(handle["var"]["_index"]), len(handle["obs"][LABEL_KEY]["categories"])
     results: dict[str, Any] = {"cells": args.cells, "queries": args.queries, "genes": genes, "types": types,
                                "programs": not args.no_programs, "data": kind,
                                "layout": args.layout, "cpus": os.cpu_count(), "generated_seconds": generated}
-    results["build"] = run_step("build", cfg, run)
+    kept = run / "build.json"  # the build's figures, kept for --reuse-atlas
+    if args.reuse_atlas and atlas.exists() and kept.exists():
+        results["build"] = json.loads(kept.read_text())
+    else:
+        results["build"] = run_step("build", cfg, run)
+        kept.write_text(json.dumps(results["build"], default=float))
     results["annotate"] = run_step("annotate", cfg, run)
-    results["recall"] = run_step("recall", cfg, run)
+    results["recall"] = run_step("recall", {**cfg, "search_probes": results["annotate"].get("search_probes", {})}, run)
     version = atlas / "current"
     index_bytes = (version / "index.faiss").stat().st_size
     dim = int(results["build"]["dim"])

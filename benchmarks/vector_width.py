@@ -33,11 +33,7 @@ RECALL_K = 10
 
 def _reference_vectors(index: Any) -> tuple[np.ndarray, np.ndarray]:
     """The stored unit vectors and ids of an exact (flat) index."""
-    import faiss
-
-    inner = faiss.downcast_index(index._index.index)
-    vectors = faiss.rev_swig_ptr(inner.get_xb(), inner.ntotal * inner.d).reshape(inner.ntotal, inner.d).copy()
-    return vectors, faiss.vector_to_array(index._index.id_map)
+    return np.array(index.stored_vectors()), index.ids()
 
 
 def _neighbours(queries: np.ndarray, reference: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,7 @@ from screader_db import store
 from screader_db.calibration import confidence_of
 from screader_db.confidence import agreement, combine
 from screader_db.errors import InputDataError, ScreaderError
+from screader_db.index import QUERY_CHECK_MIN
 from screader_db.information import CellInformation, min_detected
 from screader_db.input_files import open_input
 from screader_db.inputs import (
@@ -416,11 +417,15 @@ class Neighbours:
         Cells × k cosine similarities and atlas cell ids (-1: none).
     novel : tuple or None
         :func:`find_novel`'s answer; None when the check was off or could not run.
+    probes : dict
+        The approximate index's probes checked on the query (:meth:`CellIndex.check_probes`); empty
+        when the index is exact or the query small.
     """
 
     similarities: np.ndarray
     ids: np.ndarray
     novel: tuple[Any, dict[str, Any]] | None
+    probes: dict[str, Any] = field(default_factory=dict)
 
 
 def search_neighbours(plan: Plan, prepared: Prepared, vectors: np.ndarray, *, chunk: int = CHUNK,
@@ -449,9 +454,14 @@ def search_neighbours(plan: Plan, prepared: Prepared, vectors: np.ndarray, *, ch
     options, wanted = plan.options, plan.options.neighbours
     allowed = None if plan.allowed is None else plan.allowed.to_numpy()
 
+    index = prepared.answering.index
+    probes: dict[str, Any] = {}
+
     def run_search() -> tuple[np.ndarray, np.ndarray]:
+        if len(vectors) >= QUERY_CHECK_MIN:
+            probes.update(index.check_probes(vectors))
         with reporter.task("Searching the atlas", len(vectors), "cells") as advance:
-            found = prepared.answering.index.search(vectors, plan.k, allowed=allowed)
+            found = index.search(vectors, plan.k, allowed=allowed)
             advance(len(vectors))
         return found
 
@@ -466,7 +476,7 @@ def search_neighbours(plan: Plan, prepared: Prepared, vectors: np.ndarray, *, ch
                                datasets=_listed(wanted.datasets), labels=_listed(wanted.labels) if own_level else None,
                                exclude_labels=_listed(wanted.exclude_labels) if own_level else None, reporter=reporter)
         sims, ids = searching.result()
-    return Neighbours(similarities=sims, ids=ids, novel=novel)
+    return Neighbours(similarities=sims, ids=ids, novel=novel, probes=probes)
 
 
 @dataclass(frozen=True)
@@ -726,6 +736,8 @@ def assemble(plan: Plan, prepared: Prepared, vectors: np.ndarray, neighbours: Ne
         "layer": read.layer or "", "use_raw": bool(read.use_raw), "gene_key": read.gene_key or "",
         "second_opinion": second.info if second is not None else {"used": False, "reason": "not sought"},
     }
+    if neighbours.probes:
+        info["search_probes"] = neighbours.probes
     if options.majority_voting:
         info["clustering"] = labelled.clustering
     table, umap = labelled.table, _placement(opened, sims, ids)

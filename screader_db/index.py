@@ -44,6 +44,11 @@ ADD_BLOCK = 100_000
 # (``exact_search``), several times faster than a Flat index's own search for large queries.
 BLAS_SEARCH_WORK = 200_000_000
 REFINE_FACTORS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128)
+# An ivf-pca search of at least QUERY_CHECK_MIN queries first checks its probes on QUERY_CHECK_CELLS of
+# them against exact search (CellIndex.check_probes): the build tunes on atlas cells, whose nearest
+# neighbours can be far easier to find than those of cells from another study.
+QUERY_CHECK_MIN = 1000
+QUERY_CHECK_CELLS = 200
 # knn(..., approximate=True): IVF lists per √n and lists probed.
 APPROXIMATE_LISTS = 4
 APPROXIMATE_NPROBE = 8
@@ -409,6 +414,7 @@ class CellIndex:
         if not info.kind:  # a sidecar that did not record it
             info.kind = "ivf-pca" if self._refine is not None else "ivf" if self._ivf is not None else "flat"
         self._gpu: Any = None  # the GPU searcher once asked for; False when there is none
+        self._widest: tuple[int, int] | None = None  # the widest probes a query check needed (check_probes)
 
     def __repr__(self) -> str:
         return f"CellIndex(kind={self.kind!r}, ntotal={self.ntotal}, dim={self.dim})"
@@ -466,6 +472,26 @@ class CellIndex:
             message = "an IVF index does not list its ids in storage order; search it instead"
             raise ScreaderError(message)
         return np.arange(self.ntotal, dtype=np.int64)
+
+    def stored_vectors(self) -> np.ndarray:
+        """The full vectors the index keeps, in the order of :meth:`ids` (a view, not a copy).
+
+        Returns
+        -------
+        numpy.ndarray
+            float32, cells × dim: a Flat index's vectors, or an ``ivf-pca`` index's re-ranking store.
+
+        Raises
+        ------
+        ScreaderError
+            The index keeps no full vectors (``ivf``, ``ivf-sq8``, ``ivf-pq``).
+        """
+        faiss = _faiss()
+        store = self._flat if self._refine is None else faiss.downcast_index(self._refine.refine_index)
+        if store is None:
+            message = f"a {self.kind} index keeps no full vectors; read them from the atlas (Atlas.embeddings)"
+            raise ScreaderError(message)
+        return faiss.rev_swig_ptr(store.get_xb(), store.ntotal * store.d).reshape(store.ntotal, store.d)
 
     @classmethod
     def build(cls, vectors: np.ndarray, ids: np.ndarray, *, kind: str = "auto", recall_target: float = 0.95,
@@ -571,6 +597,15 @@ class CellIndex:
             found.hnsw.efSearch = max(int(found.hnsw.efSearch), int(nprobe))
         self._gpu = None  # a GPU copy would keep the old setting
 
+    def _list_params(self, nprobe: int) -> Any:
+        """FAISS search parameters probing ``nprobe`` lists, for one search (the index's own setting
+        stays); an HNSW coarse quantiser is widened to search at least that wide, as :meth:`_set_nprobe` does."""
+        faiss = _faiss()
+        quantizer = faiss.downcast_index(self._ivf.quantizer)
+        if hasattr(quantizer, "hnsw") and quantizer.hnsw.efSearch < nprobe:
+            quantizer.hnsw.efSearch = int(nprobe)
+        return faiss.SearchParametersIVF(nprobe=int(nprobe))
+
     def _tune_nprobe(self, vectors: np.ndarray, ids: np.ndarray, *, recall_target: float, seed: int = 0,
                      sample: int = 1000, k: int = TUNE_K) -> tuple[int, float]:
         """Smallest power-of-two nprobe (or every list) whose recall@k against exact search reaches the target,
@@ -589,35 +624,49 @@ class CellIndex:
     def _tune_refined(self, vectors: np.ndarray, *, recall_target: float, seed: int = 0, sample: int = 1000,
                       k: int = TUNE_K) -> tuple[int, int, float]:
         """The cheapest (nprobe, k_factor) of an ``ivf-pca`` index whose recall@k against exact search
-        reaches the target, and the recall the index measures with it.
+        on a sample of its own cells (each one's own row left out) reaches the target, set on the
+        index, and the recall the index measures with it (:meth:`_cheapest_probes`)."""
+        queries, rows, truth = _tuning_queries(vectors, k, seed, sample)
+        nprobe, factor = self._cheapest_probes(queries, truth, vectors, recall_target=recall_target, rows=rows, k=k)
+        self._set_nprobe(nprobe, k_factor=factor)
+        _, found = self._refine.search(queries, k + 1)
+        return nprobe, factor, recall_at_k(_without_self(found, rows, k), truth)
+
+    def _cheapest_probes(self, queries: np.ndarray, truth: np.ndarray, vectors: np.ndarray, *, recall_target: float,
+                         rows: np.ndarray | None = None, k: int = TUNE_K, start: int = 1) -> tuple[int, int]:
+        """The cheapest (nprobe, k_factor) of an ``ivf-pca`` index at which ``queries`` find ``recall_target`` of ``truth``.
 
         Cost per query, in bytes read: ``nprobe`` lists of ``PCA_DIM`` 8-bit codes a cell plus
         ``k_factor × k`` float32 vectors re-ranked (at twice the price: they are read at random); it
         tracks the measured search time. Every factor is tried from one base search per nprobe; nprobe
-        grows by steps of about ×1.4 (powers of two and 1.5 × them) until scanning alone costs more than
-        the best pair found. Where no pair reaches the target (cells whose nearest neighbours are
-        near-ties), nprobe stops growing once the largest pool's recall has gained less than
-        ``PLATEAU`` over two steps, and the largest pool at the first nprobe within ``PLATEAU`` of
+        grows from ``start`` by steps of about ×1.4 (powers of two and 1.5 × them) until scanning alone
+        costs more than the best pair found. Where no pair reaches the target (cells whose nearest
+        neighbours are near-ties), nprobe stops growing once the largest pool's recall has gained less
+        than ``PLATEAU`` over two steps, and the largest pool at the first nprobe within ``PLATEAU`` of
         the best recall seen is kept: more probing would cost much and find little.
+
+        ``truth`` and ``rows`` (the queries' own rows, left out, when they are cells of the index) are
+        row positions of ``vectors``, the stored vectors in the index's order.
         """
         refine, ivf = self._refine, self._ivf
         n, dim = vectors.shape
-        queries, rows, truth = _tuning_queries(vectors, k, seed, sample)
         per_list = n / ivf.nlist
+        pool_most = k * REFINE_FACTORS[-1]
         best: tuple[float, int, int] | None = None
         widest: list[tuple[int, float]] = []  # (nprobe, recall with the largest pool)
-        nprobe = 1
+        nprobe = max(1, min(start, int(ivf.nlist)))
         while True:
-            self._set_nprobe(nprobe)
             scan = nprobe * per_list * PCA_DIM
             if best is not None and scan >= best[0]:
                 break
-            _, candidates = refine.base_index.search(queries, k * REFINE_FACTORS[-1] + 1)
-            candidates = _without_self(candidates, rows, k * REFINE_FACTORS[-1])
+            params = _faiss().SearchParametersPreTransform(index_params=self._list_params(nprobe))
+            _, candidates = refine.base_index.search(queries, pool_most + (rows is not None), params=params)
+            candidates = candidates[:, :pool_most] if rows is None else _without_self(candidates, rows, pool_most)
             sims = np.full(candidates.shape, -np.inf, dtype=np.float32)
             for row, found in enumerate(candidates):
                 valid = found >= 0
                 sims[row, valid] = vectors[found[valid]] @ queries[row]
+            recall = 0.0
             for factor in REFINE_FACTORS:
                 pool = k * factor
                 top = np.argsort(-sims[:, :pool], axis=1, kind="stable")[:, :k]
@@ -633,13 +682,9 @@ class CellIndex:
                 break
             nprobe = min(_next_nprobe(nprobe), ivf.nlist)
         if best is not None:
-            _, nprobe, factor = best
-        else:
-            top_recall = max(r for _, r in widest)
-            nprobe, factor = next(p for p, r in widest if r >= top_recall - PLATEAU), REFINE_FACTORS[-1]
-        self._set_nprobe(nprobe, k_factor=factor)
-        _, found = refine.search(queries, k + 1)
-        return nprobe, factor, recall_at_k(_without_self(found, rows, k), truth)
+            return best[1], best[2]
+        top_recall = max(r for _, r in widest)
+        return next(p for p, r in widest if r >= top_recall - PLATEAU), REFINE_FACTORS[-1]
 
     def recall(self, queries: np.ndarray, truth: np.ndarray, *, own: np.ndarray | None = None) -> float:
         """Recall of the index's own CPU search, with its current probes, against exact neighbours.
@@ -667,6 +712,60 @@ class CellIndex:
             found = _without_self(found, np.asarray(own), k)
         return recall_at_k(found, truth)
 
+    def check_probes(self, queries: np.ndarray, *, target: float | None = None, sample: int = QUERY_CHECK_CELLS,
+                     seed: int = 0) -> dict[str, Any]:
+        """Widen an ``ivf-pca`` index's probes until a sample of ``queries`` finds ``target`` of its exact ten nearest.
+
+        The build tunes nprobe and the re-ranking pool on atlas cells (:meth:`build`); a query from
+        another study can sit farther from every atlas cell, where the same probes find fewer of its
+        true neighbours. A seeded sample of the queries is searched exactly over the stored vectors
+        and approximately at the index's probes; short of the target, the cheapest wider probes that
+        reach it on the sample are found the way the build tunes (:meth:`_cheapest_probes`, from the
+        current nprobe up). The widest probes an index has needed are remembered and are the floor of
+        later checks and searches.
+
+        Parameters
+        ----------
+        queries : numpy.ndarray
+            Unit query rows.
+        target : float or None
+            Recall@10 to reach; None takes the build's target (``info.extra["recall_target"]``, 0.95).
+        sample : int
+            Queries checked.
+        seed : int
+            Seed of the sample.
+
+        Returns
+        -------
+        dict
+            ``nprobe``, ``k_factor``, ``recall_at_10`` (on the sample, at those probes),
+            ``checked`` (queries in the sample), ``widened`` and ``target``; empty for other kinds of index.
+        """
+        if self._refine is None:
+            return {}
+        target = float(self._info.extra.get("recall_target", 0.95) if target is None else target)
+        rng = np.random.default_rng(seed)
+        rows = np.sort(rng.choice(len(queries), size=min(sample, len(queries)), replace=False))
+        checked = np.ascontiguousarray(queries[rows], dtype=np.float32)
+        stored = self.stored_vectors()
+        truth = exact_search(checked, stored, TUNE_K)[1]
+        current = self._probes()
+        probes = current
+        recall = recall_at_k(self._search_refined(checked, TUNE_K, None, probes=current)[1], self.ids()[truth])
+        if recall < target:
+            cheapest = self._cheapest_probes(checked, truth, stored, recall_target=target, start=current[0])
+            probes = (max(current[0], cheapest[0]), max(current[1], cheapest[1]))
+            recall = recall_at_k(self._search_refined(checked, TUNE_K, None, probes=probes)[1], self.ids()[truth])
+            self._widest = probes
+        return {"nprobe": probes[0], "k_factor": probes[1], "recall_at_10": round(float(recall), 4), "checked": len(rows),
+                "widened": probes != current, "target": target}
+
+    def _probes(self) -> tuple[int, int]:
+        """The (nprobe, k_factor) searches use: the build's, or the widest a query check has needed."""
+        built = (int(self._ivf.nprobe), round(float(self._refine.k_factor)))
+        widest = self._widest
+        return built if widest is None else (max(built[0], widest[0]), max(built[1], widest[1]))
+
     def gpu_searcher(self) -> Any | None:
         """A GPU copy of the index (faiss-gpu, or torch for a Flat index), made on first use and kept.
 
@@ -687,7 +786,7 @@ class CellIndex:
         return None if self._gpu is False else self._gpu
 
     def search(self, queries: np.ndarray, k: int, *, use_gpu: bool | None = None,
-               allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+               allowed: np.ndarray | None = None, probes: tuple[int, int] | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Top-``k`` (similarities, ids) for each query row.
 
         Parameters
@@ -702,6 +801,9 @@ class CellIndex:
         allowed
             Restrict the search to these cell ids, exactly (through a FAISS id selector; such
             searches run on the CPU).
+        probes
+            For an ``ivf-pca`` index: (nprobe, k_factor) of this search; None takes the build's, or
+            the widest a query check needed (:meth:`check_probes`).
 
         Returns
         -------
@@ -711,7 +813,7 @@ class CellIndex:
         faiss = _faiss()
         queries = np.ascontiguousarray(queries, dtype=np.float32)
         if self._refine is not None:
-            return self._search_refined(queries, k, allowed)
+            return self._search_refined(queries, k, allowed, probes)
         if allowed is not None:
             selector = faiss.IDSelectorBatch(np.ascontiguousarray(allowed, dtype=np.int64))
             k = min(k, len(allowed))
@@ -725,31 +827,33 @@ class CellIndex:
                 return searcher.search(queries, k)
         flat = self._flat
         if flat is not None and len(queries) * flat.ntotal >= BLAS_SEARCH_WORK:
-            stored = faiss.rev_swig_ptr(flat.get_xb(), flat.ntotal * flat.d).reshape(flat.ntotal, flat.d)
-            sims, rows = exact_search(queries, stored, k)
+            sims, rows = exact_search(queries, self.stored_vectors(), k)
             return sims, self.ids()[rows] if self._id_map else rows
         sims, ids = self._index.search(queries, k)
         return sims, ids
 
-    def _search_refined(self, queries: np.ndarray, k: int, allowed: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    def _search_refined(self, queries: np.ndarray, k: int, allowed: np.ndarray | None,
+                        probes: tuple[int, int] | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Search an ``ivf-pca`` index: its L2 distances between unit rows become inner products, and
         an ``allowed`` set of ids becomes a selector over the IVF's own row positions.
 
         The re-ranking pool is the one tuned for recall@``TUNE_K`` (``k_factor × TUNE_K`` candidates)
         whatever ``k``: the first ``TUNE_K`` of a larger ``k`` are then exactly as good, at the tuned cost.
+        ``probes`` (nprobe, k_factor) overrides :meth:`_probes` for this search.
         """
         faiss = _faiss()
-        refine, ivf = self._refine, self._ivf
+        refine = self._refine
         id_map = self.ids()
         k = min(k, self.ntotal)
-        lists = faiss.SearchParametersIVF(nprobe=int(ivf.nprobe))
+        nprobe, k_factor = self._probes() if probes is None else probes
+        lists = self._list_params(nprobe)
         if allowed is not None:
             positions = np.flatnonzero(np.isin(id_map, allowed))
             k = min(k, len(positions))
             selector = faiss.IDSelectorBatch(positions)
             lists.sel = selector
         reduced = faiss.SearchParametersPreTransform(index_params=lists)
-        factor = max(1.0, (float(refine.k_factor) * TUNE_K + 0.5) / max(k, 1))  # + 0.5: faiss truncates k × factor
+        factor = max(1.0, (float(k_factor) * TUNE_K + 0.5) / max(k, 1))  # + 0.5: faiss truncates k × factor
         params = faiss.IndexRefineSearchParameters(k_factor=factor, base_index_params=reduced)
         distances, rows = refine.search(queries, k, params=params)
         found = rows >= 0

@@ -8,11 +8,13 @@ from screader_db.cell_embedding import l2_normalise
 from screader_db.errors import AtlasError, ScreaderError
 from screader_db.index import (
     PCA_DIM,
+    QUERY_CHECK_CELLS,
     REFINE_FACTORS,
     CellIndex,
     choose_kind,
     exact_search,
     knn,
+    recall_at_k,
 )
 
 PACKAGE = Path(__file__).resolve().parents[1]
@@ -212,3 +214,27 @@ def test_no_module_but_the_index_imports_faiss():
             if any(name == "faiss" or name.startswith("faiss.") for name in names):
                 importers.append(str(path.relative_to(PACKAGE)))
     assert set(importers) == {"screader_db/index.py"}
+
+
+def test_a_query_check_widens_the_probes_for_queries_far_from_the_atlas():
+    # Atlas cells come in tight groups of ten near-copies (as cells resampled from one real cell),
+    # so the build, tuning on atlas cells, needs few probes; queries drawn around the same centres
+    # but not near any copy need many more to find their true ten nearest.
+    rng = np.random.default_rng(4)
+    drawn = _wide(2300, seed=4)
+    sources, queries = drawn[:800], drawn[800:]
+    V = l2_normalise(np.repeat(sources, 10, axis=0) + 0.02 * rng.standard_normal((8000, sources.shape[1])))
+    ids = _ids(8000)
+    index = CellIndex.build(V, ids, kind="ivf-pca", recall_target=0.95)
+    _, rows = exact_search(queries, V, 10)
+    truth = ids[rows]
+    built = (index.nprobe, index.info.extra["k_factor"])
+    before = recall_at_k(index.search(queries, 10)[1], truth)
+    checked = index.check_probes(queries)
+    assert checked["checked"] == QUERY_CHECK_CELLS and checked["target"] == 0.95
+    assert checked["widened"] and (checked["nprobe"], checked["k_factor"]) > built
+    after = recall_at_k(index.search(queries, 10)[1], truth)  # later searches keep the widest probes
+    assert after >= 0.93 > before, (before, after)
+    np.testing.assert_array_equal(index.search(queries, 10, probes=built)[1], index.search(queries, 10, probes=built)[1])
+    assert recall_at_k(index.search(queries, 10, probes=built)[1], truth) == before
+    assert CellIndex.build(_vectors(300), _ids(300), kind="flat").check_probes(queries[:, :16]) == {}
