@@ -755,9 +755,8 @@ def annotate(adata: Any, atlas: str | Path | store.Atlas, *, options: AnnotateOp
 
     The stages, in order: plan (options and atlas defaults), read the query and choose what answers
     it (:func:`prepare_query`, :func:`fit_to_panel`), :func:`prepare`, :func:`embed_query`,
-    :func:`search_neighbours`, :func:`second_opinion`,
-    :func:`vote`, :func:`abstain`, :func:`assemble`. The query is read in chunks; the input AnnData
-    is not changed.
+    :func:`search_neighbours`, :func:`second_opinion`, :func:`vote`, :func:`abstain`,
+    :func:`assemble`. The query is read in chunks; the input AnnData is not changed.
 
     Parameters
     ----------
