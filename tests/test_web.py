@@ -67,6 +67,8 @@ def test_an_upload_is_annotated_as_annotate_does(web, job, pbmc_result):
     assert columns["cell"] == list(table.index)
     assert columns["label"] == list(table["label"])
     assert np.allclose(columns["score"], table["score"].round(4))
+    assert shown["info"]["second_opinion"]["used"]
+    assert np.allclose(columns["second_opinion"], table["second_opinion"].round(4))
     assert all(np.isfinite(columns["x"])) and all(np.isfinite(columns["y"]))
     assert sum(row["cells"] for row in shown["summary"]) == 400
     assert {row["label"] for row in shown["summary"]} == set(table["label"])

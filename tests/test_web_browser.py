@@ -68,6 +68,8 @@ def test_an_upload_shows_its_labels_and_downloads_the_csv_of_annotate(server, pa
     assert first.nth(0).inner_text() == str(expected.index[0])
     assert first.nth(1).inner_text().replace(",", "") == str(int(expected["cells"].iloc[0]))
     assert page.locator("#cells tbody tr").count() == 400
+    headers = page.locator("#cells thead th").all_inner_texts()
+    assert [h.strip() for h in headers[2:5]] == ["score", "confidence", "second opinion"], headers
 
     page.fill("#cell-filter", "B")
     assert 0 < page.locator("#cells tbody tr").count() < 400

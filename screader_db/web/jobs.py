@@ -29,8 +29,8 @@ from screader_db.web.result_store import DOWNLOADS, RESULT, STAGE, Job, write_js
 
 PAGE_MAP_CELLS = 20_000  # reference cells drawn on the page's map (a sample of larger atlases)
 TRUTH_MAX_LABELS = 200  # an obs column with more distinct values is not offered as a truth column
-COLUMNS = ("label", "score", "confidence", "margin", "second_label", "unassigned_reason", "call_level", "raw_label",
-           "cluster", "majority_label")  # the last two with majority voting
+COLUMNS = ("label", "score", "confidence", "second_opinion", "margin", "second_label", "unassigned_reason", "call_level",
+           "raw_label", "cluster", "majority_label")  # second_opinion when sought; the last two with majority voting
 _PROGRESS_EVERY = 0.3  # seconds between progress writes
 
 

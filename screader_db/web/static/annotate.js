@@ -299,19 +299,27 @@ function showSummary() {
 
 function showCells() {
   const c = () => page.result.columns;
-  // With majority voting the query's clusters and their majority labels are columns too.
+  // With majority voting the query's clusters and their majority labels are columns too; with a
+  // second opinion, its share of the cell's label.
   const voting = Boolean(c().majority_label);
-  if (!page.cellsTable || page.cellsVoting !== voting) {
+  const opinion = Boolean(c().second_opinion);
+  const shape = `${voting}/${opinion}`;
+  if (!page.cellsTable || page.cellsShape !== shape) {
     const columns = [
       { label: "cell", value: (i) => c().cell[i] },
       { label: "label", value: (i) => c().label[i] },
       { label: "score", value: (i) => c().score[i], text: (i) => formatNumber(c().score[i]), numeric: true },
       { label: "confidence", value: (i) => c().confidence[i], text: (i) => formatNumber(c().confidence[i]), numeric: true },
+    ];
+    if (opinion) {
+      columns.push({ label: "second opinion", value: (i) => c().second_opinion[i],
+        text: (i) => formatNumber(c().second_opinion[i]), numeric: true });
+    }
+    columns.push(
       { label: "margin", value: (i) => c().margin[i], text: (i) => formatNumber(c().margin[i]), numeric: true },
       { label: "second label", value: (i) => c().second_label[i] ?? "" },
       { label: "reason", value: (i) => c().unassigned_reason[i] },
-      { label: "call level", value: (i) => c().call_level[i] },
-    ];
+      { label: "call level", value: (i) => c().call_level[i] });
     if (voting) {
       columns.push({ label: "cluster", value: (i) => c().cluster[i] ?? "" },
         { label: "majority label", value: (i) => c().majority_label[i] ?? "" });
@@ -319,7 +327,7 @@ function showCells() {
     if (page.cellsTable) page.cellsTable.setColumns(columns);
     else page.cellsTable = new DataTable($("cells"), columns,
       { pageSize: 1000, filter: $("cell-filter"), count: $("cell-count"), noun: "cells" });
-    page.cellsVoting = voting;
+    page.cellsShape = shape;
   }
   $("cell-filter").value = "";
   page.cellsTable.setRows(c().cell.length);
