@@ -419,7 +419,7 @@ class Neighbours:
         :func:`find_novel`'s answer; None when the check was off or could not run.
     probes : dict
         The approximate index's probes checked on the query (:meth:`CellIndex.check_probes`); empty
-        when the index is exact or the query small.
+        when the index is exact, or the query small and the index checked before.
     """
 
     similarities: np.ndarray
@@ -458,7 +458,7 @@ def search_neighbours(plan: Plan, prepared: Prepared, vectors: np.ndarray, *, ch
     probes: dict[str, Any] = {}
 
     def run_search() -> tuple[np.ndarray, np.ndarray]:
-        if len(vectors) >= QUERY_CHECK_MIN:
+        if len(vectors) >= QUERY_CHECK_MIN or not index.checked:  # a server's first small request too
             probes.update(index.check_probes(vectors))
         with reporter.task("Searching the atlas", len(vectors), "cells") as advance:
             found = index.search(vectors, plan.k, allowed=allowed)

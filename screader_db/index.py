@@ -44,9 +44,10 @@ ADD_BLOCK = 100_000
 # (``exact_search``), several times faster than a Flat index's own search for large queries.
 BLAS_SEARCH_WORK = 200_000_000
 REFINE_FACTORS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128)
-# An ivf-pca search of at least QUERY_CHECK_MIN queries first checks its probes on QUERY_CHECK_CELLS of
-# them against exact search (CellIndex.check_probes): the build tunes on atlas cells, whose nearest
-# neighbours can be far easier to find than those of cells from another study.
+# An ivf-pca search of at least QUERY_CHECK_MIN queries, and the first search of an opened index
+# whatever its size, first checks its probes on QUERY_CHECK_CELLS of them against exact search
+# (CellIndex.check_probes): the build tunes on atlas cells, whose nearest neighbours can be far
+# easier to find than those of cells from another study.
 QUERY_CHECK_MIN = 1000
 QUERY_CHECK_CELLS = 200
 # knn(..., approximate=True): IVF lists per √n and lists probed.
@@ -415,6 +416,7 @@ class CellIndex:
             info.kind = "ivf-pca" if self._refine is not None else "ivf" if self._ivf is not None else "flat"
         self._gpu: Any = None  # the GPU searcher once asked for; False when there is none
         self._widest: tuple[int, int] | None = None  # the widest probes a query check needed (check_probes)
+        self._checked = False  # whether a query check has run
 
     def __repr__(self) -> str:
         return f"CellIndex(kind={self.kind!r}, ntotal={self.ntotal}, dim={self.dim})"
@@ -751,6 +753,7 @@ class CellIndex:
         truth = exact_search(checked, stored, TUNE_K)[1]
         current = self._probes()
         probes = current
+        self._checked = True
         recall = recall_at_k(self._search_refined(checked, TUNE_K, None, probes=current)[1], self.ids()[truth])
         if recall < target:
             cheapest = self._cheapest_probes(checked, truth, stored, recall_target=target, start=current[0])
@@ -759,6 +762,11 @@ class CellIndex:
             self._widest = probes
         return {"nprobe": probes[0], "k_factor": probes[1], "recall_at_10": round(float(recall), 4), "checked": len(rows),
                 "widened": probes != current, "target": target}
+
+    @property
+    def checked(self) -> bool:
+        """Whether :meth:`check_probes` has checked this index's probes on a query (always False but for ``ivf-pca``)."""
+        return self._checked
 
     def _probes(self) -> tuple[int, int]:
         """The (nprobe, k_factor) searches use: the build's, or the widest a query check has needed."""

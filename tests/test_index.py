@@ -230,8 +230,9 @@ def test_a_query_check_widens_the_probes_for_queries_far_from_the_atlas():
     truth = ids[rows]
     built = (index.nprobe, index.info.extra["k_factor"])
     before = recall_at_k(index.search(queries, 10)[1], truth)
+    assert not index.checked
     checked = index.check_probes(queries)
-    assert checked["checked"] == QUERY_CHECK_CELLS and checked["target"] == 0.95
+    assert index.checked and checked["checked"] == QUERY_CHECK_CELLS and checked["target"] == 0.95
     assert checked["widened"] and (checked["nprobe"], checked["k_factor"]) > built
     after = recall_at_k(index.search(queries, 10)[1], truth)  # later searches keep the widest probes
     assert after >= 0.93 > before, (before, after)
