@@ -1,14 +1,14 @@
 """Confidence on the transfer suite: does it separate right from wrong labels, and is it calibrated?
 
 Every suite task (screader_db.suite) is annotated through the product path with the default
-method (its second opinion, the expression method's vote share of each label, included). Per
-task: accuracy of the raw vote, then AUROC (right vs wrong) and expected calibration error of the
-vote's own confidence (calibrated on a split of the reference) and of the shipped ``confidence``
-(screader_db.confidence). The combination's constants are refitted here, in its two forms (vote
-confidence and query agreement; and those with the second opinion): on every task (the values to
-ship) and, for each task, on the tasks of the other families only (a family = one reference ->
-query pair with its stress variants), so the held-out figures are those of constants that never
-saw the task.
+method (its second opinion and marker evidence included). Per task: accuracy of the raw vote,
+then AUROC (right vs wrong) and expected calibration error of the vote's own confidence
+(calibrated on a split of the reference) and of the shipped ``confidence``
+(screader_db.confidence). The combination's constants are refitted here, in each of its forms
+(vote confidence and query agreement, with or without the second opinion and the marker
+evidence): on every task (the values to ship) and, for each task, on the tasks of the other
+families only (a family = one reference -> query pair with its stress variants), so the held-out
+figures are those of constants that never saw the task.
 
     python benchmarks/confidence.py --out results/confidence.md
 """
@@ -25,8 +25,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+OPTIONAL = ("second_opinion", "evidence")  # the inputs a call may lack (screader_db.confidence.FORMS)
 TWO = ("agreement",)
-THREE = ("agreement", "second_opinion")
+ALL = ("agreement", *OPTIONAL)
 
 
 def collect(workdir: Path) -> pd.DataFrame:
@@ -54,7 +55,8 @@ def collect(workdir: Path) -> pd.DataFrame:
             "task": task.name, "family": task.name.split(":")[0], "known": np.isin(truth, result.atlas_labels),
             "correct": table["raw_label"].to_numpy() == truth, "vote_confidence": table["vote_confidence"].to_numpy(),
             "agreement": confidence.agreement(query_graph(result.embeddings), codes),
-            "second_opinion": table["second_opinion"].to_numpy(), "confidence": table["confidence"].to_numpy()}))
+            "second_opinion": table["second_opinion"].to_numpy(), "evidence": table["marker_evidence"].to_numpy(),
+            "confidence": table["confidence"].to_numpy()}))
     frame = pd.concat(frames, ignore_index=True)
     return frame[frame["known"]].reset_index(drop=True)
 
@@ -87,10 +89,11 @@ def predict(frame: pd.DataFrame, constants: tuple[float, ...], inputs: tuple[str
 
 
 def report(frame: pd.DataFrame) -> str:
+    from itertools import combinations
+
     from screader_db.confidence import combine
     from screader_db.metrics import calibration_error, separation
 
-    shipped = {inputs: fit(frame, inputs) for inputs in (TWO, THREE)}
     two = combine(frame["vote_confidence"].to_numpy(), frame["agreement"].to_numpy())
     rows = []
     for task, part in frame.groupby("task", sort=False):
@@ -98,7 +101,7 @@ def report(frame: pd.DataFrame) -> str:
         y = part["correct"].to_numpy()
         row = [task, len(part), y.mean()]
         for signal in (part["vote_confidence"], two[part.index], part["confidence"],
-                       predict(part, fit(others, TWO), TWO), predict(part, fit(others, THREE), THREE)):
+                       predict(part, fit(others, TWO), TWO), predict(part, fit(others, ALL), ALL)):
             row += [separation(signal, y), calibration_error(signal, y)]
         rows.append(tuple(row))
     names = ["vote", "two-input", "confidence", "held-out two-input", "held-out confidence"]
@@ -114,9 +117,12 @@ def report(frame: pd.DataFrame) -> str:
     counts = ", ".join(f"{name} {int((table[f'{name} AUROC'] >= 0.85).sum())} and {int((table[f'{name} ECE'] <= 0.05).sum())}"
                        for name in names)
     lines.append(f"\nTasks (of {len(table)}) with AUROC >= 0.85 and with ECE <= 0.05: {counts}.")
-    for inputs, name in ((TWO, "VOTE_WEIGHT, AGREEMENT_WEIGHT, INTERCEPT"),
-                         (THREE, "SECOND_VOTE_WEIGHT, SECOND_AGREEMENT_WEIGHT, SECOND_OPINION_WEIGHT, SECOND_INTERCEPT")):
-        lines.append(f"Constants fitted on every task ({name}): {', '.join(f'{c:.2f}' for c in shipped[inputs])}.")
+    lines.append("\nscreader_db.confidence.FORMS, fitted on every task:\n")
+    for size in range(len(OPTIONAL) + 1):
+        for optional in combinations(OPTIONAL, size):
+            constants = fit(frame, ("agreement", *optional))
+            weights = dict(zip(("vote", "agreement", *optional, "intercept"), constants, strict=True))
+            lines.append(f"    {optional!r}: {{{', '.join(f'{k!r}: {v:.2f}' for k, v in weights.items())}}},")
     return "\n".join(lines)
 
 

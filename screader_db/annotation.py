@@ -496,6 +496,10 @@ class Votes:
         and the second opinion.
     second_opinion : numpy.ndarray or None
         The share of the second method's vote that goes to each cell's label; None when skipped.
+    agreement : numpy.ndarray or None
+        The query graph's agreement with each cell's label; None for a query of two cells or fewer.
+    evidence : numpy.ndarray or None
+        The marker evidence of each call (:func:`weigh_evidence`); None until weighed, or without it.
     """
 
     vocabulary: list[str]
@@ -504,6 +508,8 @@ class Votes:
     vote_confidence: np.ndarray
     confidence: np.ndarray
     second_opinion: np.ndarray | None = None
+    agreement: np.ndarray | None = None
+    evidence: np.ndarray | None = None
 
 
 def vote(plan: Plan, neighbours: Neighbours, vectors: np.ndarray, scores: dict[str, Any],
@@ -544,9 +550,48 @@ def vote(plan: Plan, neighbours: Neighbours, vectors: np.ndarray, scores: dict[s
     if second is not None and second.ids is not None and second.similarities is not None:
         other = tally(second.similarities, _label_codes(plan, vocabulary, second.ids), len(vocabulary), power=plan.power)
         opinion = other[np.arange(len(other)), decided.best].astype(np.float32)
-    confidence = vote_confidence if graph is None else combine(vote_confidence, agreement(graph, decided.best), opinion)
+    agreeing = None if graph is None else agreement(graph, decided.best)
+    confidence = vote_confidence if agreeing is None else combine(vote_confidence, agreeing, opinion)
     return Votes(vocabulary=vocabulary, result=decided, knn_best=knn_best, vote_confidence=vote_confidence,
-                 confidence=confidence, second_opinion=opinion)
+                 confidence=confidence, second_opinion=opinion, agreement=agreeing)
+
+
+def weigh_evidence(plan: Plan, prepared: Prepared, votes: Votes, *, chunk: int = CHUNK) -> Votes:
+    """The votes with each call's marker evidence (:mod:`screader_db.call_evidence`) weighed into its confidence.
+
+    Evidence needs the atlas's label profiles and a vote at the data sets' own labels (the level the
+    profiles are kept at); otherwise, and for a query of two cells or fewer, the votes come back as they are.
+
+    Parameters
+    ----------
+    plan : Plan
+        The annotation's plan (the label level).
+    prepared : Prepared
+        The prepared query (its informative cells are read once more, over the few genes needed).
+    votes : Votes
+        The vote (:func:`vote`).
+    chunk : int
+        Rows read per chunk.
+
+    Returns
+    -------
+    Votes
+        With ``evidence`` and the confidence it changes.
+    """
+    from screader_db.call_evidence import evidence
+    from screader_db.explain import label_profiles
+
+    if LEVELS[plan.options.neighbours.level] != "label" or votes.agreement is None:
+        return votes
+    profiles = label_profiles(plan.atlas)
+    if profiles is None:
+        return votes
+    names, decided = np.asarray(votes.vocabulary, dtype=object), votes.result
+    called = names[decided.best]
+    other = np.where(decided.second >= 0, names[np.clip(decided.second, 0, None)], "")
+    found = evidence(prepared.query, profiles, called, other, chunk=chunk)
+    confidence = combine(votes.vote_confidence, votes.agreement, votes.second_opinion, found)
+    return replace(votes, evidence=found, confidence=confidence)
 
 
 def _label_codes(plan: Plan, vocabulary: list[str], ids: np.ndarray) -> np.ndarray:
@@ -681,8 +726,10 @@ def abstain(plan: Plan, prepared: Prepared, neighbours: Neighbours, votes: Votes
         "vote_confidence": votes.vote_confidence, "margin": decided.margin, "second_label": second.astype(object),
         "mean_similarity": decided.mean_similarity, "raw_label": raw.astype(object), "knn_label": votes.knn_best,
     }, index=pd.Index([str(i) for i in prepared.query.source.obs.index]))
-    if votes.second_opinion is not None:
-        table.insert(table.columns.get_loc("vote_confidence") + 1, "second_opinion", votes.second_opinion)
+    after = table.columns.get_loc("vote_confidence") + 1
+    for name, values in (("marker_evidence", votes.evidence), ("second_opinion", votes.second_opinion)):
+        if values is not None:
+            table.insert(after, name, values)
     info_novelty: dict[str, Any] = {"checked": False}
     if neighbours.novel is not None:
         result, info_novelty = neighbours.novel
@@ -755,8 +802,8 @@ def annotate(adata: Any, atlas: str | Path | store.Atlas, *, options: AnnotateOp
 
     The stages, in order: plan (options and atlas defaults), read the query and choose what answers
     it (:func:`prepare_query`, :func:`fit_to_panel`), :func:`prepare`, :func:`embed_query`,
-    :func:`search_neighbours`, :func:`second_opinion`, :func:`vote`, :func:`abstain`,
-    :func:`assemble`. The query is read in chunks; the input AnnData is not changed.
+    :func:`search_neighbours`, :func:`second_opinion`, :func:`vote`, :func:`weigh_evidence`,
+    :func:`abstain`, :func:`assemble`. The query is read in chunks; the input AnnData is not changed.
 
     Parameters
     ----------
@@ -814,6 +861,8 @@ def annotate(adata: Any, atlas: str | Path | store.Atlas, *, options: AnnotateOp
             second = second_opinion(plan, prepared, chunk=chunk, reporter=reporter)
         with clock("vote"):
             votes = vote(plan, neighbours, vectors, answering.scores, second)
+        with clock("marker evidence"):
+            votes = weigh_evidence(plan, prepared, votes, chunk=chunk)
         with clock("abstain"):
             labelled = abstain(plan, prepared, neighbours, votes, vectors, reporter=reporter)
         with clock("assemble"):

@@ -8,17 +8,21 @@ vectors, similarity-weighted) whose label is the cell's. A cell on the edge betw
 populations, or inside a population whose cells the atlas scatters over several labels, is
 wrong far more often than its vote alone says.
 
-The third signal is a second opinion (:mod:`screader_db.second_opinion`): the share of the
-expression method's neighbour vote that goes to the cell's label. Where the two methods disagree,
-the default was wrong far more often than either signal above says.
+Two more signals come with most calls. A second opinion (:mod:`screader_db.second_opinion`): the
+share of the expression method's neighbour vote that goes to the cell's label; where the two
+methods disagree, the default was wrong far more often than either signal above says. And marker
+evidence (:mod:`screader_db.call_evidence`): how much more the cell expresses the genes that set
+its label apart from the runner-up than the runner-up's own; it tells a whole population's wrong
+label (CD8 against CD4 T cells) where every neighbour agrees.
 
-``confidence = sigmoid(a · logit(vote confidence) + b · agreement + d · logit(second opinion) + c)``,
+``confidence = sigmoid(a · logit(vote confidence) + b · agreement + d · logit(second opinion) + e · evidence + c)``,
 with the constants fitted once across the transfer suite (``benchmarks/confidence.py``), each task
-family scored by a fit on the others; without a second opinion (an atlas that keeps no expression,
-or one too large), the two-input form with its own constants. Signals measured there and left out
-because they added nothing beside these: neighbour-label entropy, similarity relative to the
-reference's own neighbour similarities, genes detected, agreement with the nearest label profile,
-query-cluster purity.
+family scored by a fit on the others, one set for each combination of the optional inputs a call
+has (:data:`FORMS`): without a second opinion (an atlas that keeps no expression, or one too
+large) or without evidence (an atlas without label profiles, or a vote at another label level)
+the form without them. Signals measured there and left out because they added nothing beside
+these: neighbour-label entropy, similarity relative to the reference's own neighbour
+similarities, genes detected, agreement with the nearest label profile, query-cluster purity.
 """
 
 from __future__ import annotations
@@ -26,15 +30,16 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
-# Fitted by benchmarks/confidence.py on every task of the transfer suite (README, "Confidence").
-VOTE_WEIGHT = 0.29
-AGREEMENT_WEIGHT = 4.38
-INTERCEPT = -3.03
-# The same with the second opinion (its logit) as a third input.
-SECOND_VOTE_WEIGHT = 0.08
-SECOND_AGREEMENT_WEIGHT = 3.76
-SECOND_OPINION_WEIGHT = 0.30
-SECOND_INTERCEPT = -2.46
+# Fitted by benchmarks/confidence.py on every task of the transfer suite (README, "Confidence under
+# shift"), one set per combination of the optional inputs a call has: the weights of
+# logit(vote confidence), agreement, logit(second opinion) and marker evidence, and the intercept.
+FORMS: dict[tuple[str, ...], dict[str, float]] = {
+    (): {"vote": 0.29, "agreement": 4.38, "intercept": -3.03},
+    ("second_opinion",): {"vote": 0.08, "agreement": 3.76, "second_opinion": 0.30, "intercept": -2.46},
+    ("evidence",): {"vote": 0.21, "agreement": 3.75, "evidence": 0.61, "intercept": -2.73},
+    ("second_opinion", "evidence"): {"vote": 0.04, "agreement": 3.30, "second_opinion": 0.28, "evidence": 0.50,
+                                     "intercept": -2.26},
+}
 CLIP = 1e-3
 
 
@@ -75,9 +80,10 @@ def agreement(graph: sp.csr_matrix, codes: np.ndarray) -> np.ndarray:
     return np.asarray(sp.csr_matrix((coo.data * same, (coo.row, coo.col)), shape=graph.shape).sum(axis=1)).ravel()
 
 
-def combine(vote_confidence: np.ndarray, agreement_share: np.ndarray,
-            second_opinion: np.ndarray | None = None) -> np.ndarray:
-    """The confidence of the vote's confidence, the query's agreement and, when given, the second opinion.
+def combine(vote_confidence: np.ndarray, agreement_share: np.ndarray, second_opinion: np.ndarray | None = None,
+            evidence: np.ndarray | None = None) -> np.ndarray:
+    """The confidence of the vote's confidence, the query's agreement and, when given, the second
+    opinion and the marker evidence, with the constants of :data:`FORMS` for the inputs given.
 
     Parameters
     ----------
@@ -86,17 +92,20 @@ def combine(vote_confidence: np.ndarray, agreement_share: np.ndarray,
     agreement_share : numpy.ndarray, shape (n_cells,)
         From :func:`agreement`.
     second_opinion : numpy.ndarray or None, shape (n_cells,)
-        The share of the second method's vote that goes to each cell's label; None: the two-input form.
+        The share of the second method's vote that goes to each cell's label (:mod:`screader_db.second_opinion`).
+    evidence : numpy.ndarray or None, shape (n_cells,)
+        The marker evidence of each call (:func:`screader_db.call_evidence.evidence`).
 
     Returns
     -------
     numpy.ndarray of float32, shape (n_cells,)
-        ``sigmoid(z)``, ``z`` the module docstring's sum with the constants of the form used; in (0, 1).
+        ``sigmoid(z)``, ``z`` the module docstring's sum; in (0, 1).
     """
-    agreement_share = np.asarray(agreement_share, dtype=np.float64)
-    if second_opinion is None:
-        z = VOTE_WEIGHT * logit(vote_confidence) + AGREEMENT_WEIGHT * agreement_share + INTERCEPT
-    else:
-        z = (SECOND_VOTE_WEIGHT * logit(vote_confidence) + SECOND_AGREEMENT_WEIGHT * agreement_share
-             + SECOND_OPINION_WEIGHT * logit(second_opinion) + SECOND_INTERCEPT)
-    return (1.0 / (1.0 + np.exp(-z))).astype(np.float32)
+    given = {"second_opinion": second_opinion, "evidence": evidence}
+    form = FORMS[tuple(name for name, values in given.items() if values is not None)]
+    z = form["vote"] * logit(vote_confidence) + form["agreement"] * np.asarray(agreement_share, dtype=np.float64)
+    if second_opinion is not None:
+        z = z + form["second_opinion"] * logit(second_opinion)
+    if evidence is not None:
+        z = z + form["evidence"] * np.asarray(evidence, dtype=np.float64)
+    return (1.0 / (1.0 + np.exp(-(z + form["intercept"])))).astype(np.float32)

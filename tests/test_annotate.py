@@ -171,6 +171,7 @@ def test_the_stages_give_what_annotate_gives(atlas):
         search_neighbours,
         second_opinion,
         vote,
+        weigh_evidence,
     )
     from screader_db.options import AnnotateOptions
 
@@ -184,12 +185,12 @@ def test_the_stages_give_what_annotate_gives(atlas):
     vectors = embed_query(prepared.query, answering.embedder)
     neighbours = search_neighbours(plan, prepared, vectors)
     second = second_opinion(plan, prepared)
-    votes = vote(plan, neighbours, vectors, answering.scores, second)
+    votes = weigh_evidence(plan, prepared, vote(plan, neighbours, vectors, answering.scores, second))
     labelled = abstain(plan, prepared, neighbours, votes, vectors)
     staged = assemble(plan, prepared, vectors, neighbours, votes, labelled, second)
     whole = annotate(query, atlas, options=options)
     stages = whole.info.pop("stage_seconds")
-    assert list(stages) == ["read", "prepare", "embed", "search and novelty check", "second opinion", "vote", "abstain",
-                            "assemble"]
+    assert list(stages) == ["read", "prepare", "embed", "search and novelty check", "second opinion", "vote",
+                            "marker evidence", "abstain", "assemble"]
     assert staged.table.equals(whole.table) and staged.info == whole.info
     np.testing.assert_array_equal(staged.embeddings, whole.embeddings)

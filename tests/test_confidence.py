@@ -27,3 +27,35 @@ def test_a_second_opinion_against_the_label_lowers_the_confidence():
     assert np.all(np.diff(with_opinion) > 0)
     assert with_opinion[0] < 0.5 < with_opinion[2]
     assert combine(votes, agree).shape == with_opinion.shape
+
+
+def test_marker_evidence_is_high_for_cells_expressing_what_sets_their_label_apart():
+    import anndata as ad
+    import pandas as pd
+    from conftest import panel_genes
+
+    from screader_db.call_evidence import evidence, pair_genes
+    from screader_db.query_input import prepare_query
+
+    genes = panel_genes(60)
+    means = np.zeros((3, 60))
+    means[0, :10], means[1, 10:20], means[2, 20:30] = 2.0, 2.0, 2.0  # A, B and C each raise ten genes
+    profiles = pd.DataFrame(means, index=["A", "B", "C"], columns=genes)
+    up, down = pair_genes(profiles, "A", "B", np.ones(60, dtype=bool), n_genes=5)
+    assert set(up) <= set(range(10)) and set(down) <= set(range(10, 20)) and len(up) == len(down) == 5
+    counts = np.ones((4, 60), dtype=np.float32)
+    counts[0, :10] = counts[1, 10:20] = 40  # cell 0 expresses A's genes, cell 1 B's
+    query = prepare_query(ad.AnnData(counts, var=pd.DataFrame(index=genes)), genes)
+    called, other = np.array(["A", "A", "A", "Z"]), np.array(["B", "B", "", "A"])
+    found = evidence(query, profiles, called, other, chunk=3)  # chunks split the cells
+    assert found[0] > 0 > found[1] and found[2] == found[3] == 0  # no runner-up, or a label without a profile
+    # an unmeasured gene is never evidence: without A's genes the pair has only B's
+    measured = np.ones(60, dtype=bool)
+    measured[:10] = False
+    assert len(pair_genes(profiles, "A", "B", measured)[0]) == 0
+
+
+def test_marker_evidence_moves_the_confidence_of_a_call():
+    votes, agree = np.full(3, 0.95), np.full(3, 0.9)
+    with_evidence = combine(votes, agree, np.full(3, 0.9), np.array([-1.0, 0.0, 1.0]))
+    assert np.all(np.diff(with_evidence) > 0)
