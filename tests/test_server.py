@@ -27,8 +27,9 @@ from screader_db.store import open_atlas
 
 LIMIT = 400_000
 http = httpx.Client(timeout=120)
-ROW_COLUMNS = ["cell", "label", "score", "confidence", "vote_confidence", "margin", "second_label", "mean_similarity", "raw_label",
-               "knn_label", "unassigned_reason", "call_level", "score_type0", "score_type1", "score_type2"]
+ROW_COLUMNS = ["cell", "label", "score", "confidence", "vote_confidence", "marker_evidence", "margin", "second_label",
+               "mean_similarity", "raw_label", "knn_label", "unassigned_reason", "call_level", "score_type0", "score_type1",
+               "score_type2"]
 
 
 @pytest.fixture(scope="module")
