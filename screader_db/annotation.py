@@ -491,9 +491,8 @@ class Votes:
         Final label shares (after propagation), winner, runner-up, margin and mean similarity.
     knn_best : numpy.ndarray
         Each cell's best label among its own neighbours, before propagation.
-    vote_confidence, confidence : numpy.ndarray
-        The score's calibrated confidence, and that combined with the query graph's agreement
-        and the second opinion.
+    vote_confidence : numpy.ndarray
+        The score's calibrated confidence.
     second_opinion : numpy.ndarray or None
         The share of the second method's vote that goes to each cell's label; None when skipped.
     agreement : numpy.ndarray or None
@@ -506,10 +505,18 @@ class Votes:
     result: Vote
     knn_best: np.ndarray
     vote_confidence: np.ndarray
-    confidence: np.ndarray
     second_opinion: np.ndarray | None = None
     agreement: np.ndarray | None = None
     evidence: np.ndarray | None = None
+
+    @property
+    def confidence(self) -> np.ndarray:
+        """The vote's confidence combined with the query graph's agreement, the second opinion and
+        the marker evidence, those the votes have (:func:`screader_db.confidence.combine`); the
+        vote's own for a query of two cells or fewer."""
+        if self.agreement is None:
+            return self.vote_confidence
+        return combine(self.vote_confidence, self.agreement, self.second_opinion, self.evidence)
 
 
 def vote(plan: Plan, neighbours: Neighbours, vectors: np.ndarray, scores: dict[str, Any],
@@ -551,9 +558,8 @@ def vote(plan: Plan, neighbours: Neighbours, vectors: np.ndarray, scores: dict[s
         other = tally(second.similarities, _label_codes(plan, vocabulary, second.ids), len(vocabulary), power=plan.power)
         opinion = other[np.arange(len(other)), decided.best].astype(np.float32)
     agreeing = None if graph is None else agreement(graph, decided.best)
-    confidence = vote_confidence if agreeing is None else combine(vote_confidence, agreeing, opinion)
     return Votes(vocabulary=vocabulary, result=decided, knn_best=knn_best, vote_confidence=vote_confidence,
-                 confidence=confidence, second_opinion=opinion, agreement=agreeing)
+                 second_opinion=opinion, agreement=agreeing)
 
 
 def weigh_evidence(plan: Plan, prepared: Prepared, votes: Votes, *, chunk: int = CHUNK) -> Votes:
@@ -576,7 +582,7 @@ def weigh_evidence(plan: Plan, prepared: Prepared, votes: Votes, *, chunk: int =
     Returns
     -------
     Votes
-        With ``evidence`` and the confidence it changes.
+        With ``evidence`` (which its ``confidence`` then weighs).
     """
     from screader_db.call_evidence import evidence
     from screader_db.explain import label_profiles
@@ -589,9 +595,7 @@ def weigh_evidence(plan: Plan, prepared: Prepared, votes: Votes, *, chunk: int =
     names, decided = np.asarray(votes.vocabulary, dtype=object), votes.result
     called = names[decided.best]
     other = np.where(decided.second >= 0, names[np.clip(decided.second, 0, None)], "")
-    found = evidence(prepared.query, profiles, called, other, chunk=chunk)
-    confidence = combine(votes.vote_confidence, votes.agreement, votes.second_opinion, found)
-    return replace(votes, evidence=found, confidence=confidence)
+    return replace(votes, evidence=evidence(prepared.query, profiles, called, other, chunk=chunk))
 
 
 def _label_codes(plan: Plan, vocabulary: list[str], ids: np.ndarray) -> np.ndarray:

@@ -594,19 +594,20 @@ class CellIndex:
         if self._refine is not None and k_factor is not None:
             self._refine.k_factor = float(k_factor)
         self._ivf.nprobe = int(nprobe)
+        self._widen_quantizer(nprobe)
+        self._gpu = None  # a GPU copy would keep the old setting
+
+    def _widen_quantizer(self, nprobe: int) -> None:
+        """Let an HNSW coarse quantiser search at least ``nprobe`` wide (``efSearch``, never narrowed)."""
         found = _faiss().downcast_index(self._ivf.quantizer)
         if hasattr(found, "hnsw"):
             found.hnsw.efSearch = max(int(found.hnsw.efSearch), int(nprobe))
-        self._gpu = None  # a GPU copy would keep the old setting
 
     def _list_params(self, nprobe: int) -> Any:
         """FAISS search parameters probing ``nprobe`` lists, for one search (the index's own setting
-        stays); an HNSW coarse quantiser is widened to search at least that wide, as :meth:`_set_nprobe` does."""
-        faiss = _faiss()
-        quantizer = faiss.downcast_index(self._ivf.quantizer)
-        if hasattr(quantizer, "hnsw") and quantizer.hnsw.efSearch < nprobe:
-            quantizer.hnsw.efSearch = int(nprobe)
-        return faiss.SearchParametersIVF(nprobe=int(nprobe))
+        stays); the coarse quantiser is widened as :meth:`_set_nprobe` widens it."""
+        self._widen_quantizer(nprobe)
+        return _faiss().SearchParametersIVF(nprobe=int(nprobe))
 
     def _tune_nprobe(self, vectors: np.ndarray, ids: np.ndarray, *, recall_target: float, seed: int = 0,
                      sample: int = 1000, k: int = TUNE_K) -> tuple[int, float]:
@@ -750,15 +751,16 @@ class CellIndex:
         rows = np.sort(rng.choice(len(queries), size=min(sample, len(queries)), replace=False))
         checked = np.ascontiguousarray(queries[rows], dtype=np.float32)
         stored = self.stored_vectors()
-        truth = exact_search(checked, stored, TUNE_K)[1]
+        truth = exact_search(checked, stored, TUNE_K)[1]  # row positions
+        truth_ids = self.ids()[truth]
         current = self._probes()
         probes = current
         self._checked = True
-        recall = recall_at_k(self._search_refined(checked, TUNE_K, None, probes=current)[1], self.ids()[truth])
+        recall = recall_at_k(self._search_refined(checked, TUNE_K, None, probes=current)[1], truth_ids)
         if recall < target:
             cheapest = self._cheapest_probes(checked, truth, stored, recall_target=target, start=current[0])
             probes = (max(current[0], cheapest[0]), max(current[1], cheapest[1]))
-            recall = recall_at_k(self._search_refined(checked, TUNE_K, None, probes=probes)[1], self.ids()[truth])
+            recall = recall_at_k(self._search_refined(checked, TUNE_K, None, probes=probes)[1], truth_ids)
             self._widest = probes
         return {"nprobe": probes[0], "k_factor": probes[1], "recall_at_10": round(float(recall), 4), "checked": len(rows),
                 "widened": probes != current, "target": target}
