@@ -689,8 +689,9 @@ def parent_labels(shares: np.ndarray, parents: list[str], *, min_score: float, m
 def abstain(plan: Plan, prepared: Prepared, neighbours: Neighbours, votes: Votes, vectors: np.ndarray, *,
             reporter: Reporter = SILENT) -> Labelled:
     """Label each informative cell, or leave it Unassigned: a score below ``min_score``, a margin
-    below ``min_margin``, or a novel population; add majority labels when asked, and why each
-    Unassigned cell is.
+    below ``min_margin``, or a novel population (less the flagged clusters whose distinguishing genes
+    are their voted label's: :func:`screader_db.novelty.spare_explained`); add majority labels when
+    asked, and why each Unassigned cell is.
 
     A cell set aside for its score or margin whose candidate labels share a broad class that passes
     both cut-offs (:func:`parent_labels`) is given that class instead (``call_level`` ``parent``);
@@ -738,6 +739,10 @@ def abstain(plan: Plan, prepared: Prepared, neighbours: Neighbours, votes: Votes
     if neighbours.novel is not None:
         result, info_novelty = neighbours.novel
         if result is not None:
+            from screader_db.novelty import spare_explained
+
+            result = spare_explained(result, raw)
+            info_novelty = {**info_novelty, **result.details, "novel_cells": int(result.novel.sum())}
             table["label"] = np.where(result.novel, UNASSIGNED, table["label"].to_numpy())
             table["novelty_cluster"] = pd.Categorical(result.cluster.astype(str))
             table["cluster_match"] = result.match

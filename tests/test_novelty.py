@@ -6,7 +6,16 @@ from conftest import make_counts
 
 from screader_db import annotate
 from screader_db.builders.atlas import BuildSettings, build_atlas
-from screader_db.novelty import LabelProfiles, best_matches, cluster_on_components, detect, match_scores, relative_match
+from screader_db.novelty import (
+    LabelProfiles,
+    NoveltyResult,
+    best_matches,
+    cluster_on_components,
+    detect,
+    match_scores,
+    relative_match,
+    spare_explained,
+)
 
 
 def test_the_held_out_split_takes_thirty_percent_of_each_label():
@@ -59,6 +68,30 @@ def test_a_population_the_profiles_lack_is_found():
     result = detect(X, expr.genes, LabelProfiles(known, expr.genes, means, np.ones(len(known))), cutoff=-2.0)
     assert result.novel[kinds == "type5"].mean() > 0.8
     assert result.novel[kinds != "type5"].mean() < 0.1
+
+
+def test_a_flagged_cluster_whose_genes_are_its_voted_labels_is_spared():
+    rng = np.random.default_rng(5)
+    labels = ["a", "b", "c"]
+    label_means = rng.uniform(0, 0.2, (3, 600))
+    for i in range(3):
+        label_means[i, i * 150 : i * 150 + 30] += 3.0
+    cluster_means = np.vstack([label_means * 1.5 + rng.uniform(0, 0.1, (3, 600)), rng.uniform(0, 0.2, (1, 600))])
+    cluster_means[3, 500:520] += 3.0  # the genes of a type no label has
+    cluster = np.repeat(np.arange(4), 50)
+    flagged = np.isin(cluster, [2, 3])
+    result = NoveltyResult(cluster=cluster, best_label=np.full(200, "a", dtype=object), match=np.zeros(200),
+                           novel=flagged, details={"novel_clusters": 2}, cluster_means=cluster_means,
+                           label_means=label_means, labels=labels)
+    voted = np.array(["a"] * 50 + ["b"] * 50 + ["c"] * 50 + ["a"] * 50)
+    spared = spare_explained(result, voted)
+    assert not spared.novel[cluster == 2].any() and spared.novel[cluster == 3].all()
+    assert spared.details["spared_clusters"] == 1 and spared.details["novel_clusters"] == 1
+    assert spared.details["cluster_explained"][2] == 1.0 and spared.details["cluster_explained"][3] < 0.5
+    assert result.novel[cluster == 2].all()  # the given result is left as it was
+    # a vote at a level the profiles do not have (a broad class) explains nothing
+    broad = spare_explained(result, np.array(["broad"] * 200))
+    np.testing.assert_array_equal(broad.novel, flagged)
 
 
 def test_the_check_switches_itself_off_where_labels_cannot_be_told_apart(tmp_path):
