@@ -690,7 +690,7 @@ def abstain(plan: Plan, prepared: Prepared, neighbours: Neighbours, votes: Votes
             reporter: Reporter = SILENT) -> Labelled:
     """Label each informative cell, or leave it Unassigned: a score below ``min_score``, a margin
     below ``min_margin``, or a novel population (less the flagged clusters whose distinguishing genes
-    are their voted label's: :func:`screader_db.novelty.spare_explained`); add majority labels when
+    are their voted label's: :func:`screader_db.novelty.judge_genes`); add majority labels when
     asked, and why each Unassigned cell is.
 
     A cell set aside for its score or margin whose candidate labels share a broad class that passes
@@ -739,10 +739,12 @@ def abstain(plan: Plan, prepared: Prepared, neighbours: Neighbours, votes: Votes
     if neighbours.novel is not None:
         result, info_novelty = neighbours.novel
         if result is not None:
-            from screader_db.novelty import spare_explained
+            from screader_db.novelty import judge_genes
 
-            result = spare_explained(result, raw)
-            info_novelty = {**info_novelty, **result.details, "novel_cells": int(result.novel.sum())}
+            result = judge_genes(result, raw)
+            judged = ("cluster_explained", "spared_clusters", "novel_clusters")
+            info_novelty = {**info_novelty, **{key: result.details[key] for key in judged if key in result.details},
+                            "novel_cells": int(result.novel.sum())}
             table["label"] = np.where(result.novel, UNASSIGNED, table["label"].to_numpy())
             table["novelty_cluster"] = pd.Categorical(result.cluster.astype(str))
             table["cluster_match"] = result.match

@@ -373,6 +373,7 @@ def query(
         from screader_db.annotation import annotate
         from screader_db.console import out, table
         from screader_db.input_files import open_input
+        from screader_db.novelty import describe as describe_novelty
         from screader_db.outputs import Output, check_outputs, staged
         from screader_db.second_opinion import describe as describe_second_opinion
         from screader_db.store import open_atlas
@@ -402,10 +403,7 @@ def query(
             out.print(f"Answered on a panel index of the {panel['shared_genes']:,} genes the query shares with the atlas "
                       f"({panel['key']}, {'reused' if panel['reused'] else 'fitted now and kept'})", highlight=False)
         out.print(f"Second opinion: {describe_second_opinion(result.info['second_opinion'])}", highlight=False)
-        found = result.info.get("novelty", {})
-        if found.get("checked"):
-            out.print(f"Novel populations: {found['novel_clusters']} of {found['clusters']} query clusters "
-                      f"({found['novel_cells']:,} cells) match no atlas label (cut-off {found['cutoff']:.3f})", highlight=False)
+        out.print(f"Novel populations: {describe_novelty(result.info.get('novelty', {}))}", highlight=False)
         if truth is not None:
             agree = result.agreement(truth)
             out.print(f"Agreement with {truth_key} on {agree.n_scored:,} cells whose label the atlas knows: "

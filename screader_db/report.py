@@ -21,6 +21,7 @@ from screader_db import __version__
 from screader_db.expression_stream import ExpressionStream
 from screader_db.inputs import map_genes, open_expression, plan_genes
 from screader_db.metrics import UNASSIGNED
+from screader_db.novelty import describe as describe_novelty
 from screader_db.outputs import atomic_write, refuse_existing
 from screader_db.plots import bar_figure, cluster_quality_figure, confusion_figure, map_figure, png_bytes, scores_figure
 from screader_db.results import EMPTY, LOW_MARGIN, LOW_SCORE, NOVEL_POPULATION, AnnotationResult
@@ -193,7 +194,7 @@ def _summary(result: AnnotationResult, truth: Any) -> str:
         ("Genes matched", f"{int(info.get('genes_matched', 0)):,} of the atlas's {int(info.get('genes_in_atlas', 0)):,}"),
         ("Gene panel", panel_text),
         ("Second opinion", describe_second_opinion(info.get("second_opinion") or {})),
-        ("Novelty check", _novelty_text(info.get("novelty") or {})),
+        ("Novelty check", describe_novelty(info.get("novelty") or {})),
         ("Unassigned rules", f"score below {float(info.get('min_score', 0)):.3f}, margin below "
                              f"{float(info.get('min_margin', 0)):.3f}, a novel population, or empty (fewer than "
                              f"{int(info.get('min_detected_genes', 0))} atlas genes detected, or constant values)"),
@@ -213,14 +214,6 @@ def _method_text(info: dict[str, Any]) -> str:
     model = str(info.get("model_id", ""))
     text = f"{info.get('method', '')}, {model if model not in ('', 'none') else 'no gene text model'}"
     return text + f"; the {info.get('k', '')} nearest reference cells vote"
-
-
-def _novelty_text(novelty: dict[str, Any]) -> str:
-    if not novelty.get("checked"):
-        return f"not run: {novelty.get('reason') or 'switched off (--no-novelty), or too few query cells to cluster'}"
-    return (f"{novelty.get('novel_clusters', 0)} of {novelty.get('clusters', 0)} query clusters "
-            f"({int(novelty.get('novel_cells', 0)):,} cells) match no atlas label (cut-off "
-            f"{float(novelty.get('cutoff', 0)):.2f} robust SDs)")
 
 
 def _unassigned(result: AnnotationResult) -> str:
@@ -248,19 +241,21 @@ def _novel(result: AnnotationResult, adata: Any, *, layer: str | None, use_raw: 
            gene_key: str | None) -> str:
     novelty = result.info.get("novelty") or {}
     if not novelty.get("checked") or "novelty_cluster" not in result.table:
-        return _text(f"None to show: the novelty check was {_novelty_text(novelty)}.")
+        return _text(f"None to show: the novelty check was {describe_novelty(novelty)}.")
     table = result.table
     codes = table["novelty_cluster"].astype(str).astype(int).to_numpy()
     flagged = sorted(set(codes[table["novel"].to_numpy(dtype=bool)].tolist()))
     if not flagged:
-        return _text(f"None: every one of the query's {novelty.get('clusters', 0)} clusters matches an atlas label "
-                     f"(cut-off {float(novelty.get('cutoff', 0)):.2f} robust SDs).")
+        return _text(f"None: {describe_novelty(novelty)}.")
     genes = cluster_top_genes(adata, codes, flagged, info=result.info, layer=layer, use_raw=use_raw, gene_key=gene_key)
     best = novelty.get("cluster_best_label", [])
+    shared = novelty.get("cluster_explained", [])
     match = table["cluster_match"].to_numpy(dtype=np.float64)
     rows = [{"cluster": str(c), "cells": int((codes == c).sum()),
              "best atlas label": str(best[c]) if c < len(best) else "",
-             "match score": float(match[codes == c].mean()), "top genes": ", ".join(genes.get(c, []))}
+             "match score": float(match[codes == c].mean()),
+             "genes shared with its voted label": f"{shared[c]:.0%}" if c < len(shared) and shared[c] >= 0 else "",
+             "top genes": ", ".join(genes.get(c, []))}
             for c in flagged]
     return _table(pd.DataFrame(rows))
 

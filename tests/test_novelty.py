@@ -1,5 +1,7 @@
 """Novel populations: unit tests on generated data, and the hold-out test on real data."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 from conftest import make_counts
@@ -11,10 +13,11 @@ from screader_db.novelty import (
     NoveltyResult,
     best_matches,
     cluster_on_components,
+    describe,
     detect,
+    judge_genes,
     match_scores,
     relative_match,
-    spare_explained,
 )
 
 
@@ -84,14 +87,20 @@ def test_a_flagged_cluster_whose_genes_are_its_voted_labels_is_spared():
                            novel=flagged, details={"novel_clusters": 2}, cluster_means=cluster_means,
                            label_means=label_means, labels=labels)
     voted = np.array(["a"] * 50 + ["b"] * 50 + ["c"] * 50 + ["a"] * 50)
-    spared = spare_explained(result, voted)
+    spared = judge_genes(result, voted)
     assert not spared.novel[cluster == 2].any() and spared.novel[cluster == 3].all()
     assert spared.details["spared_clusters"] == 1 and spared.details["novel_clusters"] == 1
     assert spared.details["cluster_explained"][2] == 1.0 and spared.details["cluster_explained"][3] < 0.5
     assert result.novel[cluster == 2].all()  # the given result is left as it was
     # a vote at a level the profiles do not have (a broad class) explains nothing
-    broad = spare_explained(result, np.array(["broad"] * 200))
+    broad = judge_genes(result, np.array(["broad"] * 200))
     np.testing.assert_array_equal(broad.novel, flagged)
+    # a low share alone flags nothing (the clusters of a one-type query differ by genes no label is known by)
+    only_two = judge_genes(replace(result, novel=cluster == 2), voted)
+    assert not only_two.novel.any() and only_two.details["cluster_explained"][3] < 0.5
+    said = describe({"checked": True, "clusters": 4, "cutoff": -2.5, "novel_cells": 50, **spared.details})
+    assert said.startswith("1 of 4 query clusters (50 cells)") and "1 more scored below the cut-off" in said
+    assert describe({"checked": False, "reason": "switched off for this atlas"}) == "not run: switched off for this atlas"
 
 
 def test_the_check_switches_itself_off_where_labels_cannot_be_told_apart(tmp_path):

@@ -14,6 +14,7 @@ from screader_db import annotate
 from screader_db.builders.atlas import BuildSettings, build_atlas
 from screader_db.cli import app
 from screader_db.errors import OutputExistsError
+from screader_db.novelty import EXPLAINED_SHARE
 from screader_db.report import SECTIONS, write_report
 from screader_db.store import open_atlas
 
@@ -132,17 +133,19 @@ def test_report_lists_a_population_the_atlas_lacks(pbmc_parts, without_b, tmp_pa
     flagged = sorted(set(table.loc[table["novel"], "novelty_cluster"].astype(str)), key=int)
     rows = page.rows.get("novel-clusters", [])
     if not flagged:
-        assert not rows and "None: every one of the query's" in page.text
+        assert not rows and "None: 0 of" in page.text
         return
-    assert rows[0] == ["cluster", "cells", "best atlas label", "match score", "top genes"]
+    assert rows[0] == ["cluster", "cells", "best atlas label", "match score", "genes shared with its voted label",
+                       "top genes"]
     assert [row[0] for row in rows[1:]] == flagged
     truth = query.obs["celltype"].astype(str).to_numpy()
     clusters = table["novelty_cluster"].astype(str).to_numpy()
     for row in rows[1:]:
         members = clusters == row[0]
         assert int(row[1]) == members.sum()
-        assert float(row[3]) < cutoff
-        genes = row[4].split(", ")
+        # below the cut-off, and not spared by its voted label's genes
+        assert float(row[3]) < cutoff and (not row[4] or float(row[4].rstrip("%")) / 100 < EXPLAINED_SHARE)
+        genes = row[5].split(", ")
         assert len(genes) == 10
         if np.mean(truth[members] == "B") > 0.5:  # the B cells the atlas lacks: their markers lead
             assert set(genes) & B_MARKERS
