@@ -4,6 +4,7 @@ leave-one-task-out choice of method, and the Unassigned-rule figures (see scread
     python benchmarks/suite.py --out results/suite             # the table in the README
     python benchmarks/suite.py --hide-labels-only --out results/hidden
     python benchmarks/suite.py --hide-half-only --out results/half
+    python benchmarks/suite.py --lineage-only --out results/lineage
 """
 
 from __future__ import annotations
@@ -13,7 +14,15 @@ import time
 from pathlib import Path
 
 from screader_db.progress import SILENT
-from screader_db.suite import half_markdown, hidden_markdown, hide_each_label, hide_half, load_sources, run_suite
+from screader_db.suite import (
+    half_markdown,
+    hidden_markdown,
+    hide_each_label,
+    hide_half,
+    lineage_only,
+    load_sources,
+    run_suite,
+)
 
 
 def main() -> None:
@@ -24,6 +33,8 @@ def main() -> None:
     parser.add_argument("--hide-labels", action="store_true", help="add the hide-each-label figures")
     parser.add_argument("--hide-labels-only", action="store_true", help="only the hide-each-label figures")
     parser.add_argument("--hide-half-only", action="store_true", help="only the figures with half the labels hidden at once")
+    parser.add_argument("--lineage-only", action="store_true",
+                        help="only the figures of an atlas of one lineage (Baron's endocrine types) queried with the whole tissue")
     args = parser.parse_args()
     start = time.perf_counter()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -31,6 +42,8 @@ def main() -> None:
         text = hidden_markdown(hide_each_label(load_sources(), reporter=SILENT))
     elif args.hide_half_only:
         text = half_markdown(hide_half(load_sources(), reporter=SILENT))
+    elif args.lineage_only:
+        text = half_markdown(lineage_only(load_sources(), reporter=SILENT))
     else:
         _, text = run_suite(stress=not args.no_stress, peers=not args.no_peers, hide_labels=args.hide_labels,
                             out=args.out)

@@ -39,13 +39,14 @@ DIRECTIONS = (("baron_human", "baron_mouse"), ("baron_mouse", "baron_human"), ("
               ("kang_ctrl", "pbmc3k"), ("pbmc3k", "kang_stim"), ("kang_stim", "pbmc3k"), ("kang_ctrl", "kang_stim"),
               ("kang_stim", "kang_ctrl"))
 STRESS_BASES = (("pbmc3k", "kang_ctrl"), ("baron_human", "baron_mouse"))
+LINEAGE_DIRECTIONS = (("baron_human", "baron_mouse"), ("baron_mouse", "baron_human"))
 PANELS = (200, 500, 1000)
 THIN = 0.2
 MARKERS_REMOVED = 10
 PARENT_SHARE = 0.15
-PARENTS = {"pbmc3k": ("T", ("CD4 T", "CD8 T")),
-           "baron_human": ("endocrine cell", ("type B pancreatic cell", "pancreatic A cell", "pancreatic D cell",
-                                              "pancreatic PP cell"))}
+ENDOCRINE = ("type B pancreatic cell", "pancreatic A cell", "pancreatic D cell", "pancreatic PP cell")
+PARENTS = {"pbmc3k": ("T", ("CD4 T", "CD8 T")), "baron_human": ("endocrine cell", ENDOCRINE),
+           "baron_mouse": ("endocrine cell", ENDOCRINE)}
 
 
 def _labelled(adata: Any, column: str, rename: dict[str, str] | None = None) -> Any:
@@ -548,6 +549,52 @@ def hide_half(sources: dict[str, Any], *, directions: tuple[tuple[str, str], ...
 
     found = _hidden_tasks(sources, directions, min_cells, draw)
     return _run_hidden(found, seed=seed, spec=spec, reporter=reporter)
+
+
+def lineage_only(sources: dict[str, Any], *, directions: tuple[tuple[str, str], ...] = LINEAGE_DIRECTIONS,
+                 seed: int = 0, spec: MethodSpec = RULES, reporter: Any = None) -> list[Hidden]:
+    """For each direction: an atlas of one lineage only (the children of the reference's
+    :data:`PARENTS` class: Baron's four endocrine types) queried with the whole tissue.
+
+    Every other reference label is left out of the atlas, and the query cells of those labels are
+    measured as :func:`hide_each_label` measures one hidden label's.
+
+    Parameters
+    ----------
+    sources : dict of str to AnnData
+        From :func:`load_sources`.
+    directions : tuple of (str, str)
+        (reference, query) names; each reference must be a key of :data:`PARENTS`.
+    seed : int
+        Seed of the atlas builds.
+    spec : MethodSpec
+        The method and its query options; by default the default method with the Unassigned rules on.
+    reporter : Reporter or None
+        Gets one message per run; None is silent.
+
+    Returns
+    -------
+    list of Hidden
+        One per direction; ``label`` joins the hidden labels with commas.
+
+    Raises
+    ------
+    ScreaderError
+        Any error of building or querying an atlas.
+    """
+    return _run_hidden(_lineage_tasks(sources, directions), seed=seed, spec=spec, reporter=reporter)
+
+
+def _lineage_tasks(sources: dict[str, Any], directions: tuple[tuple[str, str], ...]) -> list[tuple[str, str, Any, Any, list[str]]]:
+    """(task, name, reference of the lineage's labels only, query, every other reference label) per direction."""
+    found = []
+    for ref, qry in directions:
+        reference, lineage = sources[ref], PARENTS[ref][1]
+        labels = reference.obs[LABEL].astype(str)
+        others = sorted(set(labels) - set(lineage))
+        found.append((f"{ref} -> {qry}", f"{ref} -> {qry}: {PARENTS[ref][0]} only", reference[labels.isin(lineage)].copy(),
+                      sources[qry], others))
+    return found
 
 
 def hidden_markdown(rows: list[Hidden]) -> str:
