@@ -17,12 +17,13 @@ reference itself, and is never set closer than 2 robust standard deviations to t
 
 Once the neighbours have voted, each cluster's genes are judged too: the share of its
 :data:`CLUSTER_GENES` most distinguishing genes (against the query's other clusters) that are
-among its voted label's :data:`LABEL_GENES` most distinguishing genes in the atlas (against the
-other labels). A flagged cluster with at least :data:`EXPLAINED_SHARE` of them is spared: what
-sets it apart is what sets its label apart, and a shift that is not the same for every type
-(an interferon response strongest in monocytes) can push a present type's cluster below the
-cut-off. A low share alone flags nothing: clusters of a query of one type differ by genes no
-label is known by.
+among its voted label's most distinguishing genes in the atlas (against the other labels), the
+top :data:`LABEL_SHARE` of the genes compared (100 of the 2,000 variable genes of a whole
+transcriptome; fewer on a small panel, where a fixed 100 would hold many genes by chance). A
+flagged cluster with at least :data:`EXPLAINED_SHARE` of them is spared: what sets it apart is
+what sets its label apart, and a shift that is not the same for every type (an interferon
+response strongest in monocytes) can push a present type's cluster below the cut-off. A low
+share alone flags nothing: clusters of a query of one type differ by genes no label is known by.
 """
 
 from __future__ import annotations
@@ -55,7 +56,7 @@ SAMPLE_CELLS = 30_000
 # 0.8-1.0 of their genes with their voted label's; the hidden types' clusters it caught, 0-0.45.
 EXPLAINED_SHARE = 0.5
 CLUSTER_GENES = 20
-LABEL_GENES = 100
+LABEL_SHARE = 0.05
 
 
 @dataclass
@@ -419,7 +420,8 @@ def judge_genes(result: NoveltyResult, voted: np.ndarray) -> NoveltyResult:
     NoveltyResult
         A copy: of clusters of at least :data:`MIN_CLUSTER` cells whose majority voted label has a
         profile, those flagged with at least :data:`EXPLAINED_SHARE` of their :data:`CLUSTER_GENES`
-        most distinguishing genes among the label's :data:`LABEL_GENES` are no longer novel;
+        most distinguishing genes among the label's top :data:`LABEL_SHARE` of the genes (at least
+        one; the cluster's genes are never more than the label's) are no longer novel;
         ``details`` gains ``cluster_explained`` (that share, per cluster; -1 where not judged) and
         ``spared_clusters``, and ``novel_clusters`` is recounted.
     """
@@ -431,8 +433,9 @@ def judge_genes(result: NoveltyResult, voted: np.ndarray) -> NoveltyResult:
     usable = np.bincount(result.cluster, minlength=k) >= MIN_CLUSTER
     flagged = np.zeros(k, dtype=bool)
     flagged[np.unique(result.cluster[result.novel])] = True
-    cluster_genes = top_apart(result.cluster_means, usable, CLUSTER_GENES)
-    label_genes = top_apart(result.label_means, np.ones(len(result.label_means), dtype=bool), LABEL_GENES)
+    n_label = max(1, round(LABEL_SHARE * result.cluster_means.shape[1]))
+    cluster_genes = top_apart(result.cluster_means, usable, min(CLUSTER_GENES, n_label))
+    label_genes = top_apart(result.label_means, np.ones(len(result.label_means), dtype=bool), n_label)
     row = {label: i for i, label in enumerate(result.labels)}
     voted = np.asarray(voted).astype(str)
     share = np.full(k, -1.0)

@@ -136,7 +136,7 @@ def atlas(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def query(tmp_path_factory):
-    adata = make_counts(n_cells=150, seed=21, depth=300, n_types=4)  # type3 is not in the atlas: a novel population
+    adata = make_counts(n_cells=150, seed=21, depth=2000, n_types=4)  # type3 is not in the atlas
     path = tmp_path_factory.mktemp("query") / "query.h5ad"
     adata.write_h5ad(path)
     return adata, path
