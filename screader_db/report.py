@@ -121,8 +121,10 @@ def render_report(result: AnnotationResult, adata: Any, *, truth: Any = None, la
                  "have been called.", _unassigned(result)),
         _section("novel-clusters", "Query clusters whose mean expression matches no atlas label profile nearly as well "
                  "as the query's other clusters do. The match score is in robust standard deviations from the query's "
-                 "typical cluster (more negative = worse); the top genes are those whose mean log expression in the "
-                 "cluster most exceeds the rest of the query, a first hint of what the population is.",
+                 "typical cluster (more negative = worse). Genes shared with its voted label: how many of the genes "
+                 "that most set the cluster apart also set its cells' voted label apart in the atlas (from half on, a "
+                 "cluster is spared: it differs as its label does). The top genes are those whose mean log expression "
+                 "in the cluster most exceeds the rest of the query, a first hint of what the population is.",
                  _novel(result, adata, layer=layer, use_raw=use_raw, gene_key=gene_key)),
         _section("mapping-quality", "One row per query cluster" + ("" if clusters == "novelty_cluster" else
                  " (here: per predicted label, as the novelty check did not cluster this query)") + ". Well mapped "
