@@ -473,8 +473,10 @@ def describe(info: dict[str, Any]) -> str:
     said = (f"{info.get('novel_clusters', 0)} of {info.get('clusters', 0)} query clusters "
             f"({int(info.get('novel_cells', 0)):,} cells) match no atlas label (cut-off "
             f"{float(info.get('cutoff', 0)):.2f} robust SDs)")
-    if spared:
-        said += f"; {spared} more scored below the cut-off but are set apart by their voted label's own genes"
+    if spared == 1:
+        said += "; spared: 1 cluster below the cut-off whose distinguishing genes are its voted label's"
+    elif spared:
+        said += f"; spared: {spared} clusters below the cut-off whose distinguishing genes are their voted label's"
     return said
 
 
