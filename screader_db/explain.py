@@ -184,15 +184,17 @@ def label_markers(profiles: pd.DataFrame, labels: list[str], *, n_markers: int =
         Columns label, gene, marker_mean (the gene's mean in the label) and lead (that mean minus
         the mean of the other labels' means); only genes with a positive lead.
     """
+    from screader_db.novelty import leads
+
     usable = profiles if genes is None else profiles.loc[:, [g for g in profiles.columns if g in genes]]
     rows = []
-    n = len(usable)
+    means = usable.to_numpy()
+    lead_of = leads(means, np.ones(len(usable), dtype=bool)) if usable.shape[1] else None
+    position = {label: i for i, label in enumerate(usable.index)}
     for label in labels:
-        if label not in usable.index or usable.shape[1] == 0:
+        if label not in position or lead_of is None:
             continue
-        inside = usable.loc[label].to_numpy()
-        others = (usable.to_numpy().sum(axis=0) - inside) / max(n - 1, 1)
-        lead = inside - others
+        inside, lead = means[position[label]], lead_of[position[label]]
         for j in np.argsort(-lead, kind="stable")[:n_markers]:
             if lead[j] > 0:
                 rows.append({"label": label, "gene": str(usable.columns[j]), "marker_mean": float(inside[j]),

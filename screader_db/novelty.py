@@ -385,8 +385,8 @@ def _judge(cluster: np.ndarray, X: np.ndarray | None, genes: list[str], profiles
                          label_means=profiles.restrict(genes), labels=list(profiles.labels))
 
 
-def top_apart(means: np.ndarray, rows: np.ndarray, n: int) -> np.ndarray:
-    """The ``n`` columns that most set each of some rows apart from the mean of the others.
+def leads(means: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """Each row's lead over the mean of the other compared rows, gene by gene.
 
     Parameters
     ----------
@@ -394,18 +394,35 @@ def top_apart(means: np.ndarray, rows: np.ndarray, n: int) -> np.ndarray:
         (rows, genes) mean profiles.
     rows : numpy.ndarray
         bool, one per row: the rows compared (the others are left out of every mean).
+
+    Returns
+    -------
+    numpy.ndarray
+        (rows, genes): a row's mean less the mean of the other compared rows (rows not compared get
+        their lead over all compared rows).
+    """
+    total, count = means[rows].sum(axis=0), max(int(rows.sum()) - 1, 1)
+    return means - (total[None, :] - np.where(rows[:, None], means, 0.0)) / count
+
+
+def top_apart(means: np.ndarray, rows: np.ndarray, n: int) -> np.ndarray:
+    """The ``n`` columns that most set each of some rows apart from the mean of the others (:func:`leads`).
+
+    Parameters
+    ----------
+    means : numpy.ndarray
+        (rows, genes) mean profiles.
+    rows : numpy.ndarray
+        bool, one per row: the rows compared.
     n : int
         Genes per row.
 
     Returns
     -------
     numpy.ndarray
-        int, (rows, ``n``): per row, its genes in decreasing order of its mean less the mean of the
-        other compared rows (rows not compared get the same, meaningless, answer).
+        int, (rows, ``n``): per row, its genes in decreasing order of lead.
     """
-    total, count = means[rows].sum(axis=0), max(int(rows.sum()) - 1, 1)
-    apart = means - (total[None, :] - np.where(rows[:, None], means, 0.0)) / count
-    return np.argsort(-apart, axis=1, kind="stable")[:, :n]
+    return np.argsort(-leads(means, rows), axis=1, kind="stable")[:, :n]
 
 
 def judge_genes(result: NoveltyResult, voted: np.ndarray) -> NoveltyResult:
