@@ -10,8 +10,11 @@ once it has 2,048 lists or more) whose ``nprobe`` is chosen at build time to rea
 against exact search on a sample. Wide vectors (more than twice ``PCA_DIM``) get ``ivf-pca``: the
 IVF lists hold the vectors' top ``PCA_DIM`` principal components, and the best ``k_factor × k``
 candidates they give are re-ranked exactly on the full vectors, kept beside them; ``nprobe`` and
-``k_factor`` are chosen together, the cheapest pair that reaches the recall target. Search runs
-on a GPU when faiss was built with CUDA and one is present, otherwise on the CPU.
+``k_factor`` are chosen together, the cheapest pair that reaches the recall target. A large query
+(``LIST_SEARCH_MIN`` cells or more) of an ``ivf-pca`` index is instead scored exactly on the full
+vectors of the lists it probes, grouped by list as matrix products (:mod:`screader_db.list_search`),
+with its nprobe checked on a sample of the query. Search runs on a GPU when faiss was built with
+CUDA and one is present, otherwise on the CPU.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from screader_db import list_search
 from screader_db.devices import cuda_available
 from screader_db.errors import AtlasError, ScreaderError
 from screader_db.extras import optional, require
@@ -50,6 +54,10 @@ REFINE_FACTORS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128)
 # easier to find than those of cells from another study.
 QUERY_CHECK_MIN = 1000
 QUERY_CHECK_CELLS = 200
+# An ivf-pca search of at least this many queries (with no id filter) scores the lists they probe
+# exactly, grouped by list as matrix products (``list_search``): faster than one query at a time
+# once each list is probed by a dozen queries or more, and exact within the probed lists.
+LIST_SEARCH_MIN = 1000
 # knn(..., approximate=True): IVF lists per √n and lists probed.
 APPROXIMATE_LISTS = 4
 APPROXIMATE_NPROBE = 8
@@ -254,9 +262,14 @@ def knn(queries: np.ndarray, vectors: np.ndarray, k: int, *, metric: str = "ip",
     index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT)
     rng = np.random.default_rng(seed)
     index.train(vectors[np.sort(rng.choice(n, size=min(n, nlist * 40), replace=False))])
-    index.nprobe = APPROXIMATE_NPROBE
-    index.add(vectors)
-    return index.search(queries, k)
+    # The IVF's own search, exact within the probed lists, batched by list (list_search): the same
+    # answer, without copying the vectors into the index.
+    probes = index.quantizer.search(queries, min(APPROXIMATE_NPROBE, nlist))[1]
+    # a graph of the vectors themselves: each one's list is its first probe
+    owner = probes[:, 0] if queries is vectors else index.quantizer.search(vectors, 1)[1][:, 0]
+    order = np.argsort(owner, kind="stable")
+    lists = list_search.Lists(rows=order.astype(np.int64), starts=np.searchsorted(owner[order], np.arange(nlist + 1)))
+    return list_search.search(queries, vectors, lists, probes, min(k, n))
 
 
 def pca_reduce(vectors: np.ndarray, dim: int, *, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -416,7 +429,9 @@ class CellIndex:
             info.kind = "ivf-pca" if self._refine is not None else "ivf" if self._ivf is not None else "flat"
         self._gpu: Any = None  # the GPU searcher once asked for; False when there is none
         self._widest: tuple[int, int] | None = None  # the widest probes a query check needed (check_probes)
+        self._widest_lists: int | None = None  # the widest nprobe a check of a batched search needed
         self._checked = False  # whether a query check has run
+        self._lists: Any = None  # list_search.Lists, read from the IVF on first use
 
     def __repr__(self) -> str:
         return f"CellIndex(kind={self.kind!r}, ntotal={self.ntotal}, dim={self.dim})"
@@ -753,9 +768,11 @@ class CellIndex:
         stored = self.stored_vectors()
         truth = exact_search(checked, stored, TUNE_K)[1]  # row positions
         truth_ids = self.ids()[truth]
+        if len(queries) >= LIST_SEARCH_MIN:  # searched by list, not through the probes smaller queries use
+            return self._check_lists(checked, truth, target)
+        self._checked = True
         current = self._probes()
         probes = current
-        self._checked = True
         recall = recall_at_k(self._search_refined(checked, TUNE_K, None, probes=current)[1], truth_ids)
         if recall < target:
             cheapest = self._cheapest_probes(checked, truth, stored, recall_target=target, start=current[0])
@@ -764,6 +781,59 @@ class CellIndex:
             self._widest = probes
         return {"nprobe": probes[0], "k_factor": probes[1], "recall_at_10": round(float(recall), 4), "checked": len(rows),
                 "widened": probes != current, "target": target}
+
+    def _check_lists(self, checked: np.ndarray, truth: np.ndarray, target: float) -> dict[str, Any]:
+        """:meth:`check_probes` for a search batched by list (:meth:`_search_lists`), exact within the
+        lists it probes: its recall at an nprobe is the share of each checked query's exact neighbours
+        (``truth``, row positions) that lie in its first nprobe lists, so each step costs one coarse
+        search of the sample. nprobe grows as the build's tuning grows it, from the widest an earlier
+        check needed, and stops at the target, at every list, or where two steps gain less than ``PLATEAU``."""
+        owner = self._list_rows().list_of_rows(self.ntotal)
+        nlist = int(self._ivf.nlist)
+        start = self._widest_lists or 1
+        nprobe, tried = start, []
+        while True:
+            recall = list_search.probe_recall(self._coarse_probes(checked, nprobe), truth, owner, nprobe)
+            tried.append((nprobe, recall))
+            plateau = len(tried) >= 3 and tried[-1][1] - tried[-3][1] < PLATEAU
+            if recall >= target or nprobe >= nlist or plateau:
+                break
+            nprobe = min(_next_nprobe(nprobe), nlist)
+        if recall < target:
+            top_recall = max(r for _, r in tried)
+            nprobe, recall = next((p, r) for p, r in tried if r >= top_recall - PLATEAU)
+        self._widest_lists = nprobe
+        return {"nprobe": nprobe, "k_factor": None, "recall_at_10": round(float(recall), 4), "checked": len(checked),
+                "widened": nprobe != start, "target": target, "search": "exact within the probed lists"}
+
+    def _list_rows(self) -> list_search.Lists:
+        """The stored rows of each IVF list of an ``ivf-pca`` index, read once (until cells are added or removed)."""
+        if self._lists is None:
+            faiss = _faiss()
+            invlists = self._ivf.invlists
+            sizes = np.array([invlists.list_size(i) for i in range(int(self._ivf.nlist))], dtype=np.int64)
+            parts = [faiss.rev_swig_ptr(invlists.get_ids(i), int(size)).copy() for i, size in enumerate(sizes) if size]
+            rows = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+            self._lists = list_search.Lists(rows=rows, starts=np.concatenate([[0], np.cumsum(sizes)]))
+        return self._lists
+
+    def _coarse_probes(self, queries: np.ndarray, nprobe: int) -> np.ndarray:
+        """The ``nprobe`` lists nearest each query, nearest first, found as the IVF search finds them."""
+        faiss = _faiss()
+        reduced = np.ascontiguousarray(queries, dtype=np.float32)
+        chain = faiss.downcast_index(self._refine.base_index).chain
+        for step in range(chain.size()):
+            reduced = faiss.downcast_VectorTransform(chain.at(step)).apply(reduced)
+        self._widen_quantizer(nprobe)
+        return self._ivf.quantizer.search(reduced, int(nprobe))[1]
+
+    def _search_lists(self, queries: np.ndarray, k: int, nprobe: int) -> tuple[np.ndarray, np.ndarray]:
+        """Search an ``ivf-pca`` index exactly within the ``nprobe`` lists each query probes, batched by
+        list (``list_search``); (similarities, ids) as :meth:`search` returns them."""
+        sims, rows = list_search.search(queries, self.stored_vectors(), self._list_rows(),
+                                        self._coarse_probes(queries, nprobe), k)
+        found = rows >= 0
+        return sims, np.where(found, self.ids()[np.where(found, rows, 0)], -1)
 
     @property
     def checked(self) -> bool:
@@ -813,7 +883,9 @@ class CellIndex:
             searches run on the CPU).
         probes
             For an ``ivf-pca`` index: (nprobe, k_factor) of this search; None takes the build's, or
-            the widest a query check needed (:meth:`check_probes`).
+            the widest a query check needed (:meth:`check_probes`). A search of ``LIST_SEARCH_MIN``
+            queries or more without ``allowed`` scores the probed lists exactly, batched by list, and
+            needs no k_factor (None).
 
         Returns
         -------
@@ -855,7 +927,10 @@ class CellIndex:
         refine = self._refine
         id_map = self.ids()
         k = min(k, self.ntotal)
-        nprobe, k_factor = self._probes() if probes is None else probes
+        if allowed is None and len(queries) >= LIST_SEARCH_MIN:
+            nprobe = probes[0] if probes is not None else self._widest_lists or self._probes()[0]
+            return self._search_lists(queries, k, nprobe)
+        nprobe, k_factor = self._probes() if probes is None else (probes[0], probes[1] or self._probes()[1])
         lists = self._list_params(nprobe)
         if allowed is not None:
             positions = np.flatnonzero(np.isin(id_map, allowed))
@@ -883,7 +958,7 @@ class CellIndex:
         """
         self._index.add_with_ids(np.ascontiguousarray(vectors), ids)
         self._info.n = self.ntotal
-        self._gpu = None
+        self._gpu = self._lists = None
 
     def remove(self, low: int, high: int) -> None:
         """Remove the cells with ids in [low, high).
@@ -908,7 +983,7 @@ class CellIndex:
             if len(keep):
                 self._index.add_with_ids(np.ascontiguousarray(vectors), ids[keep])
         self._info.n = self.ntotal
-        self._gpu = None
+        self._gpu = self._lists = None
 
     def save(self, path: str | Path, provenance: dict[str, Any]) -> None:
         """Write the index and a JSON sidecar (``<path>.json``) with its info, provenance and checksum.

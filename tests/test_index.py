@@ -7,6 +7,7 @@ import pytest
 from screader_db.cell_embedding import l2_normalise
 from screader_db.errors import AtlasError, ScreaderError
 from screader_db.index import (
+    LIST_SEARCH_MIN,
     PCA_DIM,
     QUERY_CHECK_CELLS,
     REFINE_FACTORS,
@@ -216,16 +217,21 @@ def test_no_module_but_the_index_imports_faiss():
     assert set(importers) == {"screader_db/index.py"}
 
 
-def test_a_query_check_widens_the_probes_for_queries_far_from_the_atlas():
-    # Atlas cells come in tight groups of ten near-copies (as cells resampled from one real cell),
-    # so the build, tuning on atlas cells, needs few probes; queries drawn around the same centres
-    # but not near any copy need many more to find their true ten nearest.
+def _near_copies():
+    """Atlas cells in tight groups of ten near-copies (as cells resampled from one real cell), so the
+    build, tuning on atlas cells, needs few probes; queries drawn around the same centres but not
+    near any copy need many more to find their true ten nearest. (vectors, ids, index, queries)"""
     rng = np.random.default_rng(4)
     drawn = _wide(2300, seed=4)
     sources, queries = drawn[:800], drawn[800:]
     V = l2_normalise(np.repeat(sources, 10, axis=0) + 0.02 * rng.standard_normal((8000, sources.shape[1])))
     ids = _ids(8000)
-    index = CellIndex.build(V, ids, kind="ivf-pca", recall_target=0.95)
+    return V, ids, CellIndex.build(V, ids, kind="ivf-pca", recall_target=0.95), queries
+
+
+def test_a_query_check_widens_the_probes_for_queries_far_from_the_atlas():
+    V, ids, index, queries = _near_copies()
+    queries = queries[: LIST_SEARCH_MIN - 100]  # searched one query at a time
     _, rows = exact_search(queries, V, 10)
     truth = ids[rows]
     built = (index.nprobe, index.info.extra["k_factor"])
@@ -239,3 +245,30 @@ def test_a_query_check_widens_the_probes_for_queries_far_from_the_atlas():
     np.testing.assert_array_equal(index.search(queries, 10, probes=built)[1], index.search(queries, 10, probes=built)[1])
     assert recall_at_k(index.search(queries, 10, probes=built)[1], truth) == before
     assert CellIndex.build(_vectors(300), _ids(300), kind="flat").check_probes(queries[:, :16]) == {}
+
+
+def test_a_large_query_is_searched_exactly_within_the_lists_it_probes():
+    V, ids, index, queries = _near_copies()
+    assert len(queries) >= LIST_SEARCH_MIN
+    _, rows = exact_search(queries, V, 10)
+    truth = ids[rows]
+    built = (index.nprobe, index.info.extra["k_factor"])
+    one_at_a_time = recall_at_k(index.search(queries[:900], 10)[1], truth[:900])
+    checked = index.check_probes(queries)
+    assert checked["search"] == "exact within the probed lists" and checked["k_factor"] is None
+    assert checked["recall_at_10"] >= 0.95 and checked["nprobe"] > built[0]
+    assert not index.checked  # a smaller query later is still checked for its own probes
+    sims, found = index.search(queries, 10)
+    assert recall_at_k(found, truth) >= 0.93 > one_at_a_time
+    # Exact inner products of the ids returned, best first.
+    position = {int(i): p for p, i in enumerate(ids)}
+    direct = np.array([[V[position[int(i)]] @ q for i in row] for row, q in zip(found, queries, strict=True)])
+    np.testing.assert_allclose(sims, direct, atol=1e-5)
+    assert np.all(np.diff(sims, axis=1) <= 1e-6)
+    # At the build's probes, exact scoring of the probed lists finds at least what re-ranking finds.
+    at_built = index.search(queries, 10, probes=(built[0], None))[1]
+    assert recall_at_k(at_built, truth) >= recall_at_k(
+        np.vstack([index.search(queries[s : s + 500], 10, probes=built)[1] for s in range(0, len(queries), 500)]), truth)
+    # A filter by id is searched through the lists one query at a time, as before.
+    second = ids[ids >= (np.int64(2) << 40)]
+    assert np.isin(index.search(queries, 10, allowed=second)[1], second).all()

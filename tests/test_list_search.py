@@ -1,0 +1,57 @@
+import numpy as np
+
+from screader_db import list_search
+from screader_db.cell_embedding import l2_normalise
+from screader_db.list_search import Lists, probe_recall
+
+
+def _setting(seed=0, n=3000, d=20, n_lists=60, n_queries=400, nprobe=5):
+    rng = np.random.default_rng(seed)
+    vectors = l2_normalise(rng.standard_normal((n, d))).astype(np.float32)
+    owner = rng.integers(0, n_lists, n)
+    owner[owner == 7] = 8  # list 7 is empty
+    owner[np.flatnonzero(owner == 3)[3:]] = 4  # list 3 holds three rows, fewer than k
+    order = np.argsort(owner, kind="stable")
+    lists = Lists(rows=order.astype(np.int64), starts=np.searchsorted(owner[order], np.arange(n_lists + 1)))
+    queries = l2_normalise(rng.standard_normal((n_queries, d))).astype(np.float32)
+    probes = np.stack([rng.choice(n_lists, nprobe, replace=False) for _ in range(n_queries)])
+    probes[0] = -1
+    probes[0, :2] = [3, 7]  # probes three rows in all
+    return vectors, lists, queries, probes
+
+
+def test_search_is_exact_within_the_probed_lists():
+    vectors, lists, queries, probes = _setting()
+    k = 7
+    sims, rows = list_search.search(queries, vectors, lists, probes, k)
+    owner = lists.list_of_rows(len(vectors))
+    for q in range(len(queries)):
+        allowed = np.flatnonzero(np.isin(owner, probes[q][probes[q] >= 0]))
+        scores = vectors[allowed] @ queries[q]
+        best = allowed[np.argsort(-scores, kind="stable")[:k]]
+        found = rows[q][rows[q] >= 0]
+        np.testing.assert_array_equal(np.sort(found), np.sort(best))
+        np.testing.assert_allclose(sims[q][: len(found)], vectors[found] @ queries[q], atol=1e-5)
+        assert np.all(np.diff(sims[q][: len(found)]) <= 1e-6)
+    # The first query probes three rows: the rest of its answer is empty.
+    assert (rows[0] >= 0).sum() == 3 and np.all(np.isneginf(sims[0][3:]))
+
+
+def test_search_in_blocks_gives_the_same_answer(monkeypatch):
+    vectors, lists, queries, probes = _setting(seed=1)
+    whole = list_search.search(queries, vectors, lists, probes, 5)
+    monkeypatch.setattr(list_search, "QUERY_BLOCK", 64)
+    blocks = list_search.search(queries, vectors, lists, probes, 5)
+    np.testing.assert_array_equal(blocks[1], whole[1])
+
+
+def test_probe_recall_is_the_recall_of_the_search():
+    vectors, lists, queries, probes = _setting(seed=2, nprobe=12)
+    probes[0] = probes[1]
+    truth = np.argsort(-(queries @ vectors.T), axis=1)[:, :10]
+    owner = lists.list_of_rows(len(vectors))
+    for nprobe in (1, 4, 12):
+        _, rows = list_search.search(queries, vectors, lists, probes[:, :nprobe], 10)
+        searched = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(rows, truth, strict=True)])
+        assert probe_recall(probes, truth, owner, nprobe) == searched
+    assert probe_recall(probes, truth, owner, 1) < probe_recall(probes, truth, owner, 12)
