@@ -257,19 +257,60 @@ def knn(queries: np.ndarray, vectors: np.ndarray, k: int, *, metric: str = "ip",
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
     if not approximate:
         return faiss.knn(queries, vectors, k, metric=metrics[metric])
-    n, dim = vectors.shape
-    nlist = int(APPROXIMATE_LISTS * np.sqrt(n))
-    index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT)
-    rng = np.random.default_rng(seed)
-    index.train(vectors[np.sort(rng.choice(n, size=min(n, nlist * 40), replace=False))])
-    # The IVF's own search, exact within the probed lists, batched by list (list_search): the same
-    # answer, without copying the vectors into the index.
-    probes = index.quantizer.search(queries, min(APPROXIMATE_NPROBE, nlist))[1]
-    # a graph of the vectors themselves: each one's list is its first probe
-    owner = probes[:, 0] if queries is vectors else index.quantizer.search(vectors, 1)[1][:, 0]
-    order = np.argsort(owner, kind="stable")
-    lists = list_search.Lists(rows=order.astype(np.int64), starts=np.searchsorted(owner[order], np.arange(nlist + 1)))
-    return list_search.search(queries, vectors, lists, probes, min(k, n))
+    return ApproximateKnn(vectors, seed=seed).search(queries, k)
+
+
+class ApproximateKnn:
+    """Approximate inner-product neighbours among rows held in memory, for many searches of the same rows.
+
+    An IVF of ``APPROXIMATE_LISTS × √n`` lists is trained once on a seeded sample of the rows; each
+    search scores the ``APPROXIMATE_NPROBE`` lists nearest each query exactly, batched by list
+    (:mod:`screader_db.list_search`), which is what an IVF-Flat search answers, without copying the
+    rows into an index.
+
+    Parameters
+    ----------
+    vectors
+        The rows searched (kept, not copied, when already contiguous float32).
+    seed
+        Seed of the training sample.
+    """
+
+    def __init__(self, vectors: np.ndarray, *, seed: int = 0) -> None:
+        faiss = _faiss()
+        self._vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        n, dim = self._vectors.shape
+        self._nlist = int(APPROXIMATE_LISTS * np.sqrt(n))
+        self._ivf = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, self._nlist, faiss.METRIC_INNER_PRODUCT)
+        rng = np.random.default_rng(seed)
+        self._ivf.train(self._vectors[np.sort(rng.choice(n, size=min(n, self._nlist * 40), replace=False))])
+        self._lists: list_search.Lists | None = None
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``k`` (inner products, row positions) of each query, -1 where the probed lists hold fewer.
+
+        Parameters
+        ----------
+        queries
+            Float rows of the same width (the searched rows themselves for their own graph).
+        k
+            Neighbours per query.
+
+        Returns
+        -------
+        sims, rows
+            Arrays of shape (queries, min(k, rows searched)), best first.
+        """
+        queries = np.ascontiguousarray(queries, dtype=np.float32)
+        quantizer = self._ivf.quantizer
+        probes = quantizer.search(queries, min(APPROXIMATE_NPROBE, self._nlist))[1]
+        if self._lists is None:
+            # the rows' own graph: each row's list is its first probe
+            owner = probes[:, 0] if queries is self._vectors else quantizer.search(self._vectors, 1)[1][:, 0]
+            order = np.argsort(owner, kind="stable")
+            self._lists = list_search.Lists(rows=order.astype(np.int64),
+                                            starts=np.searchsorted(owner[order], np.arange(self._nlist + 1)))
+        return list_search.search(queries, self._vectors, self._lists, probes, min(k, len(self._vectors)))
 
 
 def pca_reduce(vectors: np.ndarray, dim: int, *, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -600,6 +600,11 @@ class GenePlan:
         return np.asarray(self.assign.getnnz(axis=1) > 0)
 
     @functools.cached_property
+    def assign_columns(self) -> sp.csc_matrix:
+        """``assign`` in CSC form."""
+        return sp.csc_matrix(self.assign)
+
+    @functools.cached_property
     def selection(self) -> tuple[np.ndarray, np.ndarray] | None:
         """When no two input genes share a target: (input columns, their target columns); else None."""
         assign = self.assign.tocsc()
@@ -622,11 +627,13 @@ class GenePlan:
             Cells × target genes.
         """
         if self.selection is None:
-            return sp.csr_matrix(X @ self.assign)
+            # as a product of CSC forms turned back into rows: sorted within each row, with no sort
+            return sp.csr_matrix((sp.csc_matrix(X) @ self.assign_columns).tocsr())
         rows, cols = self.selection
         order = np.argsort(cols, kind="stable")
-        picked = sp.csr_matrix(X[:, rows[order]])
-        picked.sort_indices()
+        # The columns of the CSC form, taken in target order and turned back into rows, come out
+        # sorted within each row: two linear passes, faster than a column index and a sort per row.
+        picked = sp.csc_matrix(X)[:, rows[order]].tocsr()
         return sp.csr_matrix((picked.data, cols[order][picked.indices], picked.indptr),
                              shape=(X.shape[0], len(self.genes)))
 

@@ -159,16 +159,17 @@ def reference_layout(vectors: np.ndarray, *, seed: int = 0, sample: int = SAMPLE
     n = len(vectors)
     if n <= sample:
         return umap_layout(vectors, seed=seed)
-    from screader_db.index import knn
+    from screader_db.index import ApproximateKnn, knn
 
     rng = np.random.default_rng(seed)
     chosen = np.sort(rng.choice(n, size=sample, replace=False))
     coords = np.full((n, 2), np.nan, dtype=np.float32)
     coords[chosen] = umap_layout(vectors[chosen], seed=seed)
     laid_out = np.ascontiguousarray(vectors[chosen], dtype=np.float32)
+    searcher = ApproximateKnn(laid_out, seed=seed) if sample >= PLACE_APPROXIMATE else None  # trained once
     rest = np.setdiff1d(np.arange(n), chosen)
     for start in range(0, len(rest), 50_000):
         rows = rest[start : start + 50_000]
-        sims, pos = knn(vectors[rows], laid_out, k, approximate=sample >= PLACE_APPROXIMATE, seed=seed)
+        sims, pos = knn(vectors[rows], laid_out, k) if searcher is None else searcher.search(vectors[rows], k)
         coords[rows] = place(sims, coords[chosen][pos])
     return coords

