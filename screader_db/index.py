@@ -828,18 +828,25 @@ class CellIndex:
         lists it probes: its recall at an nprobe is the share of each checked query's exact neighbours
         (``truth``, row positions) that lie in its first nprobe lists, so each step costs one coarse
         search of the sample. nprobe grows as the build's tuning grows it, from the widest an earlier
-        check needed, and stops at the target, at every list, or where two steps gain less than ``PLATEAU``."""
+        check needed, and stops at the target, at every list, or where two steps gain less than ``PLATEAU``;
+        the smallest nprobe since the last step short of the target that reaches it is kept (the
+        first lists of the last coarse search are the lists a search at that nprobe probes)."""
         owner = self._list_rows().list_of_rows(self.ntotal)
         nlist = int(self._ivf.nlist)
         start = self._widest_lists or 1
         nprobe, tried = start, []
         while True:
-            recall = list_search.probe_recall(self._coarse_probes(checked, nprobe), truth, owner, nprobe)
+            probes = self._coarse_probes(checked, nprobe)
+            recall = list_search.probe_recall(probes, truth, owner, nprobe)
             tried.append((nprobe, recall))
             plateau = len(tried) >= 3 and tried[-1][1] - tried[-3][1] < PLATEAU
             if recall >= target or nprobe >= nlist or plateau:
                 break
             nprobe = min(_next_nprobe(nprobe), nlist)
+        if recall >= target and len(tried) > 1:
+            fewer = range(tried[-2][0] + 1, nprobe)
+            nprobe, recall = next(((p, r) for p in fewer if (r := list_search.probe_recall(probes, truth, owner, p)) >= target),
+                                  (nprobe, recall))
         if recall < target:
             top_recall = max(r for _, r in tried)
             nprobe, recall = next((p, r) for p, r in tried if r >= top_recall - PLATEAU)
