@@ -19,6 +19,7 @@ the index that owns them (:class:`screader_db.index.CellIndex`); this module onl
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -145,19 +146,25 @@ def _by_list(probes: np.ndarray, n_lists: int) -> tuple[np.ndarray, np.ndarray, 
     return queries, bounds, np.flatnonzero(np.diff(bounds))
 
 
+def _scored(part: np.ndarray, vectors: np.ndarray, lists: Lists,
+            probes: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """For each probed list that holds rows: (the queries probing it, its rows, their similarities,
+    queries × rows), one matrix product a list."""
+    which, bounds, probed = _by_list(probes, lists.count)
+    for number in probed:
+        members = lists.rows[lists.starts[number] : lists.starts[number + 1]]
+        if len(members):
+            asking = which[bounds[number] : bounds[number + 1]]
+            yield asking, members, part[asking] @ vectors[members].T
+
+
 def _floors(part: np.ndarray, vectors: np.ndarray, lists: Lists, probes: np.ndarray, k: int) -> np.ndarray:
     """Each query's ``k``-th best similarity over the lists in ``probes``, a hair lower (the second
     pass's products may round the same similarity a bit lower); -inf where they hold fewer than ``k`` rows."""
     slots = probes.shape[1]
     best = np.full((len(part), slots * k), -np.inf, dtype=np.float32)
     filled = np.zeros(len(part), dtype=np.int64)
-    which, bounds, probed = _by_list(probes, lists.count)
-    for number in probed:
-        members = lists.rows[lists.starts[number] : lists.starts[number + 1]]
-        if not len(members):
-            continue
-        asking = which[bounds[number] : bounds[number + 1]]
-        scores = part[asking] @ vectors[members].T
+    for asking, members, scores in _scored(part, vectors, lists, probes):
         take = min(k, len(members))
         if take < len(members):  # values only: numpy partitions them several times faster than their positions
             scores = np.partition(scores, len(members) - take, axis=1)[:, len(members) - take :]
@@ -169,14 +176,8 @@ def _floors(part: np.ndarray, vectors: np.ndarray, lists: Lists, probes: np.ndar
 def _kept_best(part: np.ndarray, vectors: np.ndarray, lists: Lists, probes: np.ndarray, floor: np.ndarray,
                k: int) -> tuple[np.ndarray, np.ndarray]:
     """Score every probed list, keep what reaches each query's floor, and return each query's best ``k``."""
-    which, bounds, probed = _by_list(probes, lists.count)
     kept_queries, kept_rows, kept_sims = [], [], []
-    for number in probed:
-        members = lists.rows[lists.starts[number] : lists.starts[number + 1]]
-        if not len(members):
-            continue
-        asking = which[bounds[number] : bounds[number + 1]]
-        scores = part[asking] @ vectors[members].T
+    for asking, members, scores in _scored(part, vectors, lists, probes):
         kept = np.flatnonzero(scores >= floor[asking][:, None])  # one flat pass: faster than a 2-d nonzero
         kept_queries.append(asking[kept // len(members)])
         kept_rows.append(members[kept % len(members)])
