@@ -914,7 +914,7 @@ class CellIndex:
         return None if self._gpu is False else self._gpu
 
     def search(self, queries: np.ndarray, k: int, *, use_gpu: bool | None = None,
-               allowed: np.ndarray | None = None, probes: tuple[int, int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+               allowed: np.ndarray | None = None, probes: tuple[int, int | None] | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Top-``k`` (similarities, ids) for each query row.
 
         Parameters
@@ -963,7 +963,7 @@ class CellIndex:
         return sims, ids
 
     def _search_refined(self, queries: np.ndarray, k: int, allowed: np.ndarray | None,
-                        probes: tuple[int, int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+                        probes: tuple[int, int | None] | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Search an ``ivf-pca`` index: its L2 distances between unit rows become inner products, and
         an ``allowed`` set of ids becomes a selector over the IVF's own row positions.
 
