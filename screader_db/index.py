@@ -307,9 +307,7 @@ class ApproximateKnn:
         if self._lists is None:
             # the rows' own graph: each row's list is its first probe
             owner = probes[:, 0] if queries is self._vectors else quantizer.search(self._vectors, 1)[1][:, 0]
-            order = np.argsort(owner, kind="stable")
-            self._lists = list_search.Lists(rows=order.astype(np.int64),
-                                            starts=np.searchsorted(owner[order], np.arange(self._nlist + 1)))
+            self._lists = list_search.Lists.of_owners(owner, self._nlist)
         return list_search.search(queries, self._vectors, self._lists, probes, min(k, len(self._vectors)))
 
 
@@ -808,9 +806,9 @@ class CellIndex:
         checked = np.ascontiguousarray(queries[rows], dtype=np.float32)
         stored = self.stored_vectors()
         truth = exact_search(checked, stored, TUNE_K)[1]  # row positions
-        truth_ids = self.ids()[truth]
         if len(queries) >= LIST_SEARCH_MIN:  # searched by list, not through the probes smaller queries use
             return self._check_lists(checked, truth, target)
+        truth_ids = self.ids()[truth]
         self._checked = True
         current = self._probes()
         probes = current
@@ -973,11 +971,11 @@ class CellIndex:
         """
         faiss = _faiss()
         refine = self._refine
-        id_map = self.ids()
         k = min(k, self.ntotal)
         if allowed is None and len(queries) >= LIST_SEARCH_MIN:
             nprobe = probes[0] if probes is not None else self._widest_lists or self._probes()[0]
             return self._search_lists(queries, k, nprobe)
+        id_map = self.ids()
         nprobe, k_factor = self._probes() if probes is None else (probes[0], probes[1] or self._probes()[1])
         lists = self._list_params(nprobe)
         if allowed is not None:

@@ -628,7 +628,7 @@ class GenePlan:
         """
         if self.selection is None:
             # as a product of CSC forms turned back into rows: sorted within each row, with no sort
-            return sp.csr_matrix((sp.csc_matrix(X) @ self.assign_columns).tocsr())
+            return (sp.csc_matrix(X) @ self.assign_columns).tocsr()
         rows, cols = self.selection
         order = np.argsort(cols, kind="stable")
         # The columns of the CSC form, taken in target order and turned back into rows, come out

@@ -49,6 +49,25 @@ class Lists:
     rows: np.ndarray
     starts: np.ndarray
 
+    @classmethod
+    def of_owners(cls, owner: np.ndarray, n_lists: int) -> Lists:
+        """The lists of rows from the list each row is in (the inverse of :meth:`list_of_rows`).
+
+        Parameters
+        ----------
+        owner
+            The list of each row, 0 to ``n_lists - 1``.
+        n_lists
+            Number of lists.
+
+        Returns
+        -------
+        Lists
+            Each list's rows in row order.
+        """
+        order = np.argsort(owner, kind="stable")
+        return cls(rows=order.astype(np.int64), starts=np.searchsorted(owner[order], np.arange(n_lists + 1)))
+
     @property
     def count(self) -> int:
         """Number of lists."""

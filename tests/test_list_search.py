@@ -11,8 +11,7 @@ def _setting(seed=0, n=3000, d=20, n_lists=60, n_queries=400, nprobe=5):
     owner = rng.integers(0, n_lists, n)
     owner[owner == 7] = 8  # list 7 is empty
     owner[np.flatnonzero(owner == 3)[3:]] = 4  # list 3 holds three rows, fewer than k
-    order = np.argsort(owner, kind="stable")
-    lists = Lists(rows=order.astype(np.int64), starts=np.searchsorted(owner[order], np.arange(n_lists + 1)))
+    lists = Lists.of_owners(owner, n_lists)
     queries = l2_normalise(rng.standard_normal((n_queries, d))).astype(np.float32)
     probes = np.stack([rng.choice(n_lists, nprobe, replace=False) for _ in range(n_queries)])
     probes[0] = -1
@@ -25,6 +24,7 @@ def test_search_is_exact_within_the_probed_lists():
     k = 7
     sims, rows = list_search.search(queries, vectors, lists, probes, k)
     owner = lists.list_of_rows(len(vectors))
+    np.testing.assert_array_equal(Lists.of_owners(owner, lists.count).rows, lists.rows)  # each the other's inverse
     for q in range(len(queries)):
         allowed = np.flatnonzero(np.isin(owner, probes[q][probes[q] >= 0]))
         scores = vectors[allowed] @ queries[q]
