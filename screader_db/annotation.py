@@ -120,7 +120,9 @@ def find_novel(query: PreparedQuery, opened: store.Atlas, *, chunk: int = CHUNK,
     chunk : int
         Rows per chunk.
     cutoff : float or None
-        The novelty cut-off; None takes the atlas's calibrated one.
+        The relative score's cut-off; None takes the atlas's calibrated one, and leaves that rule
+        off where the calibration switched it off (the far-from-every-label rule still applies;
+        the info's ``relative_check`` says why).
     datasets, labels, exclude_labels : list of str or None
         Restrict the profiles the same way they restrict the neighbours.
     reporter : Reporter
@@ -128,10 +130,9 @@ def find_novel(query: PreparedQuery, opened: store.Atlas, *, chunk: int = CHUNK,
 
     Returns
     -------
-    tuple of (NoveltyResult or None, dict) or None
+    tuple of (NoveltyResult, dict) or None
         The result and its ``info`` entry; None when the atlas has no profiles, the filters
-        leave none, or the query is too small to cluster; no result, with the reason, when the
-        atlas's calibration switched the check off and no ``cutoff`` is given.
+        leave none, or the query is too small to cluster.
     """
     from screader_db.expression_stream import GeneMoments
     from screader_db.features import variable_from_moments
@@ -142,16 +143,17 @@ def find_novel(query: PreparedQuery, opened: store.Atlas, *, chunk: int = CHUNK,
     if found is None or n < MIN_NOVELTY_CELLS:
         return None
     profiles, calibration = found
+    relative_off = None
     if cutoff is None and not calibration.get("enabled", True):
         caught = float(calibration.get("hidden_caught", 0.0))
-        return None, {"checked": False, "reason": f"switched off for this atlas: hiding a reference label caught "
-                                                   f"{caught:.0%} of its cells when the atlas was built"}
+        relative_off = (f"the relative score's rule is switched off for this atlas: hiding a reference label "
+                        f"caught {caught:.0%} of its cells when the atlas was built")
     profiles = _allowed_profiles(profiles, datasets, labels, exclude_labels)
     if not profiles.labels:
         return None
     # Profiles are log1p CP10k over every gene a cell measured: no panel library here.
     stream = query.stream.over(plan_genes(query.mapping.symbols, profiles.genes))
-    chosen = float(calibration.get("cutoff", DEFAULT_CUTOFF) if cutoff is None else cutoff)
+    chosen = None if relative_off else float(calibration.get("cutoff", DEFAULT_CUTOFF) if cutoff is None else cutoff)
     with reporter.task("Looking for populations the atlas lacks", n, "cells") as advance:
         chunks = stream.replayable(chunk) if n <= SAMPLE_CELLS else (lambda: stream.chunks(chunk))
         moments = GeneMoments(len(profiles.genes)).add_all(block for _, block in chunks())
@@ -161,6 +163,8 @@ def find_novel(query: PreparedQuery, opened: store.Atlas, *, chunk: int = CHUNK,
         advance(n)
     info = {"checked": True, "cutoff": chosen, "calibrated": bool(calibration.get("calibrated", False)),
             "novel_cells": int(result.novel.sum()), **result.details}
+    if relative_off:
+        info["relative_check"] = relative_off
     return result, info
 
 

@@ -433,10 +433,27 @@ class Hidden:
 RULES = MethodSpec("marker (default), Unassigned rules on", model=NONE, method="marker", options=ABSTENTION)
 
 
-def _hidden_tasks(sources: dict[str, Any], directions: tuple[tuple[str, str], ...], min_cells: int,
+def hidden_tasks(sources: dict[str, Any], directions: tuple[tuple[str, str], ...], min_cells: int,
                   choose: Callable[[list[str], str], list[list[str]]]) -> list[tuple[str, str, Any, Any, list[str]]]:
-    """(task, name, reference without the hidden labels, query, hidden labels) for every group of
-    labels ``choose(labels the query has at least min_cells of, direction)`` returns."""
+    """Each direction's reference without a group of its labels, with the query.
+
+    Parameters
+    ----------
+    sources : dict of str to AnnData
+        From :func:`load_sources`.
+    directions : tuple of (str, str)
+        (reference, query) names.
+    min_cells : int
+        Query cells a label needs to be hidden.
+    choose : callable
+        ``(labels the query has at least min_cells of, direction) -> groups of labels to hide``,
+        such as :func:`each_label` or :func:`half_draw`.
+
+    Returns
+    -------
+    list of tuple
+        (task, name, reference without the group, query, the group) for every group.
+    """
     found = []
     for ref, qry in directions:
         reference, query = sources[ref], sources[qry]
@@ -507,7 +524,7 @@ def hide_each_label(sources: dict[str, Any], *, directions: tuple[tuple[str, str
     ScreaderError
         No label qualifies in any direction, or any error of building or querying an atlas.
     """
-    found = _hidden_tasks(sources, directions, min_cells, lambda labels, _: [[label] for label in labels])
+    found = hidden_tasks(sources, directions, min_cells, each_label)
     return _run_hidden(found, seed=seed, spec=spec, reporter=reporter)
 
 
@@ -543,12 +560,46 @@ def hide_half(sources: dict[str, Any], *, directions: tuple[tuple[str, str], ...
     ScreaderError
         Any error of building or querying an atlas.
     """
+    found = hidden_tasks(sources, directions, min_cells, half_draw(seed))
+    return _run_hidden(found, seed=seed, spec=spec, reporter=reporter)
+
+
+def half_draw(seed: int) -> Callable[[list[str], str], list[list[str]]]:
+    """The labels :func:`hide_half` hides: a draw seeded by ``seed`` and the direction's name.
+
+    Parameters
+    ----------
+    seed : int
+        Seed of the draw.
+
+    Returns
+    -------
+    callable
+        ``(labels, direction) -> [half of the labels, sorted]``.
+    """
     def draw(labels: list[str], direction: str) -> list[list[str]]:
         rng = np.random.default_rng([seed, zlib.crc32(direction.encode())])
         return [sorted(rng.choice(labels, size=len(labels) // 2, replace=False).tolist())]
 
-    found = _hidden_tasks(sources, directions, min_cells, draw)
-    return _run_hidden(found, seed=seed, spec=spec, reporter=reporter)
+    return draw
+
+
+def each_label(labels: list[str], direction: str) -> list[list[str]]:
+    """The labels :func:`hide_each_label` hides: each on its own.
+
+    Parameters
+    ----------
+    labels : list of str
+        The labels that may be hidden.
+    direction : str
+        The task's name (unused: every direction hides each label).
+
+    Returns
+    -------
+    list of list of str
+        One group per label.
+    """
+    return [[label] for label in labels]
 
 
 def lineage_only(sources: dict[str, Any], *, directions: tuple[tuple[str, str], ...] = LINEAGE_DIRECTIONS,
@@ -582,11 +633,24 @@ def lineage_only(sources: dict[str, Any], *, directions: tuple[tuple[str, str], 
     ScreaderError
         Any error of building or querying an atlas.
     """
-    return _run_hidden(_lineage_tasks(sources, directions), seed=seed, spec=spec, reporter=reporter)
+    return _run_hidden(lineage_tasks(sources, directions), seed=seed, spec=spec, reporter=reporter)
 
 
-def _lineage_tasks(sources: dict[str, Any], directions: tuple[tuple[str, str], ...]) -> list[tuple[str, str, Any, Any, list[str]]]:
-    """(task, name, reference of the lineage's labels only, query, every other reference label) per direction."""
+def lineage_tasks(sources: dict[str, Any], directions: tuple[tuple[str, str], ...]) -> list[tuple[str, str, Any, Any, list[str]]]:
+    """Each direction's reference restricted to one lineage (:data:`PARENTS`), with the whole query.
+
+    Parameters
+    ----------
+    sources : dict of str to AnnData
+        From :func:`load_sources`.
+    directions : tuple of (str, str)
+        (reference, query) names; each reference must be a key of :data:`PARENTS`.
+
+    Returns
+    -------
+    list of tuple
+        (task, name, reference of the lineage's labels only, query, every other reference label).
+    """
     found = []
     for ref, qry in directions:
         reference, lineage = sources[ref], PARENTS[ref][1]

@@ -115,7 +115,7 @@ def test_suite_variants_leave_their_sources_unchanged():
 
 
 def test_a_lineage_atlas_keeps_only_the_lineage_and_measures_every_other_label():
-    from screader_db.suite import ENDOCRINE, LABEL, LINEAGE_DIRECTIONS, _labelled, _lineage_tasks
+    from screader_db.suite import ENDOCRINE, LABEL, LINEAGE_DIRECTIONS, _labelled, lineage_tasks
 
     names = np.array([*ENDOCRINE, "pancreatic ductal cell", "macrophage"])
     sources = {}
@@ -123,7 +123,7 @@ def test_a_lineage_atlas_keeps_only_the_lineage_and_measures_every_other_label()
         adata = _labelled(make_counts(n_cells=60, seed=i), "cell_type")
         adata.obs[LABEL] = names[np.arange(60) % len(names)]
         sources[name] = adata
-    found = _lineage_tasks(sources, LINEAGE_DIRECTIONS)
+    found = lineage_tasks(sources, LINEAGE_DIRECTIONS)
     assert [task for task, *_ in found] == ["baron_human -> baron_mouse", "baron_mouse -> baron_human"]
     for _, _, kept, query, others in found:
         assert set(kept.obs[LABEL]) == set(ENDOCRINE) and kept.n_obs == 40

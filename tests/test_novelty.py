@@ -100,13 +100,14 @@ def test_a_flagged_cluster_whose_genes_are_its_voted_labels_is_spared():
     assert not only_two.novel.any() and only_two.details["cluster_explained"][3] < 0.5
     said = describe({"checked": True, "clusters": 4, "cutoff": -2.5, "novel_cells": 50, **spared.details})
     assert said.startswith("1 of 4 query clusters (50 cells)")
-    assert said.endswith("; spared: 1 cluster below the cut-off whose distinguishing genes are its voted label's")
+    assert said.endswith("; spared: 1 flagged cluster whose distinguishing genes are its voted label's")
     assert describe({"checked": False, "reason": "switched off for this atlas"}) == "not run: switched off for this atlas"
 
 
-def test_the_check_switches_itself_off_where_labels_cannot_be_told_apart(tmp_path):
+def test_the_relative_check_switches_itself_off_where_labels_cannot_be_told_apart(tmp_path):
     """Labels drawn at random over the same cells: hiding one is never noticed, so the
-    calibration switches the check off, and queries say why instead of guessing."""
+    calibration switches the relative check off, and queries say why instead of guessing; cells
+    like the atlas's are not far from every label either, so nothing is set aside."""
     from screader_db.inputs import load_expression
     from screader_db.novelty import calibrate
 
@@ -117,9 +118,10 @@ def test_the_check_switches_itself_off_where_labels_cannot_be_told_apart(tmp_pat
     assert found["calibrated"] and not found["enabled"] and found["hidden_caught"] < 0.5
     build_atlas(adata, tmp_path / "atlas", label_key="cell_type", settings=BuildSettings(layout="none"))
     result = annotate(make_counts(n_cells=200, n_types=1, seed=5), tmp_path / "atlas")
-    assert result.info["novelty"]["checked"] is False
-    assert "switched off for this atlas" in result.info["novelty"]["reason"]
-    assert "novel" not in result.table.columns
+    novelty = result.info["novelty"]
+    assert novelty["checked"] and novelty["cutoff"] is None and "switched off for this atlas" in novelty["relative_check"]
+    assert novelty["far_clusters"] == 0 and not result.table["novel"].any()
+    assert describe(novelty).startswith("0 of ") and "relative check off for this atlas" in describe(novelty)
 
 
 @pytest.fixture(scope="module")

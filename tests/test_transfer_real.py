@@ -147,3 +147,27 @@ def test_a_small_query_still_shows_a_type_the_atlas_lacks(tmp_path):
     endothelial = query.obs[LABEL].astype(str).to_numpy() == "endothelial cell"
     assert result.info["novelty"]["small_query_guard"]
     assert result.table["novel"].to_numpy(dtype=bool)[endothelial].mean() >= 0.8
+
+
+def test_an_endocrine_atlas_sets_aside_the_other_lineages_of_a_whole_pancreas(tmp_path):
+    """The four endocrine types of Baron human as the atlas, the whole mouse pancreas as the query:
+    the relative check is off for such an atlas (its labels are too alike to calibrate it), and the
+    acinar, ductal, stellate and immune cells are set aside as far from every label."""
+    from screader_db.suite import ENDOCRINE
+
+    sources = load_sources(kang_cells=10)
+    human, mouse = sources["baron_human"], sources["baron_mouse"]
+    root = tmp_path / "endocrine"
+    build_atlas(human[human.obs[LABEL].astype(str).isin(ENDOCRINE)].copy(), root, label_key=LABEL,
+                settings=BuildSettings(layout="none", model="none", keep_expression=False))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ScreaderWarning)
+        result = annotate(mouse, root)
+    truth = mouse.obs[LABEL].astype(str).to_numpy()
+    other = ~np.isin(truth, ENDOCRINE)
+    novelty = result.info["novelty"]
+    assert novelty["cutoff"] is None and novelty["far_clusters"] > 0
+    labels = result.labels.to_numpy()
+    assert (labels[other] == "Unassigned").mean() >= 0.8
+    right = result.table["raw_label"].to_numpy() == truth
+    assert (result.table["novel"].to_numpy(dtype=bool) & right).sum() <= 0.01 * right.sum()
