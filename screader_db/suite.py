@@ -439,12 +439,8 @@ def hidden_tasks(sources: dict[str, Any], directions: tuple[tuple[str, str], ...
 
     Parameters
     ----------
-    sources : dict of str to AnnData
-        From :func:`load_sources`.
-    directions : tuple of (str, str)
-        (reference, query) names.
-    min_cells : int
-        Query cells a label needs to be hidden.
+    sources, directions, min_cells
+        As :func:`hide_each_label` takes them.
     choose : callable
         ``(labels the query has at least min_cells of, direction) -> groups of labels to hide``,
         such as :func:`each_label` or :func:`half_draw`.
@@ -641,10 +637,8 @@ def lineage_tasks(sources: dict[str, Any], directions: tuple[tuple[str, str], ..
 
     Parameters
     ----------
-    sources : dict of str to AnnData
-        From :func:`load_sources`.
-    directions : tuple of (str, str)
-        (reference, query) names; each reference must be a key of :data:`PARENTS`.
+    sources, directions
+        As :func:`lineage_only` takes them.
 
     Returns
     -------
