@@ -471,6 +471,7 @@ class CellIndex:
         self._widest_lists: int | None = None  # the widest nprobe a check of a batched search needed
         self._checked = False  # whether a query check has run
         self._lists: Any = None  # list_search.Lists, read from the IVF on first use
+        self._centroids: np.ndarray | None = None  # the IVF lists' centroids, read on first use
 
     def __repr__(self) -> str:
         return f"CellIndex(kind={self.kind!r}, ntotal={self.ntotal}, dim={self.dim})"
@@ -864,14 +865,17 @@ class CellIndex:
         return self._lists
 
     def _coarse_probes(self, queries: np.ndarray, nprobe: int) -> np.ndarray:
-        """The ``nprobe`` lists nearest each query, nearest first, found as the IVF search finds them."""
+        """The ``nprobe`` lists nearest each query, nearest first: an exact search of the list
+        centroids (a batch of queries is one matrix product; an HNSW coarse quantiser would walk
+        its graph once per query, and miss some of the nearest lists)."""
         faiss = _faiss()
         reduced = np.ascontiguousarray(queries, dtype=np.float32)
         chain = faiss.downcast_index(self._refine.base_index).chain
         for step in range(chain.size()):
             reduced = faiss.downcast_VectorTransform(chain.at(step)).apply(reduced)
-        self._widen_quantizer(nprobe)
-        return self._ivf.quantizer.search(reduced, int(nprobe))[1]
+        if self._centroids is None:
+            self._centroids = self._ivf.quantizer.reconstruct_n(0, int(self._ivf.nlist))
+        return faiss.knn(reduced, self._centroids, int(nprobe), metric=faiss.METRIC_L2)[1]
 
     def _search_lists(self, queries: np.ndarray, k: int, nprobe: int) -> tuple[np.ndarray, np.ndarray]:
         """Search an ``ivf-pca`` index exactly within the ``nprobe`` lists each query probes, batched by
