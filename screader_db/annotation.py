@@ -136,6 +136,7 @@ def find_novel(query: PreparedQuery, opened: store.Atlas, *, chunk: int = CHUNK,
     """
     from screader_db.expression_stream import GeneMoments
     from screader_db.features import variable_from_moments
+    from screader_db.inputs import sample_chunks
     from screader_db.novelty import DEFAULT_CUTOFF, N_VARIABLE, SAMPLE_CELLS, stream_detect
 
     found = opened.profiles()
@@ -154,12 +155,19 @@ def find_novel(query: PreparedQuery, opened: store.Atlas, *, chunk: int = CHUNK,
     # Profiles are log1p CP10k over every gene a cell measured: no panel library here.
     stream = query.stream.over(plan_genes(query.mapping.symbols, profiles.genes))
     chosen = None if relative_off else float(calibration.get("cutoff", DEFAULT_CUTOFF) if cutoff is None else cutoff)
+    seed = int(opened.embedder.params.get("seed", 0))
     with reporter.task("Looking for populations the atlas lacks", n, "cells") as advance:
-        chunks = stream.replayable(chunk) if n <= SAMPLE_CELLS else (lambda: stream.chunks(chunk))
-        moments = GeneMoments(len(profiles.genes)).add_all(block for _, block in chunks())
+        if n <= SAMPLE_CELLS:  # read once, kept: every cell is clustered
+            chunks = stream.replayable(chunk)
+            moments = GeneMoments(len(profiles.genes)).add_all(block for _, block in chunks())
+            sample = None
+        else:  # the variable genes of the clustered sample: one pass to sample, one to assign
+            chunks = lambda: stream.chunks(chunk)  # noqa: E731
+            sample = sample_chunks(chunks, n, sample_cells=SAMPLE_CELLS, seed=seed)
+            moments = GeneMoments(len(profiles.genes)).add_all([sample])
         variable = variable_from_moments(*moments.mean_var(), moments.detected, N_VARIABLE)
-        result = stream_detect(chunks, n, profiles.genes, variable, profiles, cutoff=chosen,
-                               seed=int(opened.embedder.params.get("seed", 0)))
+        result = stream_detect(chunks, n, profiles.genes, variable, profiles, cutoff=chosen, seed=seed,
+                               sample_cells=SAMPLE_CELLS, sample=sample)
         advance(n)
     info = {"checked": True, "cutoff": chosen, "calibrated": bool(calibration.get("calibrated", False)),
             "novel_cells": int(result.novel.sum()), **result.details}

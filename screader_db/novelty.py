@@ -585,7 +585,7 @@ def describe(info: dict[str, Any]) -> str:
 
 def stream_detect(chunks: Callable[[], Iterator[tuple[int, sp.csr_matrix]]], n_cells: int, genes: list[str],
                   variable: np.ndarray, profiles: LabelProfiles, *, cutoff: float | None = DEFAULT_CUTOFF, seed: int = 0,
-                  sample_cells: int = SAMPLE_CELLS) -> NoveltyResult:
+                  sample_cells: int = SAMPLE_CELLS, sample: sp.csr_matrix | None = None) -> NoveltyResult:
     """:func:`detect` for a query read in chunks: cluster a sample, assign every cell to its nearest cluster.
 
     Columns of the chunks follow ``genes``; ``variable`` indexes them. Profiles are summed per
@@ -612,6 +612,9 @@ def stream_detect(chunks: Callable[[], Iterator[tuple[int, sp.csr_matrix]]], n_c
         Seed of the sample and the clustering.
     sample_cells : int
         Most cells clustered (default :data:`SAMPLE_CELLS`); the rest are only assigned.
+    sample : scipy.sparse.csr_matrix or None
+        The sample already drawn (:func:`screader_db.inputs.sample_chunks` with the same cells and
+        seed), so the query is not read for it again; None draws it.
 
     Returns
     -------
@@ -620,17 +623,18 @@ def stream_detect(chunks: Callable[[], Iterator[tuple[int, sp.csr_matrix]]], n_c
     """
     from screader_db.inputs import sample_chunks
 
-    picked = sample_chunks(chunks, n_cells, sample_cells=sample_cells, seed=seed)
-    sample = np.asarray(picked[:, variable].todense(), dtype=np.float64)
-    _, centroids, loadings = cluster_on_components(sample, n_clusters=n_clusters_for(n_cells), seed=seed)
+    picked = sample_chunks(chunks, n_cells, sample_cells=sample_cells, seed=seed) if sample is None else sample
+    dense_sample = picked[:, variable].astype(np.float64).toarray()
+    _, centroids, loadings = cluster_on_components(dense_sample, n_clusters=n_clusters_for(n_cells), seed=seed)
     if n_cells <= sample_cells:  # the sample is every cell, in row order: no second pass
-        cluster = assign(sample, centroids, loadings)
+        cluster = assign(dense_sample, centroids, loadings)
         return _judge(cluster, None, [genes[i] for i in variable], profiles, cutoff,
-                      sums=cluster_sums(cluster, sample, len(centroids)))
+                      sums=cluster_sums(cluster, dense_sample, len(centroids)))
+    del dense_sample
     cluster = np.empty(n_cells, dtype=np.int64)
     sums = np.zeros((len(centroids), len(variable)))
     for start, block in chunks():
-        dense = np.asarray(block[:, variable].todense(), dtype=np.float64)
+        dense = block[:, variable].astype(np.float64).toarray()
         part = assign(dense, centroids, loadings)
         cluster[start : start + len(part)] = part
         sums += cluster_sums(part, dense, len(centroids))

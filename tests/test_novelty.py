@@ -150,3 +150,21 @@ def test_a_type_missing_from_the_atlas_comes_back_unassigned(baron, tmp_path):
     assert 1 - assigned[novel].mean() >= 0.7
     assert assigned[shared].mean() >= 0.9
     assert (labels[shared & assigned] == truth[shared & assigned]).mean() >= 0.9
+
+
+def test_a_query_larger_than_the_sample_is_clustered_on_the_sample_and_every_cell_assigned(tmp_path, monkeypatch):
+    """Above the sample size the query is read twice (sample, then assignment), the variable genes
+    come from the sample, and a type the atlas lacks is still found in the cells outside it."""
+    import screader_db.novelty as novelty
+
+    reference = make_counts(n_cells=600, n_types=4, seed=1)
+    build_atlas(reference[reference.obs["cell_type"] != "type3"].copy(), tmp_path / "atlas", label_key="cell_type",
+                settings=BuildSettings(model="random:32", layout="none"))
+    query = make_counts(n_cells=1500, n_types=4, seed=2)
+    monkeypatch.setattr(novelty, "SAMPLE_CELLS", 400)
+    result = annotate(query, tmp_path / "atlas", chunk=128, novelty_cutoff=-2.0)
+    info = result.info["novelty"]
+    assert info["checked"] and sum(info["cluster_sizes"]) == query.n_obs
+    hidden = query.obs["cell_type"].to_numpy() == "type3"
+    novel = result.table["novel"].to_numpy(dtype=bool)
+    assert novel[hidden].mean() >= 0.8 and novel[~hidden].mean() <= 0.05
