@@ -134,9 +134,11 @@ def find_novel(query: PreparedQuery, opened: store.Atlas, *, chunk: int = CHUNK,
         The result and its ``info`` entry; None when the atlas has no profiles, the filters
         leave none, or the query is too small to cluster.
     """
+    import scipy.sparse as sp
+
     from screader_db.expression_stream import GeneMoments
     from screader_db.features import variable_from_moments
-    from screader_db.inputs import sample_chunks
+    from screader_db.inputs import sample_rows
     from screader_db.novelty import DEFAULT_CUTOFF, N_VARIABLE, SAMPLE_CELLS, stream_detect
 
     found = opened.profiles()
@@ -161,9 +163,10 @@ def find_novel(query: PreparedQuery, opened: store.Atlas, *, chunk: int = CHUNK,
             chunks = stream.replayable(chunk)
             moments = GeneMoments(len(profiles.genes)).add_all(block for _, block in chunks())
             sample = None
-        else:  # the variable genes of the clustered sample: one pass to sample, one to assign
+        else:  # only the sampled rows are read and normalised to cluster; every row to assign
             chunks = lambda: stream.chunks(chunk)  # noqa: E731
-            sample = sample_chunks(chunks, n, sample_cells=SAMPLE_CELLS, seed=seed)
+            picked = stream.subset(sample_rows(n, SAMPLE_CELLS, seed=seed))
+            sample = sp.csr_matrix(sp.vstack([block for _, block in picked.chunks(chunk)]))
             moments = GeneMoments(len(profiles.genes)).add_all([sample])
         variable = variable_from_moments(*moments.mean_var(), moments.detected, N_VARIABLE)
         result = stream_detect(chunks, n, profiles.genes, variable, profiles, cutoff=chosen, seed=seed,

@@ -546,6 +546,27 @@ def rows_in_block(rows: np.ndarray, start: int, size: int) -> np.ndarray:
     return rows[(rows >= start) & (rows < start + size)] - start
 
 
+def sample_rows(n_cells: int, sample_cells: int, *, seed: int = 0) -> np.ndarray:
+    """A seeded draw of at most ``sample_cells`` of ``n_cells`` row positions, sorted.
+
+    Parameters
+    ----------
+    n_cells : int
+        Rows to draw from.
+    sample_cells : int
+        Most rows drawn.
+    seed : int
+        Seed of the draw.
+
+    Returns
+    -------
+    numpy.ndarray
+        Sorted int64 positions (every row when ``n_cells <= sample_cells``).
+    """
+    rng = np.random.default_rng(seed)
+    return np.sort(rng.choice(n_cells, size=min(n_cells, sample_cells), replace=False))
+
+
 def sample_chunks(chunks: Callable[[], Iterator[tuple[int, sp.csr_matrix]]], n_cells: int, *, sample_cells: int,
                   seed: int = 0) -> sp.csr_matrix:
     """A seeded sample of at most ``sample_cells`` cells (in row order) of a batch read in chunks.
@@ -566,8 +587,7 @@ def sample_chunks(chunks: Callable[[], Iterator[tuple[int, sp.csr_matrix]]], n_c
     scipy.sparse.csr_matrix
         The sampled rows.
     """
-    rng = np.random.default_rng(seed)
-    rows = np.sort(rng.choice(n_cells, size=min(n_cells, sample_cells), replace=False))
+    rows = sample_rows(n_cells, sample_cells, seed=seed)
     picked = []
     for start, block in chunks():
         local = rows_in_block(rows, start, block.shape[0])
