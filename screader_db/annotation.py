@@ -163,11 +163,11 @@ def find_novel(query: PreparedQuery, opened: store.Atlas, *, chunk: int = CHUNK,
             chunks = stream.replayable(chunk)
             moments = GeneMoments(len(profiles.genes)).add_all(block for _, block in chunks())
             sample = None
-        else:  # only the sampled rows are read and normalised to cluster; every row to assign
+        else:  # every row read for the variable genes and to assign; only the sampled rows to cluster
             chunks = lambda: stream.chunks(chunk)  # noqa: E731
+            moments = GeneMoments(len(profiles.genes)).add_all(block for _, block in chunks())
             picked = stream.subset(sample_rows(n, SAMPLE_CELLS, seed=seed))
             sample = sp.csr_matrix(sp.vstack([block for _, block in picked.chunks(chunk)]))
-            moments = GeneMoments(len(profiles.genes)).add_all([sample])
         variable = variable_from_moments(*moments.mean_var(), moments.detected, N_VARIABLE)
         result = stream_detect(chunks, n, profiles.genes, variable, profiles, cutoff=chosen, seed=seed,
                                sample_cells=SAMPLE_CELLS, sample=sample)
