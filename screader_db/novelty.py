@@ -57,7 +57,7 @@ SMALL_QUERY_MATCH = 0.35
 N_VARIABLE = 2000
 N_COMPONENTS = 30
 # Cells clustered (the rest only assigned): with at most 60 clusters, 250 sampled cells a cluster
-# on average. On 100,000 resampled Kang cells the check took 9.6 s with 15,000 against 16.5 s with
+# on average. On 100,000 resampled Kang cells the check took 13.3 s with 15,000 against 16.5 s with
 # 30,000. How many cells of the synthetic million-cell benchmark's query (every type in the
 # atlas) it flagged before sparing varied with the sample, not with its size: 0 at 15,000, 2,214
 # at 20,000, 735 at 30,000 (README, "Scale").
@@ -618,8 +618,8 @@ def stream_detect(chunks: Callable[[], Iterator[tuple[int, sp.csr_matrix]]], n_c
     sample_cells : int
         Most cells clustered (default :data:`SAMPLE_CELLS`); the rest are only assigned.
     sample : scipy.sparse.csr_matrix or None
-        The sample already drawn (:func:`screader_db.inputs.sample_chunks` with the same cells and
-        seed), so the query is not read for it again; None draws it.
+        The sample already read: the rows :func:`screader_db.inputs.sample_rows` draws with the same
+        ``sample_cells`` and ``seed``, so the query is not read for it again; None draws it.
 
     Returns
     -------

@@ -434,7 +434,7 @@ RULES = MethodSpec("marker (default), Unassigned rules on", model=NONE, method="
 
 
 def hidden_tasks(sources: dict[str, Any], directions: tuple[tuple[str, str], ...], min_cells: int,
-                  choose: Callable[[list[str], str], list[list[str]]]) -> list[tuple[str, str, Any, Any, list[str]]]:
+                 choose: Callable[[list[str], str], list[list[str]]]) -> list[tuple[str, str, Any, Any, list[str]]]:
     """Each direction's reference without a group of its labels, with the query.
 
     Parameters
