@@ -159,18 +159,15 @@ def find_novel(query: PreparedQuery, opened: store.Atlas, *, chunk: int = CHUNK,
     chosen = None if relative_off else float(calibration.get("cutoff", DEFAULT_CUTOFF) if cutoff is None else cutoff)
     seed = int(opened.embedder.params.get("seed", 0))
     with reporter.task("Looking for populations the atlas lacks", n, "cells") as advance:
-        if n <= SAMPLE_CELLS:  # read once, kept: every cell is clustered
-            chunks = stream.replayable(chunk)
-            moments = GeneMoments(len(profiles.genes)).add_all(block for _, block in chunks())
-            sample = None
-        else:  # every row read for the variable genes and to assign; only the sampled rows to cluster
-            chunks = lambda: stream.chunks(chunk)  # noqa: E731
-            moments = GeneMoments(len(profiles.genes)).add_all(block for _, block in chunks())
-            picked = stream.subset(sample_rows(n, SAMPLE_CELLS, seed=seed))
-            sample = sp.csr_matrix(sp.vstack([block for _, block in picked.chunks(chunk)]))
+        # A query no larger than the sample is read once and kept, and every cell is clustered;
+        # a larger one is read for the variable genes and to assign, and only its sample to cluster.
+        whole = n <= SAMPLE_CELLS
+        chunks = stream.replayable(chunk) if whole else (lambda: stream.chunks(chunk))
+        moments = GeneMoments(len(profiles.genes)).add_all(block for _, block in chunks())
+        sampled = chunks() if whole else stream.subset(sample_rows(n, SAMPLE_CELLS, seed=seed)).chunks(chunk)
+        sample = sp.csr_matrix(sp.vstack([block for _, block in sampled]))
         variable = variable_from_moments(*moments.mean_var(), moments.detected, N_VARIABLE)
-        result = stream_detect(chunks, n, profiles.genes, variable, profiles, cutoff=chosen, seed=seed,
-                               sample_cells=SAMPLE_CELLS, sample=sample)
+        result = stream_detect(chunks, sample, n, profiles.genes, variable, profiles, cutoff=chosen, seed=seed)
         advance(n)
     info = {"checked": True, "cutoff": chosen, "calibrated": bool(calibration.get("calibrated", False)),
             "novel_cells": int(result.novel.sum()), **result.details}

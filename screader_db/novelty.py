@@ -588,9 +588,9 @@ def describe(info: dict[str, Any]) -> str:
     return said
 
 
-def stream_detect(chunks: Callable[[], Iterator[tuple[int, sp.csr_matrix]]], n_cells: int, genes: list[str],
-                  variable: np.ndarray, profiles: LabelProfiles, *, cutoff: float | None = DEFAULT_CUTOFF, seed: int = 0,
-                  sample_cells: int = SAMPLE_CELLS, sample: sp.csr_matrix | None = None) -> NoveltyResult:
+def stream_detect(chunks: Callable[[], Iterator[tuple[int, sp.csr_matrix]]], sample: sp.csr_matrix, n_cells: int,
+                  genes: list[str], variable: np.ndarray, profiles: LabelProfiles, *,
+                  cutoff: float | None = DEFAULT_CUTOFF, seed: int = 0) -> NoveltyResult:
     """:func:`detect` for a query read in chunks: cluster a sample, assign every cell to its nearest cluster.
 
     Columns of the chunks follow ``genes``; ``variable`` indexes them. Profiles are summed per
@@ -601,6 +601,8 @@ def stream_detect(chunks: Callable[[], Iterator[tuple[int, sp.csr_matrix]]], n_c
     ----------
     chunks : callable
         Returns a fresh iterator of (start row, csr block) over the query, e.g. :meth:`ExpressionStream.chunks`.
+    sample : scipy.sparse.csr_matrix
+        The rows clustered (in row order); when it holds every cell, the query is not read again.
     n_cells : int
         Cells in the query.
     genes : list of str
@@ -614,24 +616,16 @@ def stream_detect(chunks: Callable[[], Iterator[tuple[int, sp.csr_matrix]]], n_c
         Clusters scoring below it (robust standard deviations) are novel; default :data:`DEFAULT_CUTOFF`;
         None: only clusters far from every label (:data:`FAR_MATCH`) are.
     seed : int
-        Seed of the sample and the clustering.
-    sample_cells : int
-        Most cells clustered (default :data:`SAMPLE_CELLS`); the rest are only assigned.
-    sample : scipy.sparse.csr_matrix or None
-        The sample already read: the rows :func:`screader_db.inputs.sample_rows` draws with the same
-        ``sample_cells`` and ``seed``, so the query is not read for it again; None draws it.
+        Seed of the clustering.
 
     Returns
     -------
     NoveltyResult
         Per cell, with the per-cluster figures in ``details``.
     """
-    from screader_db.inputs import sample_chunks
-
-    picked = sample_chunks(chunks, n_cells, sample_cells=sample_cells, seed=seed) if sample is None else sample
-    dense_sample = picked[:, variable].astype(np.float64).toarray()
+    dense_sample = sample[:, variable].astype(np.float64).toarray()
     _, centroids, loadings = cluster_on_components(dense_sample, n_clusters=n_clusters_for(n_cells), seed=seed)
-    if n_cells <= sample_cells:  # the sample is every cell, in row order: no second pass
+    if sample.shape[0] == n_cells:  # the sample is every cell, in row order: no second pass
         cluster = assign(dense_sample, centroids, loadings)
         return _judge(cluster, None, [genes[i] for i in variable], profiles, cutoff,
                       sums=cluster_sums(cluster, dense_sample, len(centroids)))
