@@ -6,9 +6,10 @@ queries of one cell type only against a whole-tissue atlas. The check is forced 
 calibrated cut-off, so atlases whose relative check is off still give their clusters. Per cluster:
 its size, its best centred correlation and relative score, its best profile correlation and the
 query's typical one, the cells of hidden or other-lineage types in it, the present types' right
-raw calls in it, and whether the check calls it novel (by either rule, after sparing). The summary
-counts, per kind of case, what the far-from-every-label rule (``screader_db.novelty.far_from_labels``)
-alone flags: clusters, the hidden cells in them and the right calls they would cost.
+raw calls in it, whether the far-from-every-label rule (``screader_db.novelty.far_from_labels``)
+flags it, and whether the check calls it novel (by either rule, after sparing). The summary counts,
+per kind of case, what the far rule alone flags: clusters, the hidden cells in them and the right
+calls they would cost.
 
     python benchmarks/novelty_clusters.py --out results/novelty_clusters
 """
@@ -28,7 +29,7 @@ import pandas as pd
 from screader_db import annotate, suite
 from screader_db.builders.atlas import BuildSettings, build_atlas
 from screader_db.errors import ScreaderWarning
-from screader_db.novelty import MIN_CLUSTER
+from screader_db.novelty import MIN_CLUSTER, far_from_labels, weighted_median
 
 ONE_TYPE = (("pbmc3k", "kang_ctrl", "CD4 T"), ("pbmc3k", "kang_ctrl", "CD14 Monocytes"),
             ("baron_human", "baron_mouse", "type B pancreatic cell"), ("kang_ctrl", "pbmc3k", "CD4 T"),
@@ -63,11 +64,9 @@ def clusters_of(result: Any, truth: np.ndarray, hidden: list[str]) -> pd.DataFra
     novel[np.unique(cluster[result.table["novel"].to_numpy(dtype=bool)])] = True
     usable = sizes >= MIN_CLUSTER
     profile = np.asarray(novelty["cluster_profile_correlation"])
-    order = np.argsort(profile[usable])
-    cumulative = np.cumsum(sizes[usable][order])
-    typical = profile[usable][order][np.searchsorted(cumulative, cumulative[-1] / 2)]
     rows = pd.DataFrame({"cluster": np.arange(len(sizes)), "size": sizes, "profile": profile,
-                         "typical": typical, "centred": novelty["cluster_best_correlation"],
+                         "typical": weighted_median(profile[usable], sizes[usable]),
+                         "far": far_from_labels(profile, sizes, usable), "centred": novelty["cluster_best_correlation"],
                          "score": novelty["cluster_score"], "best": novelty["cluster_best_label"],
                          "hidden_cells": np.bincount(cluster[is_hidden], minlength=len(sizes)),
                          "right_calls": np.bincount(cluster[right], minlength=len(sizes)),
@@ -75,11 +74,8 @@ def clusters_of(result: Any, truth: np.ndarray, hidden: list[str]) -> pd.DataFra
     return rows[usable]
 
 
-def summary(frame: pd.DataFrame, far_match: float, far_share: float, far_typical: float) -> str:
+def summary(frame: pd.DataFrame) -> str:
     """Per kind: clusters, clusters the far rule flags, hidden cells and right calls in them, worst case."""
-    rule = ((frame.profile < far_match) & (frame.profile < far_share * frame.typical)
-            & (frame.typical >= far_typical))
-    frame = frame.assign(far=rule)
     lines = ["| kind | cases | clusters | far clusters | hidden or other-lineage cells in them | of all such cells "
              "| right calls in them | worst case's share of its right calls |", "|---|---|---|---|---|---|---|---|"]
     for kind, part in frame.groupby("kind", sort=False):
@@ -120,7 +116,7 @@ def main() -> None:
             frames.append(clusters_of(result, truth, hidden).assign(kind=kind, case=name))
             print(f"{time.perf_counter() - started:6.0f} s  {kind:9s} {name}", flush=True)
     frame = pd.concat(frames, ignore_index=True)
-    text = (f"{summary(frame, FAR_MATCH, FAR_SHARE, FAR_TYPICAL)}\n\nFar from every label: profile correlation below "
+    text = (f"{summary(frame)}\n\nFar from every label: profile correlation below "
             f"{FAR_MATCH} and below {FAR_SHARE} of the typical cluster's, where that reaches {FAR_TYPICAL}. "
             f"{time.perf_counter() - started:.0f} s in all.\n")
     print(text)
