@@ -301,6 +301,8 @@ WIN_SHARE = 0.9          # the right inverse gives ~1, wrong ones near chance (a
 WIN_MARGIN = 0.3
 CONSTANT_CV = 1e-3       # library sizes this even were normalised to one total (float32 sums: ~1e-6)
 MIN_LIBRARY_CELLS = 10
+HUGE_TOTAL = 1e8         # more than any normalisation (CP10k, CPM, TPM) or sequencing depth puts in one cell ...
+HUGE_SHARE = 0.1         # ... so an inverse giving it to this share of cells is not the values' own
 MAX_VALUES = 500_000     # the tests read the first rows holding this many values (at least MIN_ROWS rows): ~0.3 s
 MIN_ROWS = 100
 
@@ -409,16 +411,27 @@ def _integer_share(X: sp.csr_matrix, scale: str) -> tuple[float, int]:
     return float(hits.mean()), int(scored.sum())
 
 
-def _library_cv(X: sp.csr_matrix, scale: str) -> float:
-    """Coefficient of variation of the cells' totals under ``scale``'s inverse (0 for a normalised matrix)."""
+def _totals(X: sp.csr_matrix, scale: str) -> np.ndarray:
+    """The cells' totals under ``scale``'s inverse (inf where they overflow), cells with any value only."""
     linear = X.copy()
     linear.data = unlog(linear.data.astype(np.float64), scale)
     with np.errstate(over="ignore", invalid="ignore"):
         totals = np.asarray(linear.sum(axis=1)).ravel()
-    totals = totals[totals > 0]
+    return totals[totals > 0]
+
+
+def _library_cv(totals: np.ndarray) -> float:
+    """Coefficient of variation of the cells' totals (0 for a normalised matrix; NaN when too few or not finite)."""
     if len(totals) < MIN_LIBRARY_CELLS or not np.all(np.isfinite(totals)):
         return float("nan")
     return float(np.std(totals) / np.mean(totals))
+
+
+def _huge_share(totals: np.ndarray) -> float:
+    """Share of the cells whose total exceeds :data:`HUGE_TOTAL` (NaN when too few cells)."""
+    if len(totals) < MIN_LIBRARY_CELLS:
+        return float("nan")
+    return float(np.mean(~(totals <= HUGE_TOTAL)))
 
 
 def _fmt(value: float, pattern: str) -> str:
@@ -463,13 +476,35 @@ def _by_library(shares: dict[str, float], cvs: dict[str, float]) -> ScaleEvidenc
     return ScaleEvidence(scale=chosen, evidence=text, integer_share=shares, library_cv=cvs)
 
 
+def _by_totals(shares: dict[str, float], cvs: dict[str, float], huge: dict[str, float]) -> ScaleEvidence | None:
+    """Linear when every log inverse would give many cells more than any cell holds; None otherwise.
+
+    Counts with fractional parts (expected counts, ambient-corrected counts), RPKM, or TPM over some
+    of the genes have neither integer ratios nor equal totals; their values are far too large to
+    be logarithms of expression.
+    """
+    logs = [s for s in huge if s != "linear"]
+    if not all(huge[s] > HUGE_SHARE for s in logs) or not huge["linear"] <= HUGE_SHARE:
+        return None
+    beyond = ", ".join(f"{s} {huge[s]:.0%}" for s in logs)
+    text = (f"linear: values without integer ratios or equal totals (library CV {_fmt(cvs['linear'], '.3g')}), too "
+            f"large to be logarithms: under each log inverse this share of cells would hold more than {HUGE_TOTAL:.0e} "
+            f"({beyond}); read as counts with fractional parts, RPKM or TPM of some genes, and normalised per cell")
+    return ScaleEvidence(scale="linear", evidence=text, integer_share=shares, library_cv=cvs)
+
+
 def detect_scale(X: sp.csr_matrix) -> ScaleEvidence:
     """Tell counts, ln/log2/log10(1 + x) and linear normalised values apart from a sample of rows.
 
     Counts are integers. Normalised values are counts times a per-cell factor, so under the
     right inverse each cell's values are integer multiples of its smallest one; the wrong
     inverses give a share of integer ratios near chance. Values with no integer structure
-    (TPM, ambient-corrected) are told by the inverse under which every cell has the same total.
+    (TPM, log-normalised ambient-corrected counts) are told by the inverse under which every
+    cell has the same total; failing that, values that every log inverse would turn into more
+    than :data:`HUGE_TOTAL` in over :data:`HUGE_SHARE` of the cells (fractional counts, RPKM,
+    TPM of some genes) are linear. Anything else is refused: log values of ambient-corrected
+    counts over some of the genes, for one, have their most even totals under the wrong base
+    as often as under the right one.
 
     Parameters
     ----------
@@ -494,8 +529,10 @@ def detect_scale(X: sp.csr_matrix) -> ScaleEvidence:
     found = {s: _integer_share(head, s) for s in LOG_BASE}
     shares = {s: share for s, (share, _) in found.items()}
     scored = {s: n for s, (_, n) in found.items()}
-    cvs = {s: _library_cv(head, s) for s in LOG_BASE}
-    found_scale = _by_integer_ratios(shares, scored, cvs) or _by_library(shares, cvs)
+    totals = {s: _totals(head, s) for s in LOG_BASE}
+    cvs = {s: _library_cv(t) for s, t in totals.items()}
+    huge = {s: _huge_share(t) for s, t in totals.items()}
+    found_scale = _by_integer_ratios(shares, scored, cvs) or _by_library(shares, cvs) or _by_totals(shares, cvs, huge)
     if found_scale is None:
         raise _undetected(float(data.max()), shares, cvs)
     return found_scale

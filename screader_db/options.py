@@ -72,7 +72,7 @@ class ReadOptions:
     gene_key: str | None = _option(None, "var column with gene symbols or Ensembl ids (default: the var names).")
     species: str = _option("auto", "human, mouse or auto (from the symbols' case).")
     input_scale: str | None = _option("auto", "Scale of the values: auto (detected from the data), counts, ln, log2, "
-                                              "log10 (log(1+x) in that base) or linear (CPM, TPM).")
+                                              "log10 (log(1+x) in that base) or linear (CPM, TPM, RPKM, fractional counts).")
 
 
 @dataclass(frozen=True)

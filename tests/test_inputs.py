@@ -80,6 +80,23 @@ def test_normalised_values_without_integer_structure_are_told_by_library_size(lo
     assert found.library_cv[scale] < 1e-3
 
 
+@pytest.mark.parametrize("change", ["fractional", "scaled down", "some genes of TPM"])
+def test_linear_values_without_integer_structure_or_equal_totals_are_linear(change):
+    counts = _counts()
+    rng = np.random.default_rng(4)
+    X = counts.copy()
+    if change == "fractional":  # expected counts: part of the values carry a fraction
+        X.data = X.data + (rng.random(X.data.size) < 0.3) * rng.random(X.data.size).astype(np.float32)
+    elif change == "scaled down":  # ambient-corrected counts
+        X.data = X.data * rng.uniform(0.7, 1.0, X.data.size).astype(np.float32)
+    else:  # TPM, then a third of the genes dropped
+        X = _per_cell(X @ sp.diags(1 / rng.uniform(500, 3000, X.shape[1])), 1e6)[:, : 2 * X.shape[1] // 3]
+    found = detect_scale(sp.csr_matrix(X, dtype=np.float32))
+    assert found.scale == "linear", found.evidence
+    assert "too large to be logarithms" in found.evidence
+    assert found.library_cv["linear"] > 1e-3
+
+
 def test_values_that_fit_no_scale_are_refused_with_the_evidence():
     uniform = sp.csr_matrix(np.random.default_rng(2).uniform(0.0, 5.0, size=(300, 50)).astype(np.float32))
     pattern = (r"the matrix has non-integer values up to 5: neither raw counts nor log-normalised data of a scale "

@@ -45,15 +45,24 @@ def _log10(query):
     return _with_matrix(query, out)
 
 
+def _fractional(query):
+    """Expected counts, as from a read aligner: a fraction added to 30% of the values."""
+    X = sp.csr_matrix(query.X, dtype=np.float32, copy=True)
+    rng = np.random.default_rng(0)
+    X.data += ((rng.random(X.data.size) < 0.3) * rng.random(X.data.size)).astype(np.float32)
+    return _with_matrix(query, X)
+
+
 @pytest.mark.parametrize("which", ["pbmc", "baron"])
 def test_every_input_scale_is_detected_and_gives_the_labels_of_the_counts(which, request):
     root, query = request.getfixturevalue(which)[:2]
     counts = annotate(query, root)
     assert counts.info["input_kind"] == "counts"
-    variants = {name: _scaled(query, name) for name in SCALES} | {"log10(1+CP10k)": _log10(query)}
+    variants = {name: _scaled(query, name) for name in SCALES} | {"log10(1+CP10k)": _log10(query),
+                                                                  "expected counts": _fractional(query)}
     for name, changed in variants.items():
         result = annotate(changed, root)
-        expected = SCALES.get(name, "log10")
+        expected = (SCALES | {"log10(1+CP10k)": "log10", "expected counts": "linear"})[name]
         assert result.info["input_kind"] == expected, (name, result.info["input_scale_evidence"])
         same = float((result.labels.to_numpy() == counts.labels.to_numpy()).mean())
         assert same >= 0.98, f"{name}: {same:.3f} of labels as with counts"
