@@ -9,7 +9,7 @@ Small atlases get an exact ``Flat`` index; large ones an IVF index (with an HNSW
 once it has 2,048 lists or more) whose ``nprobe`` is chosen at build time to reach a recall target
 against exact search on a sample. Wide vectors (more than twice ``PCA_DIM``) get ``ivf-pca``: the
 IVF lists hold the vectors' top ``PCA_DIM`` principal components, and the best ``k_factor × k``
-candidates they give are re-ranked exactly on the full vectors, kept beside them; ``nprobe`` and
+candidates they give are re-ranked on the full vectors, kept beside them in float16; ``nprobe`` and
 ``k_factor`` are chosen together, the cheapest pair that reaches the recall target. A large query
 (``LIST_SEARCH_MIN`` cells or more) of an ``ivf-pca`` index is instead scored exactly on the full
 vectors of the lists it probes, grouped by list as matrix products (:mod:`screader_db.list_search`),
@@ -55,9 +55,12 @@ REFINE_FACTORS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128)
 QUERY_CHECK_MIN = 1000
 QUERY_CHECK_CELLS = 200
 # An ivf-pca search of at least this many queries (with no id filter) scores the lists they probe
-# exactly, grouped by list as matrix products (``list_search``): faster than one query at a time
-# once each list is probed by a dozen queries or more, and exact within the probed lists.
-LIST_SEARCH_MIN = 1000
+# exactly, grouped by list as matrix products (``list_search``), exact within the probed lists. It
+# widens every probed list's float16 vectors once a pass whatever the number of queries (about 4 s
+# at a million cells), so below this, where one query at a time through the codes and re-ranking
+# costs less (a million cells, nprobe 78: 0.9 s against 4.2 s for 1,000 queries, level at 10,000),
+# queries are searched that way.
+LIST_SEARCH_MIN = 10_000
 # knn(..., approximate=True): IVF lists per √n and lists probed.
 APPROXIMATE_LISTS = 4
 APPROXIMATE_NPROBE = 8
@@ -344,7 +347,7 @@ def exact_search(queries: np.ndarray, vectors: np.ndarray, k: int, *, block: int
     Parameters
     ----------
     queries, vectors
-        Float rows of the same width.
+        Float rows of the same width (float16 vectors are widened a block at a time).
     k
         Neighbours per query.
     block, query_block
@@ -365,10 +368,10 @@ def exact_search(queries: np.ndarray, vectors: np.ndarray, k: int, *, block: int
         best_sims = np.full((len(part), 0), -np.inf, dtype=np.float32)
         best_rows = np.zeros((len(part), 0), dtype=np.int64)
         for start in range(0, len(vectors), block):
-            rows = vectors[start : start + block]
+            rows = np.ascontiguousarray(vectors[start : start + block], dtype=np.float32)
             take = min(k, len(rows))
             if torch is not None:
-                top = torch.topk(torch.from_numpy(part) @ torch.from_numpy(np.ascontiguousarray(rows)).T, take, dim=1)
+                top = torch.topk(torch.from_numpy(part) @ torch.from_numpy(rows).T, take, dim=1)
                 top_sims, top_rows = top.values.numpy(), top.indices.numpy().astype(np.int64)
             else:
                 sims = part @ rows.T
@@ -427,11 +430,14 @@ def _next_nprobe(nprobe: int) -> int:
 
 
 def _pca_refined(dim: int, nlist: int, hnsw: bool) -> Any:
-    """IDMap2 → RefineFlat (full vectors) → PCA to ``PCA_DIM`` → IVF lists of 8-bit codes, all under
-    L2, which ranks unit vectors as inner product does (|x − q|² = 2 − 2 x·q); a centred PCA would
-    not. The 8-bit codes find the candidates as well as float ones and are four times faster to scan."""
+    """IDMap2 → Refine (the full vectors in float16) → PCA to ``PCA_DIM`` → IVF lists of 8-bit codes,
+    all under L2, which ranks unit vectors as inner product does (|x − q|² = 2 − 2 x·q); a centred PCA
+    would not. The 8-bit codes find the candidates as well as float ones and are four times faster to
+    scan. Float16 halves the store, the bulk of the index's memory, and its rounding (a few parts in
+    10,000 of a similarity) is below the gaps that decide neighbours; an index saved with a float32
+    store (``RFlat``) is read as it is."""
     coarse = f"IVF{nlist}_HNSW32" if hnsw else f"IVF{nlist}"
-    return _faiss().index_factory(dim, f"IDMap2,PCA{PCA_DIM},{coarse},SQ8,RFlat", _faiss().METRIC_L2)
+    return _faiss().index_factory(dim, f"IDMap2,PCA{PCA_DIM},{coarse},SQ8,Refine(SQfp16)", _faiss().METRIC_L2)
 
 
 class CellIndex:
@@ -536,7 +542,8 @@ class CellIndex:
         Returns
         -------
         numpy.ndarray
-            float32, cells × dim: a Flat index's vectors, or an ``ivf-pca`` index's re-ranking store.
+            cells × dim: a Flat index's vectors (float32), or an ``ivf-pca`` index's re-ranking store
+            (float16; float32 in an index saved before the store was float16).
 
         Raises
         ------
@@ -548,6 +555,9 @@ class CellIndex:
         if store is None:
             message = f"a {self.kind} index keeps no full vectors; read them from the atlas (Atlas.embeddings)"
             raise ScreaderError(message)
+        if isinstance(store, faiss.IndexScalarQuantizer):  # float16 codes: two bytes a value, as numpy keeps them
+            codes = faiss.rev_swig_ptr(store.codes.data(), store.ntotal * store.code_size)
+            return codes.view(np.float16).reshape(store.ntotal, store.d)
         return faiss.rev_swig_ptr(store.get_xb(), store.ntotal * store.d).reshape(store.ntotal, store.d)
 
     @classmethod
@@ -695,13 +705,14 @@ class CellIndex:
         """The cheapest (nprobe, k_factor) of an ``ivf-pca`` index at which ``queries`` find ``recall_target`` of ``truth``.
 
         Cost per query, in bytes read: ``nprobe`` lists of ``PCA_DIM`` 8-bit codes a cell plus
-        ``k_factor × k`` float32 vectors re-ranked (at twice the price: they are read at random); it
-        tracks the measured search time. Every factor is tried from one base search per nprobe; nprobe
-        grows from ``start`` by steps of about ×1.4 (powers of two and 1.5 × them) until scanning alone
-        costs more than the best pair found. Where no pair reaches the target (cells whose nearest
-        neighbours are near-ties), nprobe stops growing once the largest pool's recall has gained less
-        than ``PLATEAU`` over two steps, and the largest pool at the first nprobe within ``PLATEAU`` of
-        the best recall seen is kept: more probing would cost much and find little.
+        ``k_factor × k`` full vectors re-ranked (four bytes a value at twice the price: they are read at
+        random, and float16 ones are widened); it tracks the measured search time. Every factor is tried
+        from one base search per nprobe; nprobe grows from ``start`` by steps of about ×1.4 (powers of
+        two and 1.5 × them) until scanning alone costs more than the best pair found. Where no pair
+        reaches the target (cells whose nearest neighbours are near-ties), nprobe stops growing once
+        the largest pool's recall has gained less than ``PLATEAU`` over two steps, and the largest pool
+        at the first nprobe within ``PLATEAU`` of the best recall seen is kept: more probing would cost
+        much and find little.
 
         ``truth`` and ``rows`` (the queries' own rows, left out, when they are cells of the index) are
         row positions of ``vectors``, the stored vectors in the index's order.
@@ -723,7 +734,7 @@ class CellIndex:
             sims = np.full(candidates.shape, -np.inf, dtype=np.float32)
             for row, found in enumerate(candidates):
                 valid = found >= 0
-                sims[row, valid] = vectors[found[valid]] @ queries[row]
+                sims[row, valid] = vectors[found[valid]].astype(np.float32) @ queries[row]
             recall = 0.0
             for factor in REFINE_FACTORS:
                 pool = k * factor

@@ -125,7 +125,7 @@ def search(queries: np.ndarray, vectors: np.ndarray, lists: Lists, probes: np.nd
     queries
         float32 query rows.
     vectors
-        The stored float32 rows, of the same width.
+        The stored rows (float32, or float16: each list's rows are widened as they are scored), of the same width.
     lists
         The rows of each list.
     probes
@@ -174,7 +174,7 @@ def _scored(part: np.ndarray, vectors: np.ndarray, lists: Lists,
         members = lists.rows[lists.starts[number] : lists.starts[number + 1]]
         if len(members):
             asking = which[bounds[number] : bounds[number + 1]]
-            yield asking, members, part[asking] @ vectors[members].T
+            yield asking, members, part[asking] @ vectors[members].astype(np.float32, copy=False).T
 
 
 def _floors(part: np.ndarray, vectors: np.ndarray, lists: Lists, probes: np.ndarray, k: int) -> np.ndarray:

@@ -166,8 +166,10 @@ def test_pca_index_filters_and_removes_exactly_by_id():
     assert index.ntotal == index.info.n == len(second)
     _, after = index.search(queries, 10)
     assert np.isin(after, second).all()
-    # The removal keeps the trained lists, so the remaining cells are found as before.
-    np.testing.assert_array_equal(after, found)
+    # The removal keeps the trained lists, so the remaining cells are found as before (but for
+    # near-ties: the cells are added again from the float16 store, a rounding of their vectors).
+    assert np.mean([len(np.intersect1d(a, f)) / 10 for a, f in zip(after, found, strict=True)]) >= 0.99
+    assert (after[:, 0] == found[:, 0]).all()
 
 
 def test_pca_index_stops_probing_when_the_target_is_out_of_reach():
@@ -222,7 +224,7 @@ def _near_copies():
     build, tuning on atlas cells, needs few probes; queries drawn around the same centres but not
     near any copy need many more to find their true ten nearest. (vectors, ids, index, queries)"""
     rng = np.random.default_rng(4)
-    drawn = _wide(2300, seed=4)
+    drawn = _wide(800 + LIST_SEARCH_MIN + 500, seed=4)
     sources, queries = drawn[:800], drawn[800:]
     V = l2_normalise(np.repeat(sources, 10, axis=0) + 0.02 * rng.standard_normal((8000, sources.shape[1])))
     ids = _ids(8000)
@@ -260,10 +262,15 @@ def test_a_large_query_is_searched_exactly_within_the_lists_it_probes():
     assert not index.checked  # a smaller query later is still checked for its own probes
     sims, found = index.search(queries, 10)
     assert recall_at_k(found, truth) >= 0.93 > one_at_a_time
-    # Exact inner products of the ids returned, best first.
-    position = {int(i): p for p, i in enumerate(ids)}
-    direct = np.array([[V[position[int(i)]] @ q for i in row] for row, q in zip(found, queries, strict=True)])
+    # Exact inner products with the stored (float16) vectors of the ids returned, best first; within
+    # float16's rounding of the vectors themselves.
+    stored = index.stored_vectors().astype(np.float32)
+    position = {int(i): p for p, i in enumerate(index.ids())}
+    direct = np.array([[stored[position[int(i)]] @ q for i in row] for row, q in zip(found, queries, strict=True)])
     np.testing.assert_allclose(sims, direct, atol=1e-5)
+    original = {int(i): p for p, i in enumerate(ids)}
+    full = np.array([[V[original[int(i)]] @ q for i in row] for row, q in zip(found, queries, strict=True)])
+    np.testing.assert_allclose(sims, full, atol=5e-4)
     assert np.all(np.diff(sims, axis=1) <= 1e-6)
     # At the build's probes, exact scoring of the probed lists finds at least what re-ranking finds.
     at_built = index.search(queries, 10, probes=(built[0], None))[1]
@@ -271,4 +278,5 @@ def test_a_large_query_is_searched_exactly_within_the_lists_it_probes():
         np.vstack([index.search(queries[s : s + 500], 10, probes=built)[1] for s in range(0, len(queries), 500)]), truth)
     # A filter by id is searched through the lists one query at a time, as before.
     second = ids[ids >= (np.int64(2) << 40)]
-    assert np.isin(index.search(queries, 10, allowed=second)[1], second).all()
+    hits = index.search(queries, 10, allowed=second)[1]
+    assert np.isin(hits[hits >= 0], second).all() and (hits >= 0).mean() > 0.99
