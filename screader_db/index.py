@@ -926,8 +926,8 @@ class CellIndex:
             self._gpu = searcher
         return None if self._gpu is False else self._gpu
 
-    def search(self, queries: np.ndarray, k: int, *, use_gpu: bool | None = None,
-               allowed: np.ndarray | None = None, probes: tuple[int, int | None] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def search(self, queries: np.ndarray, k: int, *, use_gpu: bool | None = None, allowed: np.ndarray | None = None,
+               probes: tuple[int, int | None] | None = None, by_list: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Top-``k`` (similarities, ids) for each query row.
 
         Parameters
@@ -947,6 +947,10 @@ class CellIndex:
             the widest a query check needed (:meth:`check_probes`). A search of ``LIST_SEARCH_MIN``
             queries or more without ``allowed`` scores the probed lists exactly, batched by list, and
             needs no k_factor (None).
+        by_list
+            For an ``ivf-pca`` index without ``allowed``: True scores the probed lists batched by list,
+            False searches one query at a time through the codes; None chooses by the number of
+            queries (``LIST_SEARCH_MIN``).
 
         Returns
         -------
@@ -956,7 +960,7 @@ class CellIndex:
         faiss = _faiss()
         queries = np.ascontiguousarray(queries, dtype=np.float32)
         if self._refine is not None:
-            return self._search_refined(queries, k, allowed, probes)
+            return self._search_refined(queries, k, allowed, probes, by_list)
         if allowed is not None:
             selector = faiss.IDSelectorBatch(np.ascontiguousarray(allowed, dtype=np.int64))
             k = min(k, len(allowed))
@@ -976,18 +980,20 @@ class CellIndex:
         return sims, ids
 
     def _search_refined(self, queries: np.ndarray, k: int, allowed: np.ndarray | None,
-                        probes: tuple[int, int | None] | None = None) -> tuple[np.ndarray, np.ndarray]:
+                        probes: tuple[int, int | None] | None = None,
+                        by_list: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Search an ``ivf-pca`` index: its L2 distances between unit rows become inner products, and
         an ``allowed`` set of ids becomes a selector over the IVF's own row positions.
 
         The re-ranking pool is the one tuned for recall@``TUNE_K`` (``k_factor × TUNE_K`` candidates)
         whatever ``k``: the first ``TUNE_K`` of a larger ``k`` are then exactly as good, at the tuned cost.
-        ``probes`` (nprobe, k_factor) overrides :meth:`_probes` for this search.
+        ``probes`` (nprobe, k_factor) overrides :meth:`_probes` for this search; ``by_list`` is
+        :meth:`search`'s.
         """
         faiss = _faiss()
         refine = self._refine
         k = min(k, self.ntotal)
-        if allowed is None and len(queries) >= LIST_SEARCH_MIN:
+        if allowed is None and (len(queries) >= LIST_SEARCH_MIN if by_list is None else by_list):
             nprobe = probes[0] if probes is not None else self._widest_lists or self._probes()[0]
             return self._search_lists(queries, k, nprobe)
         id_map = self.ids()

@@ -262,6 +262,8 @@ def test_a_large_query_is_searched_exactly_within_the_lists_it_probes():
     assert not index.checked  # a smaller query later is still checked for its own probes
     sims, found = index.search(queries, 10)
     assert recall_at_k(found, truth) >= 0.93 > one_at_a_time
+    # A smaller batch asked to be scored by list is searched the same way, each query on its own.
+    np.testing.assert_array_equal(index.search(queries[:300], 10, by_list=True)[1], found[:300])
     # Exact inner products with the stored (float16) vectors of the ids returned, best first; within
     # float16's rounding of the vectors themselves.
     stored = index.stored_vectors().astype(np.float32)
