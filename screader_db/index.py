@@ -55,12 +55,12 @@ REFINE_FACTORS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128)
 QUERY_CHECK_MIN = 1000
 QUERY_CHECK_CELLS = 200
 # An ivf-pca search of at least this many queries (with no id filter) scores the lists they probe
-# exactly, grouped by list as matrix products (``list_search``), exact within the probed lists. It
-# widens every probed list's float16 vectors once a pass whatever the number of queries (about 4 s
-# at a million cells), so below this, where one query at a time through the codes and re-ranking
-# costs less (a million cells, nprobe 78: 0.9 s against 4.2 s for 1,000 queries, level at 10,000),
-# queries are searched that way.
-LIST_SEARCH_MIN = 10_000
+# exactly, grouped by list as matrix products (``list_search``), exact within the probed lists.
+# One query at a time through the codes and re-ranking searches 1,000 queries faster (a million
+# cells: 0.9 s against 4.2 s), but their probe check, which has to try re-ranking pools, is what
+# costs: 13.7 s for 1,000 resampled Kang cells, where the check of a search by list needs only a
+# coarse search a step.
+LIST_SEARCH_MIN = 1000
 # knn(..., approximate=True): IVF lists per √n and lists probed.
 APPROXIMATE_LISTS = 4
 APPROXIMATE_NPROBE = 8
