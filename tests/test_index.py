@@ -280,5 +280,4 @@ def test_a_large_query_is_searched_exactly_within_the_lists_it_probes():
         np.vstack([index.search(queries[s : s + 500], 10, probes=built)[1] for s in range(0, len(queries), 500)]), truth)
     # A filter by id is searched through the lists one query at a time, as before.
     second = ids[ids >= (np.int64(2) << 40)]
-    hits = index.search(queries, 10, allowed=second)[1]
-    assert np.isin(hits[hits >= 0], second).all() and (hits >= 0).mean() > 0.99
+    assert np.isin(index.search(queries, 10, allowed=second)[1], second).all()
