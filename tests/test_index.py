@@ -281,3 +281,21 @@ def test_a_large_query_is_searched_exactly_within_the_lists_it_probes():
     # A filter by id is searched through the lists one query at a time, as before.
     second = ids[ids >= (np.int64(2) << 40)]
     assert np.isin(index.search(queries, 10, allowed=second)[1], second).all()
+
+
+def test_an_index_saved_with_a_float32_store_is_read_and_searched_as_before(tmp_path, monkeypatch):
+    import screader_db.index as index_module
+
+    V, ids = _wide(4000, seed=6), _ids(4000)
+    factory = index_module._faiss().index_factory
+    monkeypatch.setattr(index_module, "_pca_refined", lambda dim, nlist, hnsw: factory(
+        dim, f"IDMap2,PCA{PCA_DIM},IVF{nlist},SQ8,RFlat", index_module._faiss().METRIC_L2))
+    old = CellIndex.build(V, ids, kind="ivf-pca", recall_target=0.95)
+    old.save(tmp_path / "index.faiss", {"made": "with a float32 store"})
+    monkeypatch.undo()
+    loaded = CellIndex.load(tmp_path / "index.faiss")
+    assert loaded.stored_vectors().dtype == np.float32
+    truth = ids[exact_search(V[:1200], V, 10)[1]]
+    assert recall_at_k(loaded.search(V[:500], 10)[1], truth[:500]) >= 0.9  # one query at a time
+    assert recall_at_k(loaded.search(V[:1200], 10)[1], truth) >= 0.9  # by list
+    assert CellIndex.build(V, ids, kind="ivf-pca").stored_vectors().dtype == np.float16
