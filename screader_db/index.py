@@ -734,7 +734,7 @@ class CellIndex:
             sims = np.full(candidates.shape, -np.inf, dtype=np.float32)
             for row, found in enumerate(candidates):
                 valid = found >= 0
-                sims[row, valid] = vectors[found[valid]].astype(np.float32) @ queries[row]
+                sims[row, valid] = vectors[found[valid]].astype(np.float32, copy=False) @ queries[row]
             recall = 0.0
             for factor in REFINE_FACTORS:
                 pool = k * factor
