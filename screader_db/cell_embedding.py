@@ -99,6 +99,9 @@ class CellEmbedder:
     weights: np.ndarray | None = None
     prototypes: np.ndarray | None = None
     prototype_labels: list[str] = field(default_factory=list)
+    # Marker methods: each prototype label's mean log expression over ``genes`` (labels × genes), which
+    # a query of a few of the labels' types is centred by (:func:`screader_db.centring.matched_centre`).
+    label_means: np.ndarray | None = None
     params: dict[str, Any] = field(default_factory=dict)
     # Learned methods: gene token vectors and trained weights (saved), and the network (not saved).
     state: dict[str, np.ndarray] = field(default_factory=dict)
@@ -170,9 +173,9 @@ class CellEmbedder:
         if mode == "reference":
             return self.mean
         if mode == "balanced":
-            from screader_db.centring import balanced_mean
+            from screader_db.centring import matched_centre
 
-            return balanced_mean(X, seed=int(self.params.get("seed", 0)))
+            return matched_centre(X, self, seed=int(self.params.get("seed", 0)))
         return np.asarray(X.mean(axis=0)).ravel().astype(np.float32)
 
     def _unit(self, block: np.ndarray) -> np.ndarray:
@@ -278,7 +281,7 @@ class CellEmbedder:
         from safetensors.numpy import save_file
 
         tensors = {"mean": np.ascontiguousarray(self.mean, dtype=np.float32)}
-        for name in ("projection", "weights", "prototypes"):
+        for name in ("projection", "weights", "prototypes", "label_means"):
             value = getattr(self, name)
             if value is not None:
                 tensors[name] = np.ascontiguousarray(value, dtype=np.float32)
@@ -334,7 +337,8 @@ class CellEmbedder:
         return cls(method=meta["method"], genes=json.loads(meta["genes"]), mean=arrays["mean"],
                    projection=arrays.get("projection"), weights=arrays.get("weights"),
                    prototypes=arrays.get("prototypes"), prototype_labels=json.loads(meta.get("prototype_labels", "[]")),
-                   params=params, state={k[len("state."):]: v for k, v in arrays.items() if k.startswith("state.")})
+                   label_means=arrays.get("label_means"), params=params,
+                   state={k[len("state."):]: v for k, v in arrays.items() if k.startswith("state.")})
 
 
 def fit_embedder(method: str, X: sp.spmatrix, genes: list[str], *, gene_vectors: np.ndarray | None = None,
@@ -423,6 +427,9 @@ def fit_embedder(method: str, X: sp.spmatrix, genes: list[str], *, gene_vectors:
     prototypes = np.stack([unit[np.asarray(labels) == name].mean(axis=0) for name in names])
     embedder.prototypes = l2_normalise(prototypes)
     embedder.prototype_labels = names
+    rows = sp.csr_matrix(X)
+    embedder.label_means = np.stack([np.asarray(rows[np.asarray(labels) == name].mean(axis=0)).ravel()
+                                     for name in names]).astype(np.float32)
     return embedder
 
 

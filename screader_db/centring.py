@@ -10,6 +10,7 @@ k-means on the top principal components, averaged over several seeds for stabili
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -21,6 +22,10 @@ N_CLUSTERS = 20
 SAMPLE_CELLS = 20_000
 N_COMPONENTS = 30
 SEEDS = 5
+# Rounds of matching a query's clusters to labels and re-estimating its offset (matched_centre).
+MATCH_ROUNDS = 5
+# How much better (mean cosine) the clusters must match their labels to centre on the offset.
+MATCH_MARGIN = 0.1
 
 
 def balanced_mean(X: sp.spmatrix | np.ndarray, *, n_clusters: int = N_CLUSTERS, n_components: int = N_COMPONENTS,
@@ -45,15 +50,119 @@ def balanced_mean(X: sp.spmatrix | np.ndarray, *, n_clusters: int = N_CLUSTERS, 
     numpy.ndarray
         float32 centring vector over the genes.
     """
-    dense = np.asarray(X.toarray() if sp.issparse(X) else X, dtype=np.float64)  # type: ignore[union-attr]
+    dense = _dense(X)
     if len(dense) <= n_clusters:
         return dense.mean(axis=0).astype(np.float32)
+    return _mean_of(_centroid_sets(dense, n_clusters, n_components, seeds, seed))
+
+
+def matched_centre(X: sp.spmatrix | np.ndarray, embedder: Any, *, seed: int = 0) -> np.ndarray:
+    """The centring vector of a query: its balanced mean, or the reference's shifted by the query's offset
+    from the labels its clusters match, when the query holds only some of the reference's types.
+
+    The balanced mean (:func:`balanced_mean`) centres a query holding the reference's types alike (each
+    population counted about once on both sides); a query of a few types (sorted cells, one lineage) is
+    centred on those types themselves, which erases what tells them apart from the rest. Here each query
+    cluster (those of every clustering of the balanced mean) is matched to the reference label whose mean
+    profile it correlates with best after taking off an offset, and the offset is re-estimated as the
+    median over clusters of cluster minus matched label (from none, :data:`MATCH_ROUNDS` rounds). The
+    reference's centre plus that offset replaces the balanced mean when the clusters match their labels
+    better with it, by at least :data:`MATCH_MARGIN` in mean cosine.
+
+    Parameters
+    ----------
+    X
+        (cells, genes) log expression over the embedder's genes, sparse or dense.
+    embedder
+        The cell embedder: its ``mean`` (the reference's centre), ``weights`` and ``label_means``; without
+        ``label_means`` the balanced mean is returned.
+    seed
+        First seed of the clusterings.
+
+    Returns
+    -------
+    numpy.ndarray
+        float32 centring vector over the genes.
+    """
+    dense = _dense(X)
+    means = getattr(embedder, "label_means", None)
+    if means is None or len(dense) <= N_CLUSTERS:
+        return balanced_mean(dense, seed=seed)
+    sets = _centroid_sets(dense, N_CLUSTERS, N_COMPONENTS, SEEDS, seed)
+    balanced = _mean_of(sets)
+    fit = match_offset(np.vstack(sets), balanced, np.asarray(embedder.mean, dtype=np.float64),
+                       np.asarray(means, dtype=np.float64), embedder.weights)
+    if fit.matched > fit.balanced + MATCH_MARGIN:
+        return (embedder.mean + fit.offset).astype(np.float32)
+    return balanced
+
+
+@dataclass(frozen=True)
+class OffsetFit:
+    """A query's offset from the reference, and how well its clusters match their labels (mean cosine)
+    with that offset and with the balanced mean's."""
+
+    offset: np.ndarray
+    matched: float
+    balanced: float
+
+
+def match_offset(centroids: np.ndarray, balanced: np.ndarray, reference_mean: np.ndarray, label_means: np.ndarray,
+                 weights: np.ndarray | None = None) -> OffsetFit:
+    """Estimate a query's offset from the reference by matching its cluster centroids to label means.
+
+    Parameters
+    ----------
+    centroids
+        (clusters, genes) the query's cluster centroids.
+    balanced
+        The query's balanced mean.
+    reference_mean
+        The reference's centre.
+    label_means
+        (labels, genes) the reference labels' mean profiles.
+    weights
+        Per-gene weights of the embedding, or None.
+
+    Returns
+    -------
+    OffsetFit
+    """
+    scale = np.ones(centroids.shape[1]) if weights is None else np.asarray(weights, dtype=np.float64)
+    labels = _unit_rows((label_means - reference_mean) * scale)
+
+    def matches(offset: np.ndarray) -> tuple[np.ndarray, float]:
+        cosine = _unit_rows((centroids - reference_mean - offset) * scale) @ labels.T
+        return cosine.argmax(axis=1), float(cosine.max(axis=1).mean())
+
+    offset = np.zeros(centroids.shape[1])
+    for _ in range(MATCH_ROUNDS):
+        match, _ = matches(offset)
+        offset = np.median(centroids - label_means[match], axis=0)
+    return OffsetFit(offset=offset, matched=matches(offset)[1], balanced=matches(balanced - reference_mean)[1])
+
+
+def _unit_rows(rows: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(rows, axis=1, keepdims=True)
+    return rows / np.where(norms > 0, norms, 1.0)
+
+
+def _dense(X: sp.spmatrix | np.ndarray) -> np.ndarray:
+    return np.asarray(X.toarray() if sp.issparse(X) else X, dtype=np.float64)  # type: ignore[union-attr]
+
+
+def _centroid_sets(dense: np.ndarray, n_clusters: int, n_components: int, seeds: int, seed: int) -> list[np.ndarray]:
+    """The centroids of the non-empty clusters of each of ``seeds`` k-means clusterings."""
     points = principal_points(dense - dense.mean(axis=0), n_components)
-    means = []
+    sets = []
     for r in range(seeds):
         labels = kmeans(points, n_clusters, seed=seed + r)
-        means.append(group_means(dense, labels, n_clusters)[np.unique(labels)].mean(axis=0))
-    return np.mean(means, axis=0).astype(np.float32)
+        sets.append(group_means(dense, labels, n_clusters)[np.unique(labels)])
+    return sets
+
+
+def _mean_of(sets: list[np.ndarray]) -> np.ndarray:
+    return np.mean([centroids.mean(axis=0) for centroids in sets], axis=0).astype(np.float32)
 
 
 def principal_points(centred: np.ndarray, n_components: int) -> np.ndarray:
@@ -120,4 +229,4 @@ def stream_centre(embedder: Any, mode: str, chunks: Callable[[], Iterator[tuple[
         return (np.zeros(len(embedder.genes)) if total is None else total / max(n_cells, 1)).astype(np.float32)
     from screader_db.inputs import sample_chunks
 
-    return balanced_mean(sample_chunks(chunks, n_cells, sample_cells=sample_cells, seed=seed), seed=seed)
+    return matched_centre(sample_chunks(chunks, n_cells, sample_cells=sample_cells, seed=seed), embedder, seed=seed)

@@ -57,3 +57,16 @@ def test_unreadable_file_is_an_atlas_error(tmp_path):
     bad.write_bytes(b"garbage")
     with pytest.raises(AtlasError, match="cannot read the cell embedder"):
         CellEmbedder.load(bad)
+
+
+def test_a_marker_embedder_keeps_its_label_means_through_save_load(tmp_path):
+    X, genes = _data()
+    labels = np.array(["a", "b"] * (X.shape[0] // 2) + ["a"] * (X.shape[0] % 2))
+    emb = fit_embedder("marker", X, genes, labels=labels)
+    dense = X.toarray()
+    expected = np.stack([dense[labels == name].mean(axis=0) for name in ("a", "b")])
+    np.testing.assert_allclose(emb.label_means, expected, rtol=1e-5, atol=1e-6)
+    emb.save(tmp_path / "e.safetensors")
+    again = CellEmbedder.load(tmp_path / "e.safetensors")
+    np.testing.assert_array_equal(again.label_means, emb.label_means)
+    np.testing.assert_allclose(again.transform(X), emb.transform(X), rtol=1e-5, atol=1e-6)

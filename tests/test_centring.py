@@ -60,3 +60,34 @@ def test_group_means_are_the_means_of_each_groups_rows_to_the_last_bit(dtype):
         found = group_means(values, groups, k, empty=empty)
         assert found.dtype == expected.dtype and np.array_equal(found, expected)
     assert np.isnan(group_means(np.ones((3, 2), dtype=dtype), np.array([0, 0, 2]), 3)[1]).all()
+
+
+def _profiles():
+    """Mean log profiles of three labels over 8 genes, and the reference's centre (their mean)."""
+    means = np.array([[6, 0, 0, 1, 1, 2, 0, 3], [0, 6, 0, 1, 3, 2, 0, 1], [0, 0, 6, 3, 1, 2, 2, 1]], dtype=np.float64)
+    return means, means.mean(axis=0)
+
+
+def _cells(means, counts, offset, seed=0):
+    rng = np.random.default_rng(seed)
+    return np.vstack([m + offset + rng.normal(0, 0.2, (n, len(m))) for m, n in zip(means, counts, strict=True)])
+
+
+def test_a_query_of_one_type_is_centred_on_the_reference_shifted_by_its_offset():
+    from types import SimpleNamespace
+
+    from screader_db.centring import matched_centre
+
+    means, centre = _profiles()
+    embedder = SimpleNamespace(mean=centre.astype(np.float32), weights=None, label_means=means.astype(np.float32))
+    offset = np.array([0.5, -0.3, 0.2, 0.4, 0.0, -0.5, 0.3, 0.1])
+    one_type = _cells(means, [300, 0, 0], offset)
+    found = matched_centre(one_type, embedder)
+    np.testing.assert_allclose(found, centre + offset, atol=0.1)
+    # The balanced mean would centre the cells on themselves, taking away what makes them this type.
+    assert np.abs(balanced_mean(one_type) - (centre + offset)).max() > 2
+    # A query of every type keeps its balanced mean, to the last bit; so does an embedder without label means.
+    every_type = _cells(means, [300, 100, 200], offset, seed=1)
+    assert np.array_equal(matched_centre(every_type, embedder), balanced_mean(every_type))
+    plain = SimpleNamespace(mean=embedder.mean, weights=None, label_means=None)
+    assert np.array_equal(matched_centre(one_type, plain), balanced_mean(one_type))

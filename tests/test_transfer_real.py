@@ -180,3 +180,19 @@ def test_an_endocrine_atlas_sets_aside_the_other_lineages_of_a_whole_pancreas(tm
     assert (labels[other] == "Unassigned").mean() >= 0.8
     right = result.table["raw_label"].to_numpy() == truth
     assert (result.table["novel"].to_numpy(dtype=bool) & right).sum() <= 0.01 * right.sum()
+
+
+@pytest.mark.parametrize(("which", "label"), [("baron", "type B pancreatic cell"), ("pbmc", "CD4 T")])
+def test_a_query_of_one_cell_type_is_labelled_as_well_as_within_the_whole_query(which, label, request):
+    """Sorted cells or one lineage: centred on themselves, most of them were called something else."""
+    root, query = request.getfixturevalue(which)[:2]
+    key = LABEL if which == "baron" else "celltype"
+    chosen = query.obs[key].astype(str).to_numpy() == label
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ScreaderWarning)
+        whole = annotate(query, root, novelty=False, min_score=0.0)
+        alone = annotate(query[chosen].copy(), root, novelty=False, min_score=0.0)
+    assert chosen.sum() >= 100
+    within = (whole.table["raw_label"].astype(str).to_numpy()[chosen] == label).mean()
+    by_itself = (alone.table["raw_label"].astype(str).to_numpy() == label).mean()
+    assert by_itself >= min(within - 0.03, 0.9), (by_itself, within)
