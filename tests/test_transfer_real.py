@@ -196,3 +196,15 @@ def test_a_query_of_one_cell_type_is_labelled_as_well_as_within_the_whole_query(
     within = (whole.table["raw_label"].astype(str).to_numpy()[chosen] == label).mean()
     by_itself = (alone.table["raw_label"].astype(str).to_numpy() == label).mean()
     assert by_itself >= min(within - 0.03, 0.9), (by_itself, within)
+
+
+def test_a_whole_query_on_a_weak_random_panel_keeps_its_balanced_centring(baron):
+    """1,000 genes of any kind of the mouse query: its clusters once all matched one label after an offset,
+    and the offset made every cell that label (accuracy 0.001)."""
+    root, mouse = baron
+    query = _panel(mouse, 1000, seed=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ScreaderWarning)
+        result = annotate(query, root, novelty=False, min_score=0.0)
+    truth = query.obs[LABEL].astype(str).to_numpy()
+    assert (result.table["raw_label"].astype(str).to_numpy() == truth).mean() >= 0.45
