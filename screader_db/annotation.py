@@ -875,9 +875,10 @@ def annotate(adata: Any, atlas: str | Path | store.Atlas, *, options: AnnotateOp
                                      reporter=reporter)
         with clock("prepare"):
             prepared = prepare(plan, answering, matched=query.plan.matched, chunk=chunk, reporter=reporter)
+        fits: list[Any] = []
         with clock("embed"):
             vectors = embed_query(prepared.query, answering.embedder, center=options.center, chunk=chunk,
-                                  reporter=reporter)
+                                  reporter=reporter, fits=fits)
         with clock("search and novelty check"):
             neighbours = search_neighbours(plan, prepared, vectors, chunk=chunk, reporter=reporter)
         with clock("second opinion"):
@@ -891,6 +892,7 @@ def annotate(adata: Any, atlas: str | Path | store.Atlas, *, options: AnnotateOp
         with clock("assemble"):
             result = assemble(plan, prepared, vectors, neighbours, votes, labelled, second)
         result.info.update(source)
+        result.info["centring"] = _centring(answering.embedder, prepared.query.stream.n_cells, options.center, fits)
         result.info["stage_seconds"] = clock.seconds
         return result
 
@@ -919,6 +921,20 @@ def second_opinion(plan: Plan, prepared: Prepared, *, chunk: int = CHUNK, report
     allowed = None if plan.allowed is None else plan.allowed.to_numpy()
     return seek(plan.atlas, prepared.query, plan.k, allowed=allowed, datasets=_listed(plan.options.neighbours.datasets),
                 chunk=chunk, reporter=reporter)
+
+
+_CENTRES = {"reference": "the reference's centre", "query": "the query's mean", "balanced": "the query's balanced mean"}
+
+
+def _centring(embedder: Any, n_cells: int, center: str | None, fits: list[Any]) -> dict[str, Any]:
+    """The query info entry saying what the query was centred on (``info["centring"]``)."""
+    from screader_db.cell_embedding import LEARNED_METHODS
+
+    if embedder.method in LEARNED_METHODS:
+        return {"on": "nothing (a learned method does not centre)"}
+    if fits:
+        return dict(fits[0].describe())
+    return {"on": _CENTRES[embedder.centre_mode(n_cells, center)]}
 
 
 class StageClock:

@@ -88,17 +88,39 @@ def matched_centre(X: sp.spmatrix | np.ndarray, embedder: Any, *, seed: int = 0)
     numpy.ndarray
         float32 centring vector over the genes.
     """
+    return centre_and_fit(X, embedder, seed=seed)[0]
+
+
+def centre_and_fit(X: sp.spmatrix | np.ndarray, embedder: Any, *, seed: int = 0) -> tuple[np.ndarray, OffsetFit | None]:
+    """:func:`matched_centre`, and the fit that chose it (None where there was nothing to match).
+
+    Parameters
+    ----------
+    X
+        (cells, genes) log expression over the embedder's genes.
+    embedder
+        The cell embedder.
+    seed
+        First seed of the clusterings.
+
+    Returns
+    -------
+    centre : numpy.ndarray
+        float32 centring vector over the genes.
+    fit : OffsetFit or None
+        How the query's clusters matched the labels with the offset and with the balanced mean.
+    """
     dense = _dense(X)
     means = getattr(embedder, "label_means", None)
     if means is None or len(dense) <= N_CLUSTERS:
-        return balanced_mean(dense, seed=seed)
+        return balanced_mean(dense, seed=seed), None
     sets = _centroid_sets(dense, N_CLUSTERS, N_COMPONENTS, SEEDS, seed)
     balanced = _mean_of(sets)
     fit = match_offset(np.vstack(sets), balanced, np.asarray(embedder.mean, dtype=np.float64),
                        np.asarray(means, dtype=np.float64), embedder.weights)
     if fit.better:
-        return (embedder.mean + fit.offset).astype(np.float32)
-    return balanced
+        return (embedder.mean + fit.offset).astype(np.float32), fit
+    return balanced, fit
 
 
 @dataclass(frozen=True)
@@ -119,6 +141,13 @@ class OffsetFit:
         :data:`MISFIT_RATIO` of the balanced mean's misfit."""
         return (self.matched > self.balanced + MATCH_MARGIN
                 and self.matched_misfit < MISFIT_RATIO * self.balanced_misfit)
+
+    def describe(self) -> dict[str, Any]:
+        """The query info entry: which centre was used and the figures that chose it."""
+        ratio = self.matched_misfit / self.balanced_misfit if self.balanced_misfit > 0 else 0.0
+        return {"on": "the reference's centre plus the query's offset" if self.better else "the query's balanced mean",
+                "cosine_with_offset": round(self.matched, 4), "cosine_balanced": round(self.balanced, 4),
+                "misfit_ratio": round(ratio, 4)}
 
 
 def match_offset(centroids: np.ndarray, balanced: np.ndarray, reference_mean: np.ndarray, label_means: np.ndarray,
@@ -216,7 +245,7 @@ def principal_points(centred: np.ndarray, n_components: int) -> np.ndarray:
 
 
 def stream_centre(embedder: Any, mode: str, chunks: Callable[[], Iterator[tuple[int, sp.csr_matrix]]], n_cells: int, *,
-                  sample_cells: int = SAMPLE_CELLS, seed: int = 0) -> np.ndarray:
+                  sample_cells: int = SAMPLE_CELLS, seed: int = 0, fits: list[OffsetFit] | None = None) -> np.ndarray:
     """The centring vector of a batch read in chunks.
 
     Parameters
@@ -234,6 +263,8 @@ def stream_centre(embedder: Any, mode: str, chunks: Callable[[], Iterator[tuple[
         Most cells the balanced mean is computed on (a seeded sample).
     seed
         Seed of the sample and the clusterings.
+    fits
+        Receives the :class:`OffsetFit` of a self-centred batch whose clusters were matched to labels.
 
     Returns
     -------
@@ -250,4 +281,7 @@ def stream_centre(embedder: Any, mode: str, chunks: Callable[[], Iterator[tuple[
         return (np.zeros(len(embedder.genes)) if total is None else total / max(n_cells, 1)).astype(np.float32)
     from screader_db.inputs import sample_chunks
 
-    return matched_centre(sample_chunks(chunks, n_cells, sample_cells=sample_cells, seed=seed), embedder, seed=seed)
+    centre, fit = centre_and_fit(sample_chunks(chunks, n_cells, sample_cells=sample_cells, seed=seed), embedder, seed=seed)
+    if fits is not None and fit is not None:
+        fits.append(fit)
+    return centre

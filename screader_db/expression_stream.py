@@ -154,7 +154,8 @@ class ExpressionStream:
         return replace(self, source=self.source.subset(keep))
 
     def centre(self, embedder: Any, *, center: str | None = None, chunk: int = CHUNK,
-               passes: Callable[[], Iterator[tuple[int, sp.csr_matrix]]] | None = None) -> np.ndarray:
+               passes: Callable[[], Iterator[tuple[int, sp.csr_matrix]]] | None = None,
+               fits: list[Any] | None = None) -> np.ndarray:
         """The vector the embedder centres these cells on (an extra pass when they centre themselves).
 
         Parameters
@@ -167,6 +168,9 @@ class ExpressionStream:
             Rows per chunk.
         passes : callable or None
             Yields this stream's chunks on each call (:meth:`replayable`); None reads the stream.
+        fits : list or None
+            Receives how the cells' clusters matched the labels, when they were
+            (:class:`screader_db.centring.OffsetFit`).
 
         Returns
         -------
@@ -177,10 +181,11 @@ class ExpressionStream:
 
         mode = embedder.centre_mode(self.n_cells, center)
         return stream_centre(embedder, mode, passes or (lambda: self.chunks(chunk)), self.n_cells,
-                             seed=int(embedder.params.get("seed", 0)))
+                             seed=int(embedder.params.get("seed", 0)), fits=fits)
 
     def embed(self, embedder: Any, *, mean: np.ndarray | None = None, center: str | None = None, chunk: int = CHUNK,
-              description: str = "Embedding cells", reporter: Reporter = SILENT) -> np.ndarray:
+              description: str = "Embedding cells", reporter: Reporter = SILENT,
+              fits: list[Any] | None = None) -> np.ndarray:
         """Vectors of every cell, chunk by chunk.
 
         Parameters
@@ -197,6 +202,8 @@ class ExpressionStream:
             The progress task's name.
         reporter : Reporter
             Receives the progress.
+        fits : list or None
+            Passed to :meth:`centre` when ``mean`` is None.
 
         Returns
         -------
@@ -215,7 +222,7 @@ class ExpressionStream:
         passes = lambda: self.chunks(chunk)  # noqa: E731
         if mean is None:
             passes = self.replayable(chunk)
-            mean = self.centre(embedder, center=center, passes=passes)
+            mean = self.centre(embedder, center=center, passes=passes, fits=fits)
         vectors = np.empty((self.n_cells, embedder.dim), dtype=np.float32)
         with reporter.task(description, self.n_cells, "cells") as advance:
             for start, block in passes():

@@ -302,7 +302,7 @@ def fit_to_panel(query: PreparedQuery, opened: store.Atlas, *, datasets: list[st
 
 
 def embed_query(query: PreparedQuery, embedder: Any, *, center: str | None = None, chunk: int = CHUNK,
-                reporter: Reporter = SILENT) -> np.ndarray:
+                reporter: Reporter = SILENT, fits: list[Any] | None = None) -> np.ndarray:
     """Cell vectors of the whole query, centred the atlas's way (an extra pass when self-centred).
 
     Parameters
@@ -318,6 +318,9 @@ def embed_query(query: PreparedQuery, embedder: Any, *, center: str | None = Non
         Rows per chunk.
     reporter : Reporter
         Receives the progress.
+    fits : list or None
+        Receives how the query's clusters matched the labels, when the query centres itself
+        (:class:`screader_db.centring.OffsetFit`).
 
     Returns
     -------
@@ -325,4 +328,4 @@ def embed_query(query: PreparedQuery, embedder: Any, *, center: str | None = Non
         float32, cells × ``embedder.dim``.
     """
     return query.stream.embed(embedder, center=center, chunk=chunk, description="Embedding query cells",
-                              reporter=reporter)
+                              reporter=reporter, fits=fits)

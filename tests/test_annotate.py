@@ -190,6 +190,8 @@ def test_the_stages_give_what_annotate_gives(atlas):
     staged = assemble(plan, prepared, vectors, neighbours, votes, labelled, second)
     whole = annotate(query, atlas, options=options)
     stages = whole.info.pop("stage_seconds")
+    # annotate() adds what the cells were centred on: 40 cells are too few to centre themselves
+    assert whole.info.pop("centring") == {"on": "the reference's centre"}
     assert list(stages) == ["read", "prepare", "embed", "search and novelty check", "second opinion", "vote",
                             "marker evidence", "abstain", "assemble"]
     assert staged.table.equals(whole.table) and staged.info == whole.info

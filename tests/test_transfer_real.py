@@ -196,6 +196,9 @@ def test_a_query_of_one_cell_type_is_labelled_as_well_as_within_the_whole_query(
     within = (whole.table["raw_label"].astype(str).to_numpy()[chosen] == label).mean()
     by_itself = (alone.table["raw_label"].astype(str).to_numpy() == label).mean()
     assert by_itself >= min(within - 0.03, 0.9), (by_itself, within)
+    assert alone.info["centring"]["on"] == "the reference's centre plus the query's offset", alone.info["centring"]
+    assert whole.info["centring"]["on"] == "the query's balanced mean"
+    assert alone.info["centring"]["misfit_ratio"] < 0.7 <= whole.info["centring"]["misfit_ratio"]
 
 
 def test_a_whole_query_on_a_weak_random_panel_keeps_its_balanced_centring(baron):
