@@ -402,6 +402,12 @@ def query(
         if panel.get("used"):
             out.print(f"Answered on a panel index of the {panel['shared_genes']:,} genes the query shares with the atlas "
                       f"({panel['key']}, {'reused' if panel['reused'] else 'fitted now and kept'})", highlight=False)
+        centring = result.info.get("centring", {})
+        if "misfit_ratio" in centring:
+            out.print(f"Centred on {centring['on']} (its clusters' distance to their labels' profiles with the offset: "
+                      f"{centring['misfit_ratio']:.2f} of that with the balanced mean)", highlight=False)
+        elif centring:
+            out.print(f"Centred on {centring['on']}", highlight=False)
         out.print(f"Second opinion: {describe_second_opinion(result.info['second_opinion'])}", highlight=False)
         out.print(f"Novel populations: {describe_novelty(result.info.get('novelty', {}))}", highlight=False)
         if truth is not None:

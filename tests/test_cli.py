@@ -64,6 +64,7 @@ def test_build_query_info_round_trip(tmp_path, synthetic_files):
                                   "--truth-key", "cell_type", "--quiet"])
     assert queried.exit_code == 0, queried.output
     assert "accuracy" in queried.output and out.is_file() and table.is_file()
+    assert "Centred on the query's mean" in queried.output  # genept centres a query on its plain mean
     again = runner.invoke(app, ["query", str(query), "--atlas", str(atlas), "--out", str(out), "--quiet"])
     assert again.exit_code == 1
     assert f"Error: {out} exists; pass --overwrite to replace it" in again.output.replace("\n", "")
