@@ -107,7 +107,7 @@ def _allowed_profiles(profiles: Any, datasets: list[str] | None, labels: list[st
 
 def find_novel(query: PreparedQuery, opened: store.Atlas, *, chunk: int = CHUNK, cutoff: float | None = None,
                datasets: list[str] | None = None, labels: list[str] | None = None,
-               exclude_labels: list[str] | None = None,
+               exclude_labels: list[str] | None = None, few_types: bool = False,
                reporter: Reporter = SILENT) -> tuple[Any, dict[str, Any]] | None:
     """Novel clusters of the query against the atlas's label profiles.
 
@@ -125,6 +125,11 @@ def find_novel(query: PreparedQuery, opened: store.Atlas, *, chunk: int = CHUNK,
         the info's ``relative_check`` says why).
     datasets, labels, exclude_labels : list of str or None
         Restrict the profiles the same way they restrict the neighbours.
+    few_types : bool
+        The query holds only a few of the atlas's types (it was centred on the reference's centre plus
+        its offset, :func:`screader_db.centring.matched_centre`): with ``cutoff`` None the relative
+        score's rule is left off, since its clusters are parts of those few types and how well each
+        matches a label against the others measures nothing (the far-from-every-label rule applies).
     reporter : Reporter
         Receives the progress.
 
@@ -151,6 +156,10 @@ def find_novel(query: PreparedQuery, opened: store.Atlas, *, chunk: int = CHUNK,
         caught = float(calibration.get("hidden_caught", 0.0))
         relative_off = (f"the relative score's rule is switched off for this atlas: hiding a reference label "
                         f"caught {caught:.0%} of its cells when the atlas was built")
+    elif cutoff is None and few_types:
+        relative_off = ("the relative score's rule is off for a query of a few of the atlas's types (see its centring): "
+                        "its clusters are parts of those types, so how well each matches a label against the others "
+                        "measures nothing")
     profiles = _allowed_profiles(profiles, datasets, labels, exclude_labels)
     if not profiles.labels:
         return None
@@ -441,7 +450,7 @@ class Neighbours:
 
 
 def search_neighbours(plan: Plan, prepared: Prepared, vectors: np.ndarray, *, chunk: int = CHUNK,
-                      reporter: Reporter = SILENT) -> Neighbours:
+                      few_types: bool = False, reporter: Reporter = SILENT) -> Neighbours:
     """Search the index for every cell's ``k`` nearest atlas cells; meanwhile look for novel populations.
 
     Parameters
@@ -454,6 +463,8 @@ def search_neighbours(plan: Plan, prepared: Prepared, vectors: np.ndarray, *, ch
         The informative cells' vectors (:func:`embed_query`).
     chunk : int
         Rows read per chunk by the novelty check.
+    few_types : bool
+        The query holds a few of the atlas's types (:func:`find_novel`).
     reporter : Reporter
         Receives the progress.
 
@@ -486,7 +497,8 @@ def search_neighbours(plan: Plan, prepared: Prepared, vectors: np.ndarray, *, ch
             own_level = LEVELS[wanted.level] == "label"
             novel = find_novel(prepared.query, plan.atlas, chunk=chunk, cutoff=options.novelty_cutoff,
                                datasets=_listed(wanted.datasets), labels=_listed(wanted.labels) if own_level else None,
-                               exclude_labels=_listed(wanted.exclude_labels) if own_level else None, reporter=reporter)
+                               exclude_labels=_listed(wanted.exclude_labels) if own_level else None,
+                               few_types=few_types, reporter=reporter)
         sims, ids = searching.result()
     return Neighbours(similarities=sims, ids=ids, novel=novel, probes=probes)
 
@@ -880,7 +892,8 @@ def annotate(adata: Any, atlas: str | Path | store.Atlas, *, options: AnnotateOp
             vectors = embed_query(prepared.query, answering.embedder, center=options.center, chunk=chunk,
                                   reporter=reporter, fits=fits)
         with clock("search and novelty check"):
-            neighbours = search_neighbours(plan, prepared, vectors, chunk=chunk, reporter=reporter)
+            few_types = bool(fits) and fits[0].better
+            neighbours = search_neighbours(plan, prepared, vectors, chunk=chunk, few_types=few_types, reporter=reporter)
         with clock("second opinion"):
             second = second_opinion(plan, prepared, chunk=chunk, reporter=reporter)
         with clock("vote"):

@@ -199,6 +199,15 @@ def test_a_query_of_one_cell_type_is_labelled_as_well_as_within_the_whole_query(
     assert alone.info["centring"]["on"] == "the reference's centre plus the query's offset", alone.info["centring"]
     assert whole.info["centring"]["on"] == "the query's balanced mean"
     assert alone.info["centring"]["misfit_ratio"] < 0.7 <= whole.info["centring"]["misfit_ratio"]
+    # With the Unassigned rules on, the novelty check's relative rule (how each cluster matches a label
+    # against the query's other clusters) stays off: here those are parts of one type.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ScreaderWarning)
+        ruled = annotate(query[chosen].copy(), root)
+    assert ruled.info["novelty"]["cutoff"] is None  # (the pbmc atlas's calibration had switched it off already)
+    if which == "baron":
+        assert "a few of the atlas's types" in ruled.info["novelty"]["relative_check"]
+    assert (ruled.labels.astype(str).to_numpy() == label).mean() >= by_itself - 0.05
 
 
 def test_a_whole_query_on_a_weak_random_panel_keeps_its_balanced_centring(baron):
