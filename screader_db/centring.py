@@ -143,7 +143,14 @@ class OffsetFit:
                 and self.matched_misfit < MISFIT_RATIO * self.balanced_misfit)
 
     def describe(self) -> dict[str, Any]:
-        """The query info entry: which centre was used and the figures that chose it."""
+        """The query info entry: which centre was used and the figures that chose it.
+
+        Returns
+        -------
+        dict
+            ``on`` (what the query was centred on), ``cosine_with_offset``, ``cosine_balanced`` and
+            ``misfit_ratio`` (the offset's misfit over the balanced mean's).
+        """
         ratio = self.matched_misfit / self.balanced_misfit if self.balanced_misfit > 0 else 0.0
         return {"on": "the reference's centre plus the query's offset" if self.better else "the query's balanced mean",
                 "cosine_with_offset": round(self.matched, 4), "cosine_balanced": round(self.balanced, 4),
