@@ -573,7 +573,9 @@ def describe(info: dict[str, Any]) -> str:
     if not info.get("checked"):
         return f"not run: {info.get('reason') or 'switched off (--no-novelty), or too few query cells to cluster'}"
     spared, far, cutoff = int(info.get("spared_clusters", 0)), int(info.get("far_clusters", 0)), info.get("cutoff")
-    rule = "relative check off for this atlas" if cutoff is None else f"cut-off {float(cutoff):.2f} robust SDs"
+    few = "a few of the atlas's types" in str(info.get("relative_check", ""))
+    off = "relative check off for a query of a few of the atlas's types" if few else "relative check off for this atlas"
+    rule = off if cutoff is None else f"cut-off {float(cutoff):.2f} robust SDs"
     said = (f"{info.get('novel_clusters', 0)} of {info.get('clusters', 0)} query clusters "
             f"({int(info.get('novel_cells', 0)):,} cells) match no atlas label ({rule}")
     if far:
