@@ -5,6 +5,13 @@ the plain mean depends on the cell-type mix (a query that is half beta cells is 
 beta cells). The mean of cluster centroids counts each cell population about once, whatever its
 size, so two data sets with different mixes are centred alike. Clusters come from seeded
 k-means on the top principal components, averaged over several seeds for stability.
+
+A query that holds only a few of the reference's types (sorted cells, one lineage) is not a
+different mix of the same populations: its balanced mean sits on those types and centring on it
+erases what tells them apart. :func:`matched_centre` matches the query's clusters to the
+reference labels' mean profiles, estimates the query's offset from them, and centres such a query
+on the reference's centre plus that offset; a query whose clusters fit their labels no better that
+way keeps its balanced mean.
 """
 
 from __future__ import annotations
