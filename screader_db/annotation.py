@@ -144,7 +144,7 @@ def find_novel(query: PreparedQuery, opened: store.Atlas, *, chunk: int = CHUNK,
     from screader_db.expression_stream import GeneMoments
     from screader_db.features import variable_from_moments
     from screader_db.inputs import sample_rows
-    from screader_db.novelty import DEFAULT_CUTOFF, N_VARIABLE, SAMPLE_CELLS, stream_detect
+    from screader_db.novelty import DEFAULT_CUTOFF, FEW_TYPES_OFF, N_VARIABLE, SAMPLE_CELLS, stream_detect
 
     found = opened.profiles()
     n = query.source.n_cells
@@ -157,9 +157,7 @@ def find_novel(query: PreparedQuery, opened: store.Atlas, *, chunk: int = CHUNK,
         relative_off = (f"the relative score's rule is switched off for this atlas: hiding a reference label "
                         f"caught {caught:.0%} of its cells when the atlas was built")
     elif cutoff is None and few_types:
-        relative_off = ("the relative score's rule is off for a query of a few of the atlas's types (see its centring): "
-                        "its clusters are parts of those types, so how well each matches a label against the others "
-                        "measures nothing")
+        relative_off = FEW_TYPES_OFF
     profiles = _allowed_profiles(profiles, datasets, labels, exclude_labels)
     if not profiles.labels:
         return None
@@ -946,7 +944,7 @@ def _centring(embedder: Any, n_cells: int, center: str | None, fits: list[Any]) 
     if embedder.method in LEARNED_METHODS:
         return {"on": "nothing (a learned method does not centre)"}
     if fits:
-        return dict(fits[0].describe())
+        return fits[0].describe()
     return {"on": _CENTRES[embedder.centre_mode(n_cells, center)]}
 
 

@@ -422,14 +422,15 @@ def fit_embedder(method: str, X: sp.spmatrix, genes: list[str], *, gene_vectors:
         raise ScreaderError(f"the {method} method needs the labels of the fitted cells")
     embedder = CellEmbedder(method, list(genes), mean, projection=projection, weights=weights,
                             params={"gamma": GAMMA, "tau": TAU, **settings})
-    unit = embedder._unit(np.asarray(X.todense(), dtype=np.float32) - mean)
+    from screader_db.clusters import group_means
+
+    dense = np.asarray(X.todense(), dtype=np.float32)
+    unit = embedder._unit(dense - mean)
     names = sorted(set(np.asarray(labels).tolist()))
-    prototypes = np.stack([unit[np.asarray(labels) == name].mean(axis=0) for name in names])
-    embedder.prototypes = l2_normalise(prototypes)
+    codes = np.searchsorted(names, np.asarray(labels))
+    embedder.prototypes = l2_normalise(group_means(unit, codes, len(names)))
     embedder.prototype_labels = names
-    rows = sp.csr_matrix(X)
-    embedder.label_means = np.stack([np.asarray(rows[np.asarray(labels) == name].mean(axis=0)).ravel()
-                                     for name in names]).astype(np.float32)
+    embedder.label_means = group_means(dense.astype(np.float64), codes, len(names)).astype(np.float32)
     return embedder
 
 

@@ -185,13 +185,15 @@ def match_offset(centroids: np.ndarray, balanced: np.ndarray, reference_mean: np
     -------
     OffsetFit
     """
+    from screader_db.cell_embedding import l2_normalise
+
     scale = np.ones(centroids.shape[1]) if weights is None else np.asarray(weights, dtype=np.float64)
     profiles = (label_means - reference_mean) * scale
-    labels = _unit_rows(profiles)
+    labels = l2_normalise(profiles)
 
     def matches(offset: np.ndarray) -> tuple[np.ndarray, float, float]:
         centred = (centroids - reference_mean - offset) * scale
-        cosine = _unit_rows(centred) @ labels.T
+        cosine = l2_normalise(centred) @ labels.T
         match = cosine.argmax(axis=1)
         misfit = float(((centred - profiles[match]) ** 2).sum(axis=1).mean())
         return match, float(cosine.max(axis=1).mean()), misfit
@@ -204,11 +206,6 @@ def match_offset(centroids: np.ndarray, balanced: np.ndarray, reference_mean: np
     _, at_balanced, balanced_misfit = matches(balanced - reference_mean)
     return OffsetFit(offset=offset, matched=matched, balanced=at_balanced, matched_misfit=matched_misfit,
                      balanced_misfit=balanced_misfit)
-
-
-def _unit_rows(rows: np.ndarray) -> np.ndarray:
-    norms = np.linalg.norm(rows, axis=1, keepdims=True)
-    return rows / np.where(norms > 0, norms, 1.0)
 
 
 def _dense(X: sp.spmatrix | np.ndarray) -> np.ndarray:

@@ -86,6 +86,11 @@ FAR_SHARE = 0.75
 FAR_TYPICAL = 0.55
 CLUSTER_GENES = 20
 LABEL_SHARE = 0.05
+# Why the relative rule is off for a query of a few of the atlas's types (centred on its offset,
+# screader_db.centring.matched_centre); the query info's ``relative_check`` and describe() use it.
+FEW_TYPES_OFF = ("the relative score's rule is off for a query of a few of the atlas's types (see its centring): "
+                 "its clusters are parts of those types, so how well each matches a label against the others "
+                 "measures nothing")
 
 
 @dataclass
@@ -573,7 +578,7 @@ def describe(info: dict[str, Any]) -> str:
     if not info.get("checked"):
         return f"not run: {info.get('reason') or 'switched off (--no-novelty), or too few query cells to cluster'}"
     spared, far, cutoff = int(info.get("spared_clusters", 0)), int(info.get("far_clusters", 0)), info.get("cutoff")
-    few = "a few of the atlas's types" in str(info.get("relative_check", ""))
+    few = info.get("relative_check") == FEW_TYPES_OFF
     off = "relative check off for a query of a few of the atlas's types" if few else "relative check off for this atlas"
     rule = off if cutoff is None else f"cut-off {float(cutoff):.2f} robust SDs"
     said = (f"{info.get('novel_clusters', 0)} of {info.get('clusters', 0)} query clusters "

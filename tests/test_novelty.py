@@ -171,9 +171,9 @@ def test_a_query_larger_than_the_sample_is_clustered_on_the_sample_and_every_cel
 
 
 def test_the_summary_says_why_the_relative_check_is_off_for_a_query_of_a_few_types():
-    from screader_db.novelty import describe
+    from screader_db.novelty import FEW_TYPES_OFF, describe
 
     info = {"checked": True, "cutoff": None, "clusters": 4, "novel_clusters": 0, "novel_cells": 0,
-            "relative_check": "the relative score's rule is off for a query of a few of the atlas's types (...)"}
+            "relative_check": FEW_TYPES_OFF}
     assert "relative check off for a query of a few of the atlas's types" in describe(info)
     assert "relative check off for this atlas" in describe({**info, "relative_check": "switched off for this atlas"})
