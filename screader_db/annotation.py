@@ -18,6 +18,7 @@ import pandas as pd
 
 from screader_db import store
 from screader_db.calibration import confidence_of
+from screader_db.classifier import blend, on_labels
 from screader_db.confidence import agreement, combine
 from screader_db.errors import InputDataError, ScreaderError
 from screader_db.index import QUERY_CHECK_MIN
@@ -544,8 +545,9 @@ class Votes:
 def vote(plan: Plan, neighbours: Neighbours, vectors: np.ndarray, scores: dict[str, Any],
          second: SecondOpinion | None = None) -> Votes:
     """Tally the neighbours' labels (weight max(cos, 0)^power), smooth the shares over the query's
-    own neighbour graph, and decide each cell's label; its confidence weighs the second method's
-    vote for that label when there is one.
+    own neighbour graph, blend in the linear classifier's probabilities (:mod:`screader_db.classifier`,
+    fitted beside the second method) and decide each cell's label; its confidence weighs the second
+    method's vote for that label when there is one.
 
     Parameters
     ----------
@@ -573,7 +575,10 @@ def vote(plan: Plan, neighbours: Neighbours, vectors: np.ndarray, scores: dict[s
     graph = query_graph(vectors) if len(vectors) > 2 else None
     if plan.propagation > 0 and graph is not None:
         shares = propagate(shares, graph, plan.propagation)
-    decided = decide(shares, sims, codes)
+    decided = decide(blend(shares, _classified(plan, vocabulary, second)), sims, codes)
+    # The score stays the neighbours' share of the label given, the scale its cut-off and confidence map
+    # were calibrated on: a label the classifier carried against the neighbours scores low.
+    decided = replace(decided, score=shares[np.arange(len(shares)), decided.best].astype(np.float32))
     vote_confidence = confidence_of(decided.score, scores)
     opinion = None
     if second is not None and second.ids is not None and second.similarities is not None:
@@ -618,6 +623,23 @@ def weigh_evidence(plan: Plan, prepared: Prepared, votes: Votes, *, chunk: int =
     called = names[decided.best]
     other = np.where(decided.second >= 0, names[np.clip(decided.second, 0, None)], "")
     return replace(votes, evidence=evidence(prepared.query, profiles, called, other, chunk=chunk))
+
+
+def _classified(plan: Plan, vocabulary: list[str], second: SecondOpinion | None) -> np.ndarray | None:
+    """The linear classifier's probabilities over the vote's labels, or None where there are none.
+
+    At a label level other than the data sets' own, each class counts towards its cells' label at that
+    level; a class whose cells carry more than one such label leaves the vote to the neighbours.
+    """
+    if second is None or second.probabilities is None:
+        return None
+    level = None
+    if plan.column != "label":
+        pairs = plan.atlas.cells(["label", plan.column]).astype(str).drop_duplicates()
+        if pairs["label"].duplicated().any():
+            return None
+        level = dict(zip(pairs["label"], pairs[plan.column], strict=True))
+    return on_labels(second.probabilities, second.classes, vocabulary, level)
 
 
 def _label_codes(plan: Plan, vocabulary: list[str], ids: np.ndarray) -> np.ndarray:

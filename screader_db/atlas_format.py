@@ -51,6 +51,7 @@ LABEL_PROFILES = "label_profiles.parquet"
 EXPRESSION = "expression"
 PANELS = "panels"
 PANEL_FILE = "PANEL.json"
+CLASSIFIER = "classifier.safetensors"  # in a second opinion's panel folder (classifier.py)
 
 # Parquet schema metadata keys.
 PROVENANCE_KEY = b"screader_db.provenance"  # every Parquet file: JSON provenance of the build

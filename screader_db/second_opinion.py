@@ -12,11 +12,14 @@ genes and method): once, by the first query, then reused. It is skipped, and ``c
 falls back to its two-input form, when the atlas keeps no expression, when its own method is
 the expression method, or when the atlas is larger than :data:`MAX_CELLS` (the fit would read
 every reference cell's expression once more).
+
+Beside it, on the same genes and cells, a linear classifier is fitted and kept
+(:mod:`screader_db.classifier`); its label probabilities are blended into the vote itself.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -40,11 +43,18 @@ class SecondOpinion:
         Cells × k cosine similarities and atlas cell ids; None when it was skipped.
     info : dict
         ``used``, and the method, genes and whether the index was reused; or the reason it was skipped.
+    probabilities : numpy.ndarray or None
+        Cells × ``classes``: the linear classifier's label probabilities (:mod:`screader_db.classifier`),
+        fitted beside the second method; None when skipped or when the reference has one label.
+    classes : list of str
+        The classifier's labels.
     """
 
     similarities: np.ndarray | None
     ids: np.ndarray | None
     info: dict[str, Any]
+    probabilities: np.ndarray | None = None
+    classes: list[str] = field(default_factory=list)
 
 
 def _skipped(reason: str) -> SecondOpinion:
@@ -102,24 +112,28 @@ def seek(opened: store.Atlas, query: PreparedQuery, k: int, *, allowed: np.ndarr
         return _skipped(f"the query shares {len(shared)} genes with the atlas's reference")
     whole = len(shared) >= PANEL_SHARE * len(stored)
     genes = stored if whole else shared
-    key = ("method:", METHOD, *genes, "datasets:", *(sorted(datasets) if datasets else ["all"]))
+    key = ("method:", METHOD, "classifier", *genes, "datasets:", *(sorted(datasets) if datasets else ["all"]))
     panel = opened.panels.get(key)
     reused = panel is not None
     if panel is None:
         try:
-            panel = open_panel(opened, genes, datasets=datasets, method=METHOD, reporter=reporter)
+            panel = open_panel(opened, genes, datasets=datasets, method=METHOD, classifier=True, reporter=reporter)
         except OSError as error:  # a shared atlas the user may read but not write
             return _skipped(f"its index could not be kept in {opened.path}: {error}; run one query as a user who may "
                             "write there, or pass --no-second-opinion")
         reused = panel.reused
         opened.panels[key] = panel
-    vectors = embed_query(query.onto(panel.embedder.genes, None if whole else shared), panel.embedder, chunk=chunk,
-                          reporter=reporter)
+    mapped = query.onto(panel.embedder.genes, None if whole else shared)
+    vectors = embed_query(mapped, panel.embedder, chunk=chunk, reporter=reporter)
     with reporter.task(f"Searching the atlas by the {METHOD} method", len(vectors), "cells") as advance:
         sims, ids = panel.index.search(vectors, k, allowed=allowed)
         advance(len(vectors))
-    info = {"used": True, "method": METHOD, "key": panel.key, "genes": len(genes), "reused": bool(reused)}
-    return SecondOpinion(sims, ids, info)
+    info = {"used": True, "method": METHOD, "key": panel.key, "genes": len(genes), "reused": bool(reused),
+            "classifier": panel.classifier is not None}
+    if panel.classifier is None:
+        return SecondOpinion(sims, ids, info)
+    probabilities = np.vstack([panel.classifier.probabilities(block) for _, block in mapped.chunks(chunk)])
+    return SecondOpinion(sims, ids, info, probabilities, list(panel.classifier.classes))
 
 
 def describe(info: dict[str, Any]) -> str:
@@ -139,5 +153,6 @@ def describe(info: dict[str, Any]) -> str:
     if not info.get("used"):
         return f"not used: {info.get('reason', '')}"
     how = "reused" if info.get("reused") else "fitted for this query and kept"
+    classifier = "; a linear classifier on the same genes voted with the neighbours" if info.get("classifier") else ""
     return (f"the {info['method']} method's neighbour vote for each label, on {int(info['genes']):,} genes "
-            f"(index {info['key']}, {how}), weighed into the confidence")
+            f"(index {info['key']}, {how}), weighed into the confidence{classifier}")

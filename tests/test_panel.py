@@ -129,6 +129,23 @@ def test_the_second_opinion_is_fitted_on_the_kept_expression_once_and_reused(atl
     np.testing.assert_array_equal(first.table["confidence"], again.table["confidence"])
 
 
+def test_the_classifier_is_kept_beside_the_second_opinion_and_votes(atlas, cells):
+    from screader_db.classifier import Classifier
+
+    result = annotate(cells[240:].copy(), atlas)
+    opinion = result.info["second_opinion"]
+    assert opinion["classifier"]
+    kept = Classifier.load(store.open_atlas(atlas).path / "panels" / opinion["key"] / "classifier.safetensors")
+    assert sorted(kept.classes) == sorted(cells[:240].obs["cell_type"].astype(str).unique())
+    # the score stays the neighbours' share of the label given; the per-label scores are the blended vote
+    scores = result.label_scores.to_numpy()
+    np.testing.assert_allclose(scores.sum(axis=1), 1, rtol=1e-5)
+    assert (result.table["score"].to_numpy() <= 1).all()
+    without = annotate(cells[240:].copy(), atlas, second_opinion=False)
+    truth = cells[240:].obs["cell_type"].astype(str).to_numpy()
+    assert (result.labels.to_numpy() == truth).mean() >= (without.labels.to_numpy() == truth).mean() - 0.02
+
+
 def test_an_atlas_without_its_expression_has_no_second_opinion(tmp_path, cells):
     root = tmp_path / "lean"
     build_atlas(cells[:240].copy(), root, label_key="cell_type", settings=BuildSettings(layout="none", keep_expression=False))

@@ -78,6 +78,11 @@ def _recall(query, root, label):
     return float((annotate(query, root).labels.to_numpy()[truth == label] == label).mean())
 
 
+def _recall_neighbours(query, root, label):
+    truth = query.obs["cell_type"].to_numpy()
+    return float((annotate(query, root, second_opinion=False).labels.to_numpy()[truth == label] == label).mean())
+
+
 def _copy(root, tmp_path):
     target = tmp_path / root.name
     shutil.copytree(root, target, symlinks=True)
@@ -87,9 +92,11 @@ def _copy(root, tmp_path):
 def test_a_type_added_later_is_recalled_as_well_as_one_built_in(cells, atlases):
     query = cells["query"]
     recall = {kind: _recall(query, atlases[kind], "D") for kind in ("plain", "refit", "built")}
-    # Measured: D recalled 0.77 after a plain add (the rest called A, which D resembles on the atlas's
-    # genes), 1.00 refitted, 1.00 built in.
-    assert recall["plain"] < recall["refit"] - 0.15
+    # Measured: D recalled 1.00 refitted and built in; after a plain add 0.77 by the neighbours alone
+    # (the rest called A, which D resembles on the atlas's genes), 1.00 with the linear classifier,
+    # which is fitted on every kept cell's expression whatever the embedding was fitted on.
+    assert recall["plain"] <= recall["refit"]
+    assert _recall_neighbours(query, atlases["plain"], "D") < recall["refit"] - 0.15
     assert recall["refit"] >= recall["built"] - 0.02
     assert recall["built"] > 0.9
     for label in "ABC":

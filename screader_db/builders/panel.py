@@ -9,6 +9,7 @@ are normalised over the shared genes, so a cell's library size means the same on
 The result is kept inside the atlas version, keyed by the hash of the gene set::
 
     versions/N/panels/<key>/PANEL.json, embedder.safetensors, index.faiss (+ .json)
+                               (+ classifier.safetensors, fitted beside a second opinion)
 
 so the next query with the same panel reuses it. It is written to a staging folder and
 renamed into place, so a crash leaves either nothing or a whole panel index.
@@ -27,7 +28,7 @@ from typing import Any
 import pandas as pd
 
 from screader_db import store
-from screader_db.atlas_format import EMBEDDER, INDEX, PANEL_FILE, PANEL_FORMAT, PANELS, STAGING_PREFIX
+from screader_db.atlas_format import CLASSIFIER, EMBEDDER, INDEX, PANEL_FILE, PANEL_FORMAT, PANELS, STAGING_PREFIX
 from screader_db.checksums import sha256_text
 from screader_db.errors import AtlasError
 from screader_db.progress import SILENT, Reporter
@@ -51,6 +52,9 @@ class PanelIndex:
         Whether the panel was read from the atlas rather than fitted now.
     scores : dict
         The score calibration on this panel (confidence map, default cut-off).
+    classifier : Classifier or None
+        The linear classifier fitted on the same genes and cells, when asked for
+        (:mod:`screader_db.classifier`).
     """
 
     key: str
@@ -59,9 +63,11 @@ class PanelIndex:
     index: Any
     reused: bool
     scores: dict[str, Any]
+    classifier: Any = None
 
 
-def panel_key(genes: list[str], datasets: list[str] | None = None, method: str | None = None) -> str:
+def panel_key(genes: list[str], datasets: list[str] | None = None, method: str | None = None, *,
+              classifier: bool = False) -> str:
     """A short, stable name for a set of genes (and the data sets fitted on, when not all, and the
     method, when not the atlas's).
 
@@ -73,14 +79,20 @@ def panel_key(genes: list[str], datasets: list[str] | None = None, method: str |
         The data sets fitted on, in any order; None for every data set.
     method : str or None
         The cell embedding method fitted; None for the atlas's own.
+    classifier : bool
+        Whether a linear classifier is fitted beside it.
 
     Returns
     -------
     str
-        The first 16 hex digits of the sha256 of the sorted genes (and data sets, and method).
+        The first 16 hex digits of the sha256 of the sorted genes (and data sets, and method, and
+        the classifier's format).
     """
+    from screader_db.classifier import FORMAT
+
     named = "" if datasets is None else "\ndatasets:" + ",".join(sorted(datasets))
     named += "" if method is None else "\nmethod:" + method
+    named += f"\nclassifier:{FORMAT}" if classifier else ""
     return sha256_text("\n".join(sorted(genes)) + named)[:16]
 
 
@@ -98,7 +110,7 @@ def _settings(opened: store.Atlas, method: str | None = None) -> Any:
 
 
 def open_panel(opened: store.Atlas, genes: list[str], *, datasets: list[str] | None = None, method: str | None = None,
-               reporter: Reporter = SILENT, device: str | None = None) -> PanelIndex:
+               classifier: bool = False, reporter: Reporter = SILENT, device: str | None = None) -> PanelIndex:
     """The atlas's index for the gene panel ``genes``: read from the version if kept, else fitted and kept.
 
     Fitting reads the stored reference expression over ``genes``, fits the atlas's method with the
@@ -116,6 +128,8 @@ def open_panel(opened: store.Atlas, genes: list[str], *, datasets: list[str] | N
     method : str or None
         Fit this cell embedding method instead of the atlas's own (a second opinion,
         :mod:`screader_db.second_opinion`); None: the atlas's.
+    classifier : bool
+        Fit (or read) the linear classifier of :mod:`screader_db.classifier` on the same genes and cells too.
     reporter : Reporter
         Receives the progress of a fit.
     device : str or None
@@ -134,12 +148,14 @@ def open_panel(opened: store.Atlas, genes: list[str], *, datasets: list[str] | N
         A stored expression part is missing or unreadable.
     """
     from screader_db.cell_embedding import CellEmbedder
+    from screader_db.classifier import Classifier
     from screader_db.index import CellIndex
 
-    key = panel_key(genes, datasets, method)
+    key = panel_key(genes, datasets, method, classifier=classifier)
     folder = opened.path / PANELS / key
     if not (folder / PANEL_FILE).is_file():
-        _fit(opened, sorted(genes), folder, datasets=datasets, method=method, reporter=reporter, device=device)
+        _fit(opened, sorted(genes), folder, datasets=datasets, method=method, classifier=classifier, reporter=reporter,
+             device=device)
         reused = False
     else:
         reused = True
@@ -148,13 +164,15 @@ def open_panel(opened: store.Atlas, genes: list[str], *, datasets: list[str] | N
         message = f"{folder} has panel format {meta.get('format')!r}, this version reads {PANEL_FORMAT!r}; delete the folder"
         raise AtlasError(message)
     index = CellIndex.load(folder / INDEX)
+    fitted = Classifier.load(folder / CLASSIFIER) if (folder / CLASSIFIER).is_file() else None
     return PanelIndex(key=key, genes=list(meta["genes"]), embedder=CellEmbedder.load(folder / EMBEDDER),
-                      index=index, reused=reused, scores=dict(meta.get("scores", {})))
+                      index=index, reused=reused, scores=dict(meta.get("scores", {})), classifier=fitted)
 
 
 def _fit(opened: store.Atlas, genes: list[str], folder: Path, *, datasets: list[str] | None, method: str | None,
-         reporter: Reporter, device: str | None) -> None:
+         classifier: bool, reporter: Reporter, device: str | None) -> None:
     from screader_db.builders.atlas import calibrate_scores, fit_method
+    from screader_db.classifier import fit_classifier
     from screader_db.expression_stream import ExpressionStream
     from screader_db.genes import GeneResolver
     from screader_db.index import CellIndex
@@ -177,6 +195,10 @@ def _fit(opened: store.Atlas, genes: list[str], folder: Path, *, datasets: list[
     vectors = stream.over(plan_genes(genes, embedder.genes)).embed(
         embedder, mean=embedder.mean, chunk=CHUNK, description="Embedding the atlas cells on the shared genes", reporter=reporter)
     index = CellIndex.build(vectors, ids, kind=settings.index, seed=settings.seed)
+    linear = None
+    if classifier:
+        reporter.message("Fitting the linear classifier on the same genes")
+        linear = fit_classifier(stats.sample[:, fitted.chosen], stats.sample_labels(labels), fitted.genes, seed=settings.seed)
     provenance = {**opened.provenance, "panel": {"key": folder.name, "n_genes": len(genes), "datasets": datasets,
                                                  "method": settings.method, "genes_sha256": sha256_text("\n".join(genes))}}
     staging = folder.parent / f"{STAGING_PREFIX}{os.getpid()}-{time.time_ns()}"
@@ -184,6 +206,8 @@ def _fit(opened: store.Atlas, genes: list[str], folder: Path, *, datasets: list[
     try:
         embedder.save(staging / EMBEDDER, provenance)
         index.save(staging / INDEX, provenance)
+        if linear is not None:
+            linear.save(staging / CLASSIFIER, provenance)
         meta = {"format": PANEL_FORMAT, "key": folder.name, "genes": genes, "datasets": datasets, "method": settings.method,
                 "n_cells": len(ids),
                 "atlas_genes": len(embedder.genes), "scores": scores, "provenance": provenance}

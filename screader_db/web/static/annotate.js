@@ -241,7 +241,8 @@ function whatWasDone(info) {
     : "answered on the full index");
   const second = info.second_opinion || {};
   parts.push(second.used
-    ? `second opinion: the ${second.method} method's vote weighed into the confidence`
+    ? `second opinion: the ${second.method} method's vote weighed into the confidence` +
+      (second.classifier ? "; a linear classifier voted with the neighbours" : "")
     : "no second opinion");
   const novelty = info.novelty || {};
   parts.push(novelty.checked
