@@ -56,6 +56,7 @@ def collect(workdir: Path) -> pd.DataFrame:
             "correct": table["raw_label"].to_numpy() == truth, "vote_confidence": table["vote_confidence"].to_numpy(),
             "agreement": confidence.agreement(query_graph(result.embeddings), codes),
             "second_opinion": table["second_opinion"].to_numpy(), "evidence": table["marker_evidence"].to_numpy(),
+            "classifier": table["classifier"].to_numpy() if "classifier" in table else np.nan,
             "confidence": table["confidence"].to_numpy()}))
     frame = pd.concat(frames, ignore_index=True)
     return frame[frame["known"]].reset_index(drop=True)

@@ -522,6 +522,8 @@ class Votes:
         The query graph's agreement with each cell's label; None for a query of two cells or fewer.
     evidence : numpy.ndarray or None
         The marker evidence of each call (:func:`weigh_evidence`); None until weighed, or without it.
+    classifier : numpy.ndarray or None
+        The linear classifier's probability of each cell's label; None without a classifier.
     """
 
     vocabulary: list[str]
@@ -531,6 +533,7 @@ class Votes:
     second_opinion: np.ndarray | None = None
     agreement: np.ndarray | None = None
     evidence: np.ndarray | None = None
+    classifier: np.ndarray | None = None
 
     @property
     def confidence(self) -> np.ndarray:
@@ -575,10 +578,14 @@ def vote(plan: Plan, neighbours: Neighbours, vectors: np.ndarray, scores: dict[s
     graph = query_graph(vectors) if len(vectors) > 2 else None
     if plan.propagation > 0 and graph is not None:
         shares = propagate(shares, graph, plan.propagation)
-    decided = decide(blend(shares, _classified(plan, vocabulary, second)), sims, codes)
-    # The score stays the neighbours' share of the label given, the scale its cut-off and confidence map
-    # were calibrated on: a label the classifier carried against the neighbours scores low.
-    decided = replace(decided, score=shares[np.arange(len(shares)), decided.best].astype(np.float32))
+    classified = _classified(plan, vocabulary, second)
+    decided = decide(blend(shares, classified), sims, codes)
+    rows = np.arange(len(shares))
+    chosen = None if classified is None else classified[rows, decided.best].astype(np.float32)
+    # The score is the stronger of the two votes for the label given: the neighbours' share (the scale
+    # its cut-off and confidence map were calibrated on) or the classifier's probability.
+    score = shares[rows, decided.best] if chosen is None else np.maximum(shares[rows, decided.best], chosen)
+    decided = replace(decided, score=score.astype(np.float32))
     vote_confidence = confidence_of(decided.score, scores)
     opinion = None
     if second is not None and second.ids is not None and second.similarities is not None:
@@ -586,7 +593,7 @@ def vote(plan: Plan, neighbours: Neighbours, vectors: np.ndarray, scores: dict[s
         opinion = other[np.arange(len(other)), decided.best].astype(np.float32)
     agreeing = None if graph is None else agreement(graph, decided.best)
     return Votes(vocabulary=vocabulary, result=decided, knn_best=knn_best, vote_confidence=vote_confidence,
-                 second_opinion=opinion, agreement=agreeing)
+                 second_opinion=opinion, agreement=agreeing, classifier=chosen)
 
 
 def weigh_evidence(plan: Plan, prepared: Prepared, votes: Votes, *, chunk: int = CHUNK) -> Votes:
@@ -776,7 +783,8 @@ def abstain(plan: Plan, prepared: Prepared, neighbours: Neighbours, votes: Votes
         "mean_similarity": decided.mean_similarity, "raw_label": raw.astype(object), "knn_label": votes.knn_best,
     }, index=pd.Index([str(i) for i in prepared.query.source.obs.index]))
     after = table.columns.get_loc("vote_confidence") + 1
-    for name, values in (("marker_evidence", votes.evidence), ("second_opinion", votes.second_opinion)):
+    for name, values in (("classifier", votes.classifier), ("marker_evidence", votes.evidence),
+                         ("second_opinion", votes.second_opinion)):
         if values is not None:
             table.insert(after, name, values)
     info_novelty: dict[str, Any] = {"checked": False}
@@ -785,7 +793,7 @@ def abstain(plan: Plan, prepared: Prepared, neighbours: Neighbours, votes: Votes
         if result is not None:
             from screader_db.novelty import judge_genes
 
-            result = judge_genes(result, raw)
+            result = judge_genes(result, votes.knn_best)  # the neighbours' own labels, as the check weighs them
             judged = ("cluster_explained", "spared_clusters", "novel_clusters")
             info_novelty = {**info_novelty, **{key: result.details[key] for key in judged if key in result.details},
                             "novel_cells": int(result.novel.sum())}

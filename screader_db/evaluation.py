@@ -22,7 +22,7 @@ from screader_db.errors import ScreaderError
 from screader_db.metrics import UNASSIGNED
 from screader_db.progress import SILENT, Reporter
 
-QUERY_OPTIONS = ("min_score", "min_margin", "power", "propagation", "center", "k", "novelty")
+QUERY_OPTIONS = ("min_score", "min_margin", "power", "propagation", "center", "k", "novelty", "second_opinion")
 FORCED = {"min_score": 0.0, "novelty": False}
 
 
@@ -73,7 +73,7 @@ class Task:
         return f"{self.reference_key or self.name} seed {self.seed}"
 
 
-PROTOCOL = (("power", 1.0), ("propagation", 0.0))
+PROTOCOL = (("power", 1.0), ("propagation", 0.0), ("second_opinion", False))  # the neighbours alone
 PEERS = ("celltypist", "singler")
 ABSTENTION = (("min_score", None), ("novelty", True))  # the query's Unassigned rules as the atlas calibrated them
 PROJECT_METHODS = ("marker", "marker-text", "genept")
@@ -99,7 +99,8 @@ def standard_specs(model: str = "minilm", *, methods: tuple[str, ...] = PROJECT_
     random_seeds : int
         Random-vector twins per text method, averaged into one row ``<method> (random vectors)``.
     baselines : bool
-        Add expression kNN and PCA-50 kNN (vote power 1, no propagation).
+        Add expression kNN and PCA-50 kNN (vote power 1, no propagation, no second opinion: the
+        neighbours vote alone, without the linear classifier).
     celltypist, singler : bool
         Add these peers.
     abstention : bool
