@@ -278,14 +278,12 @@ class CellEmbedder:
         provenance : dict or None
             JSON-serialisable build record stored in the metadata; None stores ``{}``.
         """
-        from safetensors.numpy import save_file
-
-        tensors = {"mean": np.ascontiguousarray(self.mean, dtype=np.float32)}
+        tensors = {"mean": self.mean}
         for name in ("projection", "weights", "prototypes", "label_means"):
             value = getattr(self, name)
             if value is not None:
-                tensors[name] = np.ascontiguousarray(value, dtype=np.float32)
-        tensors.update({f"state.{k}": np.ascontiguousarray(v, dtype=np.float32) for k, v in self.state.items()})
+                tensors[name] = value
+        tensors.update({f"state.{k}": v for k, v in self.state.items()})
         meta = {
             "format": FORMAT,
             "method": self.method,
@@ -294,7 +292,7 @@ class CellEmbedder:
             "params": json.dumps(self.params, sort_keys=True),
             "provenance": json.dumps(provenance or {}, sort_keys=True),
         }
-        save_file(tensors, str(path), metadata=meta)
+        write_tensors(path, tensors, meta)
 
     @classmethod
     def load(cls, path: str | Path) -> CellEmbedder:
@@ -317,18 +315,7 @@ class CellEmbedder:
         ModelMismatchError
             A hybrid embedder's decoder cannot be found or its sha256 differs.
         """
-        from safetensors import SafetensorError, safe_open
-
-        try:
-            with safe_open(str(path), framework="numpy") as handle:
-                meta = handle.metadata() or {}
-                arrays = {k: handle.get_tensor(k) for k in handle.keys()}  # noqa: SIM118
-        except (OSError, ValueError, SafetensorError) as err:
-            message = f"cannot read the cell embedder {path}: {err}"
-            raise AtlasError(message) from err
-        if meta.get("format") != FORMAT:
-            message = f"{path} has embedder format {meta.get('format')!r}, this version reads {FORMAT!r}; rebuild the atlas"
-            raise AtlasError(message)
+        meta, arrays = read_tensors(path, "cell embedder", FORMAT, "rebuild the atlas")
         params = json.loads(meta["params"])
         if meta["method"] in LEARNED_METHODS:
             from screader_db.hybrid import check_decoder
@@ -339,6 +326,62 @@ class CellEmbedder:
                    prototypes=arrays.get("prototypes"), prototype_labels=json.loads(meta.get("prototype_labels", "[]")),
                    label_means=arrays.get("label_means"), params=params,
                    state={k[len("state."):]: v for k, v in arrays.items() if k.startswith("state.")})
+
+
+def write_tensors(path: str | Path, tensors: dict[str, np.ndarray], meta: dict[str, str]) -> None:
+    """Write arrays (as contiguous float32) and string metadata as one safetensors file.
+
+    Parameters
+    ----------
+    path : str or Path
+        The file written (replaced if it exists).
+    tensors : dict
+        Name -> array.
+    meta : dict
+        Name -> string, with the file's ``format``.
+    """
+    from safetensors.numpy import save_file
+
+    save_file({k: np.ascontiguousarray(v, dtype=np.float32) for k, v in tensors.items()}, str(path), metadata=meta)
+
+
+def read_tensors(path: str | Path, what: str, expected: str, fix: str) -> tuple[dict[str, str], dict[str, np.ndarray]]:
+    """The metadata and arrays of a safetensors file of the atlas, checked for its format.
+
+    Parameters
+    ----------
+    path : str or Path
+        The file.
+    what : str
+        What it holds, for the messages (``cell embedder``, ``classifier``).
+    expected : str
+        The ``format`` its metadata must name.
+    fix : str
+        What to do when it names another, for the message.
+
+    Returns
+    -------
+    tuple of (dict, dict)
+        The metadata, and every tensor as a numpy array.
+
+    Raises
+    ------
+    AtlasError
+        The file is unreadable or of another format.
+    """
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="numpy") as handle:
+            meta = handle.metadata() or {}
+            arrays = {k: handle.get_tensor(k) for k in handle.keys()}  # noqa: SIM118
+    except (OSError, ValueError, SafetensorError) as err:
+        message = f"cannot read the {what} {path}: {err}"
+        raise AtlasError(message) from err
+    if meta.get("format") != expected:
+        message = f"{path} has {what} format {meta.get('format')!r}, this version reads {expected!r}; {fix}"
+        raise AtlasError(message)
+    return meta, arrays
 
 
 def fit_embedder(method: str, X: sp.spmatrix, genes: list[str], *, gene_vectors: np.ndarray | None = None,

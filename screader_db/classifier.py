@@ -24,8 +24,6 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-from screader_db.errors import AtlasError
-
 C = 0.01  # inverse regularisation strength of the logistic regression
 WEIGHT = 0.5  # the neighbours' share of the blended vote; the classifier's is 1 - WEIGHT
 MAX_ITER = 1000
@@ -88,13 +86,11 @@ class Classifier:
         provenance : dict or None
             JSON-serialisable build record; None stores ``{}``.
         """
-        from safetensors.numpy import save_file
+        from screader_db.cell_embedding import write_tensors
 
-        tensors = {"coef": np.ascontiguousarray(self.coef, dtype=np.float32),
-                   "intercept": np.ascontiguousarray(self.intercept, dtype=np.float32)}
-        meta = {"format": FORMAT, "genes": json.dumps(self.genes), "classes": json.dumps(self.classes),
-                "C": str(C), "provenance": json.dumps(provenance or {}, sort_keys=True)}
-        save_file(tensors, str(path), metadata=meta)
+        write_tensors(path, {"coef": self.coef, "intercept": self.intercept},
+                      {"format": FORMAT, "genes": json.dumps(self.genes), "classes": json.dumps(self.classes),
+                       "C": str(C), "provenance": json.dumps(provenance or {}, sort_keys=True)})
 
     @classmethod
     def load(cls, path: str | Path) -> Classifier:
@@ -114,19 +110,11 @@ class Classifier:
         AtlasError
             The file is unreadable or of another classifier format.
         """
-        from safetensors import SafetensorError, safe_open
+        from screader_db.cell_embedding import read_tensors
 
-        try:
-            with safe_open(str(path), framework="numpy") as handle:
-                meta = handle.metadata() or {}
-                coef, intercept = handle.get_tensor("coef"), handle.get_tensor("intercept")
-        except (OSError, ValueError, SafetensorError) as err:
-            message = f"cannot read the classifier {path}: {err}"
-            raise AtlasError(message) from err
-        if meta.get("format") != FORMAT:
-            message = f"{path} has classifier format {meta.get('format')!r}, this version reads {FORMAT!r}; delete its folder"
-            raise AtlasError(message)
-        return cls(genes=json.loads(meta["genes"]), classes=json.loads(meta["classes"]), coef=coef, intercept=intercept)
+        meta, arrays = read_tensors(path, "classifier", FORMAT, "delete its folder")
+        return cls(genes=json.loads(meta["genes"]), classes=json.loads(meta["classes"]), coef=arrays["coef"],
+                   intercept=arrays["intercept"])
 
 
 def fit_classifier(X: sp.spmatrix, labels: np.ndarray, genes: list[str], *, seed: int = 0) -> Classifier | None:
