@@ -127,7 +127,8 @@ class AnnotateOptions:
     novelty_cutoff: float | None = _option(None, "Cluster match (robust SDs) below which a cluster is novel (default: "
                                                  "the atlas's calibrated cut-off).", library="bounds")
     second_opinion: bool = _option(True, "Weigh each call's confidence by how much of the expression method's "
-                                         "neighbour vote goes to its label (fitted once on the atlas's kept expression).")
+                                         "neighbour vote goes to its label, and let a linear classifier vote beside "
+                                         "the neighbours (both fitted once on the atlas's kept expression).")
     version: int | None = _option(None, "Atlas version to annotate against (default: the current one; a server "
                                         "annotates against its current version only, and refuses another).")
     read: ReadOptions = field(default_factory=ReadOptions)
