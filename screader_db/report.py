@@ -130,7 +130,8 @@ def render_report(result: AnnotationResult, adata: Any, *, truth: Any = None, la
                  " (here: per predicted label, as the novelty check did not cluster this query)") + ". Well mapped "
                  "clusters have a high mean score and similarity and few Unassigned cells; a cluster low on both, "
                  "or red in the plot, is where to look first.", _quality(result, clusters)),
-        _section("label-scores", "The score is the winning label's share of the neighbour vote; the dashed line is "
+        _section("label-scores", "The score is the label's share of the neighbour vote, or the linear classifier's probability of it "
+                 "where that is higher; the dashed line is "
                  "the cut-off below which a cell is Unassigned." + ("" if result.umap is None else " The map shows "
                  "the reference in the left panel and the query placed among its nearest reference cells in the "
                  "right."), _scores(result, truth)),

@@ -295,7 +295,7 @@ class AnnotationResult:
 
     @property
     def scores(self) -> pd.Series:
-        """Each cell's score: the vote share of its best label."""
+        """Each cell's score: the stronger of its label's share of the neighbour vote and the linear classifier's probability of it."""
         return self.table["score"]
 
     def to_frame(self) -> pd.DataFrame:
