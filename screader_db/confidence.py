@@ -34,11 +34,11 @@ import scipy.sparse as sp
 # shift"), one set per combination of the optional inputs a call has: the weights of
 # logit(vote confidence), agreement, logit(second opinion) and marker evidence, and the intercept.
 FORMS: dict[tuple[str, ...], dict[str, float]] = {
-    (): {"vote": 0.31, "agreement": 3.92, "intercept": -2.64},
-    ("second_opinion",): {"vote": 0.11, "agreement": 3.35, "second_opinion": 0.29, "intercept": -2.10},
-    ("evidence",): {"vote": 0.29, "agreement": 3.32, "evidence": 0.65, "intercept": -2.38},
-    ("second_opinion", "evidence"): {"vote": 0.12, "agreement": 2.87, "second_opinion": 0.26, "evidence": 0.54,
-                                     "intercept": -1.92},
+    (): {"vote": 0.31, "agreement": 3.92, "intercept": -2.62},
+    ("second_opinion",): {"vote": 0.11, "agreement": 3.33, "second_opinion": 0.28, "intercept": -2.05},
+    ("evidence",): {"vote": 0.29, "agreement": 3.37, "evidence": 0.60, "intercept": -2.38},
+    ("second_opinion", "evidence"): {"vote": 0.12, "agreement": 2.90, "second_opinion": 0.25, "evidence": 0.49,
+                                     "intercept": -1.89},
 }
 CLIP = 1e-3
 

