@@ -185,7 +185,8 @@ class ExpressionStream:
 
     def embed(self, embedder: Any, *, mean: np.ndarray | None = None, center: str | None = None, chunk: int = CHUNK,
               description: str = "Embedding cells", reporter: Reporter = SILENT,
-              fits: list[Any] | None = None) -> np.ndarray:
+              fits: list[Any] | None = None,
+              passes: Callable[[], Iterator[tuple[int, sp.csr_matrix]]] | None = None) -> np.ndarray:
         """Vectors of every cell, chunk by chunk.
 
         Parameters
@@ -204,6 +205,9 @@ class ExpressionStream:
             Receives the progress.
         fits : list or None
             Passed to :meth:`centre` when ``mean`` is None.
+        passes : callable or None
+            Yields this stream's chunks on each call (:meth:`replayable`), for a caller that reads them
+            again; None reads the stream (held in memory when it is small and must be centred first).
 
         Returns
         -------
@@ -219,9 +223,9 @@ class ExpressionStream:
             message = (f"the expression has {len(self.plan.genes):,} columns but the embedder was fitted on "
                        f"{len(embedder.genes):,} other genes; map the cells onto the embedder's genes first")
             raise ScreaderError(message)
-        passes = lambda: self.chunks(chunk)  # noqa: E731
+        if passes is None:
+            passes = self.replayable(chunk) if mean is None else lambda: self.chunks(chunk)
         if mean is None:
-            passes = self.replayable(chunk)
             mean = self.centre(embedder, center=center, passes=passes, fits=fits)
         vectors = np.empty((self.n_cells, embedder.dim), dtype=np.float32)
         with reporter.task(description, self.n_cells, "cells") as advance:

@@ -302,7 +302,7 @@ def fit_to_panel(query: PreparedQuery, opened: store.Atlas, *, datasets: list[st
 
 
 def embed_query(query: PreparedQuery, embedder: Any, *, center: str | None = None, chunk: int = CHUNK,
-                reporter: Reporter = SILENT, fits: list[Any] | None = None) -> np.ndarray:
+                reporter: Reporter = SILENT, fits: list[Any] | None = None, passes: Any = None) -> np.ndarray:
     """Cell vectors of the whole query, centred the atlas's way (an extra pass when self-centred).
 
     Parameters
@@ -321,6 +321,9 @@ def embed_query(query: PreparedQuery, embedder: Any, *, center: str | None = Non
     fits : list or None
         Receives how the query's clusters matched the labels, when the query centres itself
         (:class:`screader_db.centring.OffsetFit`).
+    passes : callable or None
+        The query's chunks, for a caller that reads them again (:meth:`ExpressionStream.replayable`);
+        None reads them.
 
     Returns
     -------
@@ -328,4 +331,4 @@ def embed_query(query: PreparedQuery, embedder: Any, *, center: str | None = Non
         float32, cells × ``embedder.dim``.
     """
     return query.stream.embed(embedder, center=center, chunk=chunk, description="Embedding query cells",
-                              reporter=reporter, fits=fits)
+                              reporter=reporter, fits=fits, passes=passes)

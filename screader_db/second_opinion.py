@@ -124,7 +124,8 @@ def seek(opened: store.Atlas, query: PreparedQuery, k: int, *, allowed: np.ndarr
         reused = panel.reused
         opened.panels[key] = panel
     mapped = query.onto(panel.embedder.genes, None if whole else shared)
-    vectors = embed_query(mapped, panel.embedder, chunk=chunk, reporter=reporter)
+    passes = mapped.stream.replayable(chunk)  # read once for the embedding and the classifier when small
+    vectors = embed_query(mapped, panel.embedder, chunk=chunk, reporter=reporter, passes=passes)
     with reporter.task(f"Searching the atlas by the {METHOD} method", len(vectors), "cells") as advance:
         sims, ids = panel.index.search(vectors, k, allowed=allowed)
         advance(len(vectors))
@@ -132,7 +133,7 @@ def seek(opened: store.Atlas, query: PreparedQuery, k: int, *, allowed: np.ndarr
             "classifier": panel.classifier is not None}
     if panel.classifier is None:
         return SecondOpinion(sims, ids, info)
-    probabilities = np.vstack([panel.classifier.probabilities(block) for _, block in mapped.chunks(chunk)])
+    probabilities = np.vstack([panel.classifier.probabilities(block) for _, block in passes()])
     return SecondOpinion(sims, ids, info, probabilities, list(panel.classifier.classes))
 
 
