@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from screader_db.errors import AtlasError
 
 if TYPE_CHECKING:
+    import numpy as np
     import pandas as pd
     import pyarrow as pa
 
@@ -208,6 +209,63 @@ def written_formats() -> dict[str, int]:
         Kind -> version, as recorded under ``formats`` in ``VERSION.json``.
     """
     return {kind: version for kind, version in FORMATS.items() if kind != "panel"}
+
+
+def write_tensors(path: str | Path, tensors: dict[str, np.ndarray], meta: dict[str, str]) -> None:
+    """Write arrays (as contiguous float32) and string metadata as one safetensors file.
+
+    Parameters
+    ----------
+    path : str or Path
+        The file written (replaced if it exists).
+    tensors : dict
+        Name -> array.
+    meta : dict
+        Name -> string, with the file's ``format``.
+    """
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    save_file({k: np.ascontiguousarray(v, dtype=np.float32) for k, v in tensors.items()}, str(path), metadata=meta)
+
+
+def read_tensors(path: str | Path, what: str, expected: str, fix: str) -> tuple[dict[str, str], dict[str, np.ndarray]]:
+    """The metadata and arrays of a safetensors file of the atlas (an embedder, a classifier), checked for its format.
+
+    Parameters
+    ----------
+    path : str or Path
+        The file.
+    what : str
+        What it holds, for the messages (``cell embedder``, ``classifier``).
+    expected : str
+        The ``format`` its metadata must name.
+    fix : str
+        What to do when it names another, for the message.
+
+    Returns
+    -------
+    tuple of (dict, dict)
+        The metadata, and every tensor as a numpy array.
+
+    Raises
+    ------
+    AtlasError
+        The file is unreadable or of another format.
+    """
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="numpy") as handle:
+            meta = handle.metadata() or {}
+            arrays = {k: handle.get_tensor(k) for k in handle.keys()}  # noqa: SIM118
+    except (OSError, ValueError, SafetensorError) as err:
+        message = f"cannot read the {what} {path}: {err}"
+        raise AtlasError(message) from err
+    if meta.get("format") != expected:
+        message = f"{path} has {what} format {meta.get('format')!r}, this version reads {expected!r}; {fix}"
+        raise AtlasError(message)
+    return meta, arrays
 
 
 def parquet_metadata(kind: str | None, provenance: str, extra: dict[bytes, str] | None = None) -> dict[bytes, str]:

@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-from screader_db.errors import AtlasError, ScreaderError
+from screader_db.errors import ScreaderError
 
 METHODS = ("marker", "marker-text", "genept", "expression", "pca", "hybrid", "adaptor")
 TEXT_METHODS = ("marker-text", "genept", "hybrid", "adaptor")
@@ -292,6 +292,8 @@ class CellEmbedder:
             "params": json.dumps(self.params, sort_keys=True),
             "provenance": json.dumps(provenance or {}, sort_keys=True),
         }
+        from screader_db.atlas_format import write_tensors
+
         write_tensors(path, tensors, meta)
 
     @classmethod
@@ -315,6 +317,8 @@ class CellEmbedder:
         ModelMismatchError
             A hybrid embedder's decoder cannot be found or its sha256 differs.
         """
+        from screader_db.atlas_format import read_tensors
+
         meta, arrays = read_tensors(path, "cell embedder", FORMAT, "rebuild the atlas")
         params = json.loads(meta["params"])
         if meta["method"] in LEARNED_METHODS:
@@ -326,62 +330,6 @@ class CellEmbedder:
                    prototypes=arrays.get("prototypes"), prototype_labels=json.loads(meta.get("prototype_labels", "[]")),
                    label_means=arrays.get("label_means"), params=params,
                    state={k[len("state."):]: v for k, v in arrays.items() if k.startswith("state.")})
-
-
-def write_tensors(path: str | Path, tensors: dict[str, np.ndarray], meta: dict[str, str]) -> None:
-    """Write arrays (as contiguous float32) and string metadata as one safetensors file.
-
-    Parameters
-    ----------
-    path : str or Path
-        The file written (replaced if it exists).
-    tensors : dict
-        Name -> array.
-    meta : dict
-        Name -> string, with the file's ``format``.
-    """
-    from safetensors.numpy import save_file
-
-    save_file({k: np.ascontiguousarray(v, dtype=np.float32) for k, v in tensors.items()}, str(path), metadata=meta)
-
-
-def read_tensors(path: str | Path, what: str, expected: str, fix: str) -> tuple[dict[str, str], dict[str, np.ndarray]]:
-    """The metadata and arrays of a safetensors file of the atlas, checked for its format.
-
-    Parameters
-    ----------
-    path : str or Path
-        The file.
-    what : str
-        What it holds, for the messages (``cell embedder``, ``classifier``).
-    expected : str
-        The ``format`` its metadata must name.
-    fix : str
-        What to do when it names another, for the message.
-
-    Returns
-    -------
-    tuple of (dict, dict)
-        The metadata, and every tensor as a numpy array.
-
-    Raises
-    ------
-    AtlasError
-        The file is unreadable or of another format.
-    """
-    from safetensors import SafetensorError, safe_open
-
-    try:
-        with safe_open(str(path), framework="numpy") as handle:
-            meta = handle.metadata() or {}
-            arrays = {k: handle.get_tensor(k) for k in handle.keys()}  # noqa: SIM118
-    except (OSError, ValueError, SafetensorError) as err:
-        message = f"cannot read the {what} {path}: {err}"
-        raise AtlasError(message) from err
-    if meta.get("format") != expected:
-        message = f"{path} has {what} format {meta.get('format')!r}, this version reads {expected!r}; {fix}"
-        raise AtlasError(message)
-    return meta, arrays
 
 
 def fit_embedder(method: str, X: sp.spmatrix, genes: list[str], *, gene_vectors: np.ndarray | None = None,

@@ -87,7 +87,7 @@ class Classifier:
         provenance : dict or None
             JSON-serialisable build record; None stores ``{}``.
         """
-        from screader_db.cell_embedding import write_tensors
+        from screader_db.atlas_format import write_tensors
 
         write_tensors(path, {"coef": self.coef, "intercept": self.intercept},
                       {"format": FORMAT, "genes": json.dumps(self.genes), "classes": json.dumps(self.classes),
@@ -111,7 +111,7 @@ class Classifier:
         AtlasError
             The file is unreadable or of another classifier format.
         """
-        from screader_db.cell_embedding import read_tensors
+        from screader_db.atlas_format import read_tensors
 
         meta, arrays = read_tensors(path, "classifier", FORMAT, "delete its folder")
         return cls(genes=json.loads(meta["genes"]), classes=json.loads(meta["classes"]), coef=arrays["coef"],
