@@ -28,6 +28,7 @@ from screader_db.inputs import (
     CHUNK,
     plan_genes,
 )
+from screader_db.label_families import HOLD, Family, fold, replay
 from screader_db.metrics import UNASSIGNED
 from screader_db.options import AnnotateOptions
 from screader_db.progress import SILENT, Reporter
@@ -361,6 +362,33 @@ class Plan:
                    propagation=float(defaults["propagation"] if options.propagation is None else options.propagation),
                    column=column, cells=cells if allowed is None else cells.loc[allowed], allowed=allowed)
 
+    def families(self, vocabulary: list[str]) -> list[Family]:
+        """The vote's labels with finer labels below them in the Cell Ontology (:mod:`screader_db.label_families`).
+
+        Parameters
+        ----------
+        vocabulary : list of str
+            The vote's labels, at the plan's level.
+
+        Returns
+        -------
+        list of Family
+            None when fewer than two labels have an ontology id or the ontology cannot be had.
+        """
+        from screader_db.label_families import families, label_terms
+        from screader_db.ontology import available_ontology
+
+        cells = self.atlas.cells()
+        if "ontology_id" not in cells.columns or len(vocabulary) < 2:
+            return []
+        terms = label_terms(cells[list(dict.fromkeys([self.column, "ontology_id"]))], self.column, vocabulary)
+        if sum(bool(term) for term in terms) < 2:
+            return []
+        ontology, _ = available_ontology()
+        if ontology is None:
+            return []
+        return families(terms, {term: ontology.terms[term].ancestors for term in set(terms) if term in ontology.terms})
+
 
 @dataclass(frozen=True)
 class Prepared:
@@ -524,6 +552,11 @@ class Votes:
         The marker evidence of each call (:func:`weigh_evidence`); None until weighed, or without it.
     classifier : numpy.ndarray or None
         The linear classifier's probability of each cell's label; None without a classifier.
+    parents : dict of str to list of str
+        Each label with finer labels below it in the Cell Ontology, and those labels.
+    parents_folded : int
+        Cells given a label below a parent label that the parent would have won
+        (:mod:`screader_db.label_families`).
     """
 
     vocabulary: list[str]
@@ -534,6 +567,8 @@ class Votes:
     agreement: np.ndarray | None = None
     evidence: np.ndarray | None = None
     classifier: np.ndarray | None = None
+    parents: dict[str, list[str]] = field(default_factory=dict)
+    parents_folded: int = 0
 
     @property
     def confidence(self) -> np.ndarray:
@@ -579,7 +614,16 @@ def vote(plan: Plan, neighbours: Neighbours, vectors: np.ndarray, scores: dict[s
     if plan.propagation > 0 and graph is not None:
         shares = propagate(shares, graph, plan.propagation)
     classified = _classified(plan, vocabulary, second)
-    decided = decide(blend(shares, classified), sims, codes)
+    # A parent label's votes go to the label below it with the most where the family's finer labels
+    # hold enough of them (screader_db.label_families); the neighbours' shares and the classifier's
+    # probabilities are moved alike, so the score reads the label given.
+    found = plan.families(vocabulary)
+    unfolded = blend(shares, classified)
+    blended, moves = fold(unfolded, found)
+    if moves:
+        shares = replay(shares, moves)
+        classified = None if classified is None else replay(classified, moves)
+    decided = decide(blended, sims, codes)
     rows = np.arange(len(shares))
     chosen = None if classified is None else classified[rows, decided.best].astype(np.float32)
     # The score is the stronger of the two votes for the label given: the neighbours' share (the scale
@@ -589,11 +633,14 @@ def vote(plan: Plan, neighbours: Neighbours, vectors: np.ndarray, scores: dict[s
     vote_confidence = confidence_of(decided.score, scores)
     opinion = None
     if second is not None and second.ids is not None and second.similarities is not None:
-        other = tally(second.similarities, _label_codes(plan, vocabulary, second.ids), len(vocabulary), power=plan.power)
+        other = replay(tally(second.similarities, _label_codes(plan, vocabulary, second.ids), len(vocabulary),
+                             power=plan.power), moves)
         opinion = other[np.arange(len(other)), decided.best].astype(np.float32)
     agreeing = None if graph is None else agreement(graph, decided.best)
     return Votes(vocabulary=vocabulary, result=decided, knn_best=knn_best, vote_confidence=vote_confidence,
-                 second_opinion=opinion, agreement=agreeing, classifier=chosen)
+                 second_opinion=opinion, agreement=agreeing, classifier=chosen,
+                 parents={vocabulary[f.parent]: [vocabulary[i] for i in f.below] for f in found},
+                 parents_folded=int((unfolded.argmax(axis=1) != decided.best).sum()) if moves else 0)
 
 
 def weigh_evidence(plan: Plan, prepared: Prepared, votes: Votes, *, chunk: int = CHUNK) -> Votes:
@@ -934,6 +981,7 @@ def annotate(adata: Any, atlas: str | Path | store.Atlas, *, options: AnnotateOp
             result = assemble(plan, prepared, vectors, neighbours, votes, labelled, second)
         result.info.update(source)
         result.info["centring"] = _centring(answering.embedder, prepared.query.stream.n_cells, options.center, fits)
+        result.info["parent_labels"] = {"hold": HOLD, "families": votes.parents, "moved": votes.parents_folded}
         result.info["stage_seconds"] = clock.seconds
         return result
 

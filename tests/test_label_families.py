@@ -1,0 +1,76 @@
+"""Parent labels: which labels are parents of others, how their votes move, and what that does on real cells."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from screader_db import annotate
+from screader_db.annotation import Plan
+from screader_db.builders.atlas import BuildSettings, build_atlas
+from screader_db.evaluation import split_tasks
+from screader_db.fetch import resolve_dataset
+from screader_db.inputs import read_h5ad
+from screader_db.label_families import HOLD, Family, families, fold, label_terms, replay
+
+T, CD4, CD8, NAIVE, CLASSICAL, NONCLASSICAL = "CL:0000084", "CL:0000624", "CL:0000625", "CL:0000895", "CL:0001054", "CL:0002396"
+ANCESTORS = {CD4: {T}, CD8: {T}, NAIVE: {CD4, T}, NONCLASSICAL: {CLASSICAL}}
+
+
+def test_a_parent_needs_two_labels_below_it_and_the_most_specific_come_first():
+    terms = [T, CD4, CD8, NAIVE, "CL:0000236", CLASSICAL, NONCLASSICAL, ""]
+    found = families(terms, ANCESTORS)
+    # CD4 has only the naive cells below it, the classical monocytes only the non-classical: neither is a parent
+    assert found == [Family(0, (1, 2, 3))]
+    nested = families([T, CD4, CD8, NAIVE, "CL:0000900"], {**ANCESTORS, "CL:0000900": {CD4, T}})
+    assert nested == [Family(1, (3, 4)), Family(0, (1, 2, 3, 4))]
+
+
+def test_a_parent_keeps_its_votes_only_while_it_holds_enough_of_its_family():
+    # labels: T, CD4 T, CD8 T, B
+    shares = np.array([[0.8, 0.2, 0.0, 0.0],   # T holds 0.8 of its family: kept
+                       [0.5, 0.3, 0.1, 0.1],   # 0.5 / 0.9 < HOLD: to CD4 T
+                       [0.4, 0.0, 0.1, 0.5],   # 0.4 / 0.5 = 0.8: kept, B wins as before
+                       [0.3, 0.0, 0.2, 0.5],   # 0.3 / 0.5 < HOLD: to CD8 T, which now ties B's 0.5
+                       [0.6, 0.0, 0.0, 0.4]])  # nothing below: kept
+    folded, moves = fold(shares, [Family(0, (1, 2))])
+    np.testing.assert_allclose(folded.sum(axis=1), 1.0)
+    np.testing.assert_allclose(folded[[0, 2, 4]], shares[[0, 2, 4]])
+    np.testing.assert_allclose(folded[1], [0.0, 0.8, 0.1, 0.1])
+    np.testing.assert_allclose(folded[3], [0.0, 0.0, 0.5, 0.5])
+    assert [m.rows.tolist() for m in moves] == [[1, 3]] and HOLD == 0.7
+    # another matrix over the same cells and labels moves alike
+    other = np.full_like(shares, 0.25)
+    np.testing.assert_allclose(replay(other, moves)[1], [0.0, 0.5, 0.25, 0.25])
+    np.testing.assert_allclose(replay(other, moves)[3], [0.0, 0.25, 0.5, 0.25])
+    np.testing.assert_allclose(replay(other, [])[1], other[1])
+
+
+def test_each_label_takes_its_cells_most_common_term():
+    cells = pd.DataFrame({"label": ["T", "T", "T", "CD4 T", "odd"], "ontology_id": [T, T, CD4, CD4, ""]})
+    assert label_terms(cells, "label", ["CD4 T", "T", "odd", "absent"]) == [CD4, T, "", ""]
+
+
+@pytest.mark.data("pbmc3k")
+def test_a_coarse_parent_in_the_reference_takes_fewer_cells_that_its_children_describe(tmp_path, monkeypatch):
+    from screader_db.suite import LABEL, _with_parent
+
+    adata = read_h5ad(resolve_dataset("pbmc3k"))
+    adata.obs[LABEL] = adata.obs["celltype"].astype(str)
+    task = split_tasks(adata, label_key=LABEL, seeds=1)[0]
+    reference = _with_parent(task.reference, "pbmc3k", seed=0)  # 15% of the CD4 and CD8 T cells called "T"
+    root = tmp_path / "atlas"
+    build_atlas(reference, root, label_key=LABEL, settings=BuildSettings(layout="none"))
+    truth = task.query.obs[LABEL].to_numpy()
+    folded = annotate(task.query, root)
+    assert folded.info["parent_labels"]["families"] == {"T": ["CD4 T", "CD8 T"]}
+    assert folded.info["parent_labels"]["moved"] > 0
+    monkeypatch.setattr(Plan, "families", lambda self, vocabulary: [])
+    plain = annotate(task.query, root)
+    assert plain.info["parent_labels"] == {"hold": HOLD, "families": {}, "moved": 0}
+    t_cells = np.isin(truth, ["CD4 T", "CD8 T"])
+    called_t = {name: int((result.table["raw_label"].to_numpy()[t_cells] == "T").sum())
+                for name, result in (("folded", folded), ("plain", plain))}
+    assert called_t["folded"] < called_t["plain"], called_t
+    right = {name: float((result.table["raw_label"].to_numpy() == truth).mean())
+             for name, result in (("folded", folded), ("plain", plain))}
+    assert right["folded"] > right["plain"], right
