@@ -28,7 +28,7 @@ from screader_db.inputs import (
     CHUNK,
     plan_genes,
 )
-from screader_db.label_families import HOLD, Family, fold, replay
+from screader_db.label_families import HOLD, Family, fold, most_common, replay
 from screader_db.metrics import UNASSIGNED
 from screader_db.options import AnnotateOptions
 from screader_db.progress import SILENT, Reporter
@@ -743,10 +743,8 @@ def label_parents(cells: pd.DataFrame, column: str, vocabulary: list[str]) -> li
     """
     if column == "label_broad":
         return list(vocabulary)
-    counts = cells.groupby([column, "label_broad"], observed=True).size().rename("n").reset_index()
-    top = counts.sort_values(["n", "label_broad"], ascending=[False, True], kind="stable").drop_duplicates(column)
-    found = dict(zip(top[column].astype(str), top["label_broad"].astype(str), strict=True))
-    return [found.get(label, label) for label in vocabulary]
+    return [broad or label for broad, label in zip(most_common(cells, column, "label_broad", vocabulary), vocabulary,
+                                                     strict=True)]
 
 
 def parent_labels(shares: np.ndarray, parents: list[str], *, min_score: float, min_margin: float) -> np.ndarray:

@@ -50,8 +50,33 @@ class Move:
     to: np.ndarray
 
 
+def most_common(cells: pd.DataFrame, column: str, values: str, vocabulary: list[str]) -> list[str | None]:
+    """The most common ``values`` entry of the atlas cells of each label of a level (a tie goes to the first in sorted order).
+
+    Parameters
+    ----------
+    cells : pandas.DataFrame
+        Atlas cells with the level's ``column`` and ``values``.
+    column : str
+        The level's column.
+    values : str
+        The column counted.
+    vocabulary : list of str
+        The level's labels.
+
+    Returns
+    -------
+    list of str or None
+        One per label; None where no cell has it.
+    """
+    counts = cells.groupby([column, values], observed=True).size().rename("n").reset_index()
+    top = counts.sort_values(["n", values], ascending=[False, True], kind="stable").drop_duplicates(column)
+    found = dict(zip(top[column].astype(str), top[values].astype(str), strict=True))
+    return [found.get(label) for label in vocabulary]
+
+
 def label_terms(cells: pd.DataFrame, column: str, vocabulary: list[str]) -> list[str]:
-    """The ontology id of each label of a level: the most common ``ontology_id`` of the atlas cells with it.
+    """The ontology id of each label of a level: the most common ``ontology_id`` of the atlas cells with one.
 
     Parameters
     ----------
@@ -68,10 +93,7 @@ def label_terms(cells: pd.DataFrame, column: str, vocabulary: list[str]) -> list
         One per label; "" where its cells have no id.
     """
     known = cells[cells["ontology_id"].astype(str) != ""]
-    counts = known.groupby([column, "ontology_id"], observed=True).size().rename("n").reset_index()
-    top = counts.sort_values(["n", "ontology_id"], ascending=[False, True], kind="stable").drop_duplicates(column)
-    found = dict(zip(top[column].astype(str), top["ontology_id"].astype(str), strict=True))
-    return [found.get(label, "") for label in vocabulary]
+    return [term or "" for term in most_common(known, column, "ontology_id", vocabulary)]
 
 
 def families(terms: list[str], ancestors: dict[str, Any]) -> list[Family]:
