@@ -890,6 +890,7 @@ def assemble(plan: Plan, prepared: Prepared, vectors: np.ndarray, neighbours: Ne
         "score_labels": list(votes.vocabulary), "empty_cells": int(empty.sum()), "min_detected_genes": prepared.floor,
         "layer": read.layer or "", "use_raw": bool(read.use_raw), "gene_key": read.gene_key or "",
         "second_opinion": second.info if second is not None else {"used": False, "reason": "not sought"},
+        "parent_labels": {"hold": HOLD, "families": votes.parents, "moved": votes.parents_folded},
     }
     if neighbours.probes:
         info["search_probes"] = neighbours.probes
@@ -979,7 +980,6 @@ def annotate(adata: Any, atlas: str | Path | store.Atlas, *, options: AnnotateOp
             result = assemble(plan, prepared, vectors, neighbours, votes, labelled, second)
         result.info.update(source)
         result.info["centring"] = _centring(answering.embedder, prepared.query.stream.n_cells, options.center, fits)
-        result.info["parent_labels"] = {"hold": HOLD, "families": votes.parents, "moved": votes.parents_folded}
         result.info["stage_seconds"] = clock.seconds
         return result
 
