@@ -28,7 +28,7 @@ from screader_db.inputs import (
     CHUNK,
     plan_genes,
 )
-from screader_db.label_families import HOLD, Family, fold, most_common, replay
+from screader_db.label_families import Family, fold, most_common, replay
 from screader_db.metrics import UNASSIGNED
 from screader_db.options import AnnotateOptions
 from screader_db.progress import SILENT, Reporter
@@ -617,9 +617,10 @@ def vote(plan: Plan, neighbours: Neighbours, vectors: np.ndarray, scores: dict[s
     # A parent label's votes go to the label below it with the most where the family's finer labels
     # hold enough of them (screader_db.label_families); the neighbours' shares and the classifier's
     # probabilities are moved alike, so the score reads the label given.
-    found = plan.families(vocabulary)
+    hold = plan.options.parent_hold
+    found = plan.families(vocabulary) if hold > 0 else []
     unfolded = blend(shares, classified)
-    blended, moves = fold(unfolded, found)
+    blended, moves = fold(unfolded, found, hold=hold)
     if moves:
         shares = replay(shares, moves)
         classified = None if classified is None else replay(classified, moves)
@@ -890,7 +891,7 @@ def assemble(plan: Plan, prepared: Prepared, vectors: np.ndarray, neighbours: Ne
         "score_labels": list(votes.vocabulary), "empty_cells": int(empty.sum()), "min_detected_genes": prepared.floor,
         "layer": read.layer or "", "use_raw": bool(read.use_raw), "gene_key": read.gene_key or "",
         "second_opinion": second.info if second is not None else {"used": False, "reason": "not sought"},
-        "parent_labels": {"hold": HOLD, "families": votes.parents, "moved": votes.parents_folded},
+        "parent_labels": {"hold": options.parent_hold, "families": votes.parents, "moved": votes.parents_folded},
     }
     if neighbours.probes:
         info["search_probes"] = neighbours.probes

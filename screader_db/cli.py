@@ -341,6 +341,7 @@ def query(
     novelty: Annotated[bool, _annotate_option("novelty")] = True,
     novelty_cutoff: Annotated[float | None, _annotate_option("novelty_cutoff")] = None,
     second_opinion: Annotated[bool, _annotate_option("second_opinion")] = True,
+    parent_hold: Annotated[float, _annotate_option("parent_hold")] = 0.7,
     level: Annotated[str, _annotate_option("level")] = "label",
     majority_voting: Annotated[bool, _annotate_option("majority_voting")] = False,
     power: Annotated[float | None, _annotate_option("power")] = None,

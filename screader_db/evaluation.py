@@ -22,7 +22,8 @@ from screader_db.errors import ScreaderError
 from screader_db.metrics import UNASSIGNED
 from screader_db.progress import SILENT, Reporter
 
-QUERY_OPTIONS = ("min_score", "min_margin", "power", "propagation", "center", "k", "novelty", "second_opinion")
+QUERY_OPTIONS = ("min_score", "min_margin", "power", "propagation", "center", "k", "novelty", "second_opinion",
+                 "parent_hold")
 FORCED = {"min_score": 0.0, "novelty": False}
 
 
@@ -73,7 +74,8 @@ class Task:
         return f"{self.reference_key or self.name} seed {self.seed}"
 
 
-PROTOCOL = (("power", 1.0), ("propagation", 0.0), ("second_opinion", False))  # the neighbours alone
+# the neighbours alone, by majority of their own labels
+PROTOCOL = (("power", 1.0), ("propagation", 0.0), ("second_opinion", False), ("parent_hold", 0.0))
 PEERS = ("celltypist", "singler")
 ABSTENTION = (("min_score", None), ("novelty", True))  # the query's Unassigned rules as the atlas calibrated them
 PROJECT_METHODS = ("marker", "marker-text", "genept")

@@ -7,7 +7,7 @@ finer labels describe better: against the Kang control reference, 40 of pbmc3k's
 called ``T`` (161 on a panel of the reference's marker genes).
 
 A parent's votes say "one of its children, or not resolved". So in each cell the parent keeps its
-votes only while they are at least :data:`HOLD` of its family's (itself and every label below it);
+votes only while they are at least the ``parent_hold`` option's share (0.7) of its family's (itself and every label below it);
 otherwise they go to the family's label with the most votes below it, which is then the cell's
 label if the family wins. On the transfer suite (README, "Coarse parent labels"), chosen among
 holds of 0.5 to 0.9 with one task left out: the Kang references queried with pbmc3k gained (control
@@ -26,7 +26,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-HOLD = 0.7
 # A parent has at least this many labels below it. The ontology also nests some labels that data
 # sets use as siblings: CL puts "CD14-low, CD16-positive monocyte" (FCGR3A Monocytes) under
 # "CD14-positive monocyte" (CD14 Monocytes), and folding those cost the PBMC directions up to 0.01.
@@ -121,7 +120,7 @@ def families(terms: list[str], ancestors: dict[str, Any]) -> list[Family]:
     return [family for _, family in sorted(found, key=lambda pair: -pair[0])]
 
 
-def fold(shares: np.ndarray, found: list[Family], *, hold: float = HOLD) -> tuple[np.ndarray, list[Move]]:
+def fold(shares: np.ndarray, found: list[Family], *, hold: float) -> tuple[np.ndarray, list[Move]]:
     """Give a parent's share to the label below it with the most, in the rows where it holds less than ``hold`` of its family's.
 
     Parameters

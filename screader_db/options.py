@@ -101,7 +101,8 @@ class AnnotateOptions:
 
     Parameters
     ----------
-    k, model, center, min_score, min_margin, majority_voting, power, propagation, novelty, novelty_cutoff, second_opinion, version
+    k, model, center, min_score, min_margin, majority_voting, power, propagation, novelty, novelty_cutoff, second_opinion,
+    parent_hold, version
         See each field's help (:func:`option_help`).
     read
         How the query is read.
@@ -129,6 +130,10 @@ class AnnotateOptions:
     second_opinion: bool = _option(True, "Weigh each call's confidence by how much of the expression method's "
                                          "neighbour vote goes to its label, and let a linear classifier vote beside "
                                          "the neighbours (both fitted once on the atlas's kept expression).")
+    parent_hold: float = _option(0.7, "Share of its family's votes (itself and the labels below it in the Cell "
+                                      "Ontology) a coarse parent label needs to keep a cell; below it the votes go "
+                                      "to its finer label with the most. 0 switches this off.",
+                                 low=0, high=1, library="number")
     version: int | None = _option(None, "Atlas version to annotate against (default: the current one; a server "
                                         "annotates against its current version only, and refuses another).")
     read: ReadOptions = field(default_factory=ReadOptions)

@@ -5,12 +5,11 @@ import pandas as pd
 import pytest
 
 from screader_db import annotate
-from screader_db.annotation import Plan
 from screader_db.builders.atlas import BuildSettings, build_atlas
 from screader_db.evaluation import split_tasks
 from screader_db.fetch import resolve_dataset
 from screader_db.inputs import read_h5ad
-from screader_db.label_families import HOLD, Family, families, fold, label_terms, replay
+from screader_db.label_families import Family, families, fold, label_terms, replay
 
 T, CD4, CD8, NAIVE, CLASSICAL, NONCLASSICAL = "CL:0000084", "CL:0000624", "CL:0000625", "CL:0000895", "CL:0001054", "CL:0002396"
 ANCESTORS = {CD4: {T}, CD8: {T}, NAIVE: {CD4, T}, NONCLASSICAL: {CLASSICAL}}
@@ -28,16 +27,17 @@ def test_a_parent_needs_two_labels_below_it_and_the_most_specific_come_first():
 def test_a_parent_keeps_its_votes_only_while_it_holds_enough_of_its_family():
     # labels: T, CD4 T, CD8 T, B
     shares = np.array([[0.8, 0.2, 0.0, 0.0],   # T holds 0.8 of its family: kept
-                       [0.5, 0.3, 0.1, 0.1],   # 0.5 / 0.9 < HOLD: to CD4 T
+                       [0.5, 0.3, 0.1, 0.1],   # 0.5 / 0.9 < 0.7: to CD4 T
                        [0.4, 0.0, 0.1, 0.5],   # 0.4 / 0.5 = 0.8: kept, B wins as before
-                       [0.3, 0.0, 0.2, 0.5],   # 0.3 / 0.5 < HOLD: to CD8 T, which now ties B's 0.5
+                       [0.3, 0.0, 0.2, 0.5],   # 0.3 / 0.5 < 0.7: to CD8 T, which now ties B's 0.5
                        [0.6, 0.0, 0.0, 0.4]])  # nothing below: kept
-    folded, moves = fold(shares, [Family(0, (1, 2))])
+    folded, moves = fold(shares, [Family(0, (1, 2))], hold=0.7)
     np.testing.assert_allclose(folded.sum(axis=1), 1.0)
     np.testing.assert_allclose(folded[[0, 2, 4]], shares[[0, 2, 4]])
     np.testing.assert_allclose(folded[1], [0.0, 0.8, 0.1, 0.1])
     np.testing.assert_allclose(folded[3], [0.0, 0.0, 0.5, 0.5])
-    assert [m.rows.tolist() for m in moves] == [[1, 3]] and HOLD == 0.7
+    assert [m.rows.tolist() for m in moves] == [[1, 3]]
+    assert fold(shares, [Family(0, (1, 2))], hold=0.0)[1] == []
     # another matrix over the same cells and labels moves alike
     other = np.full_like(shares, 0.25)
     np.testing.assert_allclose(replay(other, moves)[1], [0.0, 0.5, 0.25, 0.25])
@@ -51,7 +51,7 @@ def test_each_label_takes_its_cells_most_common_term():
 
 
 @pytest.mark.data("pbmc3k")
-def test_a_coarse_parent_in_the_reference_takes_fewer_cells_that_its_children_describe(tmp_path, monkeypatch):
+def test_a_coarse_parent_in_the_reference_takes_fewer_cells_that_its_children_describe(tmp_path):
     from screader_db.suite import LABEL, _with_parent
 
     adata = read_h5ad(resolve_dataset("pbmc3k"))
@@ -64,9 +64,8 @@ def test_a_coarse_parent_in_the_reference_takes_fewer_cells_that_its_children_de
     folded = annotate(task.query, root)
     assert folded.info["parent_labels"]["families"] == {"T": ["CD4 T", "CD8 T"]}
     assert folded.info["parent_labels"]["moved"] > 0
-    monkeypatch.setattr(Plan, "families", lambda self, vocabulary: [])
-    plain = annotate(task.query, root)
-    assert plain.info["parent_labels"] == {"hold": HOLD, "families": {}, "moved": 0}
+    plain = annotate(task.query, root, parent_hold=0)
+    assert plain.info["parent_labels"] == {"hold": 0.0, "families": {}, "moved": 0}
     t_cells = np.isin(truth, ["CD4 T", "CD8 T"])
     called_t = {name: int((result.table["raw_label"].to_numpy()[t_cells] == "T").sum())
                 for name, result in (("folded", folded), ("plain", plain))}
