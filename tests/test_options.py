@@ -20,7 +20,8 @@ from screader_db.server import MAX_K, create_app
 runner = CliRunner()
 CLI_ONLY = {"query_file", "atlas", "out_path", "table_path", "truth_key", "plots", "report", "verify", "overwrite", "quiet"}
 EXAMPLE = {"k": 7, "model": "m", "center": "query", "min_score": 0.5, "min_margin": 0.1, "majority_voting": True,
-           "power": 2.0, "propagation": 0.5, "novelty": False, "novelty_cutoff": -1.0, "second_opinion": False, "parent_hold": 0.5, "version": 1,
+           "power": 2.0, "propagation": 0.5, "novelty": False, "novelty_cutoff": -1.0, "second_opinion": False,
+           "parent_hold": 0.5, "version": 1,
            "layer": "counts",
            "use_raw": True, "gene_key": "symbol", "species": "mouse", "input_scale": "ln", "datasets": ["a", "b"],
            "labels": ["x"], "exclude_labels": ["y"], "level": "harmonised"}
