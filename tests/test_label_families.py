@@ -70,5 +70,6 @@ def test_a_coarse_parent_in_the_reference_takes_fewer_cells_that_its_children_de
     # a call the parent's votes carried is scored on the finer label's own votes, below its folded share
     moved = (plain.table["raw_label"].to_numpy() == "T") & (folded.table["raw_label"].to_numpy() != "T")
     label = folded.table["raw_label"].to_numpy()[moved]
-    shares = np.array([folded.table.loc[cell, f"score_{name}"] for cell, name in zip(folded.table.index[moved], label)])
+    cells = folded.table.index[moved]
+    shares = np.array([folded.table.loc[cell, f"score_{name}"] for cell, name in zip(cells, label, strict=True)])
     assert moved.any() and (folded.table["score"].to_numpy()[moved] < shares).all()
