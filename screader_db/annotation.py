@@ -373,7 +373,7 @@ class Plan:
         Returns
         -------
         list of Family
-            None when fewer than two labels have an ontology id or the ontology cannot be had.
+            Empty when fewer than two labels have an ontology id or the ontology cannot be had.
         """
         from screader_db.label_families import families, label_terms
         from screader_db.ontology import available_ontology
