@@ -28,7 +28,7 @@ from screader_db.inputs import (
     CHUNK,
     plan_genes,
 )
-from screader_db.label_families import Family, fold, most_common
+from screader_db.label_families import Family, fold, most_common, replay
 from screader_db.metrics import UNASSIGNED
 from screader_db.options import AnnotateOptions
 from screader_db.progress import SILENT, Reporter
@@ -615,30 +615,44 @@ def vote(plan: Plan, neighbours: Neighbours, vectors: np.ndarray, scores: dict[s
         shares = propagate(shares, graph, plan.propagation)
     classified = _classified(plan, vocabulary, second)
     # A parent label's votes go to the label below it with the most where the family's finer labels
-    # hold enough of them (screader_db.label_families). The score and the second opinion read the
-    # label's own votes, without the parent's: a call the parent's votes carried scores lower (moving
-    # them too cost 2 of the 14 suite tasks whose confidence AUROC reached 0.85).
+    # hold enough of them (screader_db.label_families). The score the Unassigned rules read counts
+    # the parent's votes a label took (they say "one of the labels below it"); the confidence and the
+    # second opinion read the label's own votes: a call the parent's votes carried is a less certain
+    # one (moving them into the confidence too cost 2 of the 14 suite tasks whose AUROC reached 0.85).
     hold = plan.options.parent_hold
     found = plan.families(vocabulary) if hold > 0 else []
     unfolded = blend(shares, classified)
-    blended = fold(unfolded, found, hold=hold)
+    blended, moves = fold(unfolded, found, hold=hold)
     decided = decide(blended, sims, codes)
-    rows = np.arange(len(shares))
-    chosen = None if classified is None else classified[rows, decided.best].astype(np.float32)
-    # The score is the stronger of the two votes for the label given: the neighbours' share (the scale
-    # its cut-off and confidence map were calibrated on) or the classifier's probability.
-    score = shares[rows, decided.best] if chosen is None else np.maximum(shares[rows, decided.best], chosen)
-    decided = replace(decided, score=score.astype(np.float32))
-    vote_confidence = confidence_of(decided.score, scores)
+    chosen = None if classified is None else _at(classified, decided.best)
+    own = _score(shares, chosen, decided.best)
+    if moves:
+        taken = None if classified is None else _at(replay(classified, moves), decided.best)
+        decided = replace(decided, score=_score(replay(shares, moves), taken, decided.best))
+    else:
+        decided = replace(decided, score=own)
+    vote_confidence = confidence_of(own, scores)
     opinion = None
     if second is not None and second.ids is not None and second.similarities is not None:
         other = tally(second.similarities, _label_codes(plan, vocabulary, second.ids), len(vocabulary), power=plan.power)
-        opinion = other[np.arange(len(other)), decided.best].astype(np.float32)
+        opinion = _at(other, decided.best)
     agreeing = None if graph is None else agreement(graph, decided.best)
     return Votes(vocabulary=vocabulary, result=decided, knn_best=knn_best, vote_confidence=vote_confidence,
                  second_opinion=opinion, agreement=agreeing, classifier=chosen,
                  parents={vocabulary[f.parent]: [vocabulary[i] for i in f.below] for f in found},
                  parents_folded=int((unfolded.argmax(axis=1) != decided.best).sum()) if found else 0)
+
+
+def _at(matrix: np.ndarray, best: np.ndarray) -> np.ndarray:
+    """Each row's entry at its label ``best`` (float32)."""
+    return matrix[np.arange(len(matrix)), best].astype(np.float32)
+
+
+def _score(shares: np.ndarray, chosen: np.ndarray | None, best: np.ndarray) -> np.ndarray:
+    """The stronger of the two votes for each cell's label: the neighbours' share (the scale the score's
+    cut-off and confidence map were calibrated on) or the classifier's probability ``chosen``."""
+    share = _at(shares, best)
+    return share if chosen is None else np.maximum(share, chosen)
 
 
 def weigh_evidence(plan: Plan, prepared: Prepared, votes: Votes, *, chunk: int = CHUNK) -> Votes:

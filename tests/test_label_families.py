@@ -9,7 +9,7 @@ from screader_db.builders.atlas import BuildSettings, build_atlas
 from screader_db.evaluation import split_tasks
 from screader_db.fetch import resolve_dataset
 from screader_db.inputs import read_h5ad
-from screader_db.label_families import Family, families, fold, label_terms
+from screader_db.label_families import Family, families, fold, label_terms, replay
 
 T, CD4, CD8, NAIVE, CLASSICAL, NONCLASSICAL = "CL:0000084", "CL:0000624", "CL:0000625", "CL:0000895", "CL:0001054", "CL:0002396"
 ANCESTORS = {CD4: {T}, CD8: {T}, NAIVE: {CD4, T}, NONCLASSICAL: {CLASSICAL}}
@@ -31,12 +31,20 @@ def test_a_parent_keeps_its_votes_only_while_it_holds_enough_of_its_family():
                        [0.4, 0.0, 0.1, 0.5],   # 0.4 / 0.5 = 0.8: kept, B wins as before
                        [0.3, 0.0, 0.2, 0.5],   # 0.3 / 0.5 < 0.7: to CD8 T, which now ties B's 0.5
                        [0.6, 0.0, 0.0, 0.4]])  # nothing below: kept
-    folded = fold(shares, [Family(0, (1, 2))], hold=0.7)
+    folded, moves = fold(shares, [Family(0, (1, 2))], hold=0.7)
     np.testing.assert_allclose(folded.sum(axis=1), 1.0)
     np.testing.assert_allclose(folded[[0, 2, 4]], shares[[0, 2, 4]])
     np.testing.assert_allclose(folded[1], [0.0, 0.8, 0.1, 0.1])
     np.testing.assert_allclose(folded[3], [0.0, 0.0, 0.5, 0.5])
-    np.testing.assert_allclose(fold(shares, [Family(0, (1, 2))], hold=0.0), shares)
+    unmoved, none = fold(shares, [Family(0, (1, 2))], hold=0.0)
+    np.testing.assert_allclose(unmoved, shares)
+    assert none == []
+    # the same moves on another matrix over the same labels (the classifier's probabilities)
+    other = np.full_like(shares, 0.25)
+    replayed = replay(other, moves)
+    np.testing.assert_allclose(replayed[[0, 2, 4]], other[[0, 2, 4]])
+    np.testing.assert_allclose(replayed[1], [0.0, 0.5, 0.25, 0.25])
+    np.testing.assert_allclose(replayed[3], [0.0, 0.25, 0.5, 0.25])
 
 
 def test_each_label_takes_its_cells_most_common_term():
@@ -67,9 +75,11 @@ def test_a_coarse_parent_in_the_reference_takes_fewer_cells_that_its_children_de
     right = {name: float((result.table["raw_label"].to_numpy() == truth).mean())
              for name, result in (("folded", folded), ("plain", plain))}
     assert right["folded"] > right["plain"], right
-    # a call the parent's votes carried is scored on the finer label's own votes, below its folded share
+    # a call the parent's votes carried: its score (what the Unassigned rules read) counts the parent's
+    # votes, at least its folded share; its confidence reads the finer label's own votes, so it is lower
     moved = (plain.table["raw_label"].to_numpy() == "T") & (folded.table["raw_label"].to_numpy() != "T")
     label = folded.table["raw_label"].to_numpy()[moved]
     cells = folded.table.index[moved]
     shares = np.array([folded.table.loc[cell, f"score_{name}"] for cell, name in zip(cells, label, strict=True)])
-    assert moved.any() and (folded.table["score"].to_numpy()[moved] < shares).all()
+    assert moved.any() and (folded.table["score"].to_numpy()[moved] >= shares - 1e-6).all()
+    assert np.median(folded.table["vote_confidence"].to_numpy()[moved]) < np.median(plain.table["vote_confidence"].to_numpy()[moved])
