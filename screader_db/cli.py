@@ -374,6 +374,7 @@ def query(
         from screader_db.annotation import annotate
         from screader_db.console import out, table
         from screader_db.input_files import open_input
+        from screader_db.label_families import describe as describe_parents
         from screader_db.novelty import describe as describe_novelty
         from screader_db.outputs import Output, check_outputs, staged
         from screader_db.second_opinion import describe as describe_second_opinion
@@ -411,6 +412,9 @@ def query(
             out.print(f"Centred on {centring['on']}", highlight=False)
         out.print(f"Second opinion: {describe_second_opinion(result.info['second_opinion'])}", highlight=False)
         out.print(f"Novel populations: {describe_novelty(result.info.get('novelty', {}))}", highlight=False)
+        parents = result.info.get("parent_labels", {})
+        if parents.get("families"):
+            out.print(f"Coarse parent labels: {describe_parents(parents)}", highlight=False)
         if truth is not None:
             agree = result.agreement(truth)
             out.print(f"Agreement with {truth_key} on {agree.n_scored:,} cells whose label the atlas knows: "

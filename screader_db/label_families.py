@@ -177,3 +177,27 @@ def replay(matrix: np.ndarray, moves: list[Move]) -> np.ndarray:
 def _apply(matrix: np.ndarray, move: Move) -> None:
     matrix[move.rows, move.to] += matrix[move.rows, move.parent]  # each row once: no repeated index
     matrix[move.rows, move.parent] = 0
+
+
+def describe(info: dict[str, Any]) -> str:
+    """One line on a result's ``info["parent_labels"]`` entry: the parent labels found and the cells they gave up.
+
+    Parameters
+    ----------
+    info : dict
+        The entry (empty for results made before it existed).
+
+    Returns
+    -------
+    str
+    """
+    if not info or not float(info.get("hold", 0)):
+        return "not folded (parent_hold 0)" if info else "not sought"
+    found = info.get("families") or {}
+    if not found:
+        return "none among the atlas's labels"
+    names = "; ".join(f"{parent} (above {', '.join(below)})" for parent, below in found.items())
+    moved = int(info.get("moved", 0))
+    parent = "the parent" if len(found) == 1 else "a parent"
+    return (f"{names}: {moved:,} cell{'' if moved == 1 else 's'} that {parent} would have won went to a label below "
+            f"it (parent_hold {float(info['hold']):g}; 0 switches this off)")

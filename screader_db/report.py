@@ -20,6 +20,7 @@ import scipy.sparse as sp
 from screader_db import __version__
 from screader_db.expression_stream import ExpressionStream
 from screader_db.inputs import map_genes, open_expression, plan_genes
+from screader_db.label_families import describe as describe_parents
 from screader_db.metrics import UNASSIGNED
 from screader_db.novelty import describe as describe_novelty
 from screader_db.outputs import atomic_write, refuse_existing
@@ -198,6 +199,7 @@ def _summary(result: AnnotationResult, truth: Any) -> str:
         ("Gene panel", panel_text),
         ("Second opinion", describe_second_opinion(info.get("second_opinion") or {})),
         ("Novelty check", describe_novelty(info.get("novelty") or {})),
+        ("Coarse parent labels", describe_parents(info.get("parent_labels") or {})),
         ("Unassigned rules", f"score below {float(info.get('min_score', 0)):.3f}, margin below "
                              f"{float(info.get('min_margin', 0)):.3f}, a novel population, or empty (fewer than "
                              f"{int(info.get('min_detected_genes', 0))} atlas genes detected, or constant values)"),

@@ -9,7 +9,7 @@ from screader_db.builders.atlas import BuildSettings, build_atlas
 from screader_db.evaluation import split_tasks
 from screader_db.fetch import resolve_dataset
 from screader_db.inputs import read_h5ad
-from screader_db.label_families import Family, families, fold, label_terms, replay
+from screader_db.label_families import Family, describe, families, fold, label_terms, replay
 
 T, CD4, CD8, NAIVE, CLASSICAL, NONCLASSICAL = "CL:0000084", "CL:0000624", "CL:0000625", "CL:0000895", "CL:0001054", "CL:0002396"
 ANCESTORS = {CD4: {T}, CD8: {T}, NAIVE: {CD4, T}, NONCLASSICAL: {CLASSICAL}}
@@ -47,6 +47,15 @@ def test_a_parent_keeps_its_votes_only_while_it_holds_enough_of_its_family():
     np.testing.assert_allclose(replayed[3], [0.0, 0.25, 0.5, 0.25])
 
 
+def test_the_line_names_each_parent_and_the_cells_it_gave_up():
+    said = describe({"hold": 0.7, "families": {"T": ["CD4 T", "CD8 T"]}, "moved": 40})
+    assert said.startswith("T (above CD4 T, CD8 T): 40 cells that the parent would have won went to a label below it")
+    assert "parent_hold 0.7" in said
+    assert describe({"hold": 0.7, "families": {}, "moved": 0}) == "none among the atlas's labels"
+    assert describe({"hold": 0.0, "families": {}, "moved": 0}) == "not folded (parent_hold 0)"
+    assert describe({}) == "not sought"
+
+
 def test_each_label_takes_its_cells_most_common_term():
     cells = pd.DataFrame({"label": ["T", "T", "T", "CD4 T", "odd"], "ontology_id": [T, T, CD4, CD4, ""]})
     assert label_terms(cells, "label", ["CD4 T", "T", "odd", "absent"]) == [CD4, T, "", ""]
@@ -66,6 +75,7 @@ def test_a_coarse_parent_in_the_reference_takes_fewer_cells_that_its_children_de
     folded = annotate(task.query, root)
     assert folded.info["parent_labels"]["families"] == {"T": ["CD4 T", "CD8 T"]}
     assert folded.info["parent_labels"]["moved"] > 0
+    assert describe(folded.info["parent_labels"]).startswith("T (above CD4 T, CD8 T): ")
     plain = annotate(task.query, root, parent_hold=0)
     assert plain.info["parent_labels"] == {"hold": 0.0, "families": {}, "moved": 0}
     t_cells = np.isin(truth, ["CD4 T", "CD8 T"])
