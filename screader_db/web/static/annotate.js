@@ -248,6 +248,11 @@ function whatWasDone(info) {
   parts.push(novelty.checked
     ? `novelty check: ${formatInt(novelty.novel_clusters)} of ${formatInt(novelty.clusters)} query clusters match no atlas label`
     : "no novelty check");
+  const families = (info.parent_labels || {}).families || {};
+  const parents = Object.entries(families).map(([parent, below]) => `${parent} (above ${below.join(", ")})`);
+  if (parents.length) {
+    parts.push(`coarse parent labels: ${parents.join(", ")}, ${formatInt(info.parent_labels.moved)} cells moved to a label below`);
+  }
   if (info.seconds !== undefined) parts.push(`took ${formatSeconds(info.seconds)}`);
   return `What was done: ${parts.join("; ")}.`;
 }
