@@ -375,14 +375,12 @@ class Plan:
         list of Family
             Empty when fewer than two labels have an ontology id or the ontology cannot be had.
         """
-        from screader_db.label_families import families, label_terms
+        from screader_db.label_families import families
         from screader_db.ontology import available_ontology
 
-        cells = self.atlas.cells()
-        if "ontology_id" not in cells.columns or len(vocabulary) < 2:
-            return []
-        terms = label_terms(cells[list(dict.fromkeys([self.column, "ontology_id"]))], self.column, vocabulary)
-        if sum(bool(term) for term in terms) < 2:
+        known = self.atlas.label_terms(self.column)
+        terms = [known.get(str(label), "") for label in vocabulary]
+        if len(vocabulary) < 2 or sum(bool(term) for term in terms) < 2:
             return []
         ontology, _ = available_ontology()
         if ontology is None:

@@ -214,6 +214,7 @@ class Atlas:
     _layout: Any = field(default=None, repr=False)  # the map, False when absent, None unread
     _profiles: Any = field(default=None, repr=False)  # (profiles, calibration), False when absent, None unread
     _expression_genes: dict[tuple[str, ...] | None, list[str]] = field(default_factory=dict, repr=False)
+    _label_terms: dict[str, dict[str, str]] = field(default_factory=dict, repr=False)
     panels: dict[tuple[str, ...], Any] = field(default_factory=dict, repr=False)  # panel indexes opened so far
     _lock: threading.RLock = field(default_factory=threading.RLock, repr=False, compare=False)
 
@@ -265,6 +266,33 @@ class Atlas:
                     self._cells = self._read_cells()
                 found = self._cells
         return found if columns is None else found[columns]
+
+    def label_terms(self, column: str) -> dict[str, str]:
+        """Each label of a level and its Cell Ontology id, worked out once per opened atlas.
+
+        Parameters
+        ----------
+        column
+            The level's column of :meth:`cells`.
+
+        Returns
+        -------
+        dict
+            Label -> the most common ``ontology_id`` of its cells (:func:`screader_db.label_families.label_terms`;
+            "" where they have none); empty when the cells have no ``ontology_id``.
+        """
+        with self._lock:
+            if column not in self._label_terms:
+                from screader_db.label_families import label_terms
+
+                cells = self.cells()
+                found: dict[str, str] = {}
+                if "ontology_id" in cells.columns:
+                    labels = sorted(cells[column].astype(str).unique())
+                    found = dict(zip(labels, label_terms(cells[list(dict.fromkeys([column, "ontology_id"]))], column,
+                                                         labels), strict=True))
+                self._label_terms[column] = found
+            return self._label_terms[column]
 
     def _read_cells(self) -> pd.DataFrame:
         frames = []

@@ -10,6 +10,7 @@ from screader_db.evaluation import split_tasks
 from screader_db.fetch import resolve_dataset
 from screader_db.inputs import read_h5ad
 from screader_db.label_families import Family, describe, families, fold, label_terms, replay
+from screader_db.store import open_atlas
 
 T, CD4, CD8, NAIVE, CLASSICAL, NONCLASSICAL = "CL:0000084", "CL:0000624", "CL:0000625", "CL:0000895", "CL:0001054", "CL:0002396"
 ANCESTORS = {CD4: {T}, CD8: {T}, NAIVE: {CD4, T}, NONCLASSICAL: {CLASSICAL}}
@@ -76,6 +77,9 @@ def test_a_coarse_parent_in_the_reference_takes_fewer_cells_that_its_children_de
     assert folded.info["parent_labels"]["families"] == {"T": ["CD4 T", "CD8 T"]}
     assert folded.info["parent_labels"]["moved"] > 0
     assert describe(folded.info["parent_labels"]).startswith("T (above CD4 T, CD8 T): ")
+    opened = open_atlas(root)  # the labels' terms are worked out once per opened atlas
+    terms = opened.label_terms("label")
+    assert terms["T"] == T and terms["CD4 T"] == CD4 and opened.label_terms("label") is terms
     plain = annotate(task.query, root, parent_hold=0)
     assert plain.info["parent_labels"] == {"hold": 0.0, "families": {}, "moved": 0}
     t_cells = np.isin(truth, ["CD4 T", "CD8 T"])
