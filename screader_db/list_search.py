@@ -6,12 +6,14 @@ A large query probes every list many times over: a million-cell atlas has 8,000 
 probe scores each list's full vectors against all of them in one matrix product (BLAS), several
 times faster on the same cores, and exact on the full vectors, so no re-ranking pool is needed.
 
-The top ``k`` of each query are gathered in two passes. The first scores its first few probed
-lists (all of them, when it probes few) and keeps its ``k``-th best similarity as a floor; the
-second scores every probed list and keeps only the similarities at or above the floor (about fifty
-a query at a million cells and 128 probes, of the tens of thousands scored), whose best ``k`` are
-the answer. The floor is a similarity the query already reaches ``k`` times, so nothing in its
-final top ``k`` falls below it.
+A query that probes few lists (each list's best ``k`` of every query fit side by side) is answered
+in one pass: every probed list's best ``k`` rows are kept and the best ``k`` of them are the answer
+(the own neighbour graph of a query or of the reference map's cells, 8 probes). Otherwise its top
+``k`` are gathered in two passes. The first scores its first few probed lists and keeps its
+``k``-th best similarity as a floor; the second scores every probed list and keeps only the
+similarities at or above the floor (about fifty a query at a million cells and 128 probes, of the
+tens of thousands scored), whose best ``k`` are the answer. The floor is a similarity the query
+already reaches ``k`` times, so nothing in its final top ``k`` falls below it.
 
 The lists (which stored rows each holds) and the probes (which lists each query visits) come from
 the index that owns them (:class:`screader_db.index.CellIndex`); this module only multiplies.
@@ -30,8 +32,8 @@ QUERY_BLOCK = 100_000
 FLOOR_LISTS = 8
 FLOOR_SLACK = 1e-5
 # Searches probing so few lists that each list's best k of every query fit side by side in this
-# many columns take their floor over every probed list.
-FLOOR_ALL_WIDTH = 256
+# many columns are answered in one pass over every probed list.
+ONE_PASS_WIDTH = 256
 
 
 @dataclass(frozen=True)
@@ -142,12 +144,14 @@ def search(queries: np.ndarray, vectors: np.ndarray, lists: Lists, probes: np.nd
     queries = np.ascontiguousarray(queries, dtype=np.float32)
     sims = np.full((len(queries), k), -np.inf, dtype=np.float32)
     rows = np.full((len(queries), k), -1, dtype=np.int64)
-    # Few probes: the floor is taken over all of them, so the second pass keeps about k a query.
-    many = probes.shape[1] * k > FLOOR_ALL_WIDTH
-    floor_lists = max(1, min(FLOOR_LISTS, probes.shape[1] // 4)) if many else probes.shape[1]
+    one_pass = probes.shape[1] * k <= ONE_PASS_WIDTH
+    floor_lists = max(1, min(FLOOR_LISTS, probes.shape[1] // 4))
     for start in range(0, len(queries), QUERY_BLOCK):
         block = slice(start, start + QUERY_BLOCK)
         part = queries[block]
+        if one_pass:
+            sims[block], rows[block] = _best_of_lists(part, vectors, lists, probes[block], k)
+            continue
         floor = _floors(part, vectors, lists, probes[block, :floor_lists], k)
         sims[block], rows[block] = _kept_best(part, vectors, lists, probes[block], floor, k)
     return sims, rows
@@ -190,6 +194,33 @@ def _floors(part: np.ndarray, vectors: np.ndarray, lists: Lists, probes: np.ndar
         best[asking[:, None], filled[asking][:, None] + np.arange(take)] = scores
         filled[asking] += k
     return np.partition(best, slots * k - k, axis=1)[:, slots * k - k] - FLOOR_SLACK
+
+
+def _best_of_lists(part: np.ndarray, vectors: np.ndarray, lists: Lists, probes: np.ndarray,
+                   k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each query's best ``k`` over every list in ``probes``, in one pass: each list's best ``k`` rows
+    of every query side by side, then the best ``k`` of those (-1 and -inf where they hold fewer)."""
+    slots = probes.shape[1] * k
+    best = np.full((len(part), slots), -np.inf, dtype=np.float32)
+    found = np.full((len(part), slots), -1, dtype=np.int64)
+    filled = np.zeros(len(part), dtype=np.int64)
+    for asking, members, scores in _scored(part, vectors, lists, probes):
+        take = min(k, len(members))
+        if take < len(members):
+            at = np.argpartition(scores, len(members) - take, axis=1)[:, len(members) - take :]
+            scores = np.take_along_axis(scores, at, axis=1)
+        else:
+            at = np.broadcast_to(np.arange(take), scores.shape)
+        columns = filled[asking][:, None] + np.arange(take)
+        best[asking[:, None], columns] = scores
+        found[asking[:, None], columns] = members[at]
+        filled[asking] += k
+    top = np.argpartition(-best, k - 1, axis=1)[:, :k] if slots > k else np.broadcast_to(np.arange(slots), best.shape)
+    sims, rows = np.take_along_axis(best, top, axis=1), np.take_along_axis(found, top, axis=1)
+    order = np.argsort(-sims, axis=1, kind="stable")
+    sims, rows = np.take_along_axis(sims, order, axis=1), np.take_along_axis(rows, order, axis=1)
+    rows[~np.isfinite(sims)] = -1
+    return sims, rows
 
 
 def _kept_best(part: np.ndarray, vectors: np.ndarray, lists: Lists, probes: np.ndarray, floor: np.ndarray,

@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 
 from screader_db import list_search
 from screader_db.cell_embedding import l2_normalise
@@ -19,7 +20,10 @@ def _setting(seed=0, n=3000, d=20, n_lists=60, n_queries=400, nprobe=5):
     return vectors, lists, queries, probes
 
 
-def test_search_is_exact_within_the_probed_lists():
+@pytest.mark.parametrize("one_pass_width", [list_search.ONE_PASS_WIDTH, 0])
+def test_search_is_exact_within_the_probed_lists(monkeypatch, one_pass_width):
+    # 5 probes of 7: one pass by default; two passes (a floor, then what reaches it) when forced.
+    monkeypatch.setattr(list_search, "ONE_PASS_WIDTH", one_pass_width)
     vectors, lists, queries, probes = _setting()
     k = 7
     sims, rows = list_search.search(queries, vectors, lists, probes, k)
@@ -55,3 +59,12 @@ def test_probe_recall_is_the_recall_of_the_search():
         searched = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(rows, truth, strict=True)])
         assert probe_recall(probes, truth, owner, nprobe) == searched
     assert probe_recall(probes, truth, owner, 1) < probe_recall(probes, truth, owner, 12)
+
+
+def test_one_pass_and_two_passes_give_the_same_answer(monkeypatch):
+    vectors, lists, queries, probes = _setting(seed=3, nprobe=8)
+    one = list_search.search(queries, vectors, lists, probes, 15)
+    monkeypatch.setattr(list_search, "ONE_PASS_WIDTH", 0)
+    two = list_search.search(queries, vectors, lists, probes, 15)
+    np.testing.assert_array_equal(one[1], two[1])
+    np.testing.assert_allclose(one[0], two[0], atol=1e-6)
