@@ -28,7 +28,7 @@ from screader_db.inputs import (
     CHUNK,
     plan_genes,
 )
-from screader_db.label_families import Family, fold, most_common, replay
+from screader_db.label_families import Family, fold, replay
 from screader_db.metrics import UNASSIGNED
 from screader_db.options import AnnotateOptions
 from screader_db.progress import SILENT, Reporter
@@ -734,13 +734,13 @@ class Labelled:
     clustering: str | None
 
 
-def label_parents(cells: pd.DataFrame, column: str, vocabulary: list[str]) -> list[str]:
+def label_parents(classes: dict[str, str], column: str, vocabulary: list[str]) -> list[str]:
     """The broad class above each label of a level: the most common ``label_broad`` of the atlas cells with it.
 
     Parameters
     ----------
-    cells : pandas.DataFrame
-        Atlas cells with the level's ``column`` and ``label_broad``.
+    classes : dict
+        Label -> its broad class (:meth:`screader_db.store.Atlas.label_classes`).
     column : str
         The level's column (:data:`LEVELS`).
     vocabulary : list of str
@@ -749,12 +749,11 @@ def label_parents(cells: pd.DataFrame, column: str, vocabulary: list[str]) -> li
     Returns
     -------
     list of str
-        One per label (ties go to the first name in sorted order); a label no cell has is its own parent.
+        One per label; a label without a broad class is its own parent.
     """
     if column == "label_broad":
         return list(vocabulary)
-    return [broad or label for broad, label in zip(most_common(cells, column, "label_broad", vocabulary), vocabulary,
-                                                     strict=True)]
+    return [classes.get(label) or label for label in vocabulary]
 
 
 def parent_labels(shares: np.ndarray, parents: list[str], *, min_score: float, min_margin: float) -> np.ndarray:
@@ -826,8 +825,7 @@ def abstain(plan: Plan, prepared: Prepared, neighbours: Neighbours, votes: Votes
     names_arr = np.asarray(votes.vocabulary, dtype=object)
     raw = names_arr[decided.best]
     called = (decided.score >= min_score) & (decided.margin >= options.min_margin)
-    parents = label_parents(plan.atlas.cells(list(dict.fromkeys([plan.column, "label_broad"]))), plan.column,
-                            votes.vocabulary)
+    parents = label_parents(plan.atlas.label_classes(plan.column), plan.column, votes.vocabulary)
     parent = parent_labels(decided.shares, parents, min_score=min_score, min_margin=options.min_margin)
     rescued = ~called & (parent != "")
     label = np.where(called, raw, np.where(rescued, parent, UNASSIGNED))

@@ -44,7 +44,7 @@ import os
 import shutil
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -214,7 +214,7 @@ class Atlas:
     _layout: Any = field(default=None, repr=False)  # the map, False when absent, None unread
     _profiles: Any = field(default=None, repr=False)  # (profiles, calibration), False when absent, None unread
     _expression_genes: dict[tuple[str, ...] | None, list[str]] = field(default_factory=dict, repr=False)
-    _label_terms: dict[str, dict[str, str]] = field(default_factory=dict, repr=False)
+    _per_label: dict[tuple[str, str], dict[str, str]] = field(default_factory=dict, repr=False)
     panels: dict[tuple[str, ...], Any] = field(default_factory=dict, repr=False)  # panel indexes opened so far
     _lock: threading.RLock = field(default_factory=threading.RLock, repr=False, compare=False)
 
@@ -281,18 +281,46 @@ class Atlas:
             Label -> the most common ``ontology_id`` of its cells (:func:`screader_db.label_families.label_terms`;
             "" where they have none); empty when the cells have no ``ontology_id``.
         """
-        with self._lock:
-            if column not in self._label_terms:
-                from screader_db.label_families import label_terms
+        from screader_db.label_families import label_terms
 
+        return self._of_labels(column, "ontology_id", label_terms)
+
+    def label_classes(self, column: str) -> dict[str, str]:
+        """Each label of a level and its broad class, worked out once per opened atlas.
+
+        Parameters
+        ----------
+        column
+            The level's column of :meth:`cells`.
+
+        Returns
+        -------
+        dict
+            Label -> the most common ``label_broad`` of its cells (:func:`screader_db.label_families.most_common`;
+            each broad class itself at the broad level); empty when the cells have no ``label_broad``.
+        """
+        from screader_db.label_families import most_common
+
+        def broad(cells: pd.DataFrame, level: str, labels: list[str]) -> list[str]:
+            if level == "label_broad":
+                return list(labels)
+            return [found or "" for found in most_common(cells, level, "label_broad", labels)]
+
+        return self._of_labels(column, "label_broad", broad)
+
+    def _of_labels(self, column: str, values: str,
+                   compute: Callable[[pd.DataFrame, str, list[str]], list[str]]) -> dict[str, str]:
+        """Label -> ``compute(cells, column, labels)`` over every atlas cell, cached per (column, values)."""
+        with self._lock:
+            if (column, values) not in self._per_label:
                 cells = self.cells()
                 found: dict[str, str] = {}
-                if "ontology_id" in cells.columns:
+                if values in cells.columns:
                     labels = sorted(cells[column].astype(str).unique())
-                    found = dict(zip(labels, label_terms(cells[list(dict.fromkeys([column, "ontology_id"]))], column,
-                                                         labels), strict=True))
-                self._label_terms[column] = found
-            return self._label_terms[column]
+                    found = dict(zip(labels, compute(cells[list(dict.fromkeys([column, values]))], column, labels),
+                                     strict=True))
+                self._per_label[(column, values)] = found
+            return self._per_label[(column, values)]
 
     def _read_cells(self) -> pd.DataFrame:
         frames = []

@@ -18,6 +18,7 @@ from conftest import make_counts
 from screader_db import annotate, ontology
 from screader_db.annotation import CALL_PARENT, label_parents, parent_labels
 from screader_db.errors import FetchError, InputDataError, ScreaderWarning
+from screader_db.label_families import most_common
 from screader_db.labelmap import LABEL_TABLE_COLUMNS, label_table, ontology_terms, read_label_map
 from screader_db.ontology import Match, Ontology, normalise
 
@@ -201,7 +202,9 @@ def test_parents_pass_the_cut_offs_a_label_must():
                                                                                     "natural killer cell"]
     assert parent_labels(shares, ["a", "b", "c", "d"], min_score=0.0, min_margin=0.0).tolist() == [""] * 4
     cells = pd.DataFrame({"label": ["CD4 T", "CD4 T", "CD4 T", "B"], "label_broad": ["T cell", "T cell", "x", "B cell"]})
-    assert label_parents(cells, "label", ["B", "CD4 T", "NK"]) == ["B cell", "T cell", "NK"]
+    classes = dict(zip(["B", "CD4 T"], most_common(cells, "label", "label_broad", ["B", "CD4 T"]), strict=True))
+    assert label_parents(classes, "label", ["B", "CD4 T", "NK"]) == ["B cell", "T cell", "NK"]  # NK has no cells
+    assert label_parents(classes, "label_broad", ["B cell", "T cell"]) == ["B cell", "T cell"]
 
 
 NAMES = {"type0": "CD4 T", "type1": "CD8 T", "type2": "B"}
