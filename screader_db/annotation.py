@@ -362,6 +362,17 @@ class Plan:
                    propagation=float(defaults["propagation"] if options.propagation is None else options.propagation),
                    column=column, cells=cells if allowed is None else cells.loc[allowed], allowed=allowed)
 
+    def vocabulary(self) -> list[str]:
+        """The labels that can win, sorted: the level's labels of the atlas, or of the cells the neighbour filter keeps.
+
+        Returns
+        -------
+        list of str
+        """
+        if self.allowed is None:
+            return self.atlas.labels(self.column)
+        return sorted(self.cells[self.column].astype(str).unique())
+
     def families(self, vocabulary: list[str]) -> list[Family]:
         """The vote's labels with finer labels below them in the Cell Ontology (:mod:`screader_db.label_families`).
 
@@ -603,7 +614,7 @@ def vote(plan: Plan, neighbours: Neighbours, vectors: np.ndarray, scores: dict[s
     -------
     Votes
     """
-    vocabulary = sorted(plan.cells[plan.column].unique())
+    vocabulary = plan.vocabulary()
     sims = neighbours.similarities
     codes = _label_codes(plan, vocabulary, neighbours.ids)
     shares = tally(sims, codes, len(vocabulary), power=plan.power)
@@ -707,12 +718,15 @@ def _classified(plan: Plan, vocabulary: list[str], second: SecondOpinion | None)
 
 
 def _label_codes(plan: Plan, vocabulary: list[str], ids: np.ndarray) -> np.ndarray:
-    """The label code (in ``vocabulary``) of each neighbour in ``ids``; -1 for none."""
-    cells, column = plan.cells, plan.column
+    """The label code (in ``vocabulary``) of each neighbour in ``ids``; -1 for none (or a cell the plan leaves out).
+
+    Only the neighbours' labels are looked up, so a query's cost does not grow with the atlas.
+    """
     code_of = {label: i for i, label in enumerate(vocabulary)}
-    codes_by_id = pd.Series(cells[column].map(code_of).to_numpy(), index=cells.index)
     flat = ids.ravel()
-    return np.where(flat >= 0, codes_by_id.reindex(flat).fillna(-1).to_numpy(), -1).astype(np.int64).reshape(ids.shape)
+    labels = plan.cells[plan.column].reindex(flat)
+    codes = pd.Series(labels.to_numpy(), dtype=object).map(code_of).fillna(-1).to_numpy()
+    return np.where(flat >= 0, codes, -1).astype(np.int64).reshape(ids.shape)
 
 
 @dataclass(frozen=True)

@@ -215,6 +215,7 @@ class Atlas:
     _profiles: Any = field(default=None, repr=False)  # (profiles, calibration), False when absent, None unread
     _expression_genes: dict[tuple[str, ...] | None, list[str]] = field(default_factory=dict, repr=False)
     _per_label: dict[tuple[str, str], dict[str, str]] = field(default_factory=dict, repr=False)
+    _labels: dict[str, list[str]] = field(default_factory=dict, repr=False)
     panels: dict[tuple[str, ...], Any] = field(default_factory=dict, repr=False)  # panel indexes opened so far
     _lock: threading.RLock = field(default_factory=threading.RLock, repr=False, compare=False)
 
@@ -308,6 +309,23 @@ class Atlas:
 
         return self._of_labels(column, "label_broad", broad)
 
+    def labels(self, column: str) -> list[str]:
+        """The labels of a level, sorted, worked out once per opened atlas.
+
+        Parameters
+        ----------
+        column
+            The level's column of :meth:`cells`.
+
+        Returns
+        -------
+        list of str
+        """
+        with self._lock:
+            if column not in self._labels:
+                self._labels[column] = sorted(self.cells([column])[column].astype(str).unique())
+            return self._labels[column]
+
     def _of_labels(self, column: str, values: str,
                    compute: Callable[[pd.DataFrame, str, list[str]], list[str]]) -> dict[str, str]:
         """Label -> ``compute(cells, column, labels)`` over every atlas cell, cached per (column, values)."""
@@ -316,7 +334,7 @@ class Atlas:
                 cells = self.cells()
                 found: dict[str, str] = {}
                 if values in cells.columns:
-                    labels = sorted(cells[column].astype(str).unique())
+                    labels = self.labels(column)
                     found = dict(zip(labels, compute(cells[list(dict.fromkeys([column, values]))], column, labels),
                                      strict=True))
                 self._per_label[(column, values)] = found

@@ -84,6 +84,7 @@ def test_a_coarse_parent_in_the_reference_takes_fewer_cells_that_its_children_de
     cells = opened.cells(["label", "label_broad"])
     assert classes == {label: group.value_counts().index[0] for label, group in cells.groupby("label")["label_broad"]}
     assert opened.label_classes("label") is classes and opened.label_classes("label_broad")["T cell"] == "T cell"
+    assert opened.labels("label") == sorted(classes) and opened.labels("label") is opened.labels("label")
     plain = annotate(task.query, root, parent_hold=0)
     assert plain.info["parent_labels"] == {"hold": 0.0, "families": {}, "moved": 0}
     t_cells = np.isin(truth, ["CD4 T", "CD8 T"])
