@@ -370,7 +370,7 @@ class Plan:
         list of str
         """
         if self.allowed is None:
-            return self.atlas.labels(self.column)
+            return list(self.atlas.labels(self.column))  # a copy: the atlas keeps its own
         return sorted(self.cells[self.column].astype(str).unique())
 
     def families(self, vocabulary: list[str]) -> list[Family]:
