@@ -23,8 +23,11 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
+
+from screader_db.extras import optional
 
 # Queries searched together: bounds the memory of the probes and of the kept similarities.
 QUERY_BLOCK = 100_000
@@ -172,13 +175,24 @@ def _by_list(probes: np.ndarray, n_lists: int) -> tuple[np.ndarray, np.ndarray, 
 def _scored(part: np.ndarray, vectors: np.ndarray, lists: Lists,
             probes: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """For each probed list that holds rows: (the queries probing it, its rows, their similarities,
-    queries × rows), one matrix product a list."""
+    queries × rows), one matrix product a list.
+
+    Through torch when it is installed: gathering the probing queries' rows and widening a float16
+    list are each about twice as fast as in numpy (100,000 queries probing 69 of 8,000 lists: 8.1 s
+    against 10.3 s for the second pass), and the product is the same BLAS call."""
+    torch: Any = optional("torch")
     which, bounds, probed = _by_list(probes, lists.count)
+    rows = None if torch is None else torch.from_numpy(part)
     for number in probed:
         members = lists.rows[lists.starts[number] : lists.starts[number + 1]]
-        if len(members):
-            asking = which[bounds[number] : bounds[number + 1]]
+        if not len(members):
+            continue
+        asking = which[bounds[number] : bounds[number + 1]]
+        if rows is None:
             yield asking, members, part[asking] @ vectors[members].astype(np.float32, copy=False).T
+        else:
+            stored = torch.from_numpy(vectors[members]).float()
+            yield asking, members, (rows.index_select(0, torch.from_numpy(asking)) @ stored.T).numpy()
 
 
 def _floors(part: np.ndarray, vectors: np.ndarray, lists: Lists, probes: np.ndarray, k: int) -> np.ndarray:

@@ -68,3 +68,15 @@ def test_one_pass_and_two_passes_give_the_same_answer(monkeypatch):
     two = list_search.search(queries, vectors, lists, probes, 15)
     np.testing.assert_array_equal(one[1], two[1])
     np.testing.assert_allclose(one[0], two[0], atol=1e-6)
+
+
+@pytest.mark.parametrize("stored", [np.float32, np.float16])
+def test_torch_and_numpy_products_give_the_same_answer(monkeypatch, stored):
+    pytest.importorskip("torch")
+    vectors, lists, queries, probes = _setting(seed=4, nprobe=12)
+    vectors = vectors.astype(stored)
+    with_torch = list_search.search(queries, vectors, lists, probes, 10)
+    monkeypatch.setattr(list_search, "optional", lambda module: None)
+    with_numpy = list_search.search(queries, vectors, lists, probes, 10)
+    np.testing.assert_array_equal(with_torch[1], with_numpy[1])
+    np.testing.assert_allclose(with_torch[0], with_numpy[0], atol=1e-6)
