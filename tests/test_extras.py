@@ -144,11 +144,12 @@ def test_without_umap_the_map_is_principal_components_and_a_warning(monkeypatch)
     assert coords.shape == (40, 2) and coords.dtype == np.float32
 
 
-def test_exact_search_without_torch_finds_the_same_neighbours(monkeypatch):
+@pytest.mark.parametrize("stored", [np.float32, np.float16])
+def test_exact_search_without_torch_finds_the_same_neighbours(monkeypatch, stored):
     from screader_db.index import exact_search
 
     rng = np.random.default_rng(1)
-    vectors = rng.standard_normal((500, 16)).astype(np.float32)
+    vectors = rng.standard_normal((500, 16)).astype(stored)
     queries = rng.standard_normal((30, 16)).astype(np.float32)
     with_torch = exact_search(queries, vectors, 10, block=128)
     hide(monkeypatch, "torch")
