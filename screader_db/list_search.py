@@ -251,11 +251,21 @@ def _kept_best(part: np.ndarray, vectors: np.ndarray, lists: Lists, probes: np.n
     if not kept_queries:
         return sims, rows
     query, row, sim = np.concatenate(kept_queries), np.concatenate(kept_rows), np.concatenate(kept_sims)
-    order = np.argsort(-sim, kind="stable")
-    order = order[np.argsort(query[order], kind="stable")]  # by query, best first within each
+    order = _by_query_best_first(query, sim)
     query, row, sim = query[order], row[order], sim[order]
     rank = np.arange(len(query)) - np.searchsorted(query, query)
     top = rank < k
     sims[query[top], rank[top]] = sim[top]
     rows[query[top], rank[top]] = row[top]
     return sims, rows
+
+
+def _by_query_best_first(query: np.ndarray, sim: np.ndarray) -> np.ndarray:
+    """The order that sorts (query, similarity) pairs by query and, within a query, best first (equal
+    pairs in their given order): one stable sort of a 64-bit key, the query above the similarity's
+    float32 bits turned to an unsigned integer that falls as the similarity rises (half the time of
+    sorting by similarity and then by query)."""
+    bits = (sim.astype(np.float32) + np.float32(0.0)).view(np.uint32)  # + 0.0 makes -0.0 equal to 0.0
+    rising = np.where(bits >> np.uint32(31), ~bits, bits | np.uint32(0x80000000))
+    key = (query.astype(np.uint64) << np.uint64(32)) | (~rising).astype(np.uint64)
+    return np.argsort(key, kind="stable")

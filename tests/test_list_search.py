@@ -82,3 +82,14 @@ def test_torch_and_numpy_products_give_the_same_answer(monkeypatch, stored):
     with_numpy = list_search.search(queries, vectors, lists, probes, 10)
     np.testing.assert_array_equal(with_torch[1], with_numpy[1])
     np.testing.assert_allclose(with_torch[0], with_numpy[0], atol=1e-6)
+
+
+def test_pairs_sort_by_query_then_best_first():
+    rng = np.random.default_rng(5)
+    query = rng.integers(0, 50, 5000)
+    sim = rng.standard_normal(5000).astype(np.float32)
+    sim[::5] = sim[1::5]  # equal similarities keep their order
+    sim[:3] = [0.0, -0.0, -np.inf]
+    order = list_search._by_query_best_first(query, sim)
+    expected = sorted(range(len(query)), key=lambda i: (query[i], -sim[i]))  # sorted() is stable
+    np.testing.assert_array_equal(order, expected)
