@@ -748,15 +748,14 @@ class Labelled:
     clustering: str | None
 
 
-def label_parents(classes: dict[str, str], column: str, vocabulary: list[str]) -> list[str]:
+def label_parents(classes: dict[str, str], vocabulary: list[str]) -> list[str]:
     """The broad class above each label of a level: the most common ``label_broad`` of the atlas cells with it.
 
     Parameters
     ----------
     classes : dict
-        Label -> its broad class (:meth:`screader_db.store.Atlas.label_classes`).
-    column : str
-        The level's column (:data:`LEVELS`).
+        Label -> its broad class (:meth:`screader_db.store.Atlas.label_classes`, which maps each
+        broad class to itself at the broad level).
     vocabulary : list of str
         The level's labels.
 
@@ -765,8 +764,6 @@ def label_parents(classes: dict[str, str], column: str, vocabulary: list[str]) -
     list of str
         One per label; a label without a broad class is its own parent.
     """
-    if column == "label_broad":
-        return list(vocabulary)
     return [classes.get(label) or label for label in vocabulary]
 
 
@@ -839,7 +836,7 @@ def abstain(plan: Plan, prepared: Prepared, neighbours: Neighbours, votes: Votes
     names_arr = np.asarray(votes.vocabulary, dtype=object)
     raw = names_arr[decided.best]
     called = (decided.score >= min_score) & (decided.margin >= options.min_margin)
-    parents = label_parents(plan.atlas.label_classes(plan.column), plan.column, votes.vocabulary)
+    parents = label_parents(plan.atlas.label_classes(plan.column), votes.vocabulary)
     parent = parent_labels(decided.shares, parents, min_score=min_score, min_margin=options.min_margin)
     rescued = ~called & (parent != "")
     label = np.where(called, raw, np.where(rescued, parent, UNASSIGNED))
