@@ -79,7 +79,7 @@ class ExpressionStream:
             The rows hold NaN, infinite or negative values, or the matrix is damaged.
         """
         block = self.source.rows(start, stop)
-        check_values(block)
+        check_values(block, self.source.others)
         return normalise(block, self.scale, self.plan, library=self.library)
 
     def chunks(self, size: int = CHUNK) -> Iterator[tuple[int, sp.csr_matrix]]:

@@ -9,6 +9,7 @@ whole.
 from __future__ import annotations
 
 import functools
+import shlex
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -99,6 +100,9 @@ class ExpressionSource:
         Sorted row positions the source is restricted to; None keeps every row.
     where, origin : str
         The matrix's name (``X``, ``layers/NAME``, ``raw/X``) and its file, when known, for messages.
+    others : tuple of str
+        The file's other matrices as options that would read them (``--use-raw``, ``--layer counts``),
+        offered when this one's values cannot be used.
     """
 
     matrix: Any
@@ -107,6 +111,7 @@ class ExpressionSource:
     keep: np.ndarray | None = None
     where: str = "X"
     origin: str | None = None
+    others: tuple[str, ...] = ()
     checked: bool = field(default=False, repr=False)
 
     @property
@@ -252,16 +257,30 @@ def open_expression(adata: Any, *, layer: str | None = None, use_raw: bool = Fal
         raise InputDataError(message)
     origin = getattr(adata, "filename", None)
     return ExpressionSource(matrix=matrix, names=names, obs=adata.obs, where=where,
-                            origin=None if origin is None else str(origin))
+                            origin=None if origin is None else str(origin), others=_other_matrices(adata, where))
 
 
-def check_values(X: sp.csr_matrix) -> None:
+def _other_matrices(adata: Any, where: str) -> tuple[str, ...]:
+    """The options that would read each matrix of ``adata`` other than ``where``: ``--layer NAME``,
+    ``--use-raw`` and, when a layer or .raw was chosen, ``.X`` (leaving both out)."""
+    found = [f"--layer {shlex.quote(str(name))}" for name in adata.layers if f"layers/{name}" != where]
+    if adata.raw is not None and where != "raw/X":
+        found.append("--use-raw")
+    if where != "X" and adata.X is not None:
+        found.append("neither --layer nor --use-raw (.X)")
+    return tuple(found)
+
+
+def check_values(X: sp.csr_matrix, others: tuple[str, ...] = ()) -> None:
     """Refuse a matrix with no cells or genes, NaN or infinite values, or negative (scaled) values.
 
     Parameters
     ----------
     X : scipy.sparse.csr_matrix
         Raw values.
+    others : tuple of str
+        The options that would read the file's other matrices (:attr:`ExpressionSource.others`),
+        named in the message about scaled values; empty for the generic remedy.
 
     Raises
     ------
@@ -280,7 +299,8 @@ def check_values(X: sp.csr_matrix) -> None:
     if data.size and data.min() < 0:
         message = (
             f"the matrix has negative values (minimum {data.min():.3g}): it looks scaled or z-scored (centred). "
-            "Pass raw counts or log-normalised data instead (--layer counts, or --use-raw)"
+            + (f"The file holds other matrices: read one of them with {' or '.join(others)}"
+               if others else "Pass raw counts or log-normalised data instead (--layer counts, or --use-raw)")
         )
         raise InputDataError(message)
 
@@ -559,7 +579,7 @@ def input_scale_of(source: ExpressionSource, override: str | None = None) -> Sca
     """
     wanted = None if override in (None, "auto") else scale_name(str(override))
     sample = source.rows(0, min(source.n_cells, SCALE_SAMPLE))
-    check_values(sample)
+    check_values(sample, source.others)
     if wanted is None:
         return detect_scale(sample)
     return ScaleEvidence(scale=wanted, evidence=f"{wanted}: given as --input-scale {override}")

@@ -1,5 +1,6 @@
 """Reading and checking expression: each bad input has its own message."""
 
+import anndata as ad
 import numpy as np
 import pytest
 import scipy.sparse as sp
@@ -115,6 +116,19 @@ def test_scaled_data_is_refused(counts_adata):
     with pytest.raises(InputDataError, match=r"the matrix has negative values \(minimum -[\d.]+\): it looks scaled or z-scored "
                                              r"\(centred\)\. Pass raw counts or log-normalised data instead"):
         load_expression(adata)
+    # as scanpy leaves it: scaled .X beside the counts in a layer and the log-normalised values in .raw
+    adata.layers["counts"] = counts_adata.X.copy()
+    adata.raw = ad.AnnData(sp.csr_matrix(logged.astype(np.float32)), obs=adata.obs, var=adata.var)
+    with pytest.raises(InputDataError, match=r"it looks scaled or z-scored \(centred\)\. The file holds other matrices: "
+                                             r"read one of them with --layer counts or --use-raw$"):
+        load_expression(adata)
+    assert load_expression(adata, use_raw=True).kind == "ln"
+    assert load_expression(adata, layer="counts").kind == "counts"
+    adata.layers["scaled"] = adata.X
+    adata.X = counts_adata.X.copy()
+    with pytest.raises(InputDataError, match=r"read one of them with --layer counts or --use-raw or neither --layer nor "
+                                             r"--use-raw \(\.X\)$"):
+        load_expression(adata, layer="scaled")
 
 
 def test_a_given_scale_is_taken_and_checked(counts_adata):
