@@ -908,6 +908,7 @@ def assemble(plan: Plan, prepared: Prepared, vectors: np.ndarray, neighbours: Ne
         "power": plan.power, "propagation": plan.propagation, "novelty": labelled.novelty,
         "score_labels": list(votes.vocabulary), "empty_cells": int(empty.sum()), "min_detected_genes": prepared.floor,
         "layer": read.layer or "", "use_raw": bool(read.use_raw), "gene_key": read.gene_key or "",
+        "batch_key": read.batch_key or "",
         "second_opinion": second.info if second is not None else {"used": False, "reason": "not sought"},
         "parent_labels": {"hold": options.parent_hold, "families": votes.parents, "moved": votes.parents_folded},
     }
@@ -975,7 +976,7 @@ def annotate(adata: Any, atlas: str | Path | store.Atlas, *, options: AnnotateOp
             reporter.message("Reading the query")
             query = prepare_query(data, plan.atlas.embedder.genes, layer=read.layer, use_raw=read.use_raw,
                                   gene_key=read.gene_key, species=read.species, check_overlap=False,
-                                  input_scale=read.input_scale)
+                                  input_scale=read.input_scale, batch_key=read.batch_key)
             answering = fit_to_panel(query, plan.atlas, datasets=_listed(options.neighbours.datasets),
                                      reporter=reporter)
         with clock("prepare"):
@@ -985,7 +986,7 @@ def annotate(adata: Any, atlas: str | Path | store.Atlas, *, options: AnnotateOp
             vectors = embed_query(prepared.query, answering.embedder, center=options.center, chunk=chunk,
                                   reporter=reporter, fits=fits)
         with clock("search and novelty check"):
-            few_types = bool(fits) and fits[0].better
+            few_types = bool(fits) and all(fit is not None and fit.better for fit in fits)
             neighbours = search_neighbours(plan, prepared, vectors, chunk=chunk, few_types=few_types, reporter=reporter)
         with clock("second opinion"):
             second = second_opinion(plan, prepared, chunk=chunk, reporter=reporter)
@@ -998,7 +999,7 @@ def annotate(adata: Any, atlas: str | Path | store.Atlas, *, options: AnnotateOp
         with clock("assemble"):
             result = assemble(plan, prepared, vectors, neighbours, votes, labelled, second)
         result.info.update(source)
-        result.info["centring"] = _centring(answering.embedder, prepared.query.stream.n_cells, options.center, fits)
+        result.info["centring"] = _centring(answering.embedder, prepared.query, options.center, fits)
         result.info["stage_seconds"] = clock.seconds
         return result
 
@@ -1032,15 +1033,21 @@ def second_opinion(plan: Plan, prepared: Prepared, *, chunk: int = CHUNK, report
 _CENTRES = {"reference": "the reference's centre", "query": "the query's mean", "balanced": "the query's balanced mean"}
 
 
-def _centring(embedder: Any, n_cells: int, center: str | None, fits: list[Any]) -> dict[str, Any]:
-    """The query info entry saying what the query was centred on (``info["centring"]``)."""
+def _centring(embedder: Any, query: PreparedQuery, center: str | None, fits: list[Any]) -> dict[str, Any]:
+    """The query info entry saying what the query was centred on (``info["centring"]``); for a query of
+    several batches, what each batch was centred on (``batches``: name -> cells and centring)."""
     from screader_db.cell_embedding import LEARNED_METHODS
 
     if embedder.method in LEARNED_METHODS:
         return {"on": "nothing (a learned method does not centre)"}
-    if fits:
-        return fits[0].describe()
-    return {"on": _CENTRES[embedder.centre_mode(n_cells, center)]}
+    batches = query.batches()
+    if len(batches) == 1:
+        return fits[0].describe() if fits else {"on": _CENTRES[embedder.centre_mode(query.stream.n_cells, center)]}
+    each = {}
+    for (name, rows), fit in zip(batches, fits, strict=True):
+        on = fit.describe() if fit is not None else {"on": _CENTRES[embedder.centre_mode(len(rows), center)]}
+        each[name] = {"cells": len(rows), **on}
+    return {"on": f"each batch's own centre ({len(batches)} batches of obs {query.batch_key!r})", "batches": each}
 
 
 class StageClock:

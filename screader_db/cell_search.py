@@ -681,7 +681,7 @@ def query_cells(opened: store.Atlas, cells: Any, *, options: SearchOptions, repo
         reporter.message("Reading the query cells")
         query = prepare_query(data, opened.embedder.genes, layer=read.layer, use_raw=read.use_raw,
                               gene_key=read.gene_key, species=read.species, check_overlap=False,
-                              input_scale=read.input_scale)
+                              input_scale=read.input_scale, batch_key=read.batch_key)
         answering = fit_to_panel(query, opened, datasets=_names(options.datasets), reporter=reporter)
         prepared = prepare(plan, answering, matched=query.plan.matched, reporter=reporter)
         vectors = embed_query(prepared.query, answering.embedder, center=options.center, reporter=reporter)

@@ -355,6 +355,7 @@ def query(
     layer: Annotated[str | None, _annotate_option("layer")] = None,
     use_raw: Annotated[bool, _annotate_option("use_raw")] = False,
     input_scale: Annotated[str, _annotate_option("input_scale")] = "auto",
+    batch_key: Annotated[str | None, _annotate_option("batch_key")] = None,
     model: Annotated[str | None, _annotate_option("model")] = None,
     version: Annotated[int | None, _annotate_option("version")] = None,
     verify: Verify = True,
@@ -405,7 +406,10 @@ def query(
             out.print(f"Answered on a panel index of the {panel['shared_genes']:,} genes the query shares with the atlas "
                       f"({panel['key']}, {'reused' if panel['reused'] else 'fitted now and kept'})", highlight=False)
         centring = result.info.get("centring", {})
-        if "misfit_ratio" in centring:
+        if "batches" in centring:
+            shown = ", ".join(f"{name} ({part['cells']:,} cells, {part['on']})" for name, part in centring["batches"].items())
+            out.print(f"Centred on {centring['on']}: {shown}", highlight=False)
+        elif "misfit_ratio" in centring:
             out.print(f"Centred on {centring['on']} (its clusters' distance to their labels' profiles with the offset: "
                       f"{centring['misfit_ratio']:.2f} of that with the balanced mean)", highlight=False)
         elif centring:
@@ -883,6 +887,7 @@ def search_command(
     layer: Annotated[str | None, _search_option("layer")] = None,
     use_raw: Annotated[bool, _search_option("use_raw")] = False,
     input_scale: Annotated[str, _search_option("input_scale")] = "auto",
+    batch_key: Annotated[str | None, _search_option("batch_key")] = None,
     out_path: Annotated[Path | None, typer.Option("--out", help="Write every hit to .csv, .tsv or .parquet.")] = None,
     verify: Verify = True,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing --out file.")] = False,

@@ -63,7 +63,7 @@ class ReadOptions:
 
     Parameters
     ----------
-    layer, use_raw, gene_key, species, input_scale
+    layer, use_raw, gene_key, species, input_scale, batch_key
         See each field's help (:func:`option_help`).
     """
 
@@ -73,6 +73,8 @@ class ReadOptions:
     species: str = _option("auto", "human, mouse or auto (from the symbols' case).")
     input_scale: str | None = _option("auto", "Scale of the values: auto (detected from the data), counts, ln, log2, "
                                               "log10 (log(1+x) in that base) or linear (CPM, TPM, RPKM, fractional counts).")
+    batch_key: str | None = _option(None, "obs column naming each cell's batch (sample, donor, condition): each batch "
+                                          "is centred on its own, as if queried alone, before one search and vote.")
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from screader_db import store
-from screader_db.errors import GeneOverlapError, ScreaderWarning
+from screader_db.errors import GeneOverlapError, InputDataError, ScreaderWarning
 from screader_db.expression_stream import ExpressionStream
 from screader_db.genes import GeneMapping, looks_like_ensembl
 from screader_db.inputs import (
@@ -85,6 +85,8 @@ class PreparedQuery:
     library : GenePlan or None
         The genes library sizes are taken over, when not all (a panel query is normalised over
         the genes it shares with the atlas, as the panel's reference is).
+    batch_key : str or None
+        The obs column naming each cell's batch, each centred on its own (:func:`embed_query`).
     """
 
     source: ExpressionSource
@@ -93,6 +95,22 @@ class PreparedQuery:
     kind: str
     library: GenePlan | None = None
     evidence: str = ""
+    batch_key: str | None = None
+
+    def batches(self) -> list[tuple[str, np.ndarray]]:
+        """Each batch's name and its rows (positions among :attr:`source`'s cells), in order of first
+        appearance; one batch of every cell without a :attr:`batch_key`.
+
+        Returns
+        -------
+        list of (str, numpy.ndarray)
+        """
+        if self.batch_key is None:
+            return [("", np.arange(self.source.n_cells))]
+        names = self.source.obs[self.batch_key].astype(str).to_numpy()
+        _, first, codes = np.unique(names, return_index=True, return_inverse=True)
+        order = np.argsort(first, kind="stable")
+        return [(str(names[first[code]]), np.flatnonzero(codes == code)) for code in order]
 
     @property
     def stream(self) -> ExpressionStream:
@@ -136,7 +154,7 @@ class PreparedQuery:
 
 def prepare_query(adata: Any, genes: list[str], *, layer: str | None = None, use_raw: bool = False,
                   gene_key: str | None = None, species: str = "auto", check_overlap: bool = True,
-                  input_scale: str | None = None) -> PreparedQuery:
+                  input_scale: str | None = None, batch_key: str | None = None) -> PreparedQuery:
     """Open, map and check a query against the atlas genes.
 
     Parameters
@@ -153,6 +171,8 @@ def prepare_query(adata: Any, genes: list[str], *, layer: str | None = None, use
     input_scale : str or None
         The scale of the values (:data:`screader_db.inputs.SCALES`); ``auto`` or None tells it
         (:func:`screader_db.inputs.input_scale_of`).
+    batch_key : str or None
+        An obs column naming each cell's batch: each batch is centred on its own (:func:`embed_query`).
 
     Returns
     -------
@@ -163,15 +183,31 @@ def prepare_query(adata: Any, genes: list[str], *, layer: str | None = None, use
     GeneOverlapError
         Too few atlas genes are in the query (with ``check_overlap``).
     InputDataError
-        The matrix, the genes or the values are not usable; the message says why.
+        The matrix, the genes, the values or the batch column are not usable; the message says why.
     """
     source = open_expression(adata, layer=layer, use_raw=use_raw, gene_key=gene_key)
+    if batch_key is not None:
+        _check_batches(source, batch_key)
     mapping = map_genes(source, species=species)
     plan = plan_genes(mapping.symbols, genes)
     if check_overlap:
         _check_overlap(plan, len(genes), source.names, mapping)
     scale = input_scale_of(source, input_scale)
-    return PreparedQuery(source=source, mapping=mapping, plan=plan, kind=scale.scale, evidence=scale.evidence)
+    return PreparedQuery(source=source, mapping=mapping, plan=plan, kind=scale.scale, evidence=scale.evidence,
+                         batch_key=batch_key)
+
+
+def _check_batches(source: ExpressionSource, batch_key: str) -> None:
+    """Refuse a batch column that is not in the query's obs, or that leaves cells without a batch."""
+    if batch_key not in source.obs.columns:
+        known = ", ".join(map(str, source.obs.columns)) or "none"
+        message = f"--batch-key {batch_key!r} is not an obs column of the query; columns present: {known}"
+        raise InputDataError(message)
+    missing = int(source.obs[batch_key].isna().sum())
+    if missing:
+        message = (f"{missing:,} cells have no value in obs column {batch_key!r}; give them a batch, or leave out "
+                   "--batch-key to centre the query as one")
+        raise InputDataError(message)
 
 
 @dataclass
@@ -323,12 +359,25 @@ def embed_query(query: PreparedQuery, embedder: Any, *, center: str | None = Non
         (:class:`screader_db.centring.OffsetFit`).
     passes : callable or None
         The query's chunks, for a caller that reads them again (:meth:`ExpressionStream.replayable`);
-        None reads them.
+        None reads them. Not used for a query of several batches (:attr:`PreparedQuery.batch_key`):
+        each batch is read, centred (``center`` decided on its own size) and embedded on its own, as
+        if it were queried alone, and ``fits`` receives one entry a batch, in the order of
+        :meth:`PreparedQuery.batches` (None for a batch whose clusters were not matched).
 
     Returns
     -------
     numpy.ndarray
         float32, cells × ``embedder.dim``.
     """
-    return query.stream.embed(embedder, center=center, chunk=chunk, description="Embedding query cells",
-                              reporter=reporter, fits=fits, passes=passes)
+    batches = query.batches()
+    if len(batches) == 1:
+        return query.stream.embed(embedder, center=center, chunk=chunk, description="Embedding query cells",
+                                  reporter=reporter, fits=fits, passes=passes)
+    vectors = np.empty((query.stream.n_cells, embedder.dim), dtype=np.float32)
+    for name, rows in batches:
+        own: list[Any] = []
+        vectors[rows] = query.stream.subset(rows).embed(embedder, center=center, chunk=chunk, reporter=reporter,
+                                                        description=f"Embedding query cells of {name}", fits=own)
+        if fits is not None:
+            fits.append(own[0] if own else None)
+    return vectors

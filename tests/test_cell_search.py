@@ -33,7 +33,8 @@ runner = CliRunner()
 QUERY_INPUTS = {"cells", "ids", "centroid_of_ids", "centroid_of_label", "signature"}
 CLI_ONLY = {"atlas", "out_path", "verify", "overwrite", "quiet"}
 EXAMPLE = {"k": 7, "datasets": ["a"], "labels": ["x", "y"], "where": "label = 'x'", "timeout": 5.0, "center": "reference",
-           "layer": "counts", "use_raw": True, "gene_key": "symbol", "species": "mouse", "input_scale": "ln"}
+           "layer": "counts", "use_raw": True, "gene_key": "symbol", "species": "mouse", "input_scale": "ln",
+           "batch_key": "sample"}
 D1 = "metadata->>'donor' = 'd1'"
 
 

@@ -23,7 +23,8 @@ EXAMPLE = {"k": 7, "model": "m", "center": "query", "min_score": 0.5, "min_margi
            "power": 2.0, "propagation": 0.5, "novelty": False, "novelty_cutoff": -1.0, "second_opinion": False,
            "parent_hold": 0.5, "version": 1,
            "layer": "counts",
-           "use_raw": True, "gene_key": "symbol", "species": "mouse", "input_scale": "ln", "datasets": ["a", "b"],
+           "use_raw": True, "gene_key": "symbol", "species": "mouse", "input_scale": "ln", "batch_key": "sample",
+           "datasets": ["a", "b"],
            "labels": ["x"], "exclude_labels": ["y"], "level": "harmonised"}
 
 
@@ -64,7 +65,8 @@ def test_help_defaults_and_bounds_come_from_the_options(tmp_path):
 
 def test_flat_values_build_the_groups():
     options = AnnotateOptions.from_flat(**EXAMPLE)
-    assert options.read == ReadOptions(layer="counts", use_raw=True, gene_key="symbol", species="mouse", input_scale="ln")
+    assert options.read == ReadOptions(layer="counts", use_raw=True, gene_key="symbol", species="mouse", input_scale="ln",
+                                        batch_key="sample")
     assert options.neighbours == NeighbourFilter(datasets=("a", "b"), labels=("x",), exclude_labels=("y",), level="harmonised")
     assert options.flat()["datasets"] == ("a", "b") and options.k == 7
     assert AnnotateOptions.from_flat(datasets="a").neighbours.datasets == ("a",)

@@ -223,3 +223,37 @@ def test_a_whole_query_on_a_weak_random_panel_keeps_its_balanced_centring(baron)
         result = annotate(query, root, novelty=False, min_score=0.0)
     truth = query.obs[LABEL].astype(str).to_numpy()
     assert (result.table["raw_label"].astype(str).to_numpy() == truth).mean() >= 0.45
+
+
+def test_a_query_of_two_conditions_is_centred_batch_by_batch(pbmc):
+    import anndata as ad
+
+    root, _, _ = pbmc
+    sources = load_sources(kang_cells=1000)
+    both = ad.concat([sources["kang_ctrl"], sources["kang_stim"]], label="condition", keys=["ctrl", "stim"],
+                     index_unique="-")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ScreaderWarning)
+        pooled = annotate(both, root)
+        batched = annotate(both, root, batch_key="condition")
+        alone = {name: annotate(both[both.obs["condition"] == name].copy(), root) for name in ("ctrl", "stim")}
+    # each condition is embedded exactly as it would be queried alone, then searched and voted with the other
+    for name, result in alone.items():
+        rows = np.flatnonzero(both.obs["condition"].to_numpy() == name)
+        np.testing.assert_allclose(batched.embeddings[rows], result.embeddings, atol=1e-6)
+        same = float((batched.table["raw_label"].to_numpy()[rows] == result.table["raw_label"].to_numpy()).mean())
+        assert same >= 0.98, (name, same)
+        assert batched.info["centring"]["batches"][name]["cells"] == len(rows)
+    assert batched.info["batch_key"] == "condition" and "batches" not in pooled.info["centring"]
+    # pooled, the stimulated cells' interferon shift moves the one centre both conditions are embedded from
+    assert not np.allclose(pooled.embeddings, batched.embeddings, atol=1e-3)
+
+
+def test_a_batch_column_must_exist_and_name_every_cell(pbmc):
+    root, query, _ = pbmc
+    with pytest.raises(InputDataError, match=r"--batch-key 'sample' is not an obs column of the query; columns present: "):
+        annotate(query, root, batch_key="sample")
+    holed = query.copy()
+    holed.obs["sample"] = ["a"] * (holed.n_obs - 3) + [None] * 3
+    with pytest.raises(InputDataError, match=r"3 cells have no value in obs column 'sample'; give them a batch"):
+        annotate(holed, root, batch_key="sample")
