@@ -186,6 +186,11 @@ def prepare_query(adata: Any, genes: list[str], *, layer: str | None = None, use
         The matrix, the genes, the values or the batch column are not usable; the message says why.
     """
     source = open_expression(adata, layer=layer, use_raw=use_raw, gene_key=gene_key)
+    if not source.obs.index.is_unique:
+        repeated = int(source.obs.index.duplicated().sum())
+        warnings.warn(f"{repeated:,} of the query's {source.n_cells:,} cell names repeat an earlier one; every result "
+                      "keeps the query's cell order, but a table joined by name will not line up: make them unique "
+                      "first (adata.obs_names_make_unique())", ScreaderWarning, stacklevel=3)
     if batch_key is not None:
         _check_batches(source, batch_key)
     mapping = map_genes(source, species=species)

@@ -257,3 +257,16 @@ def test_a_batch_column_must_exist_and_name_every_cell(pbmc):
     holed.obs["sample"] = ["a"] * (holed.n_obs - 3) + [None] * 3
     with pytest.raises(InputDataError, match=r"3 cells have no value in obs column 'sample'; give them a batch"):
         annotate(holed, root, batch_key="sample")
+
+
+def test_repeated_cell_names_are_warned_about_and_kept_in_order(pbmc):
+    root, query, _ = pbmc
+    repeated = query.copy()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # anndata's own note on non-unique names
+        repeated.obs_names = ["cell"] * repeated.n_obs
+    with pytest.warns(ScreaderWarning, match=rf"{repeated.n_obs - 1:,} of the query's {repeated.n_obs:,} cell names repeat "
+                                             r"an earlier one; .* \(adata.obs_names_make_unique\(\)\)"):
+        result = annotate(repeated, root)
+    assert list(result.table.index) == ["cell"] * repeated.n_obs
+    assert list(result.labels) == list(annotate(query, root).labels)
