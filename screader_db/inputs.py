@@ -324,6 +324,7 @@ MIN_LIBRARY_CELLS = 10
 HUGE_TOTAL = 1e8         # more than any normalisation (CP10k, CPM, TPM) or sequencing depth puts in one cell ...
 HUGE_SHARE = 0.1         # ... so an inverse giving it to this share of cells is not the values' own
 MAX_VALUES = 500_000     # the tests read the first rows holding this many values (at least MIN_ROWS rows): ~0.3 s
+MAX_DECIMALS = 3        # values rounded to at most this many decimal places are read as known to that step
 MIN_ROWS = 100
 
 
@@ -397,19 +398,44 @@ def unlog(values: np.ndarray, scale: str) -> np.ndarray:
         return np.expm1(values * base) if base != 1.0 else np.expm1(values)
 
 
-def _float_error(x: np.ndarray, value: np.ndarray, scale: str) -> np.ndarray | float:
-    """Relative error of ``value`` = f(x) when x carries float32 rounding: FLOAT_SLACK·|x·f'(x)/f(x)|.
+def _float_error(x: np.ndarray, value: np.ndarray, scale: str, step: float = 0.0) -> np.ndarray | float:
+    """Relative error of ``value`` = f(x) when x carries float32 rounding, or rounding to a decimal
+    ``step`` where that is larger: e·|f'(x)/f(x)| for an absolute error e of x.
 
-    After exp this grows with x (x·ln(base)·(1 + f)/f), which is why the slack is not a constant.
+    After exp this grows with x (e·ln(base)·(1 + f)/f), which is why the slack is not a constant.
     """
     base = LOG_BASE[scale]
+    error = np.maximum(FLOAT_SLACK * np.abs(x), step / 2)
     if base == 0.0:
-        return FLOAT_SLACK
-    return FLOAT_SLACK * base * np.abs(x) * (1.0 + value) / value
+        return error / np.abs(x)
+    return base * error * (1.0 + value) / value
 
 
-def _integer_share(X: sp.csr_matrix, scale: str) -> tuple[float, int]:
-    """Share of the scored values whose ratio to their cell's smallest value is an integer under ``scale``."""
+def decimal_step(data: np.ndarray) -> float:
+    """The decimal the values were rounded to (0.1, 0.01, ...; :data:`MAX_DECIMALS` places at most),
+    0 when they were not: exported tables often keep two or three places.
+
+    Parameters
+    ----------
+    data : numpy.ndarray
+        Nonzero values.
+
+    Returns
+    -------
+    float
+        The step, or 0.0.
+    """
+    values = np.asarray(data, dtype=np.float64)[:MAX_VALUES]
+    for places in range(1, MAX_DECIMALS + 1):
+        scaled = values * 10.0**places
+        if np.all(np.abs(scaled - np.round(scaled)) <= 4 * FLOAT_SLACK * np.maximum(np.abs(scaled), 1.0)):
+            return 10.0**-places
+    return 0.0
+
+
+def _integer_share(X: sp.csr_matrix, scale: str, step: float = 0.0) -> tuple[float, int]:
+    """Share of the scored values whose ratio to their cell's smallest value is an integer under ``scale``
+    (values known to ``step`` when rounded to a decimal)."""
     nnz = np.diff(X.indptr)
     rows = np.flatnonzero(nnz >= MIN_NONZERO)
     if not len(rows):
@@ -423,7 +449,7 @@ def _integer_share(X: sp.csr_matrix, scale: str) -> tuple[float, int]:
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
         value, unit = unlog(x, scale), unlog(x_min, scale)
         ratio = value / unit
-        tol = ratio * (REL_TOL + _float_error(x, value, scale) + _float_error(x_min, unit, scale))
+        tol = ratio * (REL_TOL + _float_error(x, value, scale, step) + _float_error(x_min, unit, scale, step))
         scored = np.isfinite(ratio) & np.isfinite(tol) & (tol <= MAX_TOL)
     if scored.sum() < MIN_SCORED:
         return float("nan"), int(scored.sum())
@@ -518,7 +544,9 @@ def detect_scale(X: sp.csr_matrix) -> ScaleEvidence:
 
     Counts are integers. Normalised values are counts times a per-cell factor, so under the
     right inverse each cell's values are integer multiples of its smallest one; the wrong
-    inverses give a share of integer ratios near chance. Values with no integer structure
+    inverses give a share of integer ratios near chance. Values rounded to a few decimals (an
+    exported table) are read as known to half that step (:func:`decimal_step`), which widens the
+    tolerance of each ratio accordingly. Values with no integer structure
     (TPM, log-normalised ambient-corrected counts) are told by the inverse under which every
     cell has the same total; failing that, values that every log inverse would turn into more
     than :data:`HUGE_TOTAL` in over :data:`HUGE_SHARE` of the cells (fractional counts, RPKM,
@@ -546,7 +574,8 @@ def detect_scale(X: sp.csr_matrix) -> ScaleEvidence:
         return ScaleEvidence(scale="counts", evidence=text)
     stop = max(int(np.searchsorted(X.indptr, MAX_VALUES, side="right")) - 1, MIN_ROWS)
     head = X[:stop]
-    found = {s: _integer_share(head, s) for s in LOG_BASE}
+    step = decimal_step(head.data)
+    found = {s: _integer_share(head, s, step) for s in LOG_BASE}
     shares = {s: share for s, (share, _) in found.items()}
     scored = {s: n for s, (_, n) in found.items()}
     totals = {s: _totals(head, s) for s in LOG_BASE}
@@ -555,6 +584,9 @@ def detect_scale(X: sp.csr_matrix) -> ScaleEvidence:
     found_scale = _by_integer_ratios(shares, scored, cvs) or _by_library(shares, cvs) or _by_totals(shares, cvs, huge)
     if found_scale is None:
         raise _undetected(float(data.max()), shares, cvs)
+    if step:
+        found_scale = replace(found_scale, evidence=f"{found_scale.evidence}; every value is rounded to {step:g}, so each "
+                                                    f"is read as known to within {step / 2:g}")
     return found_scale
 
 

@@ -45,6 +45,14 @@ def _log10(query):
     return _with_matrix(query, out)
 
 
+def _rounded(query, places):
+    """As an exported table keeps it: each value rounded to a few decimals."""
+    X = sp.csr_matrix(query.X, dtype=np.float32, copy=True)
+    X.data = np.round(X.data, places).astype(np.float32)
+    X.eliminate_zeros()
+    return _with_matrix(query, X)
+
+
 def _fractional(query):
     """Expected counts, as from a read aligner: a fraction added to 30% of the values."""
     X = sp.csr_matrix(query.X, dtype=np.float32, copy=True)
@@ -59,10 +67,11 @@ def test_every_input_scale_is_detected_and_gives_the_labels_of_the_counts(which,
     counts = annotate(query, root)
     assert counts.info["input_kind"] == "counts"
     variants = {name: _scaled(query, name) for name in SCALES} | {"log10(1+CP10k)": _log10(query),
-                                                                  "expected counts": _fractional(query)}
+                                                                  "expected counts": _fractional(query),
+                                                                  "log2(1+CPM), 2 decimals": _rounded(_scaled(query, "log2(1+CPM)"), 2)}
     for name, changed in variants.items():
         result = annotate(changed, root)
-        expected = (SCALES | {"log10(1+CP10k)": "log10", "expected counts": "linear"})[name]
+        expected = (SCALES | {"log10(1+CP10k)": "log10", "expected counts": "linear", "log2(1+CPM), 2 decimals": "log2"})[name]
         assert result.info["input_kind"] == expected, (name, result.info["input_scale_evidence"])
         same = float((result.labels.to_numpy() == counts.labels.to_numpy()).mean())
         assert same >= 0.98, f"{name}: {same:.3f} of labels as with counts"
