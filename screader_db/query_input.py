@@ -195,6 +195,11 @@ def prepare_query(adata: Any, genes: list[str], *, layer: str | None = None, use
         _check_batches(source, batch_key)
     mapping = map_genes(source, species=species)
     plan = plan_genes(mapping.symbols, genes)
+    raw = None if use_raw or layer else getattr(adata, "raw", None)
+    if raw is not None and raw.shape[1] > source.n_genes and plan.matched < PANEL_SHARE * len(genes):
+        warnings.warn(f"the query's .X holds {source.n_genes:,} genes and its .raw {raw.shape[1]:,}: .X has "
+                      f"{plan.matched:,} of the atlas's {len(genes):,}; pass --use-raw to read every gene of .raw",
+                      ScreaderWarning, stacklevel=3)
     if check_overlap:
         _check_overlap(plan, len(genes), source.names, mapping)
     scale = input_scale_of(source, input_scale)

@@ -279,3 +279,17 @@ def test_repeated_cell_names_are_warned_about_and_kept_in_order(pbmc):
         result = annotate(repeated, root)
     assert list(result.table.index) == ["cell"] * repeated.n_obs
     assert list(result.labels) == list(annotate(query, root).labels)
+
+
+def test_a_query_of_variable_genes_beside_a_whole_raw_is_told_to_read_raw(pbmc):
+    root, query, _ = pbmc
+    logged = _scaled(query, "ln(1+CP10k)")
+    logged.raw = logged
+    chosen = _variable_symbols(logged, 500)
+    variable = logged[:, logged.var_names.isin(chosen)].copy()  # as scanpy leaves it: .X cut to variable genes
+    with pytest.warns(ScreaderWarning, match=rf"the query's .X holds {variable.n_vars} genes and its .raw {query.n_vars:,}: "
+                                             r".* pass --use-raw to read every gene of .raw"):
+        annotate(variable, root)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ScreaderWarning)
+        annotate(variable, root, use_raw=True)
