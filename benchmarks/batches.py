@@ -12,13 +12,13 @@ three seeded draws of the Kang cells.
 
 from __future__ import annotations
 
-import argparse
 import tempfile
 import time
 import warnings
 from pathlib import Path
 
 import numpy as np
+from markdown_report import arguments, publish
 
 CASES = (("pbmc3k", ("kang_ctrl", "kang_stim")), ("kang_ctrl", ("pbmc3k", "kang_stim")),
          ("kang_stim", ("pbmc3k", "kang_ctrl")))
@@ -65,17 +65,11 @@ def report(rows: list[tuple[int, str, str, list[float], list[float]]]) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, default=None)
-    args = parser.parse_args()
+    args = arguments(__doc__).parse_args()
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as workdir:
         rows = measure(Path(workdir))
-    text = report(rows) + f"\n\n{time.perf_counter() - start:.0f} s\n"
-    print(text)
-    if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text)
+    publish(report(rows), start, args.out)
 
 
 if __name__ == "__main__":

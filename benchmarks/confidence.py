@@ -15,7 +15,6 @@ figures are those of constants that never saw the task.
 
 from __future__ import annotations
 
-import argparse
 import re
 import tempfile
 import time
@@ -24,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from markdown_report import arguments, publish
 
 OPTIONAL = ("second_opinion", "evidence")  # the inputs a call may lack (screader_db.confidence.FORMS)
 TWO = ("agreement",)
@@ -128,8 +128,7 @@ def report(frame: pd.DataFrame) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, default=None)
+    parser = arguments(__doc__)
     parser.add_argument("--cells", type=Path, default=None,
                         help="Parquet of the per-cell signals: written after a run, read instead of running if it exists.")
     args = parser.parse_args()
@@ -141,11 +140,7 @@ def main() -> None:
             frame = collect(Path(workdir))
         if args.cells is not None:
             frame.to_parquet(args.cells)
-    text = report(frame) + f"\n\n{time.perf_counter() - start:.0f} s\n"
-    print(text)
-    if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text)
+    publish(report(frame), start, args.out)
 
 
 if __name__ == "__main__":

@@ -13,11 +13,10 @@ on its own mean). Accuracy is the share of the query's cells given its label.
 
 from __future__ import annotations
 
-import argparse
 import time
-from pathlib import Path
 
 import pandas as pd
+from markdown_report import arguments, publish
 
 from screader_db import centring
 from screader_db.evaluation import ABSTENTION, MethodSpec, Task, evaluate, standard_specs
@@ -84,15 +83,11 @@ def markdown(table: pd.DataFrame) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, required=True)
+    parser = arguments(__doc__, out_required=True)
     parser.add_argument("--min-cells", type=int, default=30)
     args = parser.parse_args()
     start = time.perf_counter()
-    text = markdown(run(args.min_cells)) + f"\n\n{time.perf_counter() - start:.0f} s in all\n"
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text)
-    print(text)
+    publish(markdown(run(args.min_cells)), start, args.out, note=" in all")
 
 
 if __name__ == "__main__":

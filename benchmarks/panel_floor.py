@@ -11,9 +11,9 @@ clearly above labelling every cell with the reference's most common label.
 
 from __future__ import annotations
 
-import argparse
 import time
-from pathlib import Path
+
+from markdown_report import arguments, publish
 
 from screader_db import query_input
 from screader_db.evaluation import MethodSpec, Task, evaluate
@@ -24,10 +24,9 @@ BASES = (("pbmc3k", "kang_ctrl"), ("baron_human", "baron_mouse"))
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = arguments(__doc__)
     parser.add_argument("--sizes", default=",".join(map(str, SIZES)))
     parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
     query_input.MIN_PANEL_GENES = 1  # measure below today's floor too: the floor is what this chooses
@@ -57,11 +56,7 @@ def main() -> None:
     for (base, genes), row in table.iterrows():
         lines.append(f"| {base} | {genes} | {row[('mean', 'marker (default)')]:.3f}, {row[('min', 'marker (default)')]:.3f} | "
                      f"{row[('mean', 'expression kNN')]:.3f}, {row[('min', 'expression kNN')]:.3f} | {chance[base]:.3f} |")
-    text = "\n".join(lines) + f"\n\n{time.perf_counter() - start:.0f} s, {args.seeds} seeds per size\n"
-    print(text)
-    if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text)
+    publish("\n".join(lines), start, args.out, note=f", {args.seeds} seeds per size")
 
 
 if __name__ == "__main__":

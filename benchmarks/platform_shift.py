@@ -19,13 +19,12 @@ variants.
 
 from __future__ import annotations
 
-import argparse
 import time
 import warnings
-from pathlib import Path
 from typing import Any
 
 import numpy as np
+from markdown_report import arguments, publish
 
 DIRECTIONS = (("baron_human", "baron_mouse"), ("pbmc3k", "kang_ctrl"), ("kang_ctrl", "pbmc3k"))
 SHIFTS = (("gene capture", 0.7), ("gene capture", 1.2), ("full-length reads", 1.0), ("full-length reads", 1.5))
@@ -95,9 +94,7 @@ def report(frame: Any) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, default=None)
-    args = parser.parse_args()
+    args = arguments(__doc__).parse_args()
     from screader_db.evaluation import evaluate, standard_specs
 
     start = time.perf_counter()
@@ -105,11 +102,7 @@ def main() -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         result = evaluate(tasks(), specs)
-    text = report(result.frame()) + f"\n\n{time.perf_counter() - start:.0f} s\n"
-    print(text)
-    if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text)
+    publish(report(result.frame()), start, args.out)
 
 
 if __name__ == "__main__":

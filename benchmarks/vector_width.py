@@ -15,7 +15,6 @@ product's own vote (its "same as product" share is the check).
 
 from __future__ import annotations
 
-import argparse
 import re
 import tempfile
 import time
@@ -25,6 +24,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from markdown_report import arguments, publish
 
 WIDTHS = (16, 32, 64, 128, 256)
 K = 15
@@ -132,17 +132,11 @@ def report(frame: pd.DataFrame) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, default=None)
-    args = parser.parse_args()
+    args = arguments(__doc__).parse_args()
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as workdir:
         frame = measure(Path(workdir))
-    text = report(frame) + f"\n\n{time.perf_counter() - start:.0f} s\n"
-    print(text)
-    if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text)
+    publish(report(frame), start, args.out)
 
 
 if __name__ == "__main__":
