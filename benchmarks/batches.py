@@ -12,13 +12,11 @@ three seeded draws of the Kang cells.
 
 from __future__ import annotations
 
-import tempfile
-import time
 import warnings
 from pathlib import Path
 
 import numpy as np
-from markdown_report import arguments, publish
+from markdown_report import measure_in_workdir
 
 CASES = (("pbmc3k", ("kang_ctrl", "kang_stim")), ("kang_ctrl", ("pbmc3k", "kang_stim")),
          ("kang_stim", ("pbmc3k", "kang_ctrl")))
@@ -65,11 +63,7 @@ def report(rows: list[tuple[int, str, str, list[float], list[float]]]) -> str:
 
 
 def main() -> None:
-    args = arguments(__doc__).parse_args()
-    start = time.perf_counter()
-    with tempfile.TemporaryDirectory() as workdir:
-        rows = measure(Path(workdir))
-    publish(report(rows), start, args.out)
+    measure_in_workdir(__doc__, measure, report)
 
 
 if __name__ == "__main__":

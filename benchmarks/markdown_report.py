@@ -4,8 +4,11 @@ printed with its elapsed time and written where ``--out`` says."""
 from __future__ import annotations
 
 import argparse
+import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 
 def arguments(doc: str, *, out_required: bool = False) -> argparse.ArgumentParser:
@@ -47,3 +50,23 @@ def publish(text: str, started: float, out: Path | None, *, note: str = "") -> N
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(text)
+
+
+def measure_in_workdir(doc: str, measure: Callable[[Path], Any], report: Callable[[Any], str]) -> None:
+    """The whole run of a benchmark that measures in a scratch folder: parse ``--out``, ``measure`` in a
+    temporary folder, then :func:`publish` its ``report``.
+
+    Parameters
+    ----------
+    doc : str
+        The script's ``__doc__``.
+    measure : callable
+        Takes the scratch folder, returns what ``report`` reads.
+    report : callable
+        Turns the measurements into Markdown.
+    """
+    args = arguments(doc).parse_args()
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory() as workdir:
+        found = measure(Path(workdir))
+    publish(report(found), started, args.out)

@@ -16,15 +16,13 @@ product's own vote (its "same as product" share is the check).
 from __future__ import annotations
 
 import re
-import tempfile
-import time
 import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
-from markdown_report import arguments, publish
+from markdown_report import measure_in_workdir
 
 WIDTHS = (16, 32, 64, 128, 256)
 K = 15
@@ -132,11 +130,7 @@ def report(frame: pd.DataFrame) -> str:
 
 
 def main() -> None:
-    args = arguments(__doc__).parse_args()
-    start = time.perf_counter()
-    with tempfile.TemporaryDirectory() as workdir:
-        frame = measure(Path(workdir))
-    publish(report(frame), start, args.out)
+    measure_in_workdir(__doc__, measure, report)
 
 
 if __name__ == "__main__":
