@@ -1046,7 +1046,7 @@ def _centring(embedder: Any, query: PreparedQuery, center: str | None, fits: lis
     each = {}
     for (name, rows), fit in zip(batches, fits, strict=True):
         on = fit.describe() if fit is not None else {"on": _CENTRES[embedder.centre_mode(len(rows), center)]}
-        each[name] = {"cells": len(rows), **on}
+        each[name] = {"cells": len(rows), **on, "on": on["on"].replace("the query's", "the batch's")}
     return {"on": f"each batch's own centre ({len(batches)} batches of obs {query.batch_key!r})", "batches": each}
 
 
