@@ -999,6 +999,9 @@ def annotate(adata: Any, atlas: str | Path | store.Atlas, *, options: AnnotateOp
         with clock("assemble"):
             result = assemble(plan, prepared, vectors, neighbours, votes, labelled, second)
         result.info.update(source)
+        if prepared.whole.source.held:
+            result.info["input_format_evidence"] = (f"{result.info.get('input_format_evidence', '')}; stored dense or by "
+                                                    "column, so read once into memory as a sparse matrix").lstrip("; ")
         result.info["centring"] = _centring(answering.embedder, prepared.query, options.center, fits)
         result.info["stage_seconds"] = clock.seconds
         return result

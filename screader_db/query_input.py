@@ -21,6 +21,7 @@ from screader_db.inputs import (
     CHUNK,
     ExpressionSource,
     GenePlan,
+    held_in_memory,
     input_scale_of,
     map_genes,
     open_expression,
@@ -203,8 +204,8 @@ def prepare_query(adata: Any, genes: list[str], *, layer: str | None = None, use
     if check_overlap:
         _check_overlap(plan, len(genes), source.names, mapping)
     scale = input_scale_of(source, input_scale)
-    return PreparedQuery(source=source, mapping=mapping, plan=plan, kind=scale.scale, evidence=scale.evidence,
-                         batch_key=batch_key)
+    return PreparedQuery(source=held_in_memory(source), mapping=mapping, plan=plan, kind=scale.scale,
+                         evidence=scale.evidence, batch_key=batch_key)
 
 
 def _check_batches(source: ExpressionSource, batch_key: str) -> None:

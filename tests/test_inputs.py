@@ -11,9 +11,11 @@ from screader_db.inputs import (
     ExpressionSource,
     check_values,
     detect_scale,
+    held_in_memory,
     input_scale_of,
     load_expression,
     normalise,
+    open_expression,
     plan_genes,
     read_h5ad,
 )
@@ -245,3 +247,22 @@ def test_input_is_not_changed_and_alignment_zero_fills(counts_adata):
     X = expr.X
     assert X.shape == (counts_adata.n_obs, 3)
     assert X[:, 1].nnz == 0
+
+
+@pytest.mark.parametrize("stored", ["dense", "csc", "csr"])
+def test_a_matrix_stored_dense_or_by_column_is_read_into_memory_once(counts_adata, tmp_path, stored, monkeypatch):
+    import screader_db.inputs as inputs
+
+    adata = counts_adata.copy()
+    adata.X = {"dense": np.asarray(sp.csr_matrix(adata.X).todense()), "csc": sp.csc_matrix(adata.X),
+               "csr": sp.csr_matrix(adata.X)}[stored]
+    adata.write_h5ad(tmp_path / "q.h5ad")
+    backed = read_h5ad(tmp_path / "q.h5ad", backed=True)
+    source = open_expression(backed)
+    held = held_in_memory(source)
+    assert held.held == (stored != "csr")
+    assert (held.matrix is source.matrix) == (stored == "csr")
+    expected = sp.csr_matrix(counts_adata.X, dtype=np.float32)
+    assert abs(held.rows(0, held.n_cells) - expected).max() == 0
+    monkeypatch.setattr(inputs, "HOLD_BYTES", 0)  # too large to hold: read from the file as before
+    assert not held_in_memory(open_expression(backed)).held

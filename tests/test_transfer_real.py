@@ -293,3 +293,14 @@ def test_a_query_of_variable_genes_beside_a_whole_raw_is_told_to_read_raw(pbmc):
     with warnings.catch_warnings():
         warnings.simplefilter("error", ScreaderWarning)
         annotate(variable, root, use_raw=True)
+
+
+def test_a_query_stored_dense_is_read_once_and_answered_as_from_memory(pbmc, tmp_path):
+    root, query, _ = pbmc
+    dense = query.copy()
+    dense.X = np.asarray(sp.csr_matrix(dense.X).todense())
+    dense.write_h5ad(tmp_path / "dense.h5ad", compression="gzip")  # as many older files hold X
+    from_file = annotate(tmp_path / "dense.h5ad", root)
+    assert from_file.info["input_format_evidence"].endswith("stored dense or by column, so read once into memory "
+                                                              "as a sparse matrix")
+    assert list(from_file.labels) == list(annotate(query, root).labels)
