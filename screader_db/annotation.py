@@ -1033,7 +1033,7 @@ def second_opinion(plan: Plan, prepared: Prepared, *, chunk: int = CHUNK, report
                 chunk=chunk, reporter=reporter)
 
 
-_CENTRES = {"reference": "the reference's centre", "query": "the query's mean", "balanced": "the query's balanced mean"}
+_CENTRES = {"reference": "the reference's centre", "query": "the {whose}'s mean", "balanced": "the {whose}'s balanced mean"}
 
 
 def _centring(embedder: Any, query: PreparedQuery, center: str | None, fits: list[Any]) -> dict[str, Any]:
@@ -1045,11 +1045,13 @@ def _centring(embedder: Any, query: PreparedQuery, center: str | None, fits: lis
         return {"on": "nothing (a learned method does not centre)"}
     batches = query.batches()
     if len(batches) == 1:
-        return fits[0].describe() if fits else {"on": _CENTRES[embedder.centre_mode(query.stream.n_cells, center)]}
+        mode = embedder.centre_mode(query.stream.n_cells, center)
+        return fits[0].describe() if fits else {"on": _CENTRES[mode].format(whose="query")}
     each = {}
     for (name, rows), fit in zip(batches, fits, strict=True):
-        on = fit.describe() if fit is not None else {"on": _CENTRES[embedder.centre_mode(len(rows), center)]}
-        each[name] = {"cells": len(rows), **on, "on": on["on"].replace("the query's", "the batch's")}
+        mode = embedder.centre_mode(len(rows), center)
+        on = fit.describe("batch") if fit is not None else {"on": _CENTRES[mode].format(whose="batch")}
+        each[name] = {"cells": len(rows), **on}
     return {"on": f"each batch's own centre ({len(batches)} batches of obs {query.batch_key!r})", "batches": each}
 
 

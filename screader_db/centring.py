@@ -149,8 +149,13 @@ class OffsetFit:
         return (self.matched > self.balanced + MATCH_MARGIN
                 and self.matched_misfit < MISFIT_RATIO * self.balanced_misfit)
 
-    def describe(self) -> dict[str, Any]:
+    def describe(self, whose: str = "query") -> dict[str, Any]:
         """The query info entry: which centre was used and the figures that chose it.
+
+        Parameters
+        ----------
+        whose : str
+            What was centred, as the entry names it: ``query``, or ``batch`` for one batch of a query.
 
         Returns
         -------
@@ -159,7 +164,7 @@ class OffsetFit:
             ``misfit_ratio`` (the offset's misfit over the balanced mean's).
         """
         ratio = self.matched_misfit / self.balanced_misfit if self.balanced_misfit > 0 else 0.0
-        return {"on": "the reference's centre plus the query's offset" if self.better else "the query's balanced mean",
+        return {"on": f"the reference's centre plus the {whose}'s offset" if self.better else f"the {whose}'s balanced mean",
                 "cosine_with_offset": round(self.matched, 4), "cosine_balanced": round(self.balanced, 4),
                 "misfit_ratio": round(ratio, 4)}
 

@@ -267,7 +267,7 @@ def open_expression(adata: Any, *, layer: str | None = None, use_raw: bool = Fal
 # older .h5ad files hold X, or by column) is read into memory as CSR once, when its estimated CSR
 # size is at most this: a query reads its matrix several times (centring, embedding, the novelty
 # check, the second opinion, the marker evidence). Kang's 13,576 x 14,053 dense gzip X (9.5 million
-# values, 76 MB as CSR): a query against pbmc3k took 26.6 s read backed, 9.8 s from memory.
+# values, 76 MB as CSR): a query against pbmc3k took 26.6 s read backed, 15.7 s held (the one read included).
 HOLD_BYTES = 2 * 1024**3
 HOLD_SAMPLE = 500
 
