@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 from collections import OrderedDict
@@ -16,6 +17,12 @@ from screader_db.errors import InputDataError
 GENE_TABLE_ENTRY = "gene_table_human"
 ORTHOLOG_ENTRY = "orthologs_human_mouse_all"
 ENSEMBL_RE = re.compile(r"^ENS[A-Z]*G\d{6,}(\.\d+)?$")
+# Decorations that tools add to gene names: a reference genome's prefix (Cell Ranger's multi-genome
+# references: GRCh38_CD3E, mm10-Cd3e), a chromosome suffix (CEL-seq tables: A1BG-AS1__chr19), and an
+# Ensembl id joined to the symbol (ENSG00000121410|A1BG, A1BG_ENSG00000121410).
+GENOME_PREFIX_RE = re.compile(r"^(?:GRCh3[78]|hg19|hg38|GRCm3[89]|mm10|mm39)[_-]+(?=.)", re.IGNORECASE)
+CHROMOSOME_SUFFIX_RE = re.compile(r"(?<=.)__chr[0-9A-Za-z._]*$")
+JOINED_RE = re.compile(r"^(?P<a>[^|]+?)[|:_](?P<b>ENS[A-Z]*G\d{6,}(?:\.\d+)?)$|^(?P<c>ENS[A-Z]*G\d{6,}(?:\.\d+)?)[|:_](?P<d>.+)$")
 SPECIES = ("human", "mouse")
 MAPPINGS_KEPT = 8  # gene-name lists whose mapping a resolver keeps
 
@@ -70,6 +77,48 @@ def load_orthologs() -> dict[str, str]:
     return dict(zip(single.index, single["first"], strict=True))
 
 
+def plain_names(name: str) -> tuple[str, ...]:
+    """The forms a decorated gene name may be known by, the symbol first; empty when it is not decorated.
+
+    Parameters
+    ----------
+    name
+        A gene name as a data set gives it.
+
+    Returns
+    -------
+    tuple of str
+        ``("CD3E",)`` for ``GRCh38_CD3E`` or ``CD3E__chr11``; ``("A1BG", "ENSG00000121410")`` for
+        ``ENSG00000121410|A1BG``; ``()`` for a plain name.
+    """
+    plain = CHROMOSOME_SUFFIX_RE.sub("", GENOME_PREFIX_RE.sub("", name))
+    joined = JOINED_RE.match(plain)
+    if joined is not None:
+        symbol, ensembl = (joined["a"], joined["b"]) if joined["a"] is not None else (joined["d"], joined["c"])
+        return tuple(dict.fromkeys([*plain_names(symbol), symbol, ensembl]))
+    if "|" in plain:
+        return tuple(part for part in plain.split("|") if part)
+    return (plain,) if plain != name else ()
+
+
+def is_position_index(names: Sequence[str]) -> bool:
+    """Whether names are the row positions an index falls back to (``0 … n-1`` or ``1 … n``), not gene ids.
+
+    Parameters
+    ----------
+    names
+        Gene names.
+
+    Returns
+    -------
+    bool
+    """
+    if not names or not all(str(n).isdigit() for n in names):
+        return False
+    start = int(names[0])
+    return start in (0, 1) and all(int(n) == start + i for i, n in enumerate(names))
+
+
 def looks_like_ensembl(names: Sequence[str]) -> float:
     """Share of names that look like Ensembl gene ids (ENSG..., ENSMUSG..., with or without a version).
 
@@ -101,9 +150,10 @@ def detect_species(names: Sequence[str]) -> str:
     -------
     str
         ``mouse`` when most Ensembl ids are ENSMUSG or, for symbols, when most of the first 5,000
-        are capitalised (Gcg); ``human`` otherwise (GCG).
+        are capitalised (Gcg); ``human`` otherwise (GCG). Decorations (:func:`plain_names`) are set aside.
     """
-    letters = [str(n) for n in names[:5000] if re.search("[A-Za-z]{2}", str(n))]
+    names = [(plain_names(str(n)) or (str(n),))[0] for n in names[:5000]]
+    letters = [n for n in names if re.search("[A-Za-z]{2}", n)]
     if looks_like_ensembl(names) > 0.5:
         return "mouse" if sum(str(n).startswith("ENSMUSG") for n in names[:2000]) > len(names[:2000]) / 2 else "human"
     if not letters:
@@ -127,7 +177,9 @@ class GeneMapping:
     n_mapped
         Number of names with a human symbol.
     how
-        Names per way of mapping: ``symbol``, ``alias``, ``ensembl``, ``ortholog``, ``same-name``, ``unmapped``.
+        Names per way of mapping: ``symbol``, ``alias``, ``ensembl``, ``entrez``, ``ortholog``,
+        ``same-name``, ``unmapped``; ``decorated`` counts, besides, the names mapped once their
+        decorations were set aside (:func:`plain_names`).
     """
 
     symbols: list[str]
@@ -174,7 +226,12 @@ class GeneResolver:
             self._orthologs = load_orthologs()
         return self._orthologs
 
-    def _human(self, name: str) -> tuple[str, str]:
+    @functools.cached_property
+    def entrez(self) -> dict[str, str]:
+        """Entrez gene id (as text) -> human symbol."""
+        return {str(e): s for e, s in zip(self.table["entrez_id"], self.table["symbol"], strict=True)}
+
+    def _human(self, name: str, numbers: bool = True) -> tuple[str, str]:
         if name in self.symbols:
             return name, "symbol"
         key = name.upper()
@@ -185,14 +242,29 @@ class GeneResolver:
             return hit, "ensembl" if hit else "unmapped"
         if key in self.alias:
             return self.alias[key], "alias"
+        if numbers and name.isdigit() and name in self.entrez:
+            return self.entrez[name], "entrez"
         return "", "unmapped"
+
+    def _one(self, name: str, species: str, numbers: bool) -> tuple[str, str]:
+        """One name's human symbol and how it was found, as :meth:`map` reads names of ``species``."""
+        if species == "mouse" and not ENSEMBL_RE.match(name):
+            human = self.orthologs.get(name, "")
+            if human:
+                return human, "ortholog"
+            if name.upper() in self.upper and not name.isupper():
+                return self.upper[name.upper()], "same-name"
+            return "", "unmapped"
+        return self._human(name, numbers)
 
     def map(self, names: Sequence[str], *, species: str = "auto") -> GeneMapping:
         """Human symbols for ``names``.
 
         Human names are matched as symbols (in any case), then Ensembl ids (version dropped), then
-        aliases that name a single gene; mouse symbols through :attr:`orthologs`, else a human
-        symbol of the same name.
+        aliases that name a single gene, then Entrez ids (unless the names are just row positions,
+        :func:`is_position_index`); mouse symbols through :attr:`orthologs`, else a human symbol of
+        the same name. A name that maps to nothing is tried again without its decorations
+        (:func:`plain_names`: ``GRCh38_CD3E``, ``CD3E__chr11``, ``ENSG00000198851|CD3E``).
 
         Parameters
         ----------
@@ -231,14 +303,14 @@ class GeneResolver:
             raise InputDataError(message)
         how: dict[str, int] = {}
         out: list[str] = []
+        numbers = not is_position_index(names)
         for name in names:
-            if chosen == "mouse" and not ENSEMBL_RE.match(name):
-                human = self.orthologs.get(name, "")
-                kind = "ortholog" if human else "unmapped"
-                if not human and name.upper() in self.upper and not name.isupper():
-                    human, kind = self.upper[name.upper()], "same-name"
-            else:
-                human, kind = self._human(name)
+            human, kind = self._one(name, chosen, numbers)
+            for plain in () if human else plain_names(name):
+                human, kind = self._one(plain, chosen, numbers)
+                if human:
+                    how["decorated"] = how.get("decorated", 0) + 1
+                    break
             how[kind] = how.get(kind, 0) + 1
             out.append(human)
         mapped = sum(1 for s in out if s)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import shlex
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -19,7 +20,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from screader_db.errors import InputDataError
+from screader_db.errors import InputDataError, ScreaderWarning
 from screader_db.genes import GeneMapping, GeneResolver, default_resolver, looks_like_ensembl
 from screader_db.matrix_rows import check_structure, read_rows
 
@@ -105,6 +106,10 @@ class ExpressionSource:
         offered when this one's values cannot be used.
     held : bool
         Whether the matrix, stored on disk dense or by column, was read into memory (:func:`held_in_memory`).
+    gene_key : str or None
+        The var column the names come from; None for the var index.
+    columns_hint : str
+        When the names map poorly: the var columns whose names would map, for messages; else empty.
     """
 
     matrix: Any
@@ -115,6 +120,8 @@ class ExpressionSource:
     origin: str | None = None
     others: tuple[str, ...] = ()
     held: bool = False
+    gene_key: str | None = None
+    columns_hint: str = ""
     checked: bool = field(default=False, repr=False)
 
     @property
@@ -199,9 +206,69 @@ class ExpressionSource:
             yield start, self.rows(start, min(start + size, self.n_cells))
 
 
+# When the var index maps fewer than this share of its names to human symbols, a var column that maps
+# at least this share, and more than twice as many names as the index, names the genes
+# instead (files whose index holds internal ids or row numbers and a column the symbols).
+NAMES_SHARE = 0.5
+
+
+def _text_columns(var: pd.DataFrame) -> Iterator[tuple[str, list[str]]]:
+    """(name, values as text) for each var column of text without missing values."""
+    for column in var.columns:
+        values = var[column]
+        text = pd.api.types.is_object_dtype(values) or pd.api.types.is_string_dtype(values)
+        if not (text or isinstance(values.dtype, pd.CategoricalDtype)) or values.isna().any():
+            continue
+        yield str(column), [str(v) for v in values]
+
+
+def gene_column(var: pd.DataFrame, species: str = "auto") -> tuple[str, list[str]] | None:
+    """The var column to read gene names from when the var index does not name the genes.
+
+    Parameters
+    ----------
+    var : pandas.DataFrame
+        The matrix's gene metadata; its index is the var names.
+    species : str
+        ``human``, ``mouse`` or ``auto``, as the names will be mapped.
+
+    Returns
+    -------
+    tuple of (str, list of str) or None
+        The column and its names, when the index maps fewer than :data:`NAMES_SHARE` of its names
+        to human symbols and a column maps at least that share and more than twice as many; None
+        otherwise (the index names the genes).
+    """
+    resolver = default_resolver()
+    index = resolver.map([str(v) for v in var.index], species=species).n_mapped
+    if index >= NAMES_SHARE * len(var.index):
+        return None
+    best: tuple[str, list[str]] | None = None
+    most = max(2 * index, int(NAMES_SHARE * len(var.index)) - 1)
+    for column, names in _text_columns(var):
+        mapped = resolver.map(names, species=species).n_mapped
+        if mapped > most:
+            best, most = (column, names), mapped
+    return best
+
+
+def _columns_hint(var: pd.DataFrame, species: str) -> str:
+    """The var columns whose names map to human symbols, for a message about unmapped names."""
+    resolver = default_resolver()
+    found = []
+    for column, names in _text_columns(var):
+        mapped = resolver.map(names, species=species).n_mapped
+        if mapped:
+            found.append(f"{column!r} ({mapped:,} map)")
+    return f" Var columns whose names map: {', '.join(found)}." if found else ""
+
+
 def open_expression(adata: Any, *, layer: str | None = None, use_raw: bool = False,
-                    gene_key: str | None = None) -> ExpressionSource:
-    """Choose ``.X``, a layer or ``.raw`` and the gene names; checks shape and unique names.
+                    gene_key: str | None = None, species: str = "auto") -> ExpressionSource:
+    """Choose ``.X``, a layer or ``.raw`` and the gene names; checks the shape.
+
+    Without ``gene_key``, the names are the var index, or, where the index does not name the genes
+    and a var column does (:func:`gene_column`), that column, with a warning.
 
     Parameters
     ----------
@@ -213,6 +280,8 @@ def open_expression(adata: Any, *, layer: str | None = None, use_raw: bool = Fal
         Read ``.raw.X`` (and ``.raw.var``) instead of ``.X``.
     gene_key : str or None
         A var column of gene names to use instead of the var index.
+    species : str
+        ``human``, ``mouse`` or ``auto``: how names are read when a column is chosen for them.
 
     Returns
     -------
@@ -221,7 +290,8 @@ def open_expression(adata: Any, *, layer: str | None = None, use_raw: bool = Fal
     Raises
     ------
     InputDataError
-        The matrix is missing or empty, the layer or column is unknown, or gene names repeat.
+        The matrix is missing or empty, the layer or column is unknown, or no gene name maps to a human
+        symbol (with the var columns whose names would).
     """
     if use_raw and layer:
         raise InputDataError("choose either a layer or .raw, not both")
@@ -243,23 +313,31 @@ def open_expression(adata: Any, *, layer: str | None = None, use_raw: bool = Fal
         raise InputDataError("the data has zero cells")
     if matrix.shape[1] == 0:
         raise InputDataError("the data has zero genes")
-    names = [str(v) for v in var.index]
+    names, columns = [str(v) for v in var.index], ""
     if gene_key is not None:
         if gene_key not in var.columns:
             known = ", ".join(map(str, var.columns)) or "none"
             message = f"--gene-key {gene_key!r} is not a var column; columns present: {known}"
             raise InputDataError(message)
         names = [str(v) for v in var[gene_key].astype(str)]
+    else:
+        column = gene_column(var, species)
+        mapped = default_resolver().map(names, species=species).n_mapped
+        columns = _columns_hint(var, species) if column is None and mapped < NAMES_SHARE * len(names) else ""
+        if not mapped and column is None:
+            raise InputDataError(_unmapped_message(names, columns))
+        if column is not None:
+            gene_key, names = column
+            warnings.warn(f"the var names ({', '.join(map(str, var.index[:3]))}, ...) do not name genes; gene names "
+                          f"were read from var column {gene_key!r} ({', '.join(names[:3])}, ...); pass --gene-key to "
+                          "read another column", ScreaderWarning, stacklevel=3)
     duplicated = _duplicates(names)
     if duplicated:
-        shown = ", ".join(duplicated[:5])
-        message = (
-            f"{len(duplicated)} gene names occur more than once ({shown}...); make them unique "
-            "(adata.var_names_make_unique()) or pass --gene-key with a column of unique names"
-        )
-        raise InputDataError(message)
+        warnings.warn(f"{len(duplicated):,} gene names occur more than once ({', '.join(duplicated[:5])}, ...): the "
+                      "values of each name are summed, as those of genes that map to one symbol are", ScreaderWarning,
+                      stacklevel=3)
     origin = getattr(adata, "filename", None)
-    return ExpressionSource(matrix=matrix, names=names, obs=adata.obs, where=where,
+    return ExpressionSource(matrix=matrix, names=names, obs=adata.obs, where=where, gene_key=gene_key, columns_hint=columns,
                             origin=None if origin is None else str(origin), others=_other_matrices(adata, where))
 
 
@@ -874,16 +952,16 @@ def map_genes(source: ExpressionSource, *, species: str = "auto", resolver: Gene
     """
     mapping = (resolver or default_resolver()).map(source.names, species=species)
     if mapping.n_mapped == 0:
-        hint = ""
-        if looks_like_ensembl(source.names) > 0.5:
-            hint = " The names look like Ensembl ids."
-        message = (
-            f"none of the {len(source.names)} gene names could be mapped to human gene symbols "
-            f"(first names: {', '.join(source.names[:5])}).{hint} Pass --gene-key with a var column of symbols, "
-            "or --species if the guess was wrong"
-        )
-        raise InputDataError(message)
+        raise InputDataError(_unmapped_message(source.names))
     return mapping
+
+
+def _unmapped_message(names: list[str], columns: str = "") -> str:
+    """Why no gene name maps, and how to fix it; ``columns`` names the var columns that would map."""
+    hint = " The names look like Ensembl ids." if looks_like_ensembl(names) > 0.5 else ""
+    return (f"none of the {len(names)} gene names could be mapped to human gene symbols "
+            f"(first names: {', '.join(names[:5])}).{hint}{columns} Pass --gene-key with a var column of symbols, "
+            "or --species if the guess was wrong")
 
 
 @dataclass
@@ -947,7 +1025,7 @@ def load_expression(adata: Any, *, layer: str | None = None, use_raw: bool = Fal
     """
     from screader_db.expression_stream import ExpressionStream
 
-    source = open_expression(adata, layer=layer, use_raw=use_raw, gene_key=gene_key)
+    source = open_expression(adata, layer=layer, use_raw=use_raw, gene_key=gene_key, species=species)
     mapping = map_genes(source, species=species, resolver=resolver)
     plan = plan_genes(mapping.symbols, target)
     scale = input_scale_of(source, input_scale)

@@ -42,9 +42,11 @@ MIN_PANEL_GENES = 75
 SILENT_MEAN = 0.01
 
 
-def _names_hint(names: list[str], mapping: GeneMapping) -> str:
+def _names_hint(source: ExpressionSource, mapping: GeneMapping) -> str:
     """What the query's gene names look like, and how to fix the mapping, when too few match."""
+    names = source.names
     hint = f"How the query's {mapping.n_input:,} genes mapped: {mapping.how}; first names: {', '.join(names[:5])}."
+    hint += source.columns_hint
     if looks_like_ensembl(names) > 0.5:
         hint += " The query's genes look like Ensembl ids (ENSG...); pass --gene-key with a var column of symbols."
     elif mapping.species == "human" and sum(n[:1].isupper() and n[1:2].islower() for n in names[:500]) > 100:
@@ -52,18 +54,18 @@ def _names_hint(names: list[str], mapping: GeneMapping) -> str:
     return hint
 
 
-def _overlap_error(matched: int, n_atlas: int, names: list[str], mapping: GeneMapping) -> GeneOverlapError:
+def _overlap_error(matched: int, n_atlas: int, source: ExpressionSource, mapping: GeneMapping) -> GeneOverlapError:
     message = (
         f"only {matched} of the atlas's {n_atlas:,} genes are in the query ({matched / n_atlas:.0%}; "
-        f"at least {MIN_OVERLAP:.0%} is needed). {_names_hint(names, mapping)}"
+        f"at least {MIN_OVERLAP:.0%} is needed). {_names_hint(source, mapping)}"
     )
     return GeneOverlapError(message)
 
 
-def _check_overlap(plan: GenePlan, n_atlas: int, names: list[str], mapping: GeneMapping) -> None:
+def _check_overlap(plan: GenePlan, n_atlas: int, source: ExpressionSource, mapping: GeneMapping) -> None:
     share = plan.matched / n_atlas
     if share < MIN_OVERLAP:
-        raise _overlap_error(plan.matched, n_atlas, names, mapping)
+        raise _overlap_error(plan.matched, n_atlas, source, mapping)
     if share < WARN_OVERLAP:
         warnings.warn(f"only {plan.matched} of the atlas's {n_atlas:,} genes ({share:.0%}) are in the query; "
                       "labels may be less reliable", ScreaderWarning, stacklevel=4)
@@ -186,7 +188,7 @@ def prepare_query(adata: Any, genes: list[str], *, layer: str | None = None, use
     InputDataError
         The matrix, the genes, the values or the batch column are not usable; the message says why.
     """
-    source = open_expression(adata, layer=layer, use_raw=use_raw, gene_key=gene_key)
+    source = open_expression(adata, layer=layer, use_raw=use_raw, gene_key=gene_key, species=species)
     if not source.obs.index.is_unique:
         repeated = int(source.obs.index.duplicated().sum())
         warnings.warn(f"{repeated:,} of the query's {source.n_cells:,} cell names repeat an earlier one; every result "
@@ -202,7 +204,7 @@ def prepare_query(adata: Any, genes: list[str], *, layer: str | None = None, use
                       f"{plan.matched:,} of the atlas's {len(genes):,}; pass --use-raw to read every gene of .raw",
                       ScreaderWarning, stacklevel=3)
     if check_overlap:
-        _check_overlap(plan, len(genes), source.names, mapping)
+        _check_overlap(plan, len(genes), source, mapping)
     scale = input_scale_of(source, input_scale)
     return PreparedQuery(source=held_in_memory(source), mapping=mapping, plan=plan, kind=scale.scale,
                          evidence=scale.evidence, batch_key=batch_key)
@@ -320,7 +322,7 @@ def fit_to_panel(query: PreparedQuery, opened: store.Atlas, *, datasets: list[st
         return replace(own, panel={"used": False, "silent_missing_genes": silent})
     stored = opened.expression_genes(datasets)
     if not stored or embedder.method in LEARNED_METHODS:
-        _check_overlap(query.plan, len(embedder.genes), query.source.names, query.mapping)
+        _check_overlap(query.plan, len(embedder.genes), query.source, query.mapping)
         return own
     shared = sorted(set(query.mapping.symbols) & set(stored))
     if len(shared) < MIN_PANEL_GENES:
@@ -328,7 +330,7 @@ def fit_to_panel(query: PreparedQuery, opened: store.Atlas, *, datasets: list[st
             f"the query shares only {len(shared)} genes with the atlas's reference ({len(stored):,} genes); at least "
             f"{MIN_PANEL_GENES} are needed (with fewer, panels in the transfer suite were labelled no better than by "
             f"giving every cell the most common label). Query with a file that measures more genes (the whole transcriptome rather than a "
-            f"targeted panel), or check the gene names. {_names_hint(query.source.names, query.mapping)}"
+            f"targeted panel), or check the gene names. {_names_hint(query.source, query.mapping)}"
         )
         raise GeneOverlapError(message)
     key = (*shared, "datasets:", *(sorted(datasets) if datasets else ["all"]))

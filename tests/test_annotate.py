@@ -6,7 +6,7 @@ from conftest import make_counts
 
 from screader_db import annotate
 from screader_db.builders.atlas import BuildSettings, build_atlas
-from screader_db.errors import GeneOverlapError, ModelMismatchError
+from screader_db.errors import GeneOverlapError, ModelMismatchError, ScreaderWarning
 
 
 @pytest.fixture
@@ -196,3 +196,18 @@ def test_the_stages_give_what_annotate_gives(atlas):
                             "marker evidence", "abstain", "assemble"]
     assert staged.table.equals(whole.table) and staged.info == whole.info
     np.testing.assert_array_equal(staged.embeddings, whole.embeddings)
+
+
+def test_decorated_names_and_a_symbol_column_give_the_same_answer(atlas):
+    query = make_counts(n_cells=80, seed=9)
+    plain = annotate(query, atlas)
+    decorated = query.copy()
+    decorated.var_names = [f"GRCh38_{g}" for g in query.var_names]
+    np.testing.assert_array_equal(annotate(decorated, atlas).neighbour_ids, plain.neighbour_ids)
+    columned = query.copy()
+    columned.var["feature_name"] = list(query.var_names)
+    columned.var_names = [f"gene{i}" for i in range(query.n_vars)]
+    with pytest.warns(ScreaderWarning, match="gene names were read from var column 'feature_name'"):
+        result = annotate(columned, atlas)
+    np.testing.assert_array_equal(result.neighbour_ids, plain.neighbour_ids)
+    assert result.info["gene_key"] == "feature_name" and plain.info["gene_key"] == ""

@@ -97,16 +97,8 @@ def case_scaled(tmp_path):
     return _write(adata, tmp_path / "q.h5ad"), r"non-integer values up to [\d.e+]+: neither raw counts nor log-normalised data"
 
 
-def case_duplicate_genes(tmp_path):
-    adata = make_counts(n_cells=30)
-    names = list(adata.var_names)
-    names[2] = names[1]
-    adata.var_names = names
-    return _write(adata, tmp_path / "q.h5ad"), r"1 gene names occur more than once \(GCG...\); make them unique"
-
-
 CASES = [case_missing, case_empty, case_not_h5ad, case_corrupt, case_zero_cells, case_zero_genes, case_low_overlap,
-         case_ensembl_without_mapping, case_nan, case_inf, case_negative, case_scaled, case_duplicate_genes]
+         case_ensembl_without_mapping, case_nan, case_inf, case_negative, case_scaled]
 
 
 def _run(args, tmp_path):

@@ -2,7 +2,7 @@
 
 import pytest
 
-from screader_db.genes import GeneResolver, detect_species, looks_like_ensembl
+from screader_db.genes import GeneResolver, detect_species, is_position_index, looks_like_ensembl, plain_names
 
 
 def test_species_from_symbol_case():
@@ -41,3 +41,34 @@ def test_one_to_many_mouse_genes_map_to_their_single_human_ortholog(data_path):
     data_path("orthologs_human_mouse_all")
     mapped = GeneResolver().map(["Ins1", "Ins2", "Gcg"], species="mouse")
     assert mapped.symbols == ["INS", "INS", "GCG"]
+
+
+def test_decorated_names_map_once_their_decorations_are_set_aside():
+    assert plain_names("GRCh38_CD3E") == ("CD3E",)
+    assert plain_names("mm10-Cd3e") == ("Cd3e",)
+    assert plain_names("A1BG-AS1__chr19") == ("A1BG-AS1",)
+    assert plain_names("ENSG00000198851|CD3E") == ("CD3E", "ENSG00000198851")
+    assert plain_names("CD3E_ENSG00000198851") == ("CD3E", "ENSG00000198851")
+    assert plain_names("CD3E") == plain_names("HLA-A") == plain_names("ENSG00000141510.17") == ()
+    mapped = GeneResolver().map(["GRCh38_CD3E", "INS__chr11", "ENSG00000141510|NOTASYMBOL", "CD3D"])
+    assert mapped.species == "human"  # "GRCh38_" and "__chr" do not read as mouse capitalisation
+    assert mapped.symbols == ["CD3E", "INS", "TP53", "CD3D"]
+    assert mapped.how["decorated"] == 3
+    assert detect_species([f"{g}__chr1" for g in ["GCG", "INS", "SST", "PPY"]]) == "human"
+
+
+@pytest.mark.data("orthologs_human_mouse_all")
+def test_decorated_mouse_names_map_through_orthologs(data_path):
+    data_path("orthologs_human_mouse_all")
+    mapped = GeneResolver().map(["mm10_Gcg", "Ins1__chr19", "Cd3e"])
+    assert mapped.species == "mouse"
+    assert mapped.symbols == ["GCG", "INS", "CD3E"]
+
+
+def test_entrez_ids_map_unless_the_names_are_row_positions():
+    resolver = GeneResolver()
+    mapped = resolver.map(["916", "3630", "7157"])  # CD3E, INS, TP53
+    assert mapped.symbols == ["CD3E", "INS", "TP53"]
+    assert mapped.how == {"entrez": 3}
+    assert is_position_index(["0", "1", "2"]) and is_position_index(["1", "2", "3"])
+    assert resolver.map(["0", "1", "2", "3"]).n_mapped == 0

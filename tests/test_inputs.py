@@ -6,7 +6,7 @@ import pytest
 import scipy.sparse as sp
 from conftest import make_counts
 
-from screader_db.errors import InputDataError
+from screader_db.errors import InputDataError, ScreaderWarning
 from screader_db.inputs import (
     ExpressionSource,
     check_values,
@@ -212,13 +212,36 @@ def test_truncated_h5ad_is_reported(tmp_path, counts_adata):
         read_h5ad(broken)
 
 
-def test_duplicate_gene_names(counts_adata):
+def test_repeated_gene_names_are_summed_with_a_warning(counts_adata):
     adata = counts_adata.copy()
     names = list(adata.var_names)
     names[1] = names[0]
     adata.var_names = names
-    with pytest.raises(InputDataError, match=r"1 gene names occur more than once \(INS...\); make them unique"):
-        load_expression(adata)
+    with pytest.warns(ScreaderWarning, match=r"1 gene names occur more than once \(INS, ...\): the values of each name are summed"):
+        summed = load_expression(adata)
+    whole = load_expression(counts_adata)
+    counts = sp.csr_matrix(counts_adata.X).toarray()
+    library = counts.sum(axis=1, keepdims=True)
+    both = np.log1p((counts[:, 0] + counts[:, 1]) * 1e4 / library[:, 0])
+    assert np.allclose(summed.X[:, summed.genes.index(names[0])].toarray().ravel(), both, atol=1e-4)
+    assert counts_adata.var_names[1] not in summed.genes and len(summed.genes) == len(whole.genes) - 1
+
+
+def test_a_var_column_names_the_genes_when_the_index_does_not(counts_adata):
+    adata = counts_adata.copy()
+    adata.var["feature_name"] = list(adata.var_names)
+    adata.var["feature_biotype"] = "gene"
+    adata.var_names = [f"ID{i:05d}" for i in range(adata.n_vars)]
+    with pytest.warns(ScreaderWarning, match=r"do not name genes; gene names were read from var column 'feature_name'"):
+        source = open_expression(adata)
+    assert source.gene_key == "feature_name" and source.names == list(counts_adata.var_names)
+    assert np.allclose(load_expression(adata).X.toarray(), load_expression(counts_adata).X.toarray())
+    adata.var["feature_name"] = [f"X{i}" for i in range(adata.n_vars)]
+    adata.var["symbols"] = list(counts_adata.var_names)
+    adata.var.loc[adata.var.index[: adata.n_vars // 2 + 1], "symbols"] = "none"  # maps too few to be read unasked
+    with pytest.raises(InputDataError, match=r"could be mapped.*Var columns whose names map: .*'symbols' \(24 map\)"):
+        open_expression(adata)
+    assert open_expression(counts_adata).gene_key is None
 
 
 def test_unmappable_names_get_a_hint(counts_adata):

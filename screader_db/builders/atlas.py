@@ -216,7 +216,7 @@ def build_atlas(reference: Any, atlas: str | Path, *, label_key: str, dataset_na
         from screader_db.builders.distributed import embed_with_dask
 
         return embed_with_dask(ref, address=dask, path=str(Path(reference).resolve()), layer=layer, use_raw=use_raw,
-                               gene_key=gene_key, embedder=embedder, mean=mean, ids=store.cell_ids(1, ref.n_cells),
+                               gene_key=ref.source.gene_key, embedder=embedder, mean=mean, ids=store.cell_ids(1, ref.n_cells),
                                folder=draft.staging, provenance=draft.provenance_json(), chunk=chunk, reporter=reporter)
 
     return write_version(root, [(ref, on_dask)], embedder, emb, settings, reporter=reporter, action="build", wait=wait,

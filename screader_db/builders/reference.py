@@ -243,7 +243,7 @@ def open_reference(reference: Any, *, label_key: str, name: str | None = None, l
         known = ", ".join(map(str, adata.obs.columns)) or "none"
         message = f"--label-key {label_key!r} is not an obs column of the reference; columns present: {known}{unlabelled}"
         raise InputDataError(message)
-    source = open_expression(adata, layer=layer, use_raw=use_raw, gene_key=gene_key)
+    source = open_expression(adata, layer=layer, use_raw=use_raw, gene_key=gene_key, species=species)
     labels = adata.obs[label_key].astype("string").fillna("").to_numpy(dtype=object)
     keep = np.array([bool(str(v).strip()) for v in labels])
     if not keep.any():

@@ -395,7 +395,8 @@ def dataset_records(draft: Draft, ref: Any, dataset_id: int) -> tuple[np.ndarray
         "dataset_id": dataset_id, "name": ref.name, "label_key": ref.label_key, "n_cells": int(ref.n_cells),
         "n_labels": len(set(ref.labels)), "species": ref.mapping.species, "source_file": ref.source_file,
         "source_sha256": ref.source_sha256, "added_at": now(), "added_by": user(), "build_id": draft.build_id,
-        "parameters": json.dumps({"gene_mapping": ref.mapping.how, "input_kind": ref.kind}),
+        "parameters": json.dumps({"gene_mapping": ref.mapping.how, "input_kind": ref.kind,
+                                  "gene_key": ref.source.gene_key or ""}),
     }
     return ids, frame, row
 
