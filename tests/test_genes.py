@@ -2,7 +2,7 @@
 
 import pytest
 
-from screader_db.genes import GeneResolver, detect_species, is_position_index, looks_like_ensembl, plain_names
+from screader_db.genes import GeneResolver, detect_species, entrez_like, looks_like_ensembl, plain_names
 
 
 def test_species_from_symbol_case():
@@ -67,8 +67,8 @@ def test_decorated_mouse_names_map_through_orthologs(data_path):
 
 def test_entrez_ids_map_unless_the_names_are_row_positions():
     resolver = GeneResolver()
-    mapped = resolver.map(["916", "3630", "7157"])  # CD3E, INS, TP53
-    assert mapped.symbols == ["CD3E", "INS", "TP53"]
-    assert mapped.how == {"entrez": 3}
-    assert is_position_index(["0", "1", "2"]) and is_position_index(["1", "2", "3"])
-    assert resolver.map(["0", "1", "2", "3"]).n_mapped == 0
+    mapped = resolver.map(["916", "3630", "7157", "100126572"])  # CD3E, INS, TP53 and a microRNA
+    assert mapped.symbols[:3] == ["CD3E", "INS", "TP53"] and mapped.symbols[3]
+    assert mapped.how == {"entrez": 4}
+    positions = [str(i) for i in range(0, 30000, 7)]  # a subset of a var index of row numbers
+    assert not entrez_like(positions) and resolver.map(positions).n_mapped == 0
