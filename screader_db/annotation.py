@@ -21,7 +21,6 @@ from screader_db.calibration import confidence_of
 from screader_db.classifier import blend, on_labels
 from screader_db.confidence import agreement, combine
 from screader_db.errors import InputDataError, ScreaderError
-from screader_db.index import QUERY_CHECK_MIN
 from screader_db.information import CellInformation, min_detected
 from screader_db.input_files import open_input
 from screader_db.inputs import (
@@ -517,12 +516,11 @@ def search_neighbours(plan: Plan, prepared: Prepared, vectors: np.ndarray, *, ch
     probes: dict[str, Any] = {}
 
     def run_search() -> tuple[np.ndarray, np.ndarray]:
-        if len(vectors) >= QUERY_CHECK_MIN or not index.checked:  # a server's first small request too
-            probes.update(index.check_probes(vectors))
         with reporter.task("Searching the atlas", len(vectors), "cells") as advance:
-            found = index.search(vectors, plan.k, allowed=allowed)
+            sims, ids, checked = index.search_checked(vectors, plan.k, allowed=allowed)
             advance(len(vectors))
-        return found
+        probes.update(checked)
+        return sims, ids
 
     # The novelty check reads only the query's expression, so it runs while FAISS searches (which
     # releases the GIL): on a large query the two together take little more than the search.

@@ -31,14 +31,6 @@ from screader_db.query_input import MIN_PANEL_GENES, PANEL_SHARE, PreparedQuery,
 
 METHOD = "expression"
 MAX_CELLS = 200_000
-# With at least this many query cells and atlas cells, the second method's neighbours come from an
-# approximate search (:class:`screader_db.index.ApproximateKnn`: the probed lists scored exactly,
-# batched by list). Exact search of its 3,000-wide vectors costs queries x cells x 3,000: 100,000
-# synthetic query cells against 50,000 atlas cells took 94 s. On 10,000 of them, approximate: 9.1 s
-# against 9.4 s (its lists' training, 7.5 s, is paid once a query), recall@10 0.856, the share of the
-# neighbours that carry the exact search's majority label off by 0.006 on average, that label the
-# majority again for 99.9% of cells. Below this the search stays exact (every suite task).
-APPROXIMATE_MIN = 20_000
 
 
 @dataclass(frozen=True)
@@ -134,24 +126,18 @@ def seek(opened: store.Atlas, query: PreparedQuery, k: int, *, allowed: np.ndarr
     mapped = query.onto(panel.embedder.genes, None if whole else shared)
     passes = mapped.stream.replayable(chunk)  # read once for the embedding and the classifier when small
     vectors = embed_query(mapped, panel.embedder, chunk=chunk, reporter=reporter, passes=passes)
-    approximate = allowed is None and panel.index.kind == "flat" and min(len(vectors), panel.index.ntotal) >= APPROXIMATE_MIN
     with reporter.task(f"Searching the atlas by the {METHOD} method", len(vectors), "cells") as advance:
-        sims, ids = _approximate(panel.index, vectors, k) if approximate else panel.index.search(vectors, k, allowed=allowed)
+        # its vectors are 3,000 wide: a large query against a large atlas is searched by lists (CellIndex.search_checked)
+        sims, ids, checked = panel.index.search_checked(vectors, k, allowed=allowed)
         advance(len(vectors))
     info = {"used": True, "method": METHOD, "key": panel.key, "genes": len(genes), "reused": bool(reused),
-            "classifier": panel.classifier is not None, "search": "approximate" if approximate else "exact"}
+            "classifier": panel.classifier is not None}
+    if checked:
+        info["search_probes"] = checked
     if panel.classifier is None:
         return SecondOpinion(sims, ids, info)
     probabilities = np.vstack([panel.classifier.probabilities(block) for _, block in passes()])
     return SecondOpinion(sims, ids, info, probabilities, list(panel.classifier.classes))
-
-
-def _approximate(index: Any, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """(similarities, ids) of each row's ``k`` nearest cells of a Flat ``index``, by an IVF over its stored vectors."""
-    from screader_db.index import ApproximateKnn
-
-    sims, rows = ApproximateKnn(index.stored_vectors()).search(vectors, k)
-    return sims, np.where(rows >= 0, index.ids()[np.maximum(rows, 0)], -1)
 
 
 def describe(info: dict[str, Any]) -> str:
@@ -172,6 +158,8 @@ def describe(info: dict[str, Any]) -> str:
         return f"not used: {info.get('reason', '')}"
     how = "reused" if info.get("reused") else "fitted for this query and kept"
     classifier = "; a linear classifier on the same genes voted with the neighbours" if info.get("classifier") else ""
-    searched = ", its neighbours found by an approximate search" if info.get("search") == "approximate" else ""
+    probes = info.get("search_probes") or {}
+    searched = (f", searched within {probes['nprobe']} of {probes['nlist']:,} lists trained for the query (recall@10 "
+                f"{probes['recall_at_10']:.3f} on {probes['checked']} cells checked)") if "nlist" in probes else ""
     return (f"the {info['method']} method's neighbour vote for each label, on {int(info['genes']):,} genes "
             f"(index {info['key']}, {how}{searched}), weighed into the confidence{classifier}")

@@ -129,17 +129,20 @@ def test_the_second_opinion_is_fitted_on_the_kept_expression_once_and_reused(atl
     np.testing.assert_array_equal(first.table["confidence"], again.table["confidence"])
 
 
-def test_a_large_search_by_the_second_method_is_approximate(atlas, cells, monkeypatch):
-    from screader_db import second_opinion
+def test_a_large_search_by_the_second_method_is_searched_by_lists(atlas, cells, monkeypatch):
+    from screader_db import index, second_opinion
 
     exact = annotate(cells[240:].copy(), atlas)
-    assert exact.info["second_opinion"]["search"] == "exact"
-    monkeypatch.setattr(second_opinion, "APPROXIMATE_MIN", 100)  # 120 query cells, 240 atlas cells
-    approximate = annotate(cells[240:].copy(), atlas)
-    assert approximate.info["second_opinion"]["search"] == "approximate"
-    assert "found by an approximate search" in second_opinion.describe(approximate.info["second_opinion"])
-    np.testing.assert_allclose(approximate.table["second_opinion"], exact.table["second_opinion"], atol=0.2)
-    assert (approximate.table["label"] == exact.table["label"]).mean() > 0.95
+    assert "search_probes" not in exact.info["second_opinion"]
+    monkeypatch.setattr(index, "LIST_WORK", 1.0)  # 120 query cells, 240 atlas cells
+    monkeypatch.setattr(index, "LIST_CELLS", 100)
+    by_lists = annotate(cells[240:].copy(), atlas)
+    probes = by_lists.info["second_opinion"]["search_probes"]
+    assert probes["recall_at_10"] >= 0.95 and probes["nprobe"] <= probes["nlist"] == int(4 * np.sqrt(240))
+    assert "lists trained for the query" in second_opinion.describe(by_lists.info["second_opinion"])
+    assert by_lists.info["search_probes"]["nlist"] == probes["nlist"]  # the atlas's own index too
+    np.testing.assert_allclose(by_lists.table["second_opinion"], exact.table["second_opinion"], atol=0.2)
+    assert (by_lists.table["label"] == exact.table["label"]).mean() > 0.95
 
 
 def test_the_classifier_is_kept_beside_the_second_opinion_and_votes(atlas, cells):
