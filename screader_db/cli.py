@@ -374,6 +374,7 @@ def query(
         from screader_db.annotated_file import write_annotated
         from screader_db.annotation import annotate
         from screader_db.console import out, table
+        from screader_db.index import describe_search
         from screader_db.input_files import open_input
         from screader_db.label_families import describe as describe_parents
         from screader_db.novelty import describe as describe_novelty
@@ -414,6 +415,8 @@ def query(
                       f"{centring['misfit_ratio']:.2f} of that with the balanced mean)", highlight=False)
         elif centring:
             out.print(f"Centred on {centring['on']}", highlight=False)
+        if result.info.get("search_probes"):
+            out.print(f"Search: {describe_search(result.info['search_probes'])}", highlight=False)
         out.print(f"Second opinion: {describe_second_opinion(result.info['second_opinion'])}", highlight=False)
         out.print(f"Novel populations: {describe_novelty(result.info.get('novelty', {}))}", highlight=False)
         parents = result.info.get("parent_labels", {})

@@ -481,6 +481,32 @@ def _without_self(found: np.ndarray, own: np.ndarray, k: int) -> np.ndarray:
     return np.take_along_axis(found, order, axis=1)
 
 
+def describe_search(checked: dict[str, Any]) -> str:
+    """One line on how a query's probes were checked and searched (:meth:`CellIndex.search_checked`'s figures).
+
+    Parameters
+    ----------
+    checked : dict
+        The figures: ``nprobe``, ``recall_at_10``, ``checked`` and ``target``; ``nlist`` for lists
+        trained for the query; ``k_factor`` for a search through the codes.
+
+    Returns
+    -------
+    str
+        Empty when no check ran.
+    """
+    if not checked:
+        return ""
+    found = (f"recall@10 {checked['recall_at_10']:.3f} on {checked['checked']} query cells searched exactly, "
+             f"target {checked['target']:.2f}")
+    if "nlist" in checked:
+        return f"exact within {checked['nprobe']} of {checked['nlist']:,} lists trained for the query ({found})"
+    if checked.get("k_factor") is None:
+        return f"exact within the index's {checked['nprobe']} nearest lists ({found})"
+    return (f"8-bit codes in the index's {checked['nprobe']} nearest lists, the best {checked['k_factor']}×k re-ranked "
+            f"({found})")
+
+
 def smallest_nprobe(coarse: Callable[[int], np.ndarray], truth: np.ndarray, owner: np.ndarray, nlist: int, *,
                     target: float, start: int = 1) -> tuple[int, float]:
     """The fewest lists a search exact within its probed lists needs for ``target`` recall@10 on checked queries.

@@ -158,8 +158,9 @@ def describe(info: dict[str, Any]) -> str:
         return f"not used: {info.get('reason', '')}"
     how = "reused" if info.get("reused") else "fitted for this query and kept"
     classifier = "; a linear classifier on the same genes voted with the neighbours" if info.get("classifier") else ""
-    probes = info.get("search_probes") or {}
-    searched = (f", searched within {probes['nprobe']} of {probes['nlist']:,} lists trained for the query (recall@10 "
-                f"{probes['recall_at_10']:.3f} on {probes['checked']} cells checked)") if "nlist" in probes else ""
+    from screader_db.index import describe_search
+
+    searched = describe_search(info.get("search_probes") or {})
+    searched = f", searched {searched}" if searched else ""
     return (f"the {info['method']} method's neighbour vote for each label, on {int(info['genes']):,} genes "
             f"(index {info['key']}, {how}{searched}), weighed into the confidence{classifier}")

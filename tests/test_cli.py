@@ -65,11 +65,28 @@ def test_build_query_info_round_trip(tmp_path, synthetic_files):
     assert queried.exit_code == 0, queried.output
     assert "accuracy" in queried.output and out.is_file() and table.is_file()
     assert "Centred on the query's mean" in queried.output  # genept centres a query on its plain mean
+    assert "Search:" not in queried.output  # searched exactly: nothing to check
     again = runner.invoke(app, ["query", str(query), "--atlas", str(atlas), "--out", str(out), "--quiet"])
     assert again.exit_code == 1
     assert f"Error: {out} exists; pass --overwrite to replace it" in again.output.replace("\n", "")
     described = runner.invoke(app, ["info", "--atlas", str(atlas)])
     assert described.exit_code == 0 and "random:16:0" in described.output
+
+
+def test_a_query_searched_by_lists_says_how(tmp_path, synthetic_files, monkeypatch):
+    from screader_db import index
+
+    ref, query = synthetic_files
+    atlas = tmp_path / "atlas"
+    built = runner.invoke(app, ["build", "--reference", str(ref), "--label-key", "cell_type", "--atlas", str(atlas),
+                                "--model", "random:16", "--method", "genept", "--n-genes", "50", "--layout", "none", "--quiet"])
+    assert built.exit_code == 0, built.output
+    monkeypatch.setattr(index, "LIST_WORK", 1.0)  # 50 query cells against 200 atlas cells
+    monkeypatch.setattr(index, "LIST_CELLS", 100)
+    queried = runner.invoke(app, ["query", str(query), "--atlas", str(atlas), "--quiet"])
+    assert queried.exit_code == 0, queried.output
+    line = next(line for line in queried.output.splitlines() if line.startswith("Search: "))
+    assert "lists trained for the query (recall@10 " in line and "on 50 query cells searched exactly, target 0.95)" in line
 
 
 def test_errors_are_one_line_and_exit_one(tmp_path, synthetic_files):

@@ -10,6 +10,7 @@ from screader_db import annotate, store
 from screader_db.builders.atlas import BuildSettings, build_atlas
 from screader_db.builders.datasets import add_dataset, remove_dataset
 from screader_db.errors import GeneOverlapError, ScreaderWarning
+from screader_db.index import describe_search
 from screader_db.inputs import load_expression
 from screader_db.query_input import MIN_PANEL_GENES
 from screader_db.stored_expression import StoredExpression, read_part
@@ -139,7 +140,9 @@ def test_a_large_search_by_the_second_method_is_searched_by_lists(atlas, cells, 
     by_lists = annotate(cells[240:].copy(), atlas)
     probes = by_lists.info["second_opinion"]["search_probes"]
     assert probes["recall_at_10"] >= 0.95 and probes["nprobe"] <= probes["nlist"] == int(4 * np.sqrt(240))
-    assert "lists trained for the query" in second_opinion.describe(by_lists.info["second_opinion"])
+    assert "searched exact within" in second_opinion.describe(by_lists.info["second_opinion"])
+    assert describe_search(by_lists.info["search_probes"]).startswith(f"exact within {by_lists.info['search_probes']['nprobe']} "
+                                                                   f"of {probes['nlist']} lists trained for the query")
     assert by_lists.info["search_probes"]["nlist"] == probes["nlist"]  # the atlas's own index too
     np.testing.assert_allclose(by_lists.table["second_opinion"], exact.table["second_opinion"], atol=0.2)
     assert (by_lists.table["label"] == exact.table["label"]).mean() > 0.95
