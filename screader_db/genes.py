@@ -24,6 +24,9 @@ GENOME_PREFIX_RE = re.compile(r"^(?:GRCh3[78]|hg19|hg38|GRCm3[89]|mm10|mm39)[_-]
 CHROMOSOME_SUFFIX_RE = re.compile(r"(?<=.)__chr[0-9A-Za-z._]*$")
 JOINED_RE = re.compile(r"^(?P<a>[^|]+?)[|:_](?P<b>ENS[A-Z]*G\d{6,}(?:\.\d+)?)$|^(?P<c>ENS[A-Z]*G\d{6,}(?:\.\d+)?)[|:_](?P<d>.+)$")
 SPECIES = ("human", "mouse")
+# Mouse nomenclature that no human symbol follows: predicted genes (Gm12345) and RIKEN clones (1700001C19Rik).
+MOUSE_FORM_RE = re.compile(r"^(?:GM\d+|[0-9A-Z]+RIK\d*)$")
+SPECIES_SAMPLE = 5000  # names looked at to tell the species
 MAPPINGS_KEPT = 8  # gene-name lists whose mapping a resolver keeps
 
 
@@ -75,6 +78,25 @@ def load_orthologs() -> dict[str, str]:
     unique = table.drop_duplicates().groupby("gene.name")["human.gene.name"].agg(["first", "nunique"])
     single = unique[unique["nunique"] == 1]
     return dict(zip(single.index, single["first"], strict=True))
+
+
+@lru_cache(maxsize=1)
+def load_mouse_symbols() -> frozenset[str]:
+    """Every mouse symbol of the ortholog table, upper-cased (genes of every homology type).
+
+    Returns
+    -------
+    frozenset of str
+
+    Raises
+    ------
+    FetchError
+        The ortholog table is not cached and cannot be downloaded.
+    """
+    from screader_db.fetch import ensure
+
+    names = pd.read_csv(ensure(ORTHOLOG_ENTRY), usecols=["gene.name"])["gene.name"].dropna().astype(str)
+    return frozenset(names.str.upper())
 
 
 def plain_names(name: str) -> tuple[str, ...]:
@@ -159,14 +181,21 @@ def detect_species(names: Sequence[str]) -> str:
         ``mouse`` when most Ensembl ids are ENSMUSG or, for symbols, when most of the first 5,000
         are capitalised (Gcg); ``human`` otherwise (GCG). Decorations (:func:`plain_names`) are set aside.
     """
-    names = [(plain_names(str(n)) or (str(n),))[0] for n in names[:5000]]
-    letters = [n for n in names if re.search("[A-Za-z]{2}", n)]
+    names = _plain_sample(names)
     if looks_like_ensembl(names) > 0.5:
         return "mouse" if sum(str(n).startswith("ENSMUSG") for n in names[:2000]) > len(names[:2000]) / 2 else "human"
-    if not letters:
-        return "human"
+    return "mouse" if _capitalised(names) else "human"
+
+
+def _plain_sample(names: Sequence[str]) -> list[str]:
+    return [(plain_names(str(n)) or (str(n),))[0] for n in names[:SPECIES_SAMPLE]]
+
+
+def _capitalised(names: list[str]) -> bool:
+    """Whether most names with letters are capitalised as mouse symbols are (Gcg, not GCG or gcg)."""
+    letters = [n for n in names if re.search("[A-Za-z]{2}", n)]
     capitalised = sum(n[0].isupper() and any(c.islower() for c in n[1:]) for n in letters)
-    return "mouse" if capitalised > 0.5 * len(letters) else "human"
+    return bool(letters) and capitalised > 0.5 * len(letters)
 
 
 @dataclass(frozen=True)
@@ -224,6 +253,7 @@ class GeneResolver:
             counts[alias.upper()] = counts.get(alias.upper(), 0) + 1
         self.alias = {a.upper(): s for a, s in alias_pairs if counts[a.upper()] == 1 and a.upper() not in self.upper}
         self.ensembl = {e: s for s, ids in zip(self.table["symbol"], self.table["ensembl_ids"], strict=True) for e in ids}
+        self._given_orthologs = orthologs is not None
         self._mapped: OrderedDict[tuple[str, str], GeneMapping] = OrderedDict()
 
     @property
@@ -232,6 +262,47 @@ class GeneResolver:
         if self._orthologs is None:
             self._orthologs = load_orthologs()
         return self._orthologs
+
+    @functools.cached_property
+    def folded_orthologs(self) -> dict[str, str]:
+        """Upper-cased mouse symbol -> human symbol, for the upper-case forms only one mouse symbol has."""
+        forms: dict[str, list[str]] = {}
+        for mouse, human in self.orthologs.items():
+            forms.setdefault(mouse.upper(), []).append(human)
+        return {form: humans[0] for form, humans in forms.items() if len(set(humans)) == 1}
+
+    def species_of(self, names: Sequence[str]) -> tuple[str, bool]:
+        """The species of ``names`` and whether they are mouse symbols with their case lost.
+
+        Names of one case (GCG, gcg) are read by their form as human (:func:`detect_species`), unless
+        more of them are mouse symbols that no human symbol matches (INS1, GM42418, 1700001C19RIK)
+        than human symbols that no mouse symbol matches: then they are mouse symbols upper- or
+        lower-cased by the tool that wrote them. Without the ortholog table they are read as human.
+
+        Parameters
+        ----------
+        names
+            Gene names.
+
+        Returns
+        -------
+        species, folded
+            ``human`` or ``mouse``, and True for mouse symbols without their case.
+        """
+        form = detect_species(names)
+        sample = _plain_sample(names)
+        if form == "mouse" or looks_like_ensembl(sample) > 0.5 or not any(re.search("[A-Za-z]{2}", n) for n in sample):
+            return form, False
+        from screader_db.errors import ScreaderError
+
+        try:
+            mouse = frozenset(m.upper() for m in self.orthologs) if self._given_orthologs else load_mouse_symbols()
+        except ScreaderError:
+            return form, False
+        upper = [n.upper() for n in sample]
+        mouse_only = sum(n not in self.upper and (n in mouse or bool(MOUSE_FORM_RE.match(n))) for n in upper)
+        human_only = sum(n in self.upper and n not in mouse for n in upper)
+        return ("mouse", True) if mouse_only > human_only else (form, False)
 
     @functools.cached_property
     def entrez(self) -> dict[str, str]:
@@ -253,13 +324,14 @@ class GeneResolver:
             return self.entrez[name], "entrez"
         return "", "unmapped"
 
-    def _one(self, name: str, species: str, numbers: bool) -> tuple[str, str]:
-        """One name's human symbol and how it was found, as :meth:`map` reads names of ``species``."""
+    def _one(self, name: str, species: str, numbers: bool, folded: bool = False) -> tuple[str, str]:
+        """One name's human symbol and how it was found, as :meth:`map` reads names of ``species``
+        (mouse symbols without their case when ``folded``)."""
         if species == "mouse" and not ENSEMBL_RE.match(name):
-            human = self.orthologs.get(name, "")
+            human = self.orthologs.get(name, "") or (self.folded_orthologs.get(name.upper(), "") if folded else "")
             if human:
                 return human, "ortholog"
-            if name.upper() in self.upper and not name.isupper():
+            if name.upper() in self.upper and (folded or not name.isupper()):
                 return self.upper[name.upper()], "same-name"
             return "", "unmapped"
         return self._human(name, numbers)
@@ -269,16 +341,17 @@ class GeneResolver:
 
         Human names are matched as symbols (in any case), then Ensembl ids (version dropped), then
         aliases that name a single gene, then Entrez ids (when the numbers are not row positions,
-        :func:`entrez_like`); mouse symbols through :attr:`orthologs`, else a human symbol of
-        the same name. A name that maps to nothing is tried again without its decorations
-        (:func:`plain_names`: ``GRCh38_CD3E``, ``CD3E__chr11``, ``ENSG00000198851|CD3E``).
+        :func:`entrez_like`); mouse symbols through :attr:`orthologs` (in any case when the names
+        have lost theirs, :meth:`species_of`), else a human symbol of the same name. A name that
+        maps to nothing is tried again without its decorations (:func:`plain_names`: ``GRCh38_CD3E``,
+        ``CD3E__chr11``, ``ENSG00000198851|CD3E``).
 
         Parameters
         ----------
         names
             Gene names of one species.
         species
-            ``human``, ``mouse`` or ``auto`` (:func:`detect_species`).
+            ``human``, ``mouse`` or ``auto`` (:meth:`species_of`).
 
         Returns
         -------
@@ -304,7 +377,10 @@ class GeneResolver:
         return mapping
 
     def _map(self, names: list[str], species: str) -> GeneMapping:
-        chosen = detect_species(names) if species == "auto" else species
+        if species == "auto":
+            chosen, folded = self.species_of(names)
+        else:
+            chosen, folded = species, species == "mouse" and not _capitalised(_plain_sample(names))
         if chosen not in SPECIES:
             message = f"species must be one of {', '.join(SPECIES)} or auto, got {species!r}"
             raise InputDataError(message)
@@ -312,9 +388,9 @@ class GeneResolver:
         out: list[str] = []
         numbers = entrez_like(names)
         for name in names:
-            human, kind = self._one(name, chosen, numbers)
+            human, kind = self._one(name, chosen, numbers, folded)
             for plain in () if human else plain_names(name):
-                human, kind = self._one(plain, chosen, numbers)
+                human, kind = self._one(plain, chosen, numbers, folded)
                 if human:
                     how["decorated"] = how.get("decorated", 0) + 1
                     break

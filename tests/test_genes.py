@@ -29,6 +29,26 @@ def test_mouse_symbols_map_through_orthologs(data_path):
     assert mapped.species == "mouse"
 
 
+@pytest.mark.data("orthologs_human_mouse_all", "baron_mouse")
+def test_mouse_symbols_that_lost_their_case_are_read_as_mouse(data_path):
+    from screader_db.inputs import read_h5ad
+
+    data_path("orthologs_human_mouse_all")
+    resolver = GeneResolver()
+    names = [str(n) for n in read_h5ad(data_path("baron_mouse"), backed=True).var_names]
+    as_written = resolver.map(names)
+    for cased in ([n.upper() for n in names], [n.lower() for n in names]):
+        mapped = resolver.map(cased)
+        assert mapped.species == "mouse"
+        same = sum(a == b for a, b in zip(as_written.symbols, mapped.symbols, strict=True) if a)
+        assert same >= 0.999 * as_written.n_mapped and mapped.n_mapped >= as_written.n_mapped
+    small = resolver.map(["INS1", "INS2", "GCG", "GM42418", "1700001C19RIK"])
+    assert small.species == "mouse" and small.symbols[:3] == ["INS", "INS", "GCG"]
+    for human in (["INS", "GCG", "CD3E", "SST", "PPY"], ["ins", "gcg", "cd3e", "sst", "ppy"]):
+        mapped = resolver.map(human)
+        assert mapped.species == "human" and mapped.symbols == ["INS", "GCG", "CD3E", "SST", "PPY"]
+
+
 def test_descriptions_fall_back_to_the_symbol():
     texts, shas = GeneResolver().descriptions(["INS", "NOT_A_GENE"])
     assert texts[0].startswith("INS: insulin.")
