@@ -905,7 +905,7 @@ def assemble(plan: Plan, prepared: Prepared, vectors: np.ndarray, neighbours: Ne
         "min_score": float(prepared.min_score), "min_margin": float(options.min_margin), "level": options.neighbours.level,
         "power": plan.power, "propagation": plan.propagation, "novelty": labelled.novelty,
         "score_labels": list(votes.vocabulary), "empty_cells": int(empty.sum()), "min_detected_genes": prepared.floor,
-        "layer": read.layer or "", "use_raw": bool(read.use_raw), "gene_key": query.source.gene_key or "",
+        "layer": read.layer or "", "use_raw": query.source.where == "raw/X", "gene_key": query.source.gene_key or "",
         "batch_key": read.batch_key or "",
         "second_opinion": second.info if second is not None else {"used": False, "reason": "not sought"},
         "parent_labels": {"hold": options.parent_hold, "families": votes.parents, "moved": votes.parents_folded},

@@ -277,7 +277,9 @@ def open_expression(adata: Any, *, layer: str | None = None, use_raw: bool = Fal
     layer : str or None
         Read this layer instead of ``.X``.
     use_raw : bool
-        Read ``.raw.X`` (and ``.raw.var``) instead of ``.X``.
+        Read ``.raw.X`` (and ``.raw.var``) instead of ``.X``. Without it or ``layer``, ``.raw`` is read
+        all the same, with a warning, when ``.X``'s first rows hold negative values (scaled or
+        centred data, which would be refused) and ``.raw``'s hold none.
     gene_key : str or None
         A var column of gene names to use instead of the var index.
     species : str
@@ -295,6 +297,12 @@ def open_expression(adata: Any, *, layer: str | None = None, use_raw: bool = Fal
     """
     if use_raw and layer:
         raise InputDataError("choose either a layer or .raw, not both")
+    if not use_raw and not layer and _scaled_beside_raw(adata):
+        source = open_expression(adata, use_raw=True, gene_key=gene_key, species=species)
+        warnings.warn(f"the data's .X holds negative values, as scaled or centred data does; its .raw "
+                      f"({source.n_genes:,} genes) was read instead. Pass --use-raw to say so, or --layer to read "
+                      "another matrix", ScreaderWarning, stacklevel=3)
+        return source
     if use_raw:
         if adata.raw is None:
             raise InputDataError("the file has no .raw; leave out --use-raw to read .X")
@@ -381,6 +389,16 @@ def held_in_memory(source: ExpressionSource) -> ExpressionSource:
         return source
     blocks = [source.rows(start, min(start + CHUNK, source.n_cells)) for start in range(0, source.n_cells, CHUNK)]
     return replace(source, matrix=sp.csr_matrix(sp.vstack(blocks, format="csr")), held=True, checked=False)
+
+
+def _scaled_beside_raw(adata: Any) -> bool:
+    """Whether ``.X``'s first rows hold negative values (scaled or centred) while ``.raw``'s hold none."""
+    raw = getattr(adata, "raw", None)
+    if raw is None or adata.X is None or raw.X is None or not adata.n_obs:
+        return False
+    rows = min(adata.n_obs, SCALE_SAMPLE)
+    first, first_raw = (sp.csr_matrix(matrix[:rows]) for matrix in (adata.X, raw.X))
+    return bool(first.nnz and np.nanmin(first.data) < 0 and not (first_raw.nnz and np.nanmin(first_raw.data) < 0))
 
 
 def _other_matrices(adata: Any, where: str) -> tuple[str, ...]:

@@ -121,10 +121,16 @@ def test_scaled_data_is_refused(counts_adata):
     # as scanpy leaves it: scaled .X beside the counts in a layer and the log-normalised values in .raw
     adata.layers["counts"] = counts_adata.X.copy()
     adata.raw = ad.AnnData(sp.csr_matrix(logged.astype(np.float32)), obs=adata.obs, var=adata.var)
+    with pytest.warns(ScreaderWarning, match=r"the data's \.X holds negative values, as scaled or centred data does; "
+                                             r"its \.raw \(\d+ genes\) was read instead"):
+        assert load_expression(adata).kind == "ln"  # what CellTypist reads too
+    assert load_expression(adata, use_raw=True).kind == "ln"
+    raw = adata.raw.to_adata()
+    raw.X = raw.X.multiply(-1).tocsr()  # a .raw as scaled as .X is not read in its place
+    adata.raw = raw
     with pytest.raises(InputDataError, match=r"it looks scaled or z-scored \(centred\)\. The file holds other matrices: "
                                              r"read one of them with --layer counts or --use-raw$"):
         load_expression(adata)
-    assert load_expression(adata, use_raw=True).kind == "ln"
     assert load_expression(adata, layer="counts").kind == "counts"
     adata.layers["scaled"] = adata.X
     adata.X = counts_adata.X.copy()
