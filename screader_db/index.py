@@ -65,6 +65,18 @@ LIST_SEARCH_MIN = 1000
 # knn(..., approximate=True): IVF lists per √n and lists probed.
 APPROXIMATE_LISTS = 4
 APPROXIMATE_NPROBE = 8
+# Queries an ApproximateKnn scores together (list_search's block): gathering each list's probing
+# queries reads a block's rows at random, and in blocks of 20,000 they are read from a smaller
+# matrix. 100,000 queries probing 37 of 894 lists of 50,000 rows 280 wide: 4.1 s against 6.8 s in
+# one block; 3,000 wide, 42 lists: 36.6-38.9 s against 61.5 s; a query's own graph (8 lists):
+# 4.9 s against 5.5-6.9 s. The same rows either way.
+APPROXIMATE_BLOCK = 20_000
+# CellIndex.search_checked's lists per √n. Training 4 √n lists on 40 rows each costs 160 n rows x
+# width x 10 k-means steps whatever the query's size (50,000 rows 3,000 wide: 12.8 s), and the search
+# within the probed lists took as long with √n lists (the same recall checked: 16 of 223 lists
+# against 42 of 894; 3,000 wide: 31-35 s, trained in 1.6 s; 280 wide: 4.3-4.8 s against 4.1 s,
+# trained in 0.2 s against 2.1 s).
+CHECKED_LISTS = 1
 # recall@10 against exact search that IVF indexes are tuned to, and that a query's probes are checked to reach.
 RECALL_TARGET = 0.95
 # A Flat index is searched exactly, at a cost of queries x cells x width; once that reaches LIST_WORK
@@ -73,7 +85,8 @@ RECALL_TARGET = 0.95
 # probed lists, with nprobe checked on a sample of the queries to reach RECALL_TARGET. 100,000
 # synthetic query cells against a 50,000-cell atlas (575 wide): 31 s exact; lists trained in 1.7 s,
 # nprobe 16 of 894 (recall@10 0.969 on the checked cells), searched in 4.1 s, every majority label of
-# the 15 nearest that of exact search (first 20,000 cells). No suite task comes near it (6.5e10 at most).
+# the 15 nearest that of exact search (first 20,000 cells; 4 √n lists then, √n now: CHECKED_LISTS).
+# No suite task comes near it (6.5e10 at most).
 LIST_WORK = 1e12
 LIST_CELLS = 20_000
 
@@ -289,13 +302,15 @@ class ApproximateKnn:
         The rows searched (kept, not copied, when already contiguous float32).
     seed
         Seed of the training sample.
+    lists_per_root
+        Lists per √n (``APPROXIMATE_LISTS``; ``CHECKED_LISTS`` for :meth:`CellIndex.search_checked`).
     """
 
-    def __init__(self, vectors: np.ndarray, *, seed: int = 0) -> None:
+    def __init__(self, vectors: np.ndarray, *, seed: int = 0, lists_per_root: float = APPROXIMATE_LISTS) -> None:
         faiss = _faiss()
         self._vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         n, dim = self._vectors.shape
-        self._nlist = int(APPROXIMATE_LISTS * np.sqrt(n))
+        self._nlist = max(1, int(lists_per_root * np.sqrt(n)))
         self._seed = seed
         self._ivf = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, self._nlist, faiss.METRIC_INNER_PRODUCT)
         rng = np.random.default_rng(seed)
@@ -344,7 +359,8 @@ class ApproximateKnn:
         nprobe, recall = smallest_nprobe(lambda p: quantizer.search(picked, p)[1], truth,
                                          lists.list_of_rows(len(self._vectors)), self._nlist, target=target)
         probes = quantizer.search(queries, nprobe)[1]
-        sims, rows = list_search.search(queries, self._vectors, lists, probes, min(k, len(self._vectors)))
+        sims, rows = list_search.search(queries, self._vectors, lists, probes, min(k, len(self._vectors)),
+                                        block=APPROXIMATE_BLOCK)
         checked = {"nprobe": nprobe, "nlist": self._nlist, "k_factor": None, "recall_at_10": round(float(recall), 4),
                    "checked": len(picked), "widened": False, "target": target,
                    "search": "exact within the probed lists of lists trained for the query"}
@@ -370,7 +386,8 @@ class ApproximateKnn:
         probes = quantizer.search(queries, min(APPROXIMATE_NPROBE, self._nlist))[1]
         if self._lists is None and queries is self._vectors:  # the rows' own graph: each row's list is its first probe
             self._lists = list_search.Lists.of_owners(probes[:, 0], self._nlist)
-        return list_search.search(queries, self._vectors, self._row_lists(), probes, min(k, len(self._vectors)))
+        return list_search.search(queries, self._vectors, self._row_lists(), probes, min(k, len(self._vectors)),
+                                  block=APPROXIMATE_BLOCK)
 
 
 def pca_reduce(vectors: np.ndarray, dim: int, *, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -1124,7 +1141,8 @@ class CellIndex:
         work = float(len(queries)) * self.ntotal * self.dim
         if (self.kind == "flat" and allowed is None and work >= LIST_WORK and self.ntotal >= LIST_CELLS
                 and self.gpu_searcher() is None):
-            sims, rows, checked = ApproximateKnn(self.stored_vectors()).checked_search(queries, min(k, self.ntotal))
+            sims, rows, checked = ApproximateKnn(self.stored_vectors(), lists_per_root=CHECKED_LISTS).checked_search(
+                queries, min(k, self.ntotal))
             found = rows >= 0
             return sims, np.where(found, self.ids()[np.where(found, rows, 0)], -1), checked
         checked = self.check_probes(queries) if len(queries) >= QUERY_CHECK_MIN or not self.checked else {}

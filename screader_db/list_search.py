@@ -122,7 +122,7 @@ def probe_recall(probes: np.ndarray, truth_rows: np.ndarray, owner: np.ndarray, 
 
 
 def search(queries: np.ndarray, vectors: np.ndarray, lists: Lists, probes: np.ndarray,
-           k: int) -> tuple[np.ndarray, np.ndarray]:
+           k: int, *, block: int = QUERY_BLOCK) -> tuple[np.ndarray, np.ndarray]:
     """Top-``k`` (inner products, stored rows) of each query among the rows of the lists it probes.
 
     Parameters
@@ -137,6 +137,8 @@ def search(queries: np.ndarray, vectors: np.ndarray, lists: Lists, probes: np.nd
         Lists each query probes (queries × nprobe; -1 for none).
     k
         Neighbours per query.
+    block
+        Queries scored together (memory; each list's probing queries are gathered from a block's rows).
 
     Returns
     -------
@@ -149,14 +151,14 @@ def search(queries: np.ndarray, vectors: np.ndarray, lists: Lists, probes: np.nd
     rows = np.full((len(queries), k), -1, dtype=np.int64)
     one_pass = probes.shape[1] * k <= ONE_PASS_WIDTH
     floor_lists = max(1, min(FLOOR_LISTS, probes.shape[1] // 4))
-    for start in range(0, len(queries), QUERY_BLOCK):
-        block = slice(start, start + QUERY_BLOCK)
-        part = queries[block]
+    for start in range(0, len(queries), block):
+        these = slice(start, start + block)
+        part = queries[these]
         if one_pass:
-            sims[block], rows[block] = _best_of_lists(part, vectors, lists, probes[block], k)
+            sims[these], rows[these] = _best_of_lists(part, vectors, lists, probes[these], k)
             continue
-        floor = _floors(part, vectors, lists, probes[block, :floor_lists], k)
-        sims[block], rows[block] = _kept_best(part, vectors, lists, probes[block], floor, k)
+        floor = _floors(part, vectors, lists, probes[these, :floor_lists], k)
+        sims[these], rows[these] = _kept_best(part, vectors, lists, probes[these], floor, k)
     return sims, rows
 
 

@@ -139,7 +139,7 @@ def test_a_large_search_by_the_second_method_is_searched_by_lists(atlas, cells, 
     monkeypatch.setattr(index, "LIST_CELLS", 100)
     by_lists = annotate(cells[240:].copy(), atlas)
     probes = by_lists.info["second_opinion"]["search_probes"]
-    assert probes["recall_at_10"] >= 0.95 and probes["nprobe"] <= probes["nlist"] == int(4 * np.sqrt(240))
+    assert probes["recall_at_10"] >= 0.95 and probes["nprobe"] <= probes["nlist"] == int(index.CHECKED_LISTS * np.sqrt(240))
     assert "searched exact within" in second_opinion.describe(by_lists.info["second_opinion"])
     assert describe_search(by_lists.info["search_probes"]).startswith(f"exact within {by_lists.info['search_probes']['nprobe']} "
                                                                    f"of {probes['nlist']} lists trained for the query")
