@@ -277,9 +277,10 @@ def open_expression(adata: Any, *, layer: str | None = None, use_raw: bool = Fal
     layer : str or None
         Read this layer instead of ``.X``.
     use_raw : bool
-        Read ``.raw.X`` (and ``.raw.var``) instead of ``.X``. Without it or ``layer``, ``.raw`` is read
-        all the same, with a warning, when ``.X``'s first rows hold negative values (scaled or
-        centred data, which would be refused) and ``.raw``'s hold none.
+        Read ``.raw.X`` (and ``.raw.var``) instead of ``.X``. Without it or ``layer``, when ``.X``'s
+        first rows hold negative values (scaled or centred data, which would be refused), ``.raw`` is
+        read all the same, with a warning, when its first rows hold none; else a layer named for
+        counts (``counts``, ``raw_counts``) that holds none.
     gene_key : str or None
         A var column of gene names to use instead of the var index.
     species : str
@@ -297,10 +298,14 @@ def open_expression(adata: Any, *, layer: str | None = None, use_raw: bool = Fal
     """
     if use_raw and layer:
         raise InputDataError("choose either a layer or .raw, not both")
-    if not use_raw and not layer and _scaled_beside_raw(adata):
-        source = open_expression(adata, use_raw=True, gene_key=gene_key, species=species)
-        warnings.warn(f"the data's .X holds negative values, as scaled or centred data does; its .raw "
-                      f"({source.n_genes:,} genes) was read instead. Pass --use-raw to say so, or --layer to read "
+    instead = None if use_raw or layer else _in_place_of_scaled(adata)
+    if instead is not None:
+        source = open_expression(adata, use_raw=instead == ".raw", layer=None if instead == ".raw" else instead,
+                                 gene_key=gene_key, species=species)
+        name = ".raw" if instead == ".raw" else f"layer {instead!r}"
+        option = "--use-raw" if instead == ".raw" else f"--layer {shlex.quote(instead)}"
+        warnings.warn(f"the data's .X holds negative values, as scaled or centred data does; its {name} "
+                      f"({source.n_genes:,} genes) was read instead. Pass {option} to say so, or --layer to read "
                       "another matrix", ScreaderWarning, stacklevel=3)
         return source
     if use_raw:
@@ -391,14 +396,25 @@ def held_in_memory(source: ExpressionSource) -> ExpressionSource:
     return replace(source, matrix=sp.csr_matrix(sp.vstack(blocks, format="csr")), held=True, checked=False)
 
 
-def _scaled_beside_raw(adata: Any) -> bool:
-    """Whether ``.X``'s first rows hold negative values (scaled or centred) while ``.raw``'s hold none."""
-    raw = getattr(adata, "raw", None)
-    if raw is None or adata.X is None or raw.X is None or not adata.n_obs:
-        return False
+def _in_place_of_scaled(adata: Any) -> str | None:
+    """What is read when ``.X``'s first rows hold negative values (scaled or centred): ``.raw``, else a
+    layer whose name says it holds counts (``counts``, ``raw_counts``), the first whose first rows
+    hold none; None when ``.X`` holds none or nothing else fits."""
+    if adata.X is None or not adata.n_obs:
+        return None
     rows = min(adata.n_obs, SCALE_SAMPLE)
-    first, first_raw = (sp.csr_matrix(matrix[:rows]) for matrix in (adata.X, raw.X))
-    return bool(first.nnz and np.nanmin(first.data) < 0 and not (first_raw.nnz and np.nanmin(first_raw.data) < 0))
+
+    def negative(matrix: Any) -> bool:
+        first = sp.csr_matrix(matrix[:rows])
+        return bool(first.nnz and np.nanmin(first.data) < 0)
+
+    if not negative(adata.X):
+        return None
+    raw = getattr(adata, "raw", None)
+    if raw is not None and raw.X is not None and not negative(raw.X):
+        return ".raw"
+    counted = [str(name) for name in adata.layers if "count" in str(name).lower()]
+    return next((name for name in counted if not negative(adata.layers[name])), None)
 
 
 def _other_matrices(adata: Any, where: str) -> tuple[str, ...]:

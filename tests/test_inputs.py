@@ -126,11 +126,15 @@ def test_scaled_data_is_refused(counts_adata):
         assert load_expression(adata).kind == "ln"  # what CellTypist reads too
     assert load_expression(adata, use_raw=True).kind == "ln"
     raw = adata.raw.to_adata()
-    raw.X = raw.X.multiply(-1).tocsr()  # a .raw as scaled as .X is not read in its place
+    raw.X = raw.X.multiply(-1).tocsr()  # a .raw as scaled as .X is not read in its place; the counts layer is
     adata.raw = raw
+    with pytest.warns(ScreaderWarning, match=r"its layer 'counts' \(\d+ genes\) was read instead\. Pass --layer counts"):
+        assert load_expression(adata).kind == "counts"
+    adata.layers["tpm"] = adata.layers.pop("counts")  # a layer not named for counts is not chosen
     with pytest.raises(InputDataError, match=r"it looks scaled or z-scored \(centred\)\. The file holds other matrices: "
-                                             r"read one of them with --layer counts or --use-raw$"):
+                                             r"read one of them with --layer tpm or --use-raw$"):
         load_expression(adata)
+    adata.layers["counts"] = adata.layers.pop("tpm")
     assert load_expression(adata, layer="counts").kind == "counts"
     adata.layers["scaled"] = adata.X
     adata.X = counts_adata.X.copy()

@@ -295,6 +295,22 @@ def test_a_query_of_variable_genes_beside_a_whole_raw_is_told_to_read_raw(pbmc):
         annotate(variable, root, use_raw=True)
 
 
+def test_a_scanpy_processed_query_is_read_through_raw(pbmc, tmp_path):
+    root, query, _ = pbmc
+    processed = _scaled(query, "ln(1+CP10k)")
+    processed.raw = processed
+    chosen = _variable_symbols(processed, 500)
+    processed = processed[:, processed.var_names.isin(chosen)].copy()
+    dense = processed.X.toarray()
+    processed.X = (dense - dense.mean(axis=0)) / np.maximum(dense.std(axis=0), 1e-6)  # as sc.pp.scale leaves it
+    processed.write_h5ad(tmp_path / "processed.h5ad")
+    with pytest.warns(ScreaderWarning, match=rf"its .raw \({query.n_vars:,} genes\) was read instead"):
+        result = annotate(tmp_path / "processed.h5ad", root)
+    assert result.info["use_raw"] and result.info["input_kind"] == "ln"
+    counts = annotate(query, root)
+    assert np.mean(np.asarray(result.labels) == np.asarray(counts.labels)) >= 0.98
+
+
 def test_a_query_stored_dense_is_read_once_and_answered_as_from_memory(pbmc, tmp_path):
     root, query, _ = pbmc
     dense = query.copy()
