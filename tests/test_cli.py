@@ -51,12 +51,18 @@ def synthetic_files(tmp_path):
     return ref, query
 
 
-def test_build_query_info_round_trip(tmp_path, synthetic_files):
-    ref, query = synthetic_files
-    atlas = tmp_path / "atlas"
+def _build_small(ref, atlas):
+    """A small atlas of ``ref`` built through the CLI (random 16-d gene vectors, 50 genes, no map)."""
     built = runner.invoke(app, ["build", "--reference", str(ref), "--label-key", "cell_type", "--atlas", str(atlas),
                                 "--model", "random:16", "--method", "genept", "--n-genes", "50", "--layout", "none", "--quiet"])
     assert built.exit_code == 0, built.output
+    return built
+
+
+def test_build_query_info_round_trip(tmp_path, synthetic_files):
+    ref, query = synthetic_files
+    atlas = tmp_path / "atlas"
+    built = _build_small(ref, atlas)
     assert "version 1" in built.output
     out = tmp_path / "annotated.h5ad"
     table = tmp_path / "labels.csv"
@@ -78,9 +84,7 @@ def test_a_query_searched_by_lists_says_how(tmp_path, synthetic_files, monkeypat
 
     ref, query = synthetic_files
     atlas = tmp_path / "atlas"
-    built = runner.invoke(app, ["build", "--reference", str(ref), "--label-key", "cell_type", "--atlas", str(atlas),
-                                "--model", "random:16", "--method", "genept", "--n-genes", "50", "--layout", "none", "--quiet"])
-    assert built.exit_code == 0, built.output
+    _build_small(ref, atlas)
     monkeypatch.setattr(index, "LIST_WORK", 1.0)  # 50 query cells against 200 atlas cells
     monkeypatch.setattr(index, "LIST_CELLS", 100)
     queried = runner.invoke(app, ["query", str(query), "--atlas", str(atlas), "--quiet"])
@@ -171,9 +175,7 @@ def test_query_out_streams_the_matrices_and_writes_what_to_adata_writes(tmp_path
 
     ref, _ = synthetic_files
     atlas = tmp_path / "atlas"
-    built = runner.invoke(app, ["build", "--reference", str(ref), "--label-key", "cell_type", "--atlas", str(atlas),
-                                "--model", "random:16", "--method", "genept", "--n-genes", "50", "--layout", "none", "--quiet"])
-    assert built.exit_code == 0, built.output
+    _build_small(ref, atlas)
     query = make_counts(n_cells=120, seed=8)
     query.layers["counts"] = query.X.copy()
     query.obs["batch"] = ["b1" if i % 3 else "b2" for i in range(query.n_obs)]
