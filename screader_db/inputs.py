@@ -298,16 +298,26 @@ def open_expression(adata: Any, *, layer: str | None = None, use_raw: bool = Fal
     """
     if use_raw and layer:
         raise InputDataError("choose either a layer or .raw, not both")
-    instead = None if use_raw or layer else _in_place_of_scaled(adata)
-    if instead is not None:
-        source = open_expression(adata, use_raw=instead == ".raw", layer=None if instead == ".raw" else instead,
-                                 gene_key=gene_key, species=species)
-        name = ".raw" if instead == ".raw" else f"layer {instead!r}"
-        option = "--use-raw" if instead == ".raw" else f"--layer {shlex.quote(instead)}"
-        warnings.warn(f"the data's .X holds negative values, as scaled or centred data does; its {name} "
-                      f"({source.n_genes:,} genes) was read instead. Pass {option} to say so, or --layer to read "
-                      "another matrix", ScreaderWarning, stacklevel=3)
+    source = _chosen_matrix(adata, layer=layer, use_raw=use_raw, gene_key=gene_key, species=species)
+    if use_raw or layer or not _negative(_first_rows(source)):
         return source
+    for name, option, how in _in_place_of_scaled(adata):
+        try:
+            other = _chosen_matrix(adata, gene_key=gene_key, species=species, **how)
+        except InputDataError:
+            continue
+        first = _first_rows(other)
+        if first is not None and not _negative(first):
+            warnings.warn(f"the data's .X holds negative values, as scaled or centred data does; its {name} "
+                          f"({other.n_genes:,} genes) was read instead. Pass {option} to say so, or --layer to read "
+                          "another matrix", ScreaderWarning, stacklevel=3)
+            return other
+    return source
+
+
+def _chosen_matrix(adata: Any, *, layer: str | None = None, use_raw: bool = False, gene_key: str | None = None,
+                   species: str = "auto") -> ExpressionSource:
+    """:func:`open_expression` of the matrix asked for, as it is."""
     if use_raw:
         if adata.raw is None:
             raise InputDataError("the file has no .raw; leave out --use-raw to read .X")
@@ -343,12 +353,12 @@ def open_expression(adata: Any, *, layer: str | None = None, use_raw: bool = Fal
             gene_key, names = column
             warnings.warn(f"the var names ({', '.join(map(str, var.index[:3]))}, ...) do not name genes; gene names "
                           f"were read from var column {gene_key!r} ({', '.join(names[:3])}, ...); pass --gene-key to "
-                          "read another column", ScreaderWarning, stacklevel=3)
+                          "read another column", ScreaderWarning, stacklevel=4)
     duplicated = _duplicates(names)
     if duplicated:
         warnings.warn(f"{len(duplicated):,} gene names occur more than once ({', '.join(duplicated[:5])}, ...): the "
                       "values of each name are summed, as those of genes that map to one symbol are", ScreaderWarning,
-                      stacklevel=3)
+                      stacklevel=4)
     origin = getattr(adata, "filename", None)
     return ExpressionSource(matrix=matrix, names=names, obs=adata.obs, where=where, gene_key=gene_key, columns_hint=columns,
                             origin=None if origin is None else str(origin), others=_other_matrices(adata, where))
@@ -396,25 +406,30 @@ def held_in_memory(source: ExpressionSource) -> ExpressionSource:
     return replace(source, matrix=sp.csr_matrix(sp.vstack(blocks, format="csr")), held=True, checked=False)
 
 
-def _in_place_of_scaled(adata: Any) -> str | None:
-    """What is read when ``.X``'s first rows hold negative values (scaled or centred): ``.raw``, else a
-    layer whose name says it holds counts (``counts``, ``raw_counts``), the first whose first rows
-    hold none; None when ``.X`` holds none or nothing else fits."""
-    if adata.X is None or not adata.n_obs:
-        return None
-    rows = min(adata.n_obs, SCALE_SAMPLE)
+def _in_place_of_scaled(adata: Any) -> list[tuple[str, str, dict[str, Any]]]:
+    """What may be read in place of a scaled ``.X``, in order: ``.raw``, then the layers whose name says
+    they hold counts (``counts``, ``raw_counts``); each as (its name, the option that reads it, the
+    arguments of :func:`_chosen_matrix`)."""
+    found: list[tuple[str, str, dict[str, Any]]] = []
+    if getattr(adata, "raw", None) is not None:
+        found.append((".raw", "--use-raw", {"use_raw": True}))
+    found += [(f"layer {str(name)!r}", f"--layer {shlex.quote(str(name))}", {"layer": str(name)})
+              for name in adata.layers if "count" in str(name).lower()]
+    return found
 
-    def negative(matrix: Any) -> bool:
-        first = sp.csr_matrix(matrix[:rows])
-        return bool(first.nnz and np.nanmin(first.data) < 0)
 
-    if not negative(adata.X):
+def _first_rows(source: ExpressionSource) -> sp.csr_matrix | None:
+    """The first :data:`SCALE_SAMPLE` rows of ``source``; None when they cannot be read (a malformed
+    matrix, refused later with the file named)."""
+    try:
+        return source.rows(0, min(source.n_cells, SCALE_SAMPLE))
+    except InputDataError:
         return None
-    raw = getattr(adata, "raw", None)
-    if raw is not None and raw.X is not None and not negative(raw.X):
-        return ".raw"
-    counted = [str(name) for name in adata.layers if "count" in str(name).lower()]
-    return next((name for name in counted if not negative(adata.layers[name])), None)
+
+
+def _negative(first: sp.csr_matrix | None) -> bool:
+    """Whether rows read by :func:`_first_rows` hold negative values (scaled or centred data)."""
+    return first is not None and bool(first.nnz) and bool(np.nanmin(first.data) < 0)
 
 
 def _other_matrices(adata: Any, where: str) -> tuple[str, ...]:
