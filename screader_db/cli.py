@@ -157,7 +157,8 @@ def build(
     gene_key: Annotated[str | None, typer.Option(help="var column with gene symbols or Ensembl ids (default: var names).")] = None,
     layer: Annotated[str | None, typer.Option(help="Layer to read instead of .X.")] = None,
     use_raw: Annotated[bool, typer.Option(help="Read .raw instead of .X.")] = False,
-    species: Annotated[str, typer.Option(help="human, mouse or auto (from the symbols' case).")] = "auto",
+    species: Annotated[str, typer.Option(help="human, mouse or auto (from the symbols' case; symbols of one case by "
+                                                "which species has them).")] = "auto",
     model: Annotated[str, typer.Option(help="Gene text model: minilm, smollm2, random:DIM, a local folder or .gguf file.")] = "minilm",
     method: Annotated[str, typer.Option(
         help="Cell embedding: marker (no gene text), marker-text, genept, expression, pca, hybrid, adaptor.")] = "marker",
@@ -399,7 +400,8 @@ def query(
         out.print(table(f"{len(result.table):,} cells annotated against {atlas} (version {result.info['atlas_version']})",
                         ["label", "cells", "share", "mean score", "left unassigned"], rows))
         out.print(f"Unassigned: {result.n_unassigned:,}   mean score: {result.table['score'].mean():.3f}   "
-                  f"genes matched: {result.info['genes_matched']:,}/{result.info['genes_in_atlas']:,}", highlight=False)
+                  f"genes matched: {result.info['genes_matched']:,}/{result.info['genes_in_atlas']:,} "
+                  f"({result.info['species']} names)", highlight=False)
         out.print(f"Input scale: {result.info['input_scale_evidence']}", highlight=False)
         out.print(f"Input file: {result.info['input_format_evidence']}", highlight=False)
         panel = result.info.get("panel", {})

@@ -70,7 +70,7 @@ class ReadOptions:
     layer: str | None = _option(None, "Layer to read instead of .X.")
     use_raw: bool = _option(False, "Read .raw instead of .X.")
     gene_key: str | None = _option(None, "var column with gene symbols or Ensembl ids (default: the var names).")
-    species: str = _option("auto", "human, mouse or auto (from the symbols' case).")
+    species: str = _option("auto", "human, mouse or auto (from the symbols' case; symbols of one case by which species has them).")
     input_scale: str | None = _option("auto", "Scale of the values: auto (detected from the data), counts, ln, log2, "
                                               "log10 (log(1+x) in that base) or linear (CPM, TPM, RPKM, fractional counts).")
     batch_key: str | None = _option(None, "obs column naming each cell's batch (sample, donor, condition): each batch "
