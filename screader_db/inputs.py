@@ -110,6 +110,8 @@ class ExpressionSource:
         The var column the names come from; None for the var index.
     columns_hint : str
         When the names map poorly: the var columns whose names would map, for messages; else empty.
+    first : scipy.sparse.csr_matrix or None
+        The first rows once read (:meth:`head`); None until then.
     """
 
     matrix: Any
@@ -123,6 +125,7 @@ class ExpressionSource:
     gene_key: str | None = None
     columns_hint: str = ""
     checked: bool = field(default=False, repr=False)
+    first: sp.csr_matrix | None = field(default=None, repr=False, compare=False)
 
     @property
     def n_cells(self) -> int:
@@ -148,7 +151,25 @@ class ExpressionSource:
             Sharing the matrix; ``obs`` and ``keep`` restricted.
         """
         rows = keep if self.keep is None else self.keep[keep]
-        return replace(self, obs=self.obs.iloc[keep], keep=np.asarray(rows))
+        return replace(self, obs=self.obs.iloc[keep], keep=np.asarray(rows), first=None)
+
+    def head(self) -> sp.csr_matrix:
+        """The first :data:`SCALE_SAMPLE` rows (:meth:`rows`), read once: the checks of a scaled ``.X``
+        (:func:`open_expression`) and of the input scale (:func:`input_scale_of`) both read them.
+
+        Returns
+        -------
+        scipy.sparse.csr_matrix
+            As :meth:`rows` returns them.
+
+        Raises
+        ------
+        InputDataError
+            As :meth:`rows`.
+        """
+        if self.first is None:
+            self.first = self.rows(0, min(self.n_cells, SCALE_SAMPLE))
+        return self.first
 
     def _block(self, start: int, stop: int) -> sp.csr_matrix:
         if not self.checked:
@@ -422,7 +443,7 @@ def _first_rows(source: ExpressionSource) -> sp.csr_matrix | None:
     """The first :data:`SCALE_SAMPLE` rows of ``source``; None when they cannot be read (a malformed
     matrix, refused later with the file named)."""
     try:
-        return source.rows(0, min(source.n_cells, SCALE_SAMPLE))
+        return source.head()
     except InputDataError:
         return None
 
@@ -782,7 +803,7 @@ def input_scale_of(source: ExpressionSource, override: str | None = None) -> Sca
         The first rows hold bad values, the override is unknown, or no scale fits.
     """
     wanted = None if override in (None, "auto") else scale_name(str(override))
-    sample = source.rows(0, min(source.n_cells, SCALE_SAMPLE))
+    sample = source.head()
     check_values(sample, source.others)
     if wanted is None:
         return detect_scale(sample)

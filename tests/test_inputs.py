@@ -299,3 +299,18 @@ def test_a_matrix_stored_dense_or_by_column_is_read_into_memory_once(counts_adat
     assert abs(held.rows(0, held.n_cells) - expected).max() == 0
     monkeypatch.setattr(inputs, "HOLD_BYTES", 0)  # too large to hold: read from the file as before
     assert not held_in_memory(open_expression(backed)).held
+
+
+def test_the_first_rows_are_read_once_for_both_checks_and_a_subset_reads_its_own(counts_adata, tmp_path):
+    """The scaled-.X check and the input-scale check share one read of the first rows of a backed file."""
+    counts_adata.write_h5ad(tmp_path / "q.h5ad")
+    source = open_expression(read_h5ad(tmp_path / "q.h5ad", backed=True))
+    first = source.head()
+    assert source.first is first  # read by open_expression's check of a scaled .X
+    assert input_scale_of(source).scale == "counts" and source.head() is first
+    expected = sp.csr_matrix(counts_adata.X, dtype=np.float32)
+    assert abs(first - expected[: first.shape[0]]).max() == 0
+    rows = np.array([2, 5, 9])
+    subset = source.subset(rows)
+    assert subset.first is None
+    assert abs(subset.head() - expected[rows]).max() == 0
