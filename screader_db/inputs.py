@@ -185,20 +185,21 @@ class ExpressionSource:
         Parameters
         ----------
         start, stop : int
-            The rows, ``stop`` exclusive, counted among the kept rows.
+            The rows, ``stop`` exclusive, counted among the kept rows; clipped to them, as a slice is.
 
         Returns
         -------
         scipy.sparse.csr_matrix
-            float32, (stop - start) × :attr:`n_genes`, values as stored (not checked or normalised).
+            float32, (stop - start) × :attr:`n_genes` after clipping, values as stored (not checked or normalised).
 
         Raises
         ------
         InputDataError
             The matrix's structure is malformed or its values are not numbers.
         """
+        start, stop = min(max(start, 0), self.n_cells), min(max(stop, 0), self.n_cells)  # as a slice would
         if self.keep is None:
-            return self._block(start, stop)
+            return self._block(start, max(start, stop))
         wanted = self.keep[start:stop]
         if not len(wanted):
             return sp.csr_matrix((0, self.n_genes), dtype=np.float32)

@@ -314,3 +314,6 @@ def test_the_first_rows_are_read_once_for_both_checks_and_a_subset_reads_its_own
     subset = source.subset(rows)
     assert subset.first is None
     assert abs(subset.head() - expected[rows]).max() == 0
+    # rows past the end are clipped, as a slice is, instead of reaching scipy with a wrong shape
+    assert source.rows(source.n_cells - 3, source.n_cells + 100).shape[0] == 3
+    assert subset.rows(1, 50).shape[0] == 2 and source.rows(source.n_cells + 5, source.n_cells + 9).shape[0] == 0
