@@ -21,6 +21,10 @@ set the median themselves. So a cluster is also novel when it is far from every 
 absolute terms (:func:`far_from_labels`): its uncentred profile correlation with every label is
 low, and well below the query's typical cluster's.
 
+A missing population is often clustered with a few cells of a present type beside it, so a
+flagged cluster of a query clustered whole is split in two, and a part that neither rule would
+flag against the yardsticks of the query's clusters is taken back (:func:`split_flagged`).
+
 Once the neighbours have voted, each cluster's genes are judged too: the share of its
 :data:`CLUSTER_GENES` most distinguishing genes (against the query's other clusters) that are
 among its voted label's most distinguishing genes in the atlas (against the other labels), the
@@ -244,7 +248,8 @@ def assign(X: np.ndarray, centroids: np.ndarray, loadings: np.ndarray) -> np.nda
     return d.argmin(axis=1)
 
 
-def best_matches(cluster_means: np.ndarray, label_means: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def best_matches(cluster_means: np.ndarray, label_means: np.ndarray, *,
+                 centre: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """For each cluster profile: the best-correlated label profile and that correlation.
 
     Each side is centred on the mean of its own profiles first, so correlations compare how a
@@ -256,13 +261,16 @@ def best_matches(cluster_means: np.ndarray, label_means: np.ndarray) -> tuple[np
         (clusters, genes) mean profiles of the query's clusters.
     label_means : numpy.ndarray
         (labels, genes) mean profiles of the reference labels, over the same genes.
+    centre : numpy.ndarray or None
+        What the cluster profiles are centred on; None: their own mean (parts of clusters are
+        centred on the mean of the whole clusters', :func:`split_flagged`).
 
     Returns
     -------
     best, correlation : numpy.ndarray
         Per cluster: the row index in ``label_means`` of its best label, and that Pearson correlation.
     """
-    a = cluster_means - cluster_means.mean(axis=0)
+    a = cluster_means - (cluster_means.mean(axis=0) if centre is None else centre)
     b = label_means - label_means.mean(axis=0)
     a = a - a.mean(axis=1, keepdims=True)
     b = b - b.mean(axis=1, keepdims=True)
@@ -407,7 +415,7 @@ def detect(X_variable: np.ndarray, genes: list[str], profiles: LabelProfiles, *,
     """
     n = len(X_variable)
     labels, _, _ = cluster_on_components(X_variable, n_clusters=n_clusters_for(n), seed=seed)
-    return _judge(labels, X_variable, genes, profiles, cutoff)
+    return split_flagged(_judge(labels, X_variable, genes, profiles, cutoff), X_variable, cutoff, seed=seed)
 
 
 def cluster_sums(cluster: np.ndarray, X: np.ndarray, k: int) -> np.ndarray:
@@ -474,6 +482,77 @@ def _judge(cluster: np.ndarray, X: np.ndarray | None, genes: list[str], profiles
     return NoveltyResult(cluster=cluster, best_label=label_names[full_arg][cluster], match=score[cluster].astype(np.float32),
                          novel=novel_cluster[cluster], details=details, cluster_means=means,
                          label_means=profiles.restrict(genes), labels=list(profiles.labels))
+
+
+def split_flagged(result: NoveltyResult, X: np.ndarray, cutoff: float | None, *, seed: int = 0) -> NoveltyResult:
+    """Split each flagged cluster in two and take back a part that the rule that flagged it would pass.
+
+    A population the atlas lacks is often clustered with some cells of a present type beside it
+    (acinar cells, which a mouse atlas lacks, with ductal cells); flagging the whole cluster sets
+    those aside too. Each novel cluster of at least ``2 × MIN_CLUSTER`` cells is split in two on its
+    own principal components (:func:`cluster_on_components`), and each part of at least
+    :data:`MIN_CLUSTER` cells is judged against the yardsticks of the whole query's clusters (their
+    centre, the median and spread of their relative matches, their typical profile correlation):
+    a part that neither the relative score's rule (with the small-query guard) nor the
+    far-from-every-label rule calls novel is no longer novel.
+
+    Parameters
+    ----------
+    result : NoveltyResult
+        The check's answer, with its cluster and label means (as :func:`_judge` returns it).
+    X : numpy.ndarray
+        (cells, genes) dense values the clusters were judged on, in the order of ``result.cluster``.
+    cutoff : float or None
+        The relative score's cut-off the check used; None: that rule was off.
+    seed : int
+        Seed of the splits.
+
+    Returns
+    -------
+    NoveltyResult
+        A copy with the taken-back cells no longer novel; ``details`` gains ``split_clusters`` (flagged
+        clusters split) and ``split_released_cells``.
+    """
+    from dataclasses import replace
+
+    if result.cluster_means is None or result.label_means is None or not result.novel.any():
+        return result
+    k = len(result.cluster_means)
+    sizes = np.bincount(result.cluster, minlength=k).astype(np.float64)
+    usable = sizes >= MIN_CLUSTER
+    means, labels = result.cluster_means[usable], result.label_means
+    centre = means.mean(axis=0)
+    best = best_matches(means, labels)[1]
+    median_best = max(weighted_median(best, sizes[usable]), 1e-6)
+    relative = best / median_best
+    middle = weighted_median(relative, sizes[usable])
+    spread = max(1.4826 * weighted_median(np.abs(relative - middle), sizes[usable]), MAD_FLOOR)
+    typical = weighted_median(profile_matches(means, labels), sizes[usable])
+    guarded = usable.sum() < FEW_CLUSTERS
+    novel = result.novel.copy()
+    split = 0
+    for c in np.unique(result.cluster[result.novel]):
+        rows = np.flatnonzero(result.cluster == c)
+        if len(rows) < 2 * MIN_CLUSTER:
+            continue
+        part = cluster_on_components(X[rows], n_clusters=2, seed=seed)[0]
+        split += 1
+        for p in np.unique(part):
+            cells = rows[part == p]
+            if len(cells) < MIN_CLUSTER:
+                continue
+            mean = X[cells].mean(axis=0, keepdims=True)
+            part_best = float(best_matches(mean, labels, centre=centre)[1][0])
+            score = (part_best / median_best - middle) / spread
+            relative_novel = cutoff is not None and usable.sum() >= 2 and score < cutoff
+            if guarded:
+                relative_novel = relative_novel and part_best < SMALL_QUERY_MATCH
+            profile = float(profile_matches(mean, labels)[0])
+            far = typical >= FAR_TYPICAL and profile < FAR_MATCH and profile < FAR_SHARE * typical
+            if not (relative_novel or far):
+                novel[cells] = False
+    details = {**result.details, "split_clusters": split, "split_released_cells": int(result.novel.sum() - novel.sum())}
+    return replace(result, novel=novel, details=details)
 
 
 def leads(means: np.ndarray, rows: np.ndarray) -> np.ndarray:
@@ -572,8 +651,9 @@ def describe(info: dict[str, Any]) -> str:
     Returns
     -------
     str
-        The novel clusters and cells, the cut-off and the clusters spared by their voted label's
-        genes; or why the check did not run.
+        The novel clusters and cells, the cut-off, the clusters spared by their voted label's genes
+        and the cells taken back by splitting flagged clusters (:func:`split_flagged`); or why the
+        check did not run.
     """
     if not info.get("checked"):
         return f"not run: {info.get('reason') or 'switched off (--no-novelty), or too few query cells to cluster'}"
@@ -592,6 +672,9 @@ def describe(info: dict[str, Any]) -> str:
         said += "; spared: 1 flagged cluster whose distinguishing genes are its voted label's"
     elif spared:
         said += f"; spared: {spared} flagged clusters whose distinguishing genes are their voted label's"
+    released = int(info.get("split_released_cells", 0))
+    if released:
+        said += f"; {released:,} cells of flagged clusters taken back: split off, they match an atlas label"
     return said
 
 
@@ -634,8 +717,9 @@ def stream_detect(chunks: Callable[[], Iterator[tuple[int, sp.csr_matrix]]], sam
     _, centroids, loadings = cluster_on_components(dense_sample, n_clusters=n_clusters_for(n_cells), seed=seed)
     if sample.shape[0] == n_cells:  # the sample is every cell, in row order: no second pass
         cluster = assign(dense_sample, centroids, loadings)
-        return _judge(cluster, None, [genes[i] for i in variable], profiles, cutoff,
-                      sums=cluster_sums(cluster, dense_sample, len(centroids)))
+        judged = _judge(cluster, None, [genes[i] for i in variable], profiles, cutoff,
+                        sums=cluster_sums(cluster, dense_sample, len(centroids)))
+        return split_flagged(judged, dense_sample, cutoff, seed=seed)
     del dense_sample
     cluster = np.empty(n_cells, dtype=np.int64)
     sums = np.zeros((len(centroids), len(variable)))

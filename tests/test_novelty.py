@@ -59,16 +59,22 @@ def test_match_scores_are_robust_standard_deviations():
     assert np.all(np.abs(scores[:4]) < 2)
 
 
-def test_a_population_the_profiles_lack_is_found():
-    adata = make_counts(n_cells=900, n_types=6, seed=3)
+def _six_types_profiles_of_five() -> tuple[np.ndarray, np.ndarray, list[str], LabelProfiles]:
+    """Log expression of 900 generated cells of six types, and the profiles of all but ``type5``."""
     from screader_db.inputs import load_expression
 
+    adata = make_counts(n_cells=900, n_types=6, seed=3)
     expr = load_expression(adata)
     X = expr.X.toarray().astype(float)
     kinds = adata.obs["cell_type"].astype(str).to_numpy()
     known = [k for k in sorted(set(kinds)) if k != "type5"]
     means = np.stack([X[kinds == k].mean(axis=0) for k in known])
-    result = detect(X, expr.genes, LabelProfiles(known, expr.genes, means, np.ones(len(known))), cutoff=-2.0)
+    return X, kinds, expr.genes, LabelProfiles(known, expr.genes, means, np.ones(len(known)))
+
+
+def test_a_population_the_profiles_lack_is_found():
+    X, kinds, genes, profiles = _six_types_profiles_of_five()
+    result = detect(X, genes, profiles, cutoff=-2.0)
     assert result.novel[kinds == "type5"].mean() > 0.8
     assert result.novel[kinds != "type5"].mean() < 0.1
 
@@ -177,3 +183,24 @@ def test_the_summary_says_why_the_relative_check_is_off_for_a_query_of_a_few_typ
             "relative_check": FEW_TYPES_OFF}
     assert "relative check off for a query of a few of the atlas's types" in describe(info)
     assert "relative check off for this atlas" in describe({**info, "relative_check": "switched off for this atlas"})
+
+
+def test_a_flagged_cluster_gives_back_the_part_that_matches_a_label():
+    """A missing type clustered with some cells of a present type: the split takes the present cells back."""
+    from screader_db.novelty import _judge, split_flagged
+
+    X, kinds, genes, profiles = _six_types_profiles_of_five()
+    cluster = np.array([int(k[-1]) for k in kinds])
+    beside = np.flatnonzero(kinds == "type0")[:40]
+    cluster[beside] = 5  # forty type0 cells in the missing type's cluster
+    judged = _judge(cluster, X, genes, profiles, -2.0)
+    assert judged.novel[cluster == 5].all() and not judged.novel[cluster != 5].any()
+    split = split_flagged(judged, X, -2.0)
+    assert not split.novel[beside].any() and split.novel[kinds == "type5"].all()
+    assert split.details["split_clusters"] == 1 and split.details["split_released_cells"] == 40
+    assert judged.novel[beside].all()  # the given result is left as it was
+    # a cluster wholly of the missing type stays novel
+    whole = _judge(np.array([int(k[-1]) for k in kinds]), X, genes, profiles, -2.0)
+    np.testing.assert_array_equal(split_flagged(whole, X, -2.0).novel, whole.novel)
+    said = describe({"checked": True, "clusters": 6, "cutoff": -2.0, "novel_cells": 150, **split.details})
+    assert said.endswith("; 40 cells of flagged clusters taken back: split off, they match an atlas label")
