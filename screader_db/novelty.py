@@ -326,10 +326,27 @@ def far_from_labels(profile: np.ndarray, sizes: np.ndarray, usable: np.ndarray) 
     """
     if not usable.any():
         return np.zeros(len(profile), dtype=bool)
-    typical = weighted_median(profile[usable], sizes[usable])
+    return usable & far_beside(profile, weighted_median(profile[usable], sizes[usable]))
+
+
+def far_beside(profile: np.ndarray, typical: float) -> np.ndarray:
+    """The far-from-every-label rule of :func:`far_from_labels` beside a given typical cluster's correlation.
+
+    Parameters
+    ----------
+    profile : numpy.ndarray
+        Best profile correlations (:func:`profile_matches`).
+    typical : float
+        The query's typical cluster's best profile correlation.
+
+    Returns
+    -------
+    numpy.ndarray
+        bool per value; all false when ``typical`` is below :data:`FAR_TYPICAL`.
+    """
     if typical < FAR_TYPICAL:
         return np.zeros(len(profile), dtype=bool)
-    return usable & (profile < FAR_MATCH) & (profile < FAR_SHARE * typical)
+    return (profile < FAR_MATCH) & (profile < FAR_SHARE * typical)
 
 
 def weighted_median(values: np.ndarray, weights: np.ndarray) -> float:
@@ -352,7 +369,7 @@ def weighted_median(values: np.ndarray, weights: np.ndarray) -> float:
     return float(values[order][np.searchsorted(cumulative, cumulative[-1] / 2)])
 
 
-def relative_match(best: np.ndarray, sizes: np.ndarray) -> np.ndarray:
+def relative_match(best: np.ndarray, sizes: np.ndarray, *, of: np.ndarray | None = None) -> np.ndarray:
     """Best correlations divided by their cell-weighted median over the clusters.
 
     Parameters
@@ -361,16 +378,18 @@ def relative_match(best: np.ndarray, sizes: np.ndarray) -> np.ndarray:
         Best correlation of each cluster (:func:`best_matches`).
     sizes : numpy.ndarray
         Cells in each cluster.
+    of : numpy.ndarray or None
+        Other correlations to divide by the clusters' median instead (parts of clusters, :func:`split_flagged`).
 
     Returns
     -------
     numpy.ndarray
-        The relative match of each cluster (the median is floored at 1e-6).
+        The relative match of each cluster, or of each of ``of`` (the median is floored at 1e-6).
     """
-    return best / max(weighted_median(best, sizes), 1e-6)
+    return (best if of is None else of) / max(weighted_median(best, sizes), 1e-6)
 
 
-def match_scores(relative: np.ndarray, sizes: np.ndarray) -> np.ndarray:
+def match_scores(relative: np.ndarray, sizes: np.ndarray, *, of: np.ndarray | None = None) -> np.ndarray:
     """Relative matches in robust standard deviations below (negative) or above the median.
 
     Parameters
@@ -379,15 +398,18 @@ def match_scores(relative: np.ndarray, sizes: np.ndarray) -> np.ndarray:
         Relative match of each cluster (:func:`relative_match`).
     sizes : numpy.ndarray
         Cells in each cluster; median and median absolute deviation are weighted by them.
+    of : numpy.ndarray or None
+        Other relative matches to score against the clusters' median and spread instead
+        (parts of clusters, :func:`split_flagged`).
 
     Returns
     -------
     numpy.ndarray
-        ``(relative - median) / max(1.4826 × MAD, MAD_FLOOR)`` of each cluster.
+        ``(relative - median) / max(1.4826 × MAD, MAD_FLOOR)`` of each cluster, or of each of ``of``.
     """
     centre = weighted_median(relative, sizes)
     spread = 1.4826 * weighted_median(np.abs(relative - centre), sizes)
-    return (relative - centre) / max(spread, MAD_FLOOR)
+    return ((relative if of is None else of) - centre) / max(spread, MAD_FLOOR)
 
 
 def detect(X_variable: np.ndarray, genes: list[str], profiles: LabelProfiles, *, cutoff: float = DEFAULT_CUTOFF,
@@ -520,14 +542,11 @@ def split_flagged(result: NoveltyResult, X: np.ndarray, cutoff: float | None, *,
     k = len(result.cluster_means)
     sizes = np.bincount(result.cluster, minlength=k).astype(np.float64)
     usable = sizes >= MIN_CLUSTER
-    means, labels = result.cluster_means[usable], result.label_means
+    means, labels, weights = result.cluster_means[usable], result.label_means, sizes[usable]
     centre = means.mean(axis=0)
     best = best_matches(means, labels)[1]
-    median_best = max(weighted_median(best, sizes[usable]), 1e-6)
-    relative = best / median_best
-    middle = weighted_median(relative, sizes[usable])
-    spread = max(1.4826 * weighted_median(np.abs(relative - middle), sizes[usable]), MAD_FLOOR)
-    typical = weighted_median(profile_matches(means, labels), sizes[usable])
+    relative = relative_match(best, weights)
+    typical = weighted_median(profile_matches(means, labels), weights)
     guarded = usable.sum() < FEW_CLUSTERS
     novel = result.novel.copy()
     split = 0
@@ -542,13 +561,12 @@ def split_flagged(result: NoveltyResult, X: np.ndarray, cutoff: float | None, *,
             if len(cells) < MIN_CLUSTER:
                 continue
             mean = X[cells].mean(axis=0, keepdims=True)
-            part_best = float(best_matches(mean, labels, centre=centre)[1][0])
-            score = (part_best / median_best - middle) / spread
+            part_best = best_matches(mean, labels, centre=centre)[1]
+            score = match_scores(relative, weights, of=relative_match(best, weights, of=part_best))[0]
             relative_novel = cutoff is not None and usable.sum() >= 2 and score < cutoff
             if guarded:
-                relative_novel = relative_novel and part_best < SMALL_QUERY_MATCH
-            profile = float(profile_matches(mean, labels)[0])
-            far = typical >= FAR_TYPICAL and profile < FAR_MATCH and profile < FAR_SHARE * typical
+                relative_novel = relative_novel and part_best[0] < SMALL_QUERY_MATCH
+            far = bool(far_beside(profile_matches(mean, labels), typical)[0])
             if not (relative_novel or far):
                 novel[cells] = False
     details = {**result.details, "split_clusters": split, "split_released_cells": int(result.novel.sum() - novel.sum())}
