@@ -1,21 +1,22 @@
 """Clustering: the package's k-means, and majority labels within clusters of query cells.
 
-:func:`kmeans` serves the composition-balanced centring (:mod:`screader_db.centring`) and the
+:func:`kmeans` (scikit-learn's) serves the composition-balanced centring (:mod:`screader_db.centring`) and the
 novelty check (:mod:`screader_db.novelty`); :func:`cluster_cells` groups query cells for the
 cluster-level smoothing, reported beside the per-cell labels, never instead of them.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
 
 
-# Kept as written, not scikit-learn's KMeans, so that recorded centring vectors and novelty cut-offs stay the same.
 def kmeans(points: np.ndarray, k: int, *, seed: int = 0, iterations: int = 100, restarts: int = 3) -> np.ndarray:
-    """Cluster index of each point: k-means++ starts, Lloyd steps, best of ``restarts`` by inertia.
+    """Cluster index of each point: scikit-learn's k-means (k-means++ starts, Lloyd steps), best of
+    ``restarts`` by inertia.
 
     Parameters
     ----------
@@ -35,32 +36,18 @@ def kmeans(points: np.ndarray, k: int, *, seed: int = 0, iterations: int = 100, 
     numpy.ndarray
         int64 cluster of each point.
     """
-    rng = np.random.default_rng(seed)
-    n = len(points)
-    k = min(k, n)
-    sq = (points**2).sum(axis=1)
-    best_inertia, best = np.inf, np.zeros(n, dtype=np.int64)
-    for _ in range(restarts):
-        centres = [points[rng.integers(n)]]
-        distance = ((points - centres[0]) ** 2).sum(axis=1)
-        for _ in range(1, k):
-            total = distance.sum()
-            pick = rng.choice(n, p=distance / total) if total > 0 else rng.integers(n)
-            centres.append(points[pick])
-            distance = np.minimum(distance, ((points - centres[-1]) ** 2).sum(axis=1))
-        centre = np.stack(centres)
-        labels = np.zeros(n, dtype=np.int64)
-        for _ in range(iterations):
-            d = sq[:, None] - 2 * points @ centre.T + (centre**2).sum(axis=1)[None, :]
-            labels = d.argmin(axis=1)
-            updated = group_means(points, labels, k, empty=centre)
-            if np.allclose(updated, centre):
-                break
-            centre = updated
-        inertia = d[np.arange(n), labels].sum()
-        if inertia < best_inertia:
-            best_inertia, best = inertia, labels
-    return best
+    from sklearn.cluster import KMeans
+    from sklearn.exceptions import ConvergenceWarning
+
+    points = np.asarray(points, dtype=np.float64)
+    k = min(k, len(points))
+    if k <= 1:
+        return np.zeros(len(points), dtype=np.int64)
+    model = KMeans(n_clusters=k, init="k-means++", n_init=restarts, max_iter=iterations, random_state=seed)
+    with warnings.catch_warnings():
+        # Fewer distinct points than clusters (repeated cells): the clusters it found are kept.
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        return model.fit_predict(points).astype(np.int64)
 
 
 def group_means(values: np.ndarray, groups: np.ndarray, n_groups: int, *, empty: np.ndarray | None = None) -> np.ndarray:
@@ -125,11 +112,8 @@ def cluster_cells(vectors: np.ndarray, *, resolution: float = 1.0, seed: int = 0
         sc.tl.leiden(holder, resolution=resolution, random_state=seed, flavor="igraph", n_iterations=2, directed=False)
         return holder.obs["leiden"].astype(int).to_numpy(), "leiden"
     except ImportError:
-        from sklearn.cluster import KMeans
-
         n_clusters = int(max(2, min(50, round(np.sqrt(n / 10)))))
-        model = KMeans(n_clusters=n_clusters, random_state=seed, n_init=4)
-        return model.fit_predict(vectors).astype(np.int64), "kmeans"
+        return kmeans(vectors, n_clusters, seed=seed, restarts=4, iterations=300), "kmeans"
 
 
 def majority_labels(labels: Sequence[str], clusters: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -204,3 +204,39 @@ def test_a_flagged_cluster_gives_back_the_part_that_matches_a_label():
     np.testing.assert_array_equal(split_flagged(whole, X, -2.0).novel, whole.novel)
     said = describe({"checked": True, "clusters": 6, "cutoff": -2.0, "novel_cells": 150, **split.details})
     assert said.endswith("; 40 cells of flagged clusters taken back: split off, they match an atlas label")
+
+
+def test_the_calibration_pools_its_splits_by_the_median():
+    from screader_db.inputs import load_expression
+    from screader_db.novelty import _replicate_curves, calibrate
+
+    adata = make_counts(n_cells=400, n_types=4, seed=8)
+    expr = load_expression(adata)
+    X, labels = expr.X.tocsr(), adata.obs["cell_type"].astype(str).to_numpy()
+    found = calibrate(X, labels, expr.genes, seed=3, replicates=3)
+    grid = np.asarray(found["grid"])
+    each = [_replicate_curves(X, labels, expr.genes, found["labels_hidden"], grid, seed=s) for s in (3, 4, 5)]
+    assert found["replicates"] == 3
+    np.testing.assert_allclose(found["known_loss_curve"], np.median([k for k, _ in each], axis=0), atol=1e-4)
+    np.testing.assert_allclose(found["caught_curve"], np.median([c for _, c in each], axis=0), atol=1e-4)
+    allowed = np.flatnonzero(np.asarray(found["known_loss_curve"]) <= 0.025)
+    assert found["cutoff"] == grid[allowed[-1] if len(allowed) else 0]
+
+
+@pytest.mark.data("baron_human")
+def test_the_calibrated_cutoff_does_not_turn_on_the_seed():
+    """One split and clustering of Baron human put the cut-off anywhere from -2.0 to -8.0; pooled, the
+    seeds agree (README, "Unassigned rules on the suite")."""
+    from screader_db.builders.reference import open_reference
+    from screader_db.fetch import resolve_dataset
+    from screader_db.inputs import read_h5ad
+    from screader_db.novelty import calibrate
+    from screader_db.reference_stats import collect
+
+    reference = open_reference(read_h5ad(resolve_dataset("baron_human")), label_key="cell_ontology_class", name="baron")
+    stats = collect(reference.source, reference.plan(), reference.labels, seed=0, kind=reference.kind)
+    labels = stats.sample_labels(np.asarray(reference.labels))
+    found = [calibrate(stats.sample, labels, stats.genes, seed=seed) for seed in (0, 100, 200)]
+    cutoffs = [f["cutoff"] for f in found]
+    assert all(f["enabled"] for f in found) and max(cutoffs) - min(cutoffs) <= 1.0, cutoffs
+    assert all(f["hidden_caught"] >= 0.6 for f in found), [f["hidden_caught"] for f in found]

@@ -147,7 +147,7 @@ def query(tmp_path_factory):
 
 # Each changes the labels of this query (asserted), so a surface that dropped it would fail.
 CHANGES = [{"min_margin": 0.6}, {"power": 0.0, "k": 60}, {"propagation": 0.9}, {"novelty": False},
-           {"novelty_cutoff": -5.0}, {"center": "reference", "k": 3}]
+           {"novelty_cutoff": -20.0}, {"center": "reference", "k": 3}]
 
 
 def _cli_table(path, atlas, options, tmp_path):

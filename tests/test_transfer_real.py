@@ -172,8 +172,8 @@ def test_a_small_query_still_shows_a_type_the_atlas_lacks(tmp_path):
 
 def test_an_endocrine_atlas_sets_aside_the_other_lineages_of_a_whole_pancreas(tmp_path):
     """The four endocrine types of Baron human as the atlas, the whole mouse pancreas as the query:
-    the relative check is off for such an atlas (its labels are too alike to calibrate it), and the
-    acinar, ductal, stellate and immune cells are set aside as far from every label."""
+    the acinar, ductal, stellate and immune cells are set aside as far from every label (the relative
+    check, on or off for such an atlas by a narrow margin, is not what catches them)."""
     from screader_db.suite import ENDOCRINE
 
     sources = load_sources(kang_cells=10)
@@ -187,7 +187,7 @@ def test_an_endocrine_atlas_sets_aside_the_other_lineages_of_a_whole_pancreas(tm
     truth = mouse.obs[LABEL].astype(str).to_numpy()
     other = ~np.isin(truth, ENDOCRINE)
     novelty = result.info["novelty"]
-    assert novelty["cutoff"] is None and novelty["far_clusters"] > 0
+    assert novelty["far_clusters"] > 0
     labels = result.labels.to_numpy()
     assert (labels[other] == "Unassigned").mean() >= 0.8
     right = result.table["raw_label"].to_numpy() == truth
