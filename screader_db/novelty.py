@@ -781,7 +781,7 @@ def stream_detect(chunks: Callable[[], Iterator[tuple[int, sp.csr_matrix]]], sam
     return _judge(cluster, None, [genes[i] for i in variable], profiles, cutoff, sums=sums)
 
 
-def calibrate(sample: sp.csr_matrix, labels: np.ndarray, genes: list[str], *, seed: int = 0,
+def calibrate(sample: sp.csr_matrix, labels: np.ndarray, *, seed: int = 0,
               min_label_cells: int = 20, max_known_loss: float = KNOWN_LOSS, replicates: int = REPLICATES) -> dict[str, Any]:
     """Choose the cut-off on the reference alone.
 
@@ -804,10 +804,8 @@ def calibrate(sample: sp.csr_matrix, labels: np.ndarray, genes: list[str], *, se
         (cells, genes) log expression of a sample of the reference.
     labels : numpy.ndarray
         Label of each row of ``sample``.
-    genes : list of str
-        Name of each column of ``sample``.
     seed : int
-        Seed of the split and the clustering.
+        First seed of the splits and the clusterings.
     min_label_cells : int
         Fewest cells a label needs to be hidden in turn.
     max_known_loss : float
@@ -830,7 +828,7 @@ def calibrate(sample: sp.csr_matrix, labels: np.ndarray, genes: list[str], *, se
     if len(candidates) < 3 or split(labels, seed=seed).sum() < 50:
         return {"cutoff": DEFAULT_CUTOFF, "calibrated": False, "reason": "too few labelled cells to calibrate"}
     grid = np.round(np.arange(-8.0, MAX_CUTOFF + 0.01, 0.25), 2)
-    curves = [_replicate_curves(sample, labels, genes, candidates, grid, seed=seed + r) for r in range(replicates)]
+    curves = [_replicate_curves(sample, labels, candidates, grid, seed=seed + r) for r in range(replicates)]
     loss = np.median([known for known, _ in curves], axis=0)
     catch = np.median([caught for _, caught in curves], axis=0)
     allowed = np.flatnonzero(loss <= max_known_loss)
@@ -841,8 +839,8 @@ def calibrate(sample: sp.csr_matrix, labels: np.ndarray, genes: list[str], *, se
             "known_loss_curve": np.round(loss, 4).tolist(), "caught_curve": np.round(catch, 4).tolist()}
 
 
-def _replicate_curves(sample: sp.csr_matrix, labels: np.ndarray, genes: list[str], candidates: list[str],
-                      grid: np.ndarray, *, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def _replicate_curves(sample: sp.csr_matrix, labels: np.ndarray, candidates: list[str], grid: np.ndarray, *,
+                      seed: int) -> tuple[np.ndarray, np.ndarray]:
     """One split and clustering of :func:`calibrate`: the mean, over the hidden labels, of the known
     cells' and the hidden cells' shares in clusters scoring below each cut-off of ``grid``."""
     from screader_db.calibration import split

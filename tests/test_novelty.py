@@ -120,7 +120,7 @@ def test_the_relative_check_switches_itself_off_where_labels_cannot_be_told_apar
     adata = make_counts(n_cells=600, n_types=1, seed=4)
     adata.obs["cell_type"] = np.random.default_rng(0).choice(["a", "b", "c", "d"], size=adata.n_obs)
     expr = load_expression(adata)
-    found = calibrate(expr.X.tocsr(), adata.obs["cell_type"].to_numpy(), expr.genes)
+    found = calibrate(expr.X.tocsr(), adata.obs["cell_type"].to_numpy())
     assert found["calibrated"] and not found["enabled"] and found["hidden_caught"] < 0.5
     build_atlas(adata, tmp_path / "atlas", label_key="cell_type", settings=BuildSettings(layout="none"))
     result = annotate(make_counts(n_cells=200, n_types=1, seed=5), tmp_path / "atlas")
@@ -213,9 +213,9 @@ def test_the_calibration_pools_its_splits_by_the_median():
     adata = make_counts(n_cells=400, n_types=4, seed=8)
     expr = load_expression(adata)
     X, labels = expr.X.tocsr(), adata.obs["cell_type"].astype(str).to_numpy()
-    found = calibrate(X, labels, expr.genes, seed=3, replicates=3)
+    found = calibrate(X, labels, seed=3, replicates=3)
     grid = np.asarray(found["grid"])
-    each = [_replicate_curves(X, labels, expr.genes, found["labels_hidden"], grid, seed=s) for s in (3, 4, 5)]
+    each = [_replicate_curves(X, labels, found["labels_hidden"], grid, seed=s) for s in (3, 4, 5)]
     assert found["replicates"] == 3
     np.testing.assert_allclose(found["known_loss_curve"], np.median([k for k, _ in each], axis=0), atol=1e-4)
     np.testing.assert_allclose(found["caught_curve"], np.median([c for _, c in each], axis=0), atol=1e-4)
@@ -236,7 +236,7 @@ def test_the_calibrated_cutoff_does_not_turn_on_the_seed():
     reference = open_reference(read_h5ad(resolve_dataset("baron_human")), label_key="cell_ontology_class", name="baron")
     stats = collect(reference.source, reference.plan(), reference.labels, seed=0, kind=reference.kind)
     labels = stats.sample_labels(np.asarray(reference.labels))
-    found = [calibrate(stats.sample, labels, stats.genes, seed=seed) for seed in (0, 100, 200)]
+    found = [calibrate(stats.sample, labels, seed=seed) for seed in (0, 100, 200)]
     cutoffs = [f["cutoff"] for f in found]
     assert all(f["enabled"] for f in found) and max(cutoffs) - min(cutoffs) <= 1.0, cutoffs
     assert all(f["hidden_caught"] >= 0.6 for f in found), [f["hidden_caught"] for f in found]

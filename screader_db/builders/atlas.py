@@ -309,7 +309,7 @@ def calibrate_reference(fitted: Fitted, stats: ReferenceStats, settings: BuildSe
         :func:`screader_db.novelty.calibrate` of the sample, with :func:`calibrate_scores` under ``scores``.
     """
     with reporter.task("Calibrating novelty and confidence on the reference", 2, "steps") as advance:
-        calibration = calibrate(stats.sample, fitted.fit["labels"], stats.genes, seed=settings.seed)
+        calibration = calibrate(stats.sample, fitted.fit["labels"], seed=settings.seed)
         advance(1)
         calibration["scores"] = calibrate_scores(fitted, stats, settings)
         advance(1)

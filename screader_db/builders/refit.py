@@ -436,7 +436,7 @@ def _calibrate_each(fitted: Any, stats: Any, settings: Any, groups: list[tuple[s
     each: dict[str, dict[str, Any]] = {}
     with reporter.task("Calibrating novelty and confidence on each data set", len(groups) + 1, "steps") as advance:
         for name, rows in groups:
-            each[name] = calibrate(stats.sample[np.flatnonzero(rows)], labels[rows], stats.genes, seed=settings.seed)
+            each[name] = calibrate(stats.sample[np.flatnonzero(rows)], labels[rows], seed=settings.seed)
             advance(1)
         scores = calibrate_scores(fitted, stats, settings)
         advance(1)
