@@ -504,11 +504,10 @@ def cluster_scores(means: np.ndarray, sizes: np.ndarray, label_means: np.ndarray
 
 
 def _judge(cluster: np.ndarray, X: np.ndarray | None, genes: list[str], profiles: LabelProfiles, cutoff: float | None,
-           sums: np.ndarray | None = None, guard: bool = True) -> NoveltyResult:
-    """Score each cluster and call the novel ones. ``cutoff`` None leaves the relative score's rule
-    off. ``guard`` (a query's check) applies the small-query guard (:data:`FEW_CLUSTERS`) and the
-    far-from-every-label rule (:data:`FAR_MATCH`); the calibration, which measures the relative
-    score alone, leaves both off."""
+           sums: np.ndarray | None = None) -> NoveltyResult:
+    """Score each cluster (:func:`cluster_scores`) and call the novel ones: by the relative score's
+    rule (``cutoff`` None leaves it off) with the small-query guard (:data:`FEW_CLUSTERS`), or as far
+    from every label (:func:`far_from_labels`)."""
     k = int(cluster.max()) + 1
     sizes = np.bincount(cluster, minlength=k).astype(np.float64)
     if sums is None:
@@ -518,12 +517,12 @@ def _judge(cluster: np.ndarray, X: np.ndarray | None, genes: list[str], profiles
     usable = sizes >= MIN_CLUSTER
     full_arg, full_best, rel, score = cluster_scores(means, sizes, profiles.restrict(genes))
     novel_cluster = usable & (score < (-np.inf if cutoff is None else cutoff))
-    guarded = bool(guard and usable.sum() < FEW_CLUSTERS)
+    guarded = bool(usable.sum() < FEW_CLUSTERS)
     if guarded:
         novel_cluster &= ~(full_best >= SMALL_QUERY_MATCH)
     profile = np.full(k, np.nan)
     profile[usable] = profile_matches(means[usable], profiles.restrict(genes))
-    far = far_from_labels(profile, sizes, usable) if guard else np.zeros(k, dtype=bool)
+    far = far_from_labels(profile, sizes, usable)
     novel_cluster |= far
     label_names = np.asarray([*profiles.labels, ""], dtype=object)
     details = {"clusters": int(k), "cutoff": cutoff, "novel_clusters": int(novel_cluster.sum()),
@@ -576,8 +575,8 @@ def split_flagged(result: NoveltyResult, X: np.ndarray, cutoff: float | None, *,
     usable = sizes >= MIN_CLUSTER
     means, labels, weights = result.cluster_means[usable], result.label_means, sizes[usable]
     centre = means.mean(axis=0)
-    best = best_matches(means, labels)[1]
-    relative = relative_match(best, weights)
+    _, all_best, all_relative, _ = cluster_scores(result.cluster_means, sizes, labels)
+    best, relative = all_best[usable], all_relative[usable]
     typical = weighted_median(profile_matches(means, labels), weights)
     guarded = usable.sum() < FEW_CLUSTERS
     novel = result.novel.copy()
