@@ -126,6 +126,18 @@ class Workers:
             return []
         return [future.result() for future in [self._pool.submit(_warm, atlas.version) for _ in range(self.n)]]
 
+    def pids(self) -> list[int]:
+        """The process ids of the running workers (empty in one process, or before any has started).
+
+        Returns
+        -------
+        list of int
+            One per live worker process; :meth:`warm` starts all ``n`` of them.
+        """
+        pool = self._pool
+        processes = getattr(pool, "_processes", None) or {}  # the executor keeps no public list of them
+        return sorted(int(pid) for pid in processes)
+
     def call(self, task: Callable[..., Any], atlas: store.Atlas, *args: Any) -> Any:
         """``task(cache, atlas, *args)``, in a worker process when there are several; blocks until done.
 
