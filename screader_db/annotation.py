@@ -144,7 +144,7 @@ def find_novel(query: PreparedQuery, opened: store.Atlas, *, chunk: int = CHUNK,
 
     from screader_db.expression_stream import GeneMoments
     from screader_db.features import variable_from_moments
-    from screader_db.inputs import sample_rows
+    from screader_db.inputs import rows_in_block, sample_rows
     from screader_db.novelty import DEFAULT_CUTOFF, FEW_TYPES_OFF, N_VARIABLE, SAMPLE_CELLS, stream_detect
 
     found = opened.profiles()
@@ -169,11 +169,16 @@ def find_novel(query: PreparedQuery, opened: store.Atlas, *, chunk: int = CHUNK,
     with reporter.task("Looking for populations the atlas lacks", n, "cells") as advance:
         # A query no larger than the sample is read once and kept, and every cell is clustered;
         # a larger one is read for the variable genes and to assign, and only its sample to cluster.
+        # The sample's rows are taken in the same pass as the genes' moments.
         whole = n <= SAMPLE_CELLS
         chunks = stream.replayable(chunk) if whole else (lambda: stream.chunks(chunk))
-        moments = GeneMoments(len(profiles.genes)).add_all(block for _, block in chunks())
-        sampled = chunks() if whole else stream.subset(sample_rows(n, SAMPLE_CELLS, seed=seed)).chunks(chunk)
-        sample = sp.csr_matrix(sp.vstack([block for _, block in sampled]))
+        moments, rows, picked = GeneMoments(len(profiles.genes)), sample_rows(n, SAMPLE_CELLS, seed=seed), []
+        for start, block in chunks():
+            moments.add(block)
+            local = rows_in_block(rows, start, block.shape[0])
+            if len(local):
+                picked.append(block if len(local) == block.shape[0] else block[local])
+        sample = sp.csr_matrix(sp.vstack(picked))
         variable = variable_from_moments(*moments.mean_var(), moments.detected, N_VARIABLE)
         result = stream_detect(chunks, sample, n, profiles.genes, variable, profiles, cutoff=chosen, seed=seed)
         advance(n)

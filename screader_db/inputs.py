@@ -916,6 +916,14 @@ class GenePlan:
         coo = self.assign.tocoo()
         return coo.row.astype(np.int64), coo.col.astype(np.int64)
 
+    @functools.cached_property
+    def identity(self) -> bool:
+        """Every input column is the target column of the same position."""
+        found = self.selection
+        n = len(self.genes)
+        return (found is not None and self.assign.shape[0] == n and len(found[0]) == n
+                and bool((found[0] == np.arange(n)).all() and (found[1] == np.arange(n)).all()))
+
     def apply(self, X: sp.csr_matrix) -> sp.csr_matrix:
         """The target columns of ``X`` (input genes summed into their targets; a column selection when 1:1).
 
@@ -927,12 +935,15 @@ class GenePlan:
         Returns
         -------
         scipy.sparse.csr_matrix
-            Cells × target genes.
+            Cells × target genes, sorted within each row (``X`` itself when its columns are the
+            targets in order and already sorted).
         """
         if self.selection is None:
             # as a product of CSC forms turned back into rows: sorted within each row, with no sort
             return (sp.csc_matrix(X) @ self.assign_columns).tocsr()
         rows, cols = self.selection
+        if self.identity:  # the input's columns are the targets, in order
+            return X if X.has_sorted_indices else X.sorted_indices()
         order = np.argsort(cols, kind="stable")
         # The columns of the CSC form, taken in target order and turned back into rows, come out
         # sorted within each row: two linear passes, faster than a column index and a sort per row.

@@ -236,8 +236,8 @@ def assign(X: np.ndarray, centroids: np.ndarray, loadings: np.ndarray) -> np.nda
 
     Parameters
     ----------
-    X : numpy.ndarray
-        (cells, genes) dense expression over the genes the centroids were fitted on.
+    X : numpy.ndarray or scipy.sparse.csr_matrix
+        (cells, genes) expression over the genes the centroids were fitted on.
     centroids : numpy.ndarray
         (clusters, components) centroids, as :func:`cluster_on_components` returns them.
     loadings : numpy.ndarray
@@ -248,7 +248,9 @@ def assign(X: np.ndarray, centroids: np.ndarray, loadings: np.ndarray) -> np.nda
     numpy.ndarray
         int64 index of the nearest centroid (squared Euclidean distance) of each row.
     """
-    points = (X - loadings[0]) @ loadings[1:].T
+    components = loadings[1:].T
+    # A sparse block is projected as it is and its mean's projection taken off after.
+    points = np.asarray(X @ components) - loadings[0] @ components if sp.issparse(X) else (X - loadings[0]) @ components
     d = (points**2).sum(axis=1)[:, None] - 2 * points @ centroids.T + (centroids**2).sum(axis=1)[None, :]
     return d.argmin(axis=1)
 
@@ -454,8 +456,8 @@ def cluster_sums(cluster: np.ndarray, X: np.ndarray, k: int) -> np.ndarray:
     ----------
     cluster : numpy.ndarray
         int cluster of each row, in ``0 .. k - 1``.
-    X : numpy.ndarray
-        (rows, columns) dense values.
+    X : numpy.ndarray or scipy.sparse.csr_matrix
+        (rows, columns) values.
     k : int
         Clusters; a cluster with no row sums to 0.
 
@@ -465,7 +467,8 @@ def cluster_sums(cluster: np.ndarray, X: np.ndarray, k: int) -> np.ndarray:
         float64, ``k`` × columns.
     """
     onehot = sp.csr_matrix((np.ones(len(cluster)), (cluster, np.arange(len(cluster)))), shape=(k, len(cluster)))
-    return np.asarray(onehot @ np.asarray(X, dtype=np.float64))
+    product = onehot @ (X.astype(np.float64) if sp.issparse(X) else np.asarray(X, dtype=np.float64))
+    return product.toarray() if sp.issparse(product) else np.asarray(product)
 
 
 def cluster_scores(means: np.ndarray, sizes: np.ndarray, label_means: np.ndarray
@@ -772,11 +775,11 @@ def stream_detect(chunks: Callable[[], Iterator[tuple[int, sp.csr_matrix]]], sam
     del dense_sample
     cluster = np.empty(n_cells, dtype=np.int64)
     sums = np.zeros((len(centroids), len(variable)))
-    for start, block in chunks():
-        dense = block[:, variable].astype(np.float64).toarray()
-        part = assign(dense, centroids, loadings)
+    for start, block in chunks():  # sparse products: the blocks are never made dense
+        columns = sp.csr_matrix(block[:, variable], dtype=np.float64)
+        part = assign(columns, centroids, loadings)
         cluster[start : start + len(part)] = part
-        sums += cluster_sums(part, dense, len(centroids))
+        sums += cluster_sums(part, columns, len(centroids))
     return _judge(cluster, None, [genes[i] for i in variable], profiles, cutoff, sums=sums)
 
 

@@ -317,3 +317,19 @@ def test_the_first_rows_are_read_once_for_both_checks_and_a_subset_reads_its_own
     # rows past the end are clipped, as a slice is, instead of reaching scipy with a wrong shape
     assert source.rows(source.n_cells - 3, source.n_cells + 100).shape[0] == 3
     assert subset.rows(1, 50).shape[0] == 2 and source.rows(source.n_cells + 5, source.n_cells + 9).shape[0] == 0
+
+
+def test_a_plan_onto_the_inputs_own_columns_gives_the_columns_as_a_selection_does():
+    """When the targets are the input's columns in order, the plan skips its selection: same values."""
+    counts = _counts(n_cells=50, n_genes=40)
+    names = [f"G{i}" for i in range(40)]
+    same = plan_genes(names, names)
+    wider = plan_genes(names, [*names, "EXTRA"])  # not the identity: the selection path
+    assert same.identity and not wider.identity
+    direct = normalise(counts, "counts", same)
+    selected = normalise(counts, "counts", wider)[:, :40]
+    assert direct.has_sorted_indices
+    np.testing.assert_array_equal(direct.toarray(), selected.toarray())
+    before = counts.copy()
+    same.apply(counts)
+    np.testing.assert_array_equal(counts.toarray(), before.toarray())

@@ -240,3 +240,18 @@ def test_the_calibrated_cutoff_does_not_turn_on_the_seed():
     cutoffs = [f["cutoff"] for f in found]
     assert all(f["enabled"] for f in found) and max(cutoffs) - min(cutoffs) <= 1.0, cutoffs
     assert all(f["hidden_caught"] >= 0.6 for f in found), [f["hidden_caught"] for f in found]
+
+
+def test_a_sparse_block_is_assigned_and_summed_as_its_dense_form():
+    """The streamed pass keeps blocks sparse: the same clusters and per-cluster sums as dense rows."""
+    import scipy.sparse as sp
+
+    from screader_db.novelty import assign, cluster_sums
+
+    rng = np.random.default_rng(0)
+    dense = rng.poisson(0.4, size=(300, 60)).astype(np.float64) * rng.gamma(1.0, 1.0, size=60)
+    _, centroids, loadings = cluster_on_components(dense, n_clusters=6, seed=0)
+    block = sp.csr_matrix(dense)
+    cluster = assign(dense, centroids, loadings)
+    np.testing.assert_array_equal(assign(block, centroids, loadings), cluster)
+    np.testing.assert_allclose(cluster_sums(cluster, block, 6), cluster_sums(cluster, dense, 6), rtol=1e-12)
