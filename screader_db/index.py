@@ -65,6 +65,18 @@ LIST_SEARCH_MIN = 1000
 # knn(..., approximate=True): IVF lists per √n and lists probed.
 APPROXIMATE_LISTS = 4
 APPROXIMATE_NPROBE = 8
+# ApproximateKnn's lists are trained on this many sampled rows a list, for this many k-means steps
+# (FAISS's own defaults for an IVF)...
+TRAIN_ROWS = 40
+TRAIN_STEPS = 10
+# ...and knn(..., approximate=True)'s, a query's own graph, on fewer: 100,000 rows 574 wide, 1,264
+# lists, 40 rows and 10 steps trained in 4.5 s of the graph's 8-10 s, 20 rows and 6 steps in 1.3 s,
+# and the graph found as many of the exact 16 nearest (0.862 against 0.846 on 2,000 of the rows).
+# The reference map's placement keeps the defaults: placing 950,000 cells among 50,000 laid out,
+# its lists trained the faster way placed fewer cells among their own sub-state (0.791 against
+# 0.819, benchmarks/reference_map.py).
+GRAPH_TRAIN_ROWS = 20
+GRAPH_TRAIN_STEPS = 6
 # Queries an ApproximateKnn scores together (list_search's block): gathering each list's probing
 # queries reads a block's rows at random, and in blocks of 20,000 they are read from a smaller
 # matrix. 100,000 queries probing 37 of 894 lists of 50,000 rows 280 wide: 4.1 s against 6.8 s in
@@ -261,7 +273,8 @@ def knn(queries: np.ndarray, vectors: np.ndarray, k: int, *, metric: str = "ip",
         ``"ip"`` (inner product, best first) or ``"l2"`` (squared Euclidean distance, nearest first).
     approximate
         Search an IVF index of ``APPROXIMATE_LISTS × √n`` lists, trained on a seeded sample of
-        ``vectors`` and probing ``APPROXIMATE_NPROBE`` of them, instead of every row (inner product only).
+        ``vectors`` (``GRAPH_TRAIN_ROWS`` a list, ``GRAPH_TRAIN_STEPS`` steps) and probing
+        ``APPROXIMATE_NPROBE`` of them, instead of every row (inner product only).
     seed
         Seed of the training sample.
 
@@ -285,13 +298,14 @@ def knn(queries: np.ndarray, vectors: np.ndarray, k: int, *, metric: str = "ip",
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
     if not approximate:
         return faiss.knn(queries, vectors, k, metric=metrics[metric])
-    return ApproximateKnn(vectors, seed=seed).search(queries, k)
+    return ApproximateKnn(vectors, seed=seed, train_rows=GRAPH_TRAIN_ROWS, train_steps=GRAPH_TRAIN_STEPS).search(queries, k)
 
 
 class ApproximateKnn:
     """Approximate inner-product neighbours among rows held in memory, for many searches of the same rows.
 
-    An IVF of ``APPROXIMATE_LISTS × √n`` lists is trained once on a seeded sample of the rows; each
+    An IVF of ``APPROXIMATE_LISTS × √n`` lists is trained once on a seeded sample of the rows
+    (``train_rows`` a list, ``train_steps`` k-means steps); each
     search scores the ``APPROXIMATE_NPROBE`` lists nearest each query exactly, batched by list
     (:mod:`screader_db.list_search`), which is what an IVF-Flat search answers, without copying the
     rows into an index.
@@ -304,17 +318,23 @@ class ApproximateKnn:
         Seed of the training sample.
     lists_per_root
         Lists per √n (``APPROXIMATE_LISTS``; ``CHECKED_LISTS`` for :meth:`CellIndex.search_checked`).
+    train_rows, train_steps
+        Sampled rows a list the lists are trained on, and k-means steps (``TRAIN_ROWS``, ``TRAIN_STEPS``).
     """
 
-    def __init__(self, vectors: np.ndarray, *, seed: int = 0, lists_per_root: float = APPROXIMATE_LISTS) -> None:
+    def __init__(self, vectors: np.ndarray, *, seed: int = 0, lists_per_root: float = APPROXIMATE_LISTS,
+                 train_rows: int = TRAIN_ROWS, train_steps: int = TRAIN_STEPS) -> None:
         faiss = _faiss()
         self._vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         n, dim = self._vectors.shape
         self._nlist = max(1, int(lists_per_root * np.sqrt(n)))
         self._seed = seed
         self._ivf = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, self._nlist, faiss.METRIC_INNER_PRODUCT)
+        self._ivf.cp.niter = train_steps
+        self._ivf.cp.min_points_per_centroid = min(train_rows, TRAIN_ROWS)  # FAISS warns on stderr below it
         rng = np.random.default_rng(seed)
-        self._ivf.train(self._vectors[np.sort(rng.choice(n, size=min(n, self._nlist * 40), replace=False))])
+        rows = min(n, self._nlist * train_rows)
+        self._ivf.train(self._vectors[np.sort(rng.choice(n, size=rows, replace=False))])
         self._lists: list_search.Lists | None = None
 
     def _row_lists(self) -> list_search.Lists:
