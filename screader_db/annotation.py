@@ -144,7 +144,7 @@ def find_novel(query: PreparedQuery, opened: store.Atlas, *, chunk: int = CHUNK,
 
     from screader_db.expression_stream import GeneMoments
     from screader_db.features import variable_from_moments
-    from screader_db.inputs import rows_in_block, sample_rows
+    from screader_db.inputs import sample_chunks
     from screader_db.novelty import DEFAULT_CUTOFF, FEW_TYPES_OFF, N_VARIABLE, SAMPLE_CELLS, stream_detect
 
     found = opened.profiles()
@@ -172,13 +172,14 @@ def find_novel(query: PreparedQuery, opened: store.Atlas, *, chunk: int = CHUNK,
         # The sample's rows are taken in the same pass as the genes' moments.
         whole = n <= SAMPLE_CELLS
         chunks = stream.replayable(chunk) if whole else (lambda: stream.chunks(chunk))
-        moments, rows, picked = GeneMoments(len(profiles.genes)), sample_rows(n, SAMPLE_CELLS, seed=seed), []
-        for start, block in chunks():
-            moments.add(block)
-            local = rows_in_block(rows, start, block.shape[0])
-            if len(local):
-                picked.append(block if len(local) == block.shape[0] else block[local])
-        sample = sp.csr_matrix(sp.vstack(picked))
+        moments = GeneMoments(len(profiles.genes))
+
+        def counted() -> Iterator[tuple[int, sp.csr_matrix]]:
+            for start, block in chunks():
+                moments.add(block)
+                yield start, block
+
+        sample = sample_chunks(counted, n, sample_cells=SAMPLE_CELLS, seed=seed)
         variable = variable_from_moments(*moments.mean_var(), moments.detected, N_VARIABLE)
         result = stream_detect(chunks, sample, n, profiles.genes, variable, profiles, cutoff=chosen, seed=seed)
         advance(n)

@@ -518,13 +518,14 @@ def _judge(cluster: np.ndarray, X: np.ndarray | None, genes: list[str], profiles
         sums = cluster_sums(cluster, X, k)
     means = sums / np.maximum(sizes, 1)[:, None]
     usable = sizes >= MIN_CLUSTER
-    full_arg, full_best, rel, score = cluster_scores(means, sizes, profiles.restrict(genes))
+    label_means = profiles.restrict(genes)
+    full_arg, full_best, rel, score = cluster_scores(means, sizes, label_means)
     novel_cluster = usable & (score < (-np.inf if cutoff is None else cutoff))
     guarded = bool(usable.sum() < FEW_CLUSTERS)
     if guarded:
         novel_cluster &= ~(full_best >= SMALL_QUERY_MATCH)
     profile = np.full(k, np.nan)
-    profile[usable] = profile_matches(means[usable], profiles.restrict(genes))
+    profile[usable] = profile_matches(means[usable], label_means)
     far = far_from_labels(profile, sizes, usable)
     novel_cluster |= far
     label_names = np.asarray([*profiles.labels, ""], dtype=object)
@@ -537,7 +538,7 @@ def _judge(cluster: np.ndarray, X: np.ndarray | None, genes: list[str], profiles
                "small_query_guard": guarded}
     return NoveltyResult(cluster=cluster, best_label=label_names[full_arg][cluster], match=score[cluster].astype(np.float32),
                          novel=novel_cluster[cluster], details=details, cluster_means=means,
-                         label_means=profiles.restrict(genes), labels=list(profiles.labels))
+                         label_means=label_means, labels=list(profiles.labels))
 
 
 def split_flagged(result: NoveltyResult, X: np.ndarray, cutoff: float | None, *, seed: int = 0) -> NoveltyResult:
