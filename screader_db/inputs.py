@@ -520,6 +520,17 @@ HUGE_SHARE = 0.1         # ... so an inverse giving it to this share of cells is
 MAX_VALUES = 500_000     # the tests read the first rows holding this many values (at least MIN_ROWS rows): ~0.3 s
 MAX_DECIMALS = 3        # values rounded to at most this many decimal places are read as known to that step
 MIN_ROWS = 100
+# Log values with neither integer ratios nor equal totals (logs of RPKM, of imputed or ambient-corrected
+# values, logs rounded to one decimal) are read in the log base under which the cells' totals are most
+# even, when that reading looks like expression: totals that vary as library sizes do (CV at most
+# GUESS_CV; 0.01-0.12 under the right base of such values, 7 or more for square roots of counts) and
+# cells whose largest value is at least GUESS_RANGE times their median one (57 or more under the right
+# base; values drawn uniformly: 6). log10 is taken only when its totals are clearly the most even
+# (CV below GUESS_LOG10 of the next base's): reading ln or log2 values as log10 costs far more labels
+# than the reverse.
+GUESS_CV = 1.0
+GUESS_RANGE = 20.0
+GUESS_LOG10 = 0.8
 
 
 @dataclass(frozen=True)
@@ -537,12 +548,16 @@ class ScaleEvidence:
         cell's smallest nonzero value (NaN where the test could not be run).
     library_cv : dict of str to float
         Per candidate inverse, the coefficient of variation of the cells' totals.
+    guessed : bool
+        The scale is the likeliest log base rather than one the data shows outright
+        (:func:`detect_scale`); a warning says so when the scale is read.
     """
 
     scale: str
     evidence: str
     integer_share: dict[str, float] = field(default_factory=dict)
     library_cv: dict[str, float] = field(default_factory=dict)
+    guessed: bool = False
 
 
 def scale_name(name: str) -> str:
@@ -733,6 +748,47 @@ def _by_totals(shares: dict[str, float], cvs: dict[str, float], huge: dict[str, 
     return ScaleEvidence(scale="linear", evidence=text, integer_share=shares, library_cv=cvs)
 
 
+def _cell_range(X: sp.csr_matrix, scale: str) -> float:
+    """Median over cells (of :data:`MIN_NONZERO` values or more) of their largest value under ``scale``'s
+    inverse divided by their median one; NaN when too few cells have that many values."""
+    nnz = np.diff(X.indptr)
+    sub = X[np.flatnonzero(nnz >= MIN_NONZERO)]
+    if sub.shape[0] < MIN_LIBRARY_CELLS:
+        return float("nan")
+    with np.errstate(over="ignore"):
+        values = unlog(sub.data.astype(np.float64), scale)
+    counts = np.diff(sub.indptr)
+    rows = np.repeat(np.arange(sub.shape[0]), counts)
+    ordered = values[np.lexsort((values, rows))]
+    top = ordered[sub.indptr[1:] - 1]
+    middle = ordered[sub.indptr[:-1] + (counts - 1) // 2]
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        return float(np.median(top / middle))
+
+
+def _by_likeliest_log(X: sp.csr_matrix, shares: dict[str, float], cvs: dict[str, float],
+                      huge: dict[str, float]) -> ScaleEvidence | None:
+    """The log base under which the cells' totals are most even, when that reading looks like expression
+    (see :data:`GUESS_CV`); None otherwise."""
+    logs = sorted((s for s in LOG_BASE if s != "linear" and huge[s] <= HUGE_SHARE and np.isfinite(cvs[s])),
+                  key=lambda s: cvs[s])
+    if logs and logs[0] == "log10" and len(logs) > 1 and not cvs["log10"] < GUESS_LOG10 * cvs[logs[1]]:
+        logs = logs[1:]
+    if not logs or not cvs[logs[0]] <= GUESS_CV:
+        return None
+    chosen = logs[0]
+    spread = _cell_range(X, chosen)
+    if not spread >= GUESS_RANGE:
+        return None
+    others = ", ".join(f"{s} {_fmt(cvs[s], '.3g')}" for s in cvs if s != chosen)
+    text = (f"{chosen} (likeliest): values with neither integer ratios nor equal totals (best integer share "
+            f"{_fmt(max(np.nan_to_num(v, nan=0.0) for v in shares.values()), '.1%')}); {INVERSE_NAME[chosen]} the "
+            f"cells' totals are the most even (library CV {cvs[chosen]:.3g}; other scales: {others}) and a cell's "
+            f"largest value is typically {spread:,.0f} times its median one, as in expression data. Pass "
+            "--input-scale to say what the values are if this is wrong")
+    return ScaleEvidence(scale=chosen, evidence=text, integer_share=shares, library_cv=cvs, guessed=True)
+
+
 def detect_scale(X: sp.csr_matrix) -> ScaleEvidence:
     """Tell counts, ln/log2/log10(1 + x) and linear normalised values apart from a sample of rows.
 
@@ -744,9 +800,11 @@ def detect_scale(X: sp.csr_matrix) -> ScaleEvidence:
     (TPM, log-normalised ambient-corrected counts) are told by the inverse under which every
     cell has the same total; failing that, values that every log inverse would turn into more
     than :data:`HUGE_TOTAL` in over :data:`HUGE_SHARE` of the cells (fractional counts, RPKM,
-    TPM of some genes) are linear. Anything else is refused: log values of ambient-corrected
-    counts over some of the genes, for one, have their most even totals under the wrong base
-    as often as under the right one.
+    TPM of some genes) are linear. Log values with neither structure (logs of RPKM, of imputed
+    or ambient-corrected values, logs rounded to one decimal) are read in the log base under which
+    the cells' totals are most even, when that reading looks like expression (``guessed``; see
+    :data:`GUESS_CV`): a wrong guess between ln and log2 moved 0-3% of the labels of the transfer
+    suite's queries, a refusal all of them. Anything else is refused.
 
     Parameters
     ----------
@@ -775,7 +833,8 @@ def detect_scale(X: sp.csr_matrix) -> ScaleEvidence:
     totals = {s: _totals(head, s) for s in LOG_BASE}
     cvs = {s: _library_cv(t) for s, t in totals.items()}
     huge = {s: _huge_share(t) for s, t in totals.items()}
-    found_scale = _by_integer_ratios(shares, scored, cvs) or _by_library(shares, cvs) or _by_totals(shares, cvs, huge)
+    found_scale = (_by_integer_ratios(shares, scored, cvs) or _by_library(shares, cvs) or _by_totals(shares, cvs, huge)
+                   or _by_likeliest_log(head, shares, cvs, huge))
     if found_scale is None:
         raise _undetected(float(data.max()), shares, cvs)
     if step:
@@ -807,7 +866,11 @@ def input_scale_of(source: ExpressionSource, override: str | None = None) -> Sca
     sample = source.head()
     check_values(sample, source.others)
     if wanted is None:
-        return detect_scale(sample)
+        found = detect_scale(sample)
+        if found.guessed:
+            warnings.warn(f"the input scale was guessed, not shown by the data: {found.evidence}", ScreaderWarning,
+                          stacklevel=2)
+        return found
     return ScaleEvidence(scale=wanted, evidence=f"{wanted}: given as --input-scale {override}")
 
 

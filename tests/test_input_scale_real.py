@@ -4,7 +4,6 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from screader_db.errors import InputDataError
 from screader_db.inputs import SCALE_SAMPLE, detect_scale, read_h5ad
 
 pytestmark = pytest.mark.data("pbmc3k", "baron_human")
@@ -46,13 +45,32 @@ def test_each_transform_is_detected(counts, way, places):
     assert ("every value is rounded to 0.01" in found.evidence) == (places == 2), found.evidence
 
 
-def test_values_rounded_to_one_decimal_are_too_coarse_for_a_log_scale(counts):
+def test_logs_rounded_to_one_decimal_are_read_in_the_likeliest_base(counts):
+    """Too coarse for integer ratios; their totals are still most even under the right inverse."""
     library = np.asarray(counts.sum(axis=1)).ravel()
     X = sp.csr_matrix(sp.diags((1e4 / np.maximum(library, 1)).astype(np.float32)) @ counts, dtype=np.float32)
     X.data = np.round(np.log1p(X.data), 1)
     X.eliminate_zeros()
-    with pytest.raises(InputDataError, match=r"neither raw counts nor log-normalised data .* Pass --input-scale"):
-        detect_scale(X)
+    found = detect_scale(X)
+    assert (found.scale, found.guessed) == ("ln", True), found.evidence
+    assert "ln (likeliest)" in found.evidence and "Pass --input-scale" in found.evidence
+
+
+@pytest.mark.parametrize("way", ["ln", "log2", "log10"])
+def test_logs_of_rpkm_are_read_in_their_own_base(counts, way):
+    """Reads per kilobase per million have no integer ratios and no equal totals; logged, they are
+    neither too large to be logarithms nor of one total, and are read as logarithms: in their own base,
+    or (ln against log2, whose totals can be as even: CV 0.111 each on Baron human) the other of the two,
+    which moves few labels; never as log10, which moves many."""
+    rng = np.random.default_rng(1)
+    library = np.asarray(counts.sum(axis=1)).ravel()
+    lengths = rng.lognormal(np.log(2.0), 0.6, counts.shape[1])  # kilobases
+    X = sp.csr_matrix(sp.diags(1e6 / np.maximum(library, 1)) @ counts.astype(np.float64) @ sp.diags(1 / lengths))
+    X.data = {"ln": np.log1p, "log2": lambda v: np.log2(1 + v), "log10": lambda v: np.log10(1 + v)}[way](X.data)
+    found = detect_scale(sp.csr_matrix(X, dtype=np.float32))
+    assert found.guessed, found.evidence
+    assert found.scale == way or (way != "log10" and found.scale != "log10"), found.evidence
+    assert found.library_cv[found.scale] <= found.library_cv[way] and found.scale != "linear", found.evidence
 
 
 LINEAR = {
@@ -76,13 +94,14 @@ def test_linear_values_without_integer_structure_are_linear(counts, way):
     assert "too large to be logarithms" in found.evidence
 
 
-def test_log_values_without_integer_structure_or_equal_totals_are_refused(counts):
-    """Their most even totals are under log2 on Baron human, under ln on pbmc3k: no rule to guess from."""
+def test_log_values_without_integer_structure_or_equal_totals_are_read_as_a_log(counts):
+    """Their most even totals are under log2 on Baron human (CV 0.115 against ln's 0.121), under ln on
+    pbmc3k: the base may be the wrong one of the two, never linear or log10, and is said to be a guess."""
     rng = np.random.default_rng(0)
     X = sp.csr_matrix(counts, dtype=np.float64, copy=True)
     X.data *= rng.uniform(0.7, 1.0, X.data.size)  # ambient-corrected, then ln(1+CP10k), then some genes
     X = sp.csr_matrix(sp.diags(1e4 / np.maximum(np.asarray(X.sum(axis=1)).ravel(), 1e-9)) @ X)
     X.data = np.log1p(X.data)
     X = X[:, rng.random(X.shape[1]) < 0.6]
-    with pytest.raises(InputDataError, match=r"non-integer values up to [\d.]+: neither raw counts nor log-normalised"):
-        detect_scale(sp.csr_matrix(X, dtype=np.float32))
+    found = detect_scale(sp.csr_matrix(X, dtype=np.float32))
+    assert found.scale in ("ln", "log2") and found.guessed, found.evidence

@@ -77,6 +77,31 @@ def test_every_input_scale_is_detected_and_gives_the_labels_of_the_counts(which,
         assert same >= 0.98, f"{name}: {same:.3f} of labels as with counts"
 
 
+def _log2_rpkm(query):
+    """log2(1 + reads per kilobase per million), as Smart-seq studies often publish: no integer ratios, no
+    equal totals."""
+    X = sp.csr_matrix(query.X, dtype=np.float64)
+    library = np.asarray(X.sum(axis=1)).ravel()
+    lengths = np.random.default_rng(0).lognormal(np.log(2.0), 0.6, X.shape[1])  # kilobases
+    out = sp.csr_matrix(sp.diags(1e6 / np.maximum(library, 1)) @ X @ sp.diags(1 / lengths))
+    out.data = np.log2(1 + out.data)
+    return _with_matrix(query, sp.csr_matrix(out, dtype=np.float32))
+
+
+@pytest.mark.parametrize("which", ["pbmc", "baron"])
+def test_logs_of_rpkm_are_read_as_the_likeliest_log_with_a_warning(which, request):
+    root, query = request.getfixturevalue(which)[:2]
+    changed = _log2_rpkm(query)
+    with pytest.warns(ScreaderWarning, match=r"the input scale was guessed, not shown by the data: log2 \(likeliest\)"):
+        guessed = annotate(changed, root)
+    assert guessed.info["input_kind"] == "log2", guessed.info["input_scale_evidence"]
+    given = annotate(changed, root, input_scale="log2")
+    assert (guessed.labels.to_numpy() == given.labels.to_numpy()).all()
+    counts = annotate(query, root)
+    same = float((guessed.labels.to_numpy() == counts.labels.to_numpy()).mean())
+    assert same >= 0.9, f"{same:.3f} of labels as with counts"
+
+
 def test_scaled_data_is_refused(pbmc):
     root, query, _ = pbmc
     X = np.log1p(sp.csr_matrix(query.X).toarray())
