@@ -50,7 +50,7 @@ def kmeans(points: np.ndarray, k: int, *, seed: int = 0, iterations: int = 100, 
         return model.fit_predict(points).astype(np.int64)
 
 
-def group_means(values: np.ndarray, groups: np.ndarray, n_groups: int, *, empty: np.ndarray | None = None) -> np.ndarray:
+def group_means(values: np.ndarray, groups: np.ndarray, n_groups: int) -> np.ndarray:
     """The mean row of each group, each sum taken row by row in the rows' order (the same numbers as
     ``values[groups == j].mean(axis=0)``, in one pass).
 
@@ -62,17 +62,15 @@ def group_means(values: np.ndarray, groups: np.ndarray, n_groups: int, *, empty:
         Group of each row, 0 to ``n_groups - 1``.
     n_groups
         Groups.
-    empty
-        (n_groups, d) rows given to groups without a row; None: NaN.
 
     Returns
     -------
     numpy.ndarray
-        (n_groups, d) means.
+        (n_groups, d) means; NaN rows for groups without a row.
     """
     ends = np.cumsum(np.bincount(groups, minlength=n_groups))
     kind = np.result_type(values.dtype, np.float32)  # what .mean gives: float32 stays float32
-    means = np.full((n_groups, values.shape[1]), np.nan, dtype=kind) if empty is None else np.array(empty, dtype=kind)
+    means = np.full((n_groups, values.shape[1]), np.nan, dtype=kind)
     ordered = values[np.argsort(groups, kind="stable")]
     for j, (start, end) in enumerate(zip(ends - np.diff(ends, prepend=0), ends, strict=True)):
         if end > start:
