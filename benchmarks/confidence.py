@@ -25,13 +25,13 @@ import numpy as np
 import pandas as pd
 from markdown_report import arguments, publish
 
-OPTIONAL = ("second_opinion", "evidence")  # the inputs a call may lack (screader_db.confidence.FORMS)
+OPTIONAL = ("second_opinion", "evidence", "cluster")  # the inputs a call may lack (screader_db.confidence.FORMS)
 TWO = ("agreement",)
 ALL = ("agreement", *OPTIONAL)
 
 
 def collect(workdir: Path) -> pd.DataFrame:
-    """One row per scored query cell of every suite task: correct or not and the three signals."""
+    """One row per scored query cell of every suite task: correct or not and the signals."""
     from screader_db import annotate, confidence
     from screader_db.builders.atlas import BuildSettings, build_atlas
     from screader_db.suite import LABEL, load_sources, suite_tasks
@@ -56,6 +56,7 @@ def collect(workdir: Path) -> pd.DataFrame:
             "correct": table["raw_label"].to_numpy() == truth, "vote_confidence": table["vote_confidence"].to_numpy(),
             "agreement": confidence.agreement(query_graph(result.embeddings), codes),
             "second_opinion": table["second_opinion"].to_numpy(), "evidence": table["marker_evidence"].to_numpy(),
+            "cluster": table["cluster_agreement"].to_numpy(),
             "classifier": table["classifier"].to_numpy() if "classifier" in table else np.nan,
             "confidence": table["confidence"].to_numpy()}))
     frame = pd.concat(frames, ignore_index=True)

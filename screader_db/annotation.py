@@ -19,7 +19,7 @@ import pandas as pd
 from screader_db import store
 from screader_db.calibration import confidence_of
 from screader_db.classifier import blend, on_labels
-from screader_db.confidence import agreement, combine
+from screader_db.confidence import agreement, cluster_agreement, combine
 from screader_db.errors import InputDataError, ScreaderError
 from screader_db.information import CellInformation, min_detected
 from screader_db.input_files import open_input
@@ -565,6 +565,9 @@ class Votes:
         The marker evidence of each call (:func:`weigh_evidence`); None until weighed, or without it.
     classifier : numpy.ndarray or None
         The linear classifier's probability of each cell's label; None without a classifier.
+    cluster : numpy.ndarray or None
+        The share of each cell's novelty-check cluster that got its label
+        (:func:`screader_db.confidence.cluster_agreement`); None until the clusters are known, or without them.
     parents : dict of str to list of str
         Each label with finer labels below it in the Cell Ontology, and those labels.
     parents_folded : int
@@ -580,17 +583,18 @@ class Votes:
     agreement: np.ndarray | None = None
     evidence: np.ndarray | None = None
     classifier: np.ndarray | None = None
+    cluster: np.ndarray | None = None
     parents: dict[str, list[str]] = field(default_factory=dict)
     parents_folded: int = 0
 
     @property
     def confidence(self) -> np.ndarray:
-        """The vote's confidence combined with the query graph's agreement, the second opinion and
-        the marker evidence, those the votes have (:func:`screader_db.confidence.combine`); the
-        vote's own for a query of two cells or fewer."""
+        """The vote's confidence combined with the query graph's agreement, the second opinion, the
+        marker evidence and the cluster agreement, those the votes have
+        (:func:`screader_db.confidence.combine`); the vote's own for a query of two cells or fewer."""
         if self.agreement is None:
             return self.vote_confidence
-        return combine(self.vote_confidence, self.agreement, self.second_opinion, self.evidence)
+        return combine(self.vote_confidence, self.agreement, self.second_opinion, self.evidence, self.cluster)
 
 
 def vote(plan: Plan, neighbours: Neighbours, vectors: np.ndarray, scores: dict[str, Any],
@@ -837,6 +841,9 @@ def abstain(plan: Plan, prepared: Prepared, neighbours: Neighbours, votes: Votes
     Labelled
     """
     options, decided, min_score = plan.options, votes.result, prepared.min_score
+    found = neighbours.novel[0] if neighbours.novel is not None else None
+    if found is not None and votes.agreement is not None:
+        votes = replace(votes, cluster=cluster_agreement(found.cluster, decided.best))
     names_arr = np.asarray(votes.vocabulary, dtype=object)
     raw = names_arr[decided.best]
     called = (decided.score >= min_score) & (decided.margin >= options.min_margin)
@@ -851,8 +858,8 @@ def abstain(plan: Plan, prepared: Prepared, neighbours: Neighbours, votes: Votes
         "mean_similarity": decided.mean_similarity, "raw_label": raw.astype(object), "knn_label": votes.knn_best,
     }, index=pd.Index([str(i) for i in prepared.query.source.obs.index]))
     after = table.columns.get_loc("vote_confidence") + 1
-    for name, values in (("classifier", votes.classifier), ("marker_evidence", votes.evidence),
-                         ("second_opinion", votes.second_opinion)):
+    for name, values in (("cluster_agreement", votes.cluster), ("classifier", votes.classifier),
+                         ("marker_evidence", votes.evidence), ("second_opinion", votes.second_opinion)):
         if values is not None:
             table.insert(after, name, values)
     info_novelty: dict[str, Any] = {"checked": False}

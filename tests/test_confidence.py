@@ -59,3 +59,21 @@ def test_marker_evidence_moves_the_confidence_of_a_call():
     votes, agree = np.full(3, 0.95), np.full(3, 0.9)
     with_evidence = combine(votes, agree, np.full(3, 0.9), np.array([-1.0, 0.0, 1.0]))
     assert np.all(np.diff(with_evidence) > 0)
+
+
+def test_cluster_agreement_is_the_share_of_a_cells_cluster_with_its_label():
+    from screader_db.confidence import cluster_agreement
+
+    cluster = np.array([0, 0, 0, 0, 1, 1, 2])
+    codes = np.array([3, 3, 3, 5, 5, 5, 3])
+    np.testing.assert_allclose(cluster_agreement(cluster, codes), [0.75, 0.75, 0.75, 0.25, 1.0, 1.0, 1.0])
+
+
+def test_a_label_its_cluster_does_not_share_lowers_the_confidence():
+    from screader_db.confidence import FORMS, OPTIONAL
+
+    assert {tuple(form) for form in FORMS} == {tuple(n for n in OPTIONAL if n in form) for form in FORMS}
+    assert len(FORMS) == 2 ** len(OPTIONAL)
+    votes, agree, shares = np.full(3, 0.95), np.full(3, 0.9), np.array([0.1, 0.5, 1.0])
+    for opinion, evidence in ((None, None), (np.full(3, 0.9), None), (None, np.zeros(3)), (np.full(3, 0.9), np.zeros(3))):
+        assert np.all(np.diff(combine(votes, agree, opinion, evidence, shares)) > 0)
