@@ -5,6 +5,7 @@ import pytest
 import scipy.sparse as sp
 
 from screader_db.inputs import SCALE_SAMPLE, detect_scale, read_h5ad
+from screader_db.suite import _rpkm
 
 pytestmark = pytest.mark.data("pbmc3k", "baron_human")
 WAYS = {
@@ -62,10 +63,7 @@ def test_logs_of_rpkm_are_read_in_their_own_base(counts, way):
     neither too large to be logarithms nor of one total, and are read as logarithms: in their own base,
     or (ln against log2, whose totals can be as even: CV 0.111 each on Baron human) the other of the two,
     which moves few labels; never as log10, which moves many."""
-    rng = np.random.default_rng(1)
-    library = np.asarray(counts.sum(axis=1)).ravel()
-    lengths = rng.lognormal(np.log(2.0), 0.6, counts.shape[1])  # kilobases
-    X = sp.csr_matrix(sp.diags(1e6 / np.maximum(library, 1)) @ counts.astype(np.float64) @ sp.diags(1 / lengths))
+    X = _rpkm(counts, seed=1)
     X.data = {"ln": np.log1p, "log2": lambda v: np.log2(1 + v), "log10": lambda v: np.log10(1 + v)}[way](X.data)
     found = detect_scale(sp.csr_matrix(X, dtype=np.float32))
     assert found.guessed, found.evidence

@@ -14,7 +14,7 @@ from screader_db.fetch import resolve_dataset
 from screader_db.inputs import read_h5ad
 from screader_db.metrics import agreement
 from screader_db.query_input import MIN_PANEL_GENES
-from screader_db.suite import LABEL, _panel, _scaled, _variable_symbols, _with_matrix, load_sources
+from screader_db.suite import LABEL, _panel, _rpkm, _scaled, _variable_symbols, _with_matrix, load_sources
 
 pytestmark = pytest.mark.data("pbmc3k", "kang", "baron_human", "baron_mouse", "orthologs_human_mouse_all")
 SCALES = {"ln(1+CP10k)": "ln", "log2(1+CPM)": "log2", "CPM": "linear"}
@@ -80,10 +80,7 @@ def test_every_input_scale_is_detected_and_gives_the_labels_of_the_counts(which,
 def _log2_rpkm(query):
     """log2(1 + reads per kilobase per million), as Smart-seq studies often publish: no integer ratios, no
     equal totals."""
-    X = sp.csr_matrix(query.X, dtype=np.float64)
-    library = np.asarray(X.sum(axis=1)).ravel()
-    lengths = np.random.default_rng(0).lognormal(np.log(2.0), 0.6, X.shape[1])  # kilobases
-    out = sp.csr_matrix(sp.diags(1e6 / np.maximum(library, 1)) @ X @ sp.diags(1 / lengths))
+    out = _rpkm(query.X)
     out.data = np.log2(1 + out.data)
     return _with_matrix(query, sp.csr_matrix(out, dtype=np.float32))
 
